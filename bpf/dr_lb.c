@@ -1,0 +1,397 @@
+/* dr-lb's XDP program: LVS direct routing plus the director's ARP and ping companion.
+ *
+ * One entry point, xdp_main. Helpers return an XDP action, or CONTINUE when the caller
+ * should go on. Every exit bumps one per-CPU counter (enum drlb_counter), so each pass
+ * and drop has a reason that `dr-lb status` shows.
+ *
+ * Built by bcc from lb/dataplane.py; the structs come from dr_lb_abi.h, the sizes from
+ * dr_lb_consts.h (overridable with -D).
+ */
+#include <uapi/linux/bpf.h>
+#include <uapi/linux/if_ether.h>
+#include <uapi/linux/if_arp.h>
+#include <uapi/linux/ip.h>
+#include <uapi/linux/in.h>
+#include <uapi/linux/tcp.h>
+#include <uapi/linux/udp.h>
+#include <uapi/linux/icmp.h>
+
+typedef __u8 uint8_t;
+typedef __u16 uint16_t;
+typedef __u32 uint32_t;
+typedef __u64 uint64_t;
+
+#include "dr_lb_consts.h"
+#include "dr_lb_abi.h"
+
+#ifndef IP_MF
+#define IP_MF 0x2000
+#define IP_OFFSET 0x1FFF
+#endif
+
+#if __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
+#define bpf_htons(x) ((__be16)__builtin_bswap16(x))
+#define bpf_ntohs(x) ((__u16)__builtin_bswap16(x))
+#else
+#define bpf_htons(x) ((__be16)(x))
+#define bpf_ntohs(x) ((__u16)(x))
+#endif
+
+#include "parsing.h"
+
+#define CONTINUE -1
+#define NS_PER_S 1000000000ULL
+
+/* Only the program touches it: the WRR position every CPU shares, under a lock, so that
+ * consecutive new connections follow the sequence exactly. */
+struct wrr_pos {
+	struct bpf_spin_lock lock;
+	__u32 pos;
+};
+
+/* (VIP, port, protocol) -> service. */
+BPF_HASH(services, struct svc_key, struct svc_info, MAX_SERVICES);
+/* VIP -> info: ARP and ping companion, and telling "VIP, other port" from "not a VIP". */
+BPF_HASH(vips, __u32, struct vip_info, MAX_SERVICES);
+/* real_id -> MAC and flags; one id per (service, real server). */
+BPF_ARRAY(reals, struct real_info, MAX_REALS);
+/* Every service's WRR cycle (lb/scheduler.py), as real_ids, at svc_info.seq_offset. */
+BPF_ARRAY(wrr_seq, __u32, WRR_SEQ_CAPACITY);
+/* service id -> position in its WRR cycle. */
+BPF_ARRAY(wrr_pos, struct wrr_pos, MAX_SERVICES);
+/* 5-tuple -> real server and TCP state; least recently used entries go first when full. */
+BPF_F_TABLE("lru_hash", struct conn_key, struct conn_value, conn_table, CONN_TABLE_SIZE, 0);
+/* (client network, VIP, port, protocol) -> real server, for `persistent` services. */
+BPF_F_TABLE("lru_hash", struct persist_key, struct persist_value, persist_table,
+	    PERSIST_TABLE_SIZE, 0);
+/* [0]: interface MAC, flags and timeouts. */
+BPF_ARRAY(settings, struct settings, 1);
+BPF_PERCPU_ARRAY(svc_stats, struct stats, MAX_SERVICES);
+BPF_PERCPU_ARRAY(real_stats, struct stats, MAX_REALS);
+BPF_PERCPU_ARRAY(counters, __u64, COUNTER_COUNT);
+
+static __always_inline int finish(int action, __u32 counter)
+{
+	__u64 *value = counters.lookup(&counter);
+
+	if (value)
+		*value += 1;
+	return action;
+}
+
+static __always_inline struct settings *get_settings(void)
+{
+	__u32 zero = 0;
+
+	return settings.lookup(&zero);
+}
+
+static __always_inline int handle_arp(struct hdr_cursor *c, struct ethhdr *eth)
+{
+	struct arp_ipv4 *arp = parse_arp(c);
+	struct settings *cfg;
+	__be32 vip;
+
+	if (!arp)
+		return finish(XDP_PASS, COUNTER_PASS_MALFORMED);
+	if (arp->htype != bpf_htons(ARPHRD_ETHER) || arp->ptype != bpf_htons(ETH_P_IP) ||
+	    arp->hlen != ETH_ALEN || arp->plen != 4 || arp->op != bpf_htons(ARPOP_REQUEST))
+		return finish(XDP_PASS, COUNTER_PASS_ARP_OTHER);
+	vip = arp->tpa;
+	/* spa == tpa is another host announcing the address, not asking for it. */
+	if (arp->spa == vip || !vips.lookup(&vip))
+		return finish(XDP_PASS, COUNTER_PASS_ARP_OTHER);
+	cfg = get_settings();
+	if (!cfg)
+		return finish(XDP_PASS, COUNTER_PASS_ARP_OTHER);
+
+	arp->op = bpf_htons(ARPOP_REPLY);
+	__builtin_memcpy(arp->tha, arp->sha, ETH_ALEN);
+	arp->tpa = arp->spa;
+	__builtin_memcpy(arp->sha, cfg->mac, ETH_ALEN);
+	arp->spa = vip;
+	__builtin_memcpy(eth->h_dest, arp->tha, ETH_ALEN);
+	__builtin_memcpy(eth->h_source, cfg->mac, ETH_ALEN);
+	return finish(XDP_TX, COUNTER_TX_ARP_REPLY);
+}
+
+static __always_inline __u16 fold_csum(__u32 sum)
+{
+	sum = (sum & 0xffff) + (sum >> 16);
+	sum = (sum & 0xffff) + (sum >> 16);
+	return (__u16)~sum;
+}
+
+static __always_inline void swap_macs(struct ethhdr *eth)
+{
+	__u8 tmp[ETH_ALEN];
+
+	__builtin_memcpy(tmp, eth->h_source, ETH_ALEN);
+	__builtin_memcpy(eth->h_source, eth->h_dest, ETH_ALEN);
+	__builtin_memcpy(eth->h_dest, tmp, ETH_ALEN);
+}
+
+/* Answer a ping to a VIP, as the director did when it owned the VIP under ipvsadm. */
+static __always_inline int handle_icmp(struct hdr_cursor *c, struct ethhdr *eth,
+				       struct iphdr *iph)
+{
+	struct icmphdr *icmp = parse_icmphdr(c);
+	struct settings *cfg;
+	__be32 daddr = iph->daddr;
+	__u16 *words = (__u16 *)iph;
+	__u32 sum = 0;
+
+	if (!icmp)
+		return finish(XDP_PASS, COUNTER_PASS_MALFORMED);
+	if (!vips.lookup(&daddr))
+		return finish(XDP_PASS, COUNTER_PASS_NOT_VIP);
+	cfg = get_settings();
+	if (!cfg || !(cfg->flags & SETTINGS_F_ICMP_ECHO) || icmp->type != ICMP_ECHO ||
+	    icmp->code != 0)
+		return finish(XDP_PASS, COUNTER_PASS_ICMP_OTHER);
+
+	/* Type 8 -> 0 lowers the checksummed word by 0x0800 (RFC 1624 update). */
+	icmp->type = ICMP_ECHOREPLY;
+	sum = (__u16)~icmp->checksum + (__u16)~bpf_htons(ICMP_ECHO << 8);
+	icmp->checksum = fold_csum(sum);
+
+	iph->daddr = iph->saddr;
+	iph->saddr = daddr;
+	iph->ttl = ICMP_ECHO_REPLY_TTL;
+	iph->check = 0;
+	sum = 0;
+#pragma unroll
+	for (int i = 0; i < (int)(sizeof(*iph) / 2); i++)
+		sum += words[i];
+	iph->check = fold_csum(sum);
+	swap_macs(eth);
+	return finish(XDP_TX, COUNTER_TX_ICMP_ECHO_REPLY);
+}
+
+/* IPVS's input-only TCP table (what DR sees), reduced to the states timeouts need. */
+static __always_inline __u8 tcp_next_state(__u8 state, const struct tcphdr *th)
+{
+	if (th->rst)
+		return CONN_CLOSE;
+	if (th->syn)
+		return state == CONN_ESTABLISHED ? CONN_ESTABLISHED : CONN_SYN_RECV;
+	if (th->fin)
+		return state == CONN_CLOSE ? CONN_CLOSE : CONN_FIN_WAIT;
+	if (th->ack && state == CONN_SYN_RECV)
+		return CONN_ESTABLISHED;
+	return state;
+}
+
+static __always_inline int expired(__u64 now, __u64 last_seen, __u64 timeout)
+{
+	return now - last_seen > timeout;
+}
+
+/* A new connection's real server: the persistence template if one is live and its
+ * server still takes connections, else the next slot of the service's WRR cycle.
+ * Returns a real_id or -1. */
+static __always_inline long pick_real(struct svc_info *svc, struct persist_key *pk,
+				     __u64 now)
+{
+	struct persist_value *pv, fresh = {};
+	struct real_info *real;
+	struct wrr_pos *wp;
+	__u32 pos, slot, *real_id, svc_id = svc->id;
+
+	if (svc->persist_timeout_s) {
+		pv = persist_table.lookup(pk);
+		if (pv && !expired(now, pv->last_seen_ns,
+				   (__u64)svc->persist_timeout_s * NS_PER_S)) {
+			slot = pv->real_id;
+			real = reals.lookup(&slot);
+			if (real && (real->flags & REAL_F_SCHEDULABLE)) {
+				pv->last_seen_ns = now;
+				finish(0, COUNTER_PERSIST_HIT);
+				return slot;
+			}
+		}
+	}
+	if (svc->seq_len == 0)
+		return -1;
+	wp = wrr_pos.lookup(&svc_id);
+	if (!wp)
+		return -1;
+	bpf_spin_lock(&wp->lock);
+	pos = wp->pos;
+	if (pos >= svc->seq_len)
+		pos = 0;
+	wp->pos = pos + 1 >= svc->seq_len ? 0 : pos + 1;
+	bpf_spin_unlock(&wp->lock);
+
+	slot = svc->seq_offset + pos;
+	real_id = wrr_seq.lookup(&slot);
+	if (!real_id)
+		return -1;
+	if (svc->persist_timeout_s) {
+		fresh.last_seen_ns = now;
+		fresh.real_id = *real_id;
+		persist_table.update(pk, &fresh);
+	}
+	return *real_id;
+}
+
+static __always_inline void add_stats(struct stats *s, int new_conn, __u64 bytes)
+{
+	if (!s)
+		return;
+	s->conns += new_conn;
+	s->packets += 1;
+	s->bytes += bytes;
+}
+
+static __always_inline int handle_l4(struct hdr_cursor *c, struct ethhdr *eth,
+				     struct iphdr *iph)
+{
+	struct svc_key sk = {};
+	struct conn_key ck = {};
+	struct persist_key pk = {};
+	struct conn_value *cv, fresh = {};
+	struct tcphdr *th = NULL;
+	struct udphdr *uh;
+	struct svc_info *svc;
+	struct settings *cfg;
+	struct real_info *real;
+	__u32 real_id, svc_id;
+	__u64 now, timeout;
+	int new_conn = 0;
+	long picked;
+
+	if (iph->protocol == IPPROTO_TCP) {
+		th = parse_tcphdr(c);
+		if (!th || th->doff < 5)
+			return finish(XDP_PASS, COUNTER_PASS_MALFORMED);
+		ck.sport = th->source;
+		ck.dport = th->dest;
+	} else {
+		uh = parse_udphdr(c);
+		if (!uh)
+			return finish(XDP_PASS, COUNTER_PASS_MALFORMED);
+		ck.sport = uh->source;
+		ck.dport = uh->dest;
+	}
+
+	sk.vip = iph->daddr;
+	sk.port = ck.dport;
+	sk.proto = iph->protocol;
+	svc = services.lookup(&sk);
+	if (!svc) {
+		__be32 daddr = iph->daddr;
+
+		if (vips.lookup(&daddr))
+			return finish(XDP_PASS, COUNTER_PASS_VIP_OTHER_PORT);
+		return finish(XDP_PASS, COUNTER_PASS_NOT_VIP);
+	}
+	cfg = get_settings();
+	if (!cfg)
+		return finish(XDP_DROP, COUNTER_DROP_CONN_TABLE_ERROR);
+
+	ck.saddr = iph->saddr;
+	ck.daddr = iph->daddr;
+	ck.proto = iph->protocol;
+	if (svc->persist_timeout_s) {
+		pk.client_net = iph->saddr & svc->persist_mask;
+		pk.vip = iph->daddr;
+		pk.port = ck.dport;
+		pk.proto = iph->protocol;
+	}
+	now = bpf_ktime_get_coarse_ns();
+
+	cv = conn_table.lookup(&ck);
+	if (cv) {
+		__u8 state = cv->state & (CONN_STATE_SLOTS - 1);
+
+		timeout = cfg->timeout_ns[state];
+		/* A SYN on a closing connection is a new connection reusing the port. */
+		if (expired(now, cv->last_seen_ns, timeout) ||
+		    (th && th->syn && !th->ack && (state == CONN_FIN_WAIT || state == CONN_CLOSE)))
+			cv = NULL;
+	}
+	if (cv) {
+		real_id = cv->real_id;
+		cv->last_seen_ns = now;
+		if (th)
+			cv->state = tcp_next_state(cv->state, th);
+		if (svc->persist_timeout_s) {
+			struct persist_value *pv = persist_table.lookup(&pk);
+
+			if (pv && pv->real_id == real_id)
+				pv->last_seen_ns = now;
+		}
+	} else {
+		if (th && !(th->syn && !th->ack && !th->rst))
+			return finish(XDP_PASS, COUNTER_PASS_TCP_NO_CONN);
+		picked = pick_real(svc, &pk, now);
+		if (picked < 0)
+			return finish(XDP_DROP, COUNTER_DROP_NO_REAL_SERVER);
+		real_id = picked;
+		fresh.last_seen_ns = now;
+		fresh.real_id = real_id;
+		fresh.state = th ? CONN_SYN_RECV : CONN_UDP;
+		if (!conn_table.lookup(&ck))
+			finish(0, COUNTER_CONN_TABLE_INSERT);
+		if (conn_table.update(&ck, &fresh))
+			return finish(XDP_DROP, COUNTER_DROP_CONN_TABLE_ERROR);
+		new_conn = 1;
+	}
+
+	real = reals.lookup(&real_id);
+	if (!real || !(real->flags & REAL_F_MAC_KNOWN))
+		return finish(XDP_DROP, COUNTER_DROP_REAL_MAC_UNKNOWN);
+
+	svc_id = svc->id;
+	add_stats(svc_stats.lookup(&svc_id), new_conn, bpf_ntohs(iph->tot_len));
+	add_stats(real_stats.lookup(&real_id), new_conn, bpf_ntohs(iph->tot_len));
+
+	__builtin_memcpy(eth->h_dest, real->mac, ETH_ALEN);
+	__builtin_memcpy(eth->h_source, cfg->mac, ETH_ALEN);
+	return finish(XDP_TX, COUNTER_TX_SERVICE);
+}
+
+static __always_inline int handle_ipv4(struct hdr_cursor *c, struct ethhdr *eth)
+{
+	struct iphdr *iph = parse_iphdr(c);
+
+	if (!iph || iph->version != 4 || iph->ihl < 5)
+		return finish(XDP_PASS, COUNTER_PASS_MALFORMED);
+	if (is_fragment(iph))
+		return finish(XDP_PASS, COUNTER_PASS_FRAGMENT);
+	if (iph->ihl != 5)
+		return finish(XDP_PASS, COUNTER_PASS_IP_OPTIONS);
+
+	switch (iph->protocol) {
+	case IPPROTO_TCP:
+	case IPPROTO_UDP:
+		return handle_l4(c, eth, iph);
+	case IPPROTO_ICMP:
+		return handle_icmp(c, eth, iph);
+	default: {
+		__be32 daddr = iph->daddr;
+
+		if (vips.lookup(&daddr))
+			return finish(XDP_PASS, COUNTER_PASS_VIP_OTHER_PORT);
+		return finish(XDP_PASS, COUNTER_PASS_NOT_VIP);
+	}
+	}
+}
+
+int xdp_main(struct xdp_md *ctx)
+{
+	struct hdr_cursor c = {
+		.pos = (void *)(long)ctx->data,
+		.end = (void *)(long)ctx->data_end,
+	};
+	struct ethhdr *eth = parse_ethhdr(&c);
+
+	if (!eth)
+		return finish(XDP_PASS, COUNTER_PASS_MALFORMED);
+	if (eth->h_proto == bpf_htons(ETH_P_IP))
+		return handle_ipv4(&c, eth);
+	if (eth->h_proto == bpf_htons(ETH_P_ARP))
+		return handle_arp(&c, eth);
+	return finish(XDP_PASS, COUNTER_PASS_NOT_IPV4);
+}

@@ -1,0 +1,123 @@
+/* The one definition of everything the XDP program and the Python control plane share:
+ * map keys and values, counter indexes and connection states.
+ *
+ * lb/abi.py feeds this file to cffi (lines starting with '#' are skipped), and a test
+ * checks that cffi's sizes and offsets equal those of the compiled program's maps.
+ * Keep it plain C: fixed-width types, enums, and no macros in the body.
+ * Addresses and ports are in network byte order, exactly as they sit in the packet.
+ */
+#ifndef DR_LB_ABI_H
+#define DR_LB_ABI_H
+
+/* Per-CPU counters, one per reason a packet left the program, plus a few events.
+ * Every exit path bumps exactly one TX_/PASS_/DROP_ counter. */
+enum drlb_counter {
+	COUNTER_TX_SERVICE = 0,        /* sent to a real server */
+	COUNTER_TX_ARP_REPLY,          /* answered an ARP request for a VIP */
+	COUNTER_TX_ICMP_ECHO_REPLY,    /* answered a ping to a VIP */
+	COUNTER_PASS_NOT_IPV4,         /* neither IPv4 nor ARP (IPv6, VLAN, LLDP...) */
+	COUNTER_PASS_ARP_OTHER,        /* ARP that is not a request for a VIP */
+	COUNTER_PASS_NOT_VIP,          /* IPv4 to an address that is not a VIP */
+	COUNTER_PASS_VIP_OTHER_PORT,   /* to a VIP, but no service on that port/protocol */
+	COUNTER_PASS_FRAGMENT,         /* IPv4 fragment */
+	COUNTER_PASS_IP_OPTIONS,       /* IPv4 header with options */
+	COUNTER_PASS_TCP_NO_CONN,      /* TCP non-SYN with no live connection (IPVS default) */
+	COUNTER_PASS_ICMP_OTHER,       /* ICMP to a VIP that is not an answered echo request */
+	COUNTER_PASS_MALFORMED,        /* truncated or invalid header */
+	COUNTER_DROP_NO_REAL_SERVER,   /* new connection, but no real server can take it */
+	COUNTER_DROP_REAL_MAC_UNKNOWN, /* the connection's real server has no MAC now */
+	COUNTER_DROP_CONN_TABLE_ERROR, /* the connection could not be stored */
+	COUNTER_CONN_TABLE_INSERT,     /* event: a new key entered conn_table */
+	COUNTER_PERSIST_HIT,           /* event: a persistence template chose the server */
+	COUNTER_COUNT
+};
+
+enum conn_state {
+	CONN_NONE = 0,
+	CONN_SYN_RECV = 1,
+	CONN_ESTABLISHED = 2,
+	CONN_FIN_WAIT = 3,
+	CONN_CLOSE = 4,
+	CONN_UDP = 5,
+	CONN_STATE_SLOTS = 8           /* size of settings.timeout_ns */
+};
+
+enum real_flags {
+	REAL_F_MAC_KNOWN = 1,          /* mac is valid */
+	REAL_F_SCHEDULABLE = 2         /* may take new connections: weight > 0 and MAC known */
+};
+
+enum settings_flags {
+	SETTINGS_F_ICMP_ECHO = 1       /* answer pings to VIPs */
+};
+
+struct svc_key {
+	uint32_t vip;
+	uint16_t port;
+	uint8_t proto;
+	uint8_t pad;
+};
+
+struct svc_info {
+	uint32_t id;                   /* index into svc_stats and wrr_pos */
+	uint32_t seq_offset;           /* this service's slice of wrr_seq */
+	uint32_t seq_len;              /* 0: no real server can take new connections */
+	uint32_t persist_timeout_s;    /* 0: no persistence */
+	uint32_t persist_mask;
+	uint32_t pad;
+};
+
+struct vip_info {
+	uint32_t services;             /* how many services use this VIP */
+};
+
+struct real_info {
+	uint8_t mac[6];
+	uint16_t flags;                /* enum real_flags */
+	uint32_t addr;
+};
+
+struct conn_key {
+	uint32_t saddr;
+	uint32_t daddr;
+	uint16_t sport;
+	uint16_t dport;
+	uint8_t proto;
+	uint8_t pad[3];
+};
+
+struct conn_value {
+	uint64_t last_seen_ns;
+	uint32_t real_id;              /* index into reals and real_stats */
+	uint8_t state;                 /* enum conn_state */
+	uint8_t pad[3];
+};
+
+struct persist_key {
+	uint32_t client_net;           /* client address AND persistent_netmask */
+	uint32_t vip;
+	uint16_t port;
+	uint8_t proto;
+	uint8_t pad;
+};
+
+struct persist_value {
+	uint64_t last_seen_ns;
+	uint32_t real_id;
+	uint32_t pad;
+};
+
+struct settings {
+	uint8_t mac[6];                /* the interface's MAC: source of every frame we send */
+	uint16_t flags;                /* enum settings_flags */
+	uint32_t pad;
+	uint64_t timeout_ns[8];        /* idle timeout per enum conn_state (CONN_STATE_SLOTS) */
+};
+
+struct stats {
+	uint64_t conns;
+	uint64_t packets;
+	uint64_t bytes;
+};
+
+#endif

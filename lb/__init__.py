@@ -1,0 +1,1 @@
+"""dr-lb: an LVS-DR load balancer whose data plane runs in XDP."""

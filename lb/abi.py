@@ -1,0 +1,73 @@
+"""Python's view of bpf/dr_lb_abi.h and bpf/dr_lb_consts.h, derived from those files.
+
+Nothing here is written twice: struct layouts and enums come from cffi parsing the
+header, and constants from the #defines of the constants header.
+"""
+from __future__ import annotations
+
+import re
+import socket
+import struct
+from pathlib import Path
+
+import cffi
+
+BPF_DIR = Path(__file__).resolve().parent.parent / "bpf"
+ABI_HEADER = BPF_DIR / "dr_lb_abi.h"
+CONSTS_HEADER = BPF_DIR / "dr_lb_consts.h"
+PROGRAM = BPF_DIR / "dr_lb.c"
+
+
+def _read_consts() -> dict[str, int]:
+    consts = {}
+    for name, value in re.findall(r"^#define\s+([A-Z_][A-Z0-9_]*)\s+(\d+)\s*$",
+                                  CONSTS_HEADER.read_text(), re.M):
+        consts[name] = int(value)
+    return consts
+
+
+CONST = _read_consts()
+
+ffi = cffi.FFI()
+ffi.cdef("\n".join(line for line in ABI_HEADER.read_text().splitlines()
+                   if not line.lstrip().startswith("#")))
+
+
+def enum_values(enum: str, prefix: str) -> dict[str, int]:
+    """{'tx_service': 0, ...} for `enum drlb_counter` with prefix 'COUNTER_'."""
+    elements = ffi.typeof(f"enum {enum}").relements
+    return {name[len(prefix):].lower(): value for name, value in elements.items()
+            if name.startswith(prefix) and not name.endswith("_COUNT")
+            and not name.endswith("_SLOTS")}
+
+
+COUNTERS = dict(sorted(enum_values("drlb_counter", "COUNTER_").items(), key=lambda kv: kv[1]))
+COUNTER_COUNT = ffi.typeof("enum drlb_counter").relements["COUNTER_COUNT"]
+CONN_STATES = {v: k for k, v in enum_values("conn_state", "CONN_").items()}
+STATE = {k.upper(): v for v, k in CONN_STATES.items()}
+REAL_F_MAC_KNOWN = ffi.typeof("enum real_flags").relements["REAL_F_MAC_KNOWN"]
+REAL_F_SCHEDULABLE = ffi.typeof("enum real_flags").relements["REAL_F_SCHEDULABLE"]
+SETTINGS_F_ICMP_ECHO = ffi.typeof("enum settings_flags").relements["SETTINGS_F_ICMP_ECHO"]
+
+IPPROTO = {"tcp": socket.IPPROTO_TCP, "udp": socket.IPPROTO_UDP}
+
+
+def ip_be32(address: str) -> int:
+    """An IPv4 address as the u32 the program reads from the packet (network order)."""
+    return struct.unpack("=I", socket.inet_aton(address))[0]
+
+
+def be32_ip(value: int) -> str:
+    return socket.inet_ntoa(struct.pack("=I", value))
+
+
+def port_be16(port: int) -> int:
+    return socket.htons(port)
+
+
+def mac_bytes(mac: str) -> bytes:
+    return bytes.fromhex(mac.replace(":", ""))
+
+
+def mac_str(raw) -> str:
+    return ":".join(f"{b:02x}" for b in bytes(raw))

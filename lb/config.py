@@ -1,0 +1,305 @@
+"""The TOML configuration: parsing and every check that needs no kernel.
+
+All problems are collected and reported together; each message names the file, the
+entry at fault and the fix, in the style of
+`config.toml: service 192.168.0.21:80/tcp, real server 192.168.0.12:8080: DR cannot
+change ports; use port 80`.
+"""
+from __future__ import annotations
+
+import ipaddress
+import re
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from lb import abi
+from lb.scheduler import wrr_sequence
+
+PROTOCOLS = ("tcp", "udp")
+SCHEDULERS = ("wrr", "rr")
+XDP_MODES = ("auto", "native", "generic")
+MAC_RE = re.compile(r"^[0-9a-fA-F]{2}(:[0-9a-fA-F]{2}){5}$")
+
+DIRECTOR_KEYS = {"interface", "xdp_mode", "icmp_echo", "conn_table_size"}
+TIMEOUT_KEYS = {"tcp", "tcpfin", "udp"}
+SERVICE_KEYS = {"vip", "port", "protocol", "scheduler", "persistent",
+                "persistent_netmask", "real_server"}
+REAL_SERVER_KEYS = {"address", "port", "weight", "mac"}
+TOP_KEYS = {"director", "timeouts", "service"}
+
+
+class ConfigError(Exception):
+    """One or more problems in a configuration; str() gives one line per problem."""
+
+    def __init__(self, problems: list[str]):
+        super().__init__("\n".join(problems))
+        self.problems = problems
+
+
+@dataclass(frozen=True)
+class RealServer:
+    address: str
+    port: int
+    weight: int = 1
+    mac: str | None = None
+
+
+@dataclass(frozen=True)
+class Service:
+    vip: str
+    port: int
+    protocol: str = "tcp"
+    scheduler: str = "wrr"
+    persistent: int = 0
+    persistent_netmask: str = "255.255.255.255"
+    real_servers: tuple[RealServer, ...] = ()
+
+    @property
+    def name(self) -> str:
+        return f"{self.vip}:{self.port}/{self.protocol}"
+
+    def scheduling_weights(self) -> list[int]:
+        """Weights as the scheduler sees them: rr is wrr with every live weight 1."""
+        if self.scheduler == "rr":
+            return [1 if rs.weight > 0 else 0 for rs in self.real_servers]
+        return [rs.weight for rs in self.real_servers]
+
+
+@dataclass(frozen=True)
+class Timeouts:
+    tcp: int = 900
+    tcpfin: int = 120
+    udp: int = 300
+
+
+@dataclass(frozen=True)
+class Director:
+    interface: str
+    xdp_mode: str = "auto"
+    icmp_echo: bool = True
+    conn_table_size: int = abi.CONST["CONN_TABLE_SIZE"]
+
+
+@dataclass(frozen=True)
+class Config:
+    director: Director
+    timeouts: Timeouts = field(default_factory=Timeouts)
+    services: tuple[Service, ...] = ()
+    source: str = "config"
+
+    @property
+    def vips(self) -> list[str]:
+        return sorted({s.vip for s in self.services}, key=ipaddress.IPv4Address)
+
+
+def load(path: str | Path) -> Config:
+    """Read and validate a config file; raises ConfigError."""
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except OSError as e:
+        raise ConfigError([f"{path}: cannot read: {e.strerror}"]) from None
+    return parse(text, source=path.name)
+
+
+def parse(text: str, source: str = "config") -> Config:
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError([f"{source}: not valid TOML: {e}"]) from None
+    return from_dict(data, source)
+
+
+class _Checker:
+    def __init__(self, source: str):
+        self.source = source
+        self.problems: list[str] = []
+
+    def fail(self, where: str, message: str) -> None:
+        self.problems.append(f"{self.source}: {where}: {message}" if where
+                             else f"{self.source}: {message}")
+
+    def unknown_keys(self, where: str, table: dict, allowed: set[str]) -> None:
+        for key in sorted(set(table) - allowed):
+            self.fail(where, f"unknown key '{key}' (a typo?); known keys: "
+                             + ", ".join(sorted(allowed)))
+
+    def integer(self, where: str, table: dict, key: str, default: int,
+                lo: int, hi: int) -> int:
+        value = table.get(key, default)
+        if isinstance(value, bool) or not isinstance(value, int):
+            self.fail(where, f"{key} = {value!r} must be a whole number from {lo} to {hi}")
+            return default
+        if not lo <= value <= hi:
+            self.fail(where, f"{key} = {value} is out of range; use {lo} to {hi}")
+            return default
+        return value
+
+    def choice(self, where: str, table: dict, key: str, default: str,
+               choices: tuple[str, ...]) -> str:
+        value = table.get(key, default)
+        if value not in choices:
+            self.fail(where, f"{key} = {value!r} is not known; use one of "
+                             + ", ".join(f'"{c}"' for c in choices))
+            return default
+        return value
+
+    def ipv4(self, where: str, table: dict, key: str) -> str | None:
+        value = table.get(key)
+        if value is None:
+            self.fail(where, f"{key} is required (an IPv4 address such as \"192.168.0.21\")")
+            return None
+        try:
+            addr = ipaddress.IPv4Address(value)
+        except (ipaddress.AddressValueError, ValueError, TypeError):
+            self.fail(where, f"{key} = {value!r} is not an IPv4 address; "
+                             "write it as \"192.168.0.21\"")
+            return None
+        if addr.is_multicast or addr.is_unspecified or str(addr) == "255.255.255.255":
+            self.fail(where, f"{key} = {value} cannot be used; give a unicast address")
+            return None
+        return str(addr)
+
+    def table(self, where: str, data: dict, key: str) -> dict:
+        value = data.get(key, {})
+        if not isinstance(value, dict):
+            self.fail(where, f"[{key}] must be a table")
+            return {}
+        return value
+
+
+def from_dict(data: dict, source: str = "config") -> Config:
+    c = _Checker(source)
+    c.unknown_keys("", data, TOP_KEYS)
+
+    d = c.table("", data, "director")
+    if "director" not in data:
+        c.fail("[director]", "missing; add [director] with interface = \"eth0\"")
+    c.unknown_keys("[director]", d, DIRECTOR_KEYS)
+    interface = d.get("interface")
+    if not isinstance(interface, str) or not interface or len(interface) > 15 \
+            or "/" in interface or " " in interface:
+        if "director" in data:
+            c.fail("[director]", f"interface = {interface!r}: give the name of the "
+                                 "director's network interface, e.g. interface = \"eth0\"")
+        interface = "?"
+    icmp_echo = d.get("icmp_echo", True)
+    if not isinstance(icmp_echo, bool):
+        c.fail("[director]", f"icmp_echo = {icmp_echo!r} must be true or false")
+        icmp_echo = True
+    director = Director(
+        interface=interface,
+        xdp_mode=c.choice("[director]", d, "xdp_mode", "auto", XDP_MODES),
+        icmp_echo=icmp_echo,
+        conn_table_size=c.integer("[director]", d, "conn_table_size",
+                                  abi.CONST["CONN_TABLE_SIZE"], 1024, 100_000_000),
+    )
+
+    t = c.table("", data, "timeouts")
+    c.unknown_keys("[timeouts]", t, TIMEOUT_KEYS)
+    one_year = 365 * 24 * 3600
+    timeouts = Timeouts(**{k: c.integer("[timeouts]", t, k, getattr(Timeouts, k), 1, one_year)
+                           for k in ("tcp", "tcpfin", "udp")})
+
+    raw_services = data.get("service", [])
+    if not isinstance(raw_services, list):
+        c.fail("", "service must be written as [[service]] tables")
+        raw_services = []
+    if not raw_services and "service" not in data:
+        c.fail("", "no [[service]] defined; add at least one with vip, port and a "
+                   "[[service.real_server]]")
+    services: list[Service] = []
+    seen_services: dict[tuple, int] = {}
+    for n, s in enumerate(raw_services, 1):
+        svc = _service(c, n, s)
+        if svc is None:
+            continue
+        key = (svc.vip, svc.port, svc.protocol)
+        if key in seen_services:
+            c.fail(f"service {svc.name}", f"defined twice (entries {seen_services[key]} "
+                                          f"and {n}); merge them into one [[service]]")
+            continue
+        seen_services[key] = n
+        services.append(svc)
+
+    if len(services) > abi.CONST["MAX_SERVICES"]:
+        c.fail("", f"{len(services)} services; at most {abi.CONST['MAX_SERVICES']} are supported")
+    total_reals = sum(len(s.real_servers) for s in services)
+    if total_reals > abi.CONST["MAX_REALS"]:
+        c.fail("", f"{total_reals} real servers in all; at most {abi.CONST['MAX_REALS']} "
+                   "are supported")
+    seq_total = sum(len(wrr_sequence(s.scheduling_weights())) for s in services)
+    if seq_total > abi.CONST["WRR_SEQ_CAPACITY"]:
+        c.fail("", f"the weights need a round-robin sequence of {seq_total} slots, more "
+                   f"than {abi.CONST['WRR_SEQ_CAPACITY']}; use smaller weights with the "
+                   "same ratio (e.g. 2:1 instead of 2000:1000)")
+
+    if c.problems:
+        raise ConfigError(c.problems)
+    return Config(director=director, timeouts=timeouts, services=tuple(services),
+                  source=source)
+
+
+def _service(c: _Checker, n: int, s) -> Service | None:
+    if not isinstance(s, dict):
+        c.fail(f"service entry {n}", "must be a [[service]] table")
+        return None
+    vip = c.ipv4(f"service entry {n}", s, "vip")
+    where0 = f"service {vip or '?'}:{s.get('port', '?')}/{s.get('protocol', 'tcp')}"
+    c.unknown_keys(where0, s, SERVICE_KEYS)
+    if "port" not in s:
+        c.fail(where0, "port is required (1-65535)")
+    port = c.integer(where0, s, "port", 0, 1, 65535)
+    protocol = c.choice(where0, s, "protocol", "tcp", PROTOCOLS)
+    scheduler = c.choice(where0, s, "scheduler", "wrr", SCHEDULERS)
+    persistent = c.integer(where0, s, "persistent", 0, 0, 365 * 24 * 3600)
+    netmask = s.get("persistent_netmask", "255.255.255.255")
+    try:
+        if not isinstance(netmask, str):
+            raise ValueError
+        netmask = str(ipaddress.IPv4Network(f"0.0.0.0/{netmask}").netmask)
+    except ValueError:
+        c.fail(where0, f"persistent_netmask = {netmask!r} is not a netmask; write it "
+                       "as \"255.255.255.0\"")
+        netmask = "255.255.255.255"
+    where = f"service {vip or '?'}:{port}/{protocol}"
+
+    raw_reals = s.get("real_server", [])
+    if not isinstance(raw_reals, list) or not raw_reals:
+        c.fail(where, "has no real server; add a [[service.real_server]] with an address")
+        raw_reals = [] if not isinstance(raw_reals, list) else raw_reals
+    reals: list[RealServer] = []
+    seen: set[str] = set()
+    for m, r in enumerate(raw_reals, 1):
+        if not isinstance(r, dict):
+            c.fail(where, f"real server entry {m} must be a [[service.real_server]] table")
+            continue
+        addr = c.ipv4(f"{where}, real server entry {m}", r, "address")
+        rwhere = f"{where}, real server {addr or '?'}:{r.get('port', port)}"
+        c.unknown_keys(rwhere, r, REAL_SERVER_KEYS)
+        rport = c.integer(rwhere, r, "port", port, 1, 65535)
+        if "port" in r and rport != port:
+            c.fail(rwhere, f"DR cannot change ports; use port {port} (or leave port out)")
+        weight = c.integer(rwhere, r, "weight", 1, 0, 65535)
+        mac = r.get("mac")
+        if mac is not None and (not isinstance(mac, str) or not MAC_RE.match(mac)):
+            c.fail(rwhere, f"mac = {mac!r} is not a MAC address; write it as "
+                           "\"52:54:00:12:34:56\" or leave it out to use the neighbour table")
+            mac = None
+        if addr is None:
+            continue
+        if addr == vip:
+            c.fail(rwhere, "a real server cannot have the VIP as its address; give the "
+                           "real server's own address (RIP)")
+        if addr in seen:
+            c.fail(rwhere, "listed twice in this service; keep one entry")
+            continue
+        seen.add(addr)
+        reals.append(RealServer(address=addr, port=port, weight=weight,
+                                mac=mac.lower() if mac else None))
+    if vip is None or "port" not in s:
+        return None
+    return Service(vip=vip, port=port, protocol=protocol, scheduler=scheduler,
+                   persistent=persistent, persistent_netmask=netmask,
+                   real_servers=tuple(reals))
