@@ -1,0 +1,112 @@
+"""The `dr-lb` command line. Commands parse their arguments and call into lb/."""
+from __future__ import annotations
+
+import json
+import sys
+
+import click
+
+from lb import config as config_mod
+from lb.cli_realserver import realserver_group
+from lb.errors import UserError
+
+
+class Group(click.Group):
+    """Turns the errors a user can hit into one line and an exit status."""
+
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except config_mod.ConfigError as e:
+            for problem in e.problems:
+                click.echo(f"dr-lb: {problem}", err=True)
+            ctx.exit(2)
+        except UserError as e:
+            click.echo(f"dr-lb: {e}", err=True)
+            ctx.exit(e.exit_code)
+        except PermissionError as e:
+            click.echo(f"dr-lb: permission denied ({e.strerror}): run as root (sudo)",
+                       err=True)
+            ctx.exit(1)
+
+
+@click.group(cls=Group)
+@click.version_option(package_name="dr-lb")
+def main() -> None:
+    """dr-lb: an LVS-DR load balancer whose data plane runs in XDP."""
+
+
+def load_config(path: str, system: bool = True) -> config_mod.Config:
+    cfg = config_mod.load(path)
+    if system:
+        from lb import netif
+        problems = netif.config_problems(cfg)
+        if problems:
+            raise config_mod.ConfigError(problems)
+    return cfg
+
+
+@main.command()
+@click.argument("config_file", metavar="CONFIG", type=click.Path(dir_okay=False))
+@click.option("--replace", is_flag=True,
+              help="Take over the interface even if an XDP program is attached.")
+def up(config_file: str, replace: bool) -> None:
+    """Validate CONFIG, attach XDP and balance until SIGINT/SIGTERM."""
+    from lb import director
+    director.require_root()
+    cfg = load_config(config_file)
+    director.run(cfg, config_path=config_file, replace=replace)
+
+
+@main.command()
+@click.option("--interface", "-i", help="The instance's interface (needed if several run).")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def status(interface: str | None, as_json: bool) -> None:
+    """Show the running instance like `ipvsadm -Ln --stats`."""
+    from lb import control, status as status_mod
+    data = control.request(interface, "status")
+    if as_json:
+        click.echo(json.dumps(data, indent=2))
+    else:
+        click.echo(status_mod.format_table(data))
+
+
+@main.command()
+@click.option("--interface", "-i", help="The instance's interface (needed if several run).")
+def down(interface: str | None) -> None:
+    """Stop the running instance, or remove a leftover XDP program."""
+    from lb import director
+    director.require_root()
+    for line in director.down(interface):
+        click.echo(line)
+
+
+@main.command()
+@click.argument("config_file", metavar="CONFIG", type=click.Path(dir_okay=False))
+@click.option("--offline", is_flag=True,
+              help="Only check the file, not this machine's interfaces.")
+def check(config_file: str, offline: bool) -> None:
+    """Validate CONFIG without touching anything."""
+    cfg = load_config(config_file, system=not offline)
+    n_reals = sum(len(s.real_servers) for s in cfg.services)
+    click.echo(f"{config_file}: OK: {len(cfg.services)} service(s), {n_reals} real "
+               f"server(s) on {cfg.director.interface}")
+
+
+@main.group()
+def lab() -> None:
+    """The built-in network-namespace lab (seed 002's scene)."""
+
+
+@lab.command()
+@click.option("--xdp-mode", type=click.Choice(["generic", "native"]), default="generic",
+              show_default=True)
+@click.option("--requests", "-n", default=12, show_default=True)
+def demo(xdp_mode: str, requests: int) -> None:
+    """Build the lab, balance 12 curl requests 2:1:1, show status, tear down."""
+    from lb import director, demo as demo_mod
+    director.require_root()
+    sys.exit(demo_mod.run(xdp_mode=xdp_mode, requests=requests))
+
+
+main.add_command(realserver_group)

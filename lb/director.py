@@ -1,0 +1,186 @@
+"""`dr-lb up` and `dr-lb down`: the director's life cycle around the data plane."""
+from __future__ import annotations
+
+import os
+import signal
+import sys
+import threading
+import time
+
+from lb import control, libbpf, netif, status, tables as tables_mod
+from lb.config import Config
+from lb.errors import UserError
+
+NEIGHBOUR_REFRESH_S = 0.5
+PROBE_EVERY_S = 5.0
+
+
+def require_root() -> None:
+    if os.geteuid() != 0:
+        raise UserError("this needs root: run it with sudo")
+
+
+class Director:
+    """Keeps the maps in step with the config and the neighbour table."""
+
+    def __init__(self, config: Config, dataplane, interface: netif.Interface):
+        self.config = config
+        self.dp = dataplane
+        self.interface = interface
+        self.macs: dict[str, str | None] = {}
+        self.tables = tables_mod.build(config, self.macs)
+        self.lock = threading.Lock()
+        self.xdp_mode = ""
+        self._last_probe = 0.0
+
+    @property
+    def dynamic_addresses(self) -> list[str]:
+        """Real servers whose MAC comes from the neighbour table."""
+        return sorted({rs.address for s in self.config.services for rs in s.real_servers
+                       if not rs.mac})
+
+    def refresh_neighbours(self, probe_missing: bool = True) -> bool:
+        """Read the neighbour table; reprogram the maps if a MAC changed."""
+        table = netif.neighbours(self.interface.index)
+        macs = dict(self.macs)
+        missing = []
+        for addr in self.dynamic_addresses:
+            entry = table.get(addr)
+            mac = netif.usable_mac(entry)
+            if mac:
+                macs[addr] = mac
+            elif entry is not None and entry[0] & netif.NUD_FAILED:
+                macs[addr] = None        # unreachable: stop sending it new connections
+                missing.append(addr)
+            else:
+                missing.append(addr)     # gone from the table: keep the last MAC, ask again
+        now = time.monotonic()
+        if missing and probe_missing and now - self._last_probe > PROBE_EVERY_S:
+            netif.probe(missing, self.interface.name)
+            self._last_probe = now
+        if macs == self.macs:
+            return False
+        self.macs = macs
+        self.program()
+        return True
+
+    def resolve_initial(self, wait_s: float = 3.5) -> None:
+        self.refresh_neighbours()
+        deadline = time.monotonic() + wait_s
+        while time.monotonic() < deadline and any(
+                not self.macs.get(a) for a in self.dynamic_addresses):
+            time.sleep(0.1)
+            self.refresh_neighbours(probe_missing=False)
+
+    def program(self) -> None:
+        with self.lock:
+            self.tables = tables_mod.build(self.config, self.macs)
+            self.dp.program(self.config, self.tables, self.interface.mac)
+
+    def status(self) -> dict:
+        with self.lock:
+            return status.collect(self.config, self.tables, self.dp,
+                                  self.interface.name, self.xdp_mode)
+
+
+def run(config: Config, config_path: str, replace: bool = False) -> None:
+    from lb.dataplane import Dataplane   # imports bcc; keep `check` and `status` free of it
+
+    name = config.director.interface
+    iface = netif.interface(name)
+    if iface is None:
+        raise UserError(f"interface {name} does not exist", exit_code=2)
+    if iface.xdp_mode and not replace:
+        owner = next((s for s in control.instances() if s.get("interface") == name), None)
+        who = f"dr-lb (pid {owner['pid']})" if owner else f"program id {iface.xdp_prog_id}"
+        raise UserError(f"an XDP program is already attached to {name} ({who}, "
+                        f"{iface.xdp_mode}); stop it with `sudo dr-lb down --interface {name}` "
+                        "or take over with `dr-lb up --replace`")
+    if iface.xdp_mode and replace:
+        detach_any(iface)
+
+    stop = threading.Event()
+
+    def on_signal(signum, frame):
+        stop.set()
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, on_signal)
+
+    dp = Dataplane(config.director.conn_table_size)
+    server = None
+    try:
+        director = Director(config, dp, iface)
+        director.resolve_initial()
+        director.program()
+        director.xdp_mode = dp.attach(iface.index, config.director.xdp_mode)
+        server = control.ControlServer(name, {"status": director.status,
+                                              "stop": lambda: (stop.set(), {"ok": True})[1]})
+        control.write_state(name, {"pid": os.getpid(), "interface": name,
+                                   "ifindex": iface.index, "xdp_mode": director.xdp_mode,
+                                   "config": os.path.abspath(config_path)})
+        netif.send_gratuitous_arp(name, iface.mac, list(config.vips))
+        unresolved = [a for a in director.dynamic_addresses if not director.macs.get(a)]
+        print(f"dr-lb: ready on {name} (xdp {director.xdp_mode}): "
+              f"{len(config.services)} service(s), VIPs {', '.join(config.vips)}"
+              + (f"; MAC not yet known for {', '.join(unresolved)}" if unresolved else ""),
+              flush=True)
+        while not stop.wait(NEIGHBOUR_REFRESH_S):
+            director.refresh_neighbours()
+    finally:
+        if server:
+            server.close()
+        try:
+            dp.close()
+        finally:
+            control.remove_state(name)
+    print(f"dr-lb: detached from {name}", flush=True)
+
+
+def detach_any(iface: netif.Interface) -> None:
+    """Remove whatever XDP program is on the interface (a leftover, or --replace)."""
+    modes = ["native", "generic"] if iface.xdp_mode == "multi" else [iface.xdp_mode]
+    for mode in modes:
+        libbpf.xdp_detach(iface.index, mode)
+
+
+def down(interface: str | None) -> list[str]:
+    running = control.instances()
+    if interface is None:
+        if len(running) == 1:
+            interface = running[0]["interface"]
+        elif len(running) > 1:
+            raise UserError("several instances run here ("
+                            + ", ".join(s["interface"] for s in running)
+                            + "); choose one with --interface")
+        else:
+            raise UserError("dr-lb is not running in this network namespace; to remove a "
+                            "leftover XDP program give --interface")
+    done = []
+    state = next((s for s in running if s["interface"] == interface), None)
+    if state and _alive(state["pid"]):
+        os.kill(state["pid"], signal.SIGTERM)
+        deadline = time.monotonic() + 10
+        while _alive(state["pid"]) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        if _alive(state["pid"]):
+            raise UserError(f"dr-lb (pid {state['pid']}) did not stop within 10 s")
+        done.append(f"stopped dr-lb (pid {state['pid']}) on {interface}")
+    iface = netif.interface(interface)
+    if iface is None:
+        raise UserError(f"interface {interface} does not exist")
+    if iface.xdp_mode:
+        detach_any(iface)
+        done.append(f"removed a leftover XDP program (id {iface.xdp_prog_id}, "
+                    f"{iface.xdp_mode}) from {interface}")
+    if state:
+        control.remove_state(interface)
+    return done or [f"nothing to do: no dr-lb and no XDP program on {interface}"]
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True

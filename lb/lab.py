@@ -1,0 +1,260 @@
+"""The network-namespace lab: seed 002's LVS-DR scene, defined once.
+
+A client (.10), the director (.11) and real servers .12/.13/.14 (weights 2:1:1) sit on
+one bridge; the VIP is .21. The demo, the end-to-end tests and bench/ all build it from
+here. Addresses are from 198.18.0.0/15 (RFC 2544, reserved for benchmarking), so they
+cannot be mistaken for any real network; nothing leaves the namespaces.
+"""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+from pyroute2 import IPRoute, NetNS, netns
+
+from lb import libbpf
+
+SUBNET_PREFIX = 24
+CLIENT_IP = "198.18.0.10"
+DIRECTOR_IP = "198.18.0.11"
+VIP = "198.18.0.21"
+HTTP_PORT = 80
+PERSISTENT_PORT = 8080
+UDP_PORT = 5300
+
+
+@dataclass(frozen=True)
+class Host:
+    role: str          # "client", "director" or "real"
+    name: str
+    address: str
+    weight: int = 0    # real servers only
+
+
+HOSTS = (
+    Host("client", "client", CLIENT_IP),
+    Host("director", "director", DIRECTOR_IP),
+    Host("real", "rs1", "198.18.0.12", weight=2),
+    Host("real", "rs2", "198.18.0.13", weight=1),
+    Host("real", "rs3", "198.18.0.14", weight=1),
+)
+
+
+def python_cmd(*args: str) -> list[str]:
+    """This interpreter running a module of ours (works inside `ip netns exec`)."""
+    return [sys.executable, "-m", *args]
+
+
+@dataclass
+class Lab:
+    """Namespaces `<prefix>-sw` (the bridge) and `<prefix>-<host>` for every host.
+
+    Use as a context manager: everything is removed on exit, even after a failure.
+    """
+    prefix: str = "drlb"
+    xdp_mode: str = "generic"
+    hosts: tuple[Host, ...] = HOSTS
+    _procs: list[subprocess.Popen] = field(default_factory=list)
+    macs: dict[str, str] = field(default_factory=dict)
+
+    # ---- names -----------------------------------------------------------------
+    def ns(self, name: str) -> str:
+        return f"{self.prefix}-{name}"
+
+    @property
+    def switch(self) -> str:
+        return self.ns("sw")
+
+    @property
+    def real_servers(self) -> list[Host]:
+        return [h for h in self.hosts if h.role == "real"]
+
+    def host(self, name: str) -> Host:
+        return next(h for h in self.hosts if h.name == name)
+
+    def namespaces(self) -> list[str]:
+        return [self.switch] + [self.ns(h.name) for h in self.hosts]
+
+    # ---- life cycle ------------------------------------------------------------
+    def __enter__(self) -> "Lab":
+        try:
+            self.create()
+        except BaseException:
+            self.destroy()
+            raise
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.destroy()
+
+    def create(self) -> None:
+        self.destroy()
+        for name in self.namespaces():
+            netns.create(name)
+        with NetNS(self.switch) as sw:
+            sw.link("add", ifname="br0", kind="bridge", br_forward_delay=0)
+            br = sw.link_lookup(ifname="br0")[0]
+            sw.link("set", index=br, state="up")
+            for h in self.hosts:
+                port = f"p-{h.name}"
+                sw.link("add", ifname=port, kind="veth",
+                        peer={"ifname": "eth0", "net_ns_fd": self.ns(h.name)})
+                idx = sw.link_lookup(ifname=port)[0]
+                sw.link("set", index=idx, master=br, state="up")
+        for h in self.hosts:
+            self.sysctl(h.name, "net.ipv6.conf.all.disable_ipv6", "1")
+            with NetNS(self.ns(h.name)) as ns:
+                lo = ns.link_lookup(ifname="lo")[0]
+                ns.link("set", index=lo, state="up")
+                eth = ns.link_lookup(ifname="eth0")[0]
+                ns.addr("add", index=eth, address=h.address, prefixlen=SUBNET_PREFIX)
+                ns.link("set", index=eth, state="up")
+                self.macs[h.name] = ns.get_links(eth)[0].get_attr("IFLA_ADDRESS")
+        if self.xdp_mode == "native":
+            self._prepare_native()
+
+    def _prepare_native(self) -> None:
+        """What native XDP_TX on veth needs (KERNEL-NOTES): a program on the peer of the
+        director's veth, and complete checksums from the client's local TCP stack."""
+        fd = libbpf.load_xdp_pass()
+        netns.pushns(self.switch)
+        try:
+            with IPRoute() as ipr:
+                idx = ipr.link_lookup(ifname="p-director")[0]
+            libbpf.xdp_attach(idx, fd, "native")
+        finally:
+            netns.popns()
+            os.close(fd)
+        self.run("client", "ethtool", "-K", "eth0", "tx", "off")
+
+    def destroy(self) -> None:
+        for p in self._procs:
+            if p.poll() is None:
+                try:
+                    os.killpg(p.pid, signal.SIGTERM)
+                except ProcessLookupError:
+                    pass
+        for p in self._procs:
+            try:
+                p.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                os.killpg(p.pid, signal.SIGKILL)
+                p.wait()
+        self._procs.clear()
+        existing = set(netns.listnetns())
+        for name in self.namespaces():
+            if name in existing:
+                netns.remove(name)
+
+    # ---- running things inside ---------------------------------------------------
+    def argv(self, host: str, *argv: str) -> list[str]:
+        return ["ip", "netns", "exec", self.ns(host), *argv]
+
+    def run(self, host: str, *argv: str, check: bool = True, timeout: float = 60,
+            **kw) -> subprocess.CompletedProcess:
+        kw.setdefault("capture_output", True)
+        kw.setdefault("text", True)
+        return subprocess.run(self.argv(host, *argv), check=check, timeout=timeout, **kw)
+
+    def popen(self, host: str, *argv: str, **kw) -> subprocess.Popen:
+        """A background process in `host`, killed (with its group) by destroy()."""
+        p = subprocess.Popen(self.argv(host, *argv), start_new_session=True, **kw)
+        self._procs.append(p)
+        return p
+
+    def sysctl(self, host: str, key: str, value: str) -> None:
+        self.run(host, "sysctl", "-q", "-w", f"{key}={value}")
+
+    # ---- the scene -------------------------------------------------------------
+    def prepare_real_servers(self) -> None:
+        """VIP on lo as /32 and the ARP sysctls, done by dr-lb's own real-server code."""
+        for h in self.real_servers:
+            self.run(h.name, *python_cmd("lb", "realserver", "up", VIP))
+
+    def start_servers(self) -> None:
+        """On every real server: HTTP on the service ports answering with the host's
+        name, and a UDP responder on the VIP."""
+        for h in self.real_servers:
+            self.popen(h.name, *python_cmd("lb.lab", "serve", h.name, VIP,
+                                           str(HTTP_PORT), str(PERSISTENT_PORT),
+                                           str(UDP_PORT)),
+                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        for h in self.real_servers:
+            self.wait_port(h.name, HTTP_PORT)
+
+    def wait_port(self, host: str, port: int, timeout: float = 10) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            r = self.run(host, sys.executable, "-c", "import socket; socket.create_connection("
+                         f"('127.0.0.1', {port}), 1)", check=False)
+            if r.returncode == 0:
+                return
+            time.sleep(0.1)
+        raise TimeoutError(f"lab: {host} does not listen on port {port}")
+
+    def director_config(self, *, udp_timeout: int = 300, persistent: int = 60,
+                        weights: dict[str, int] | None = None,
+                        extra_director: str = "") -> str:
+        """The director's TOML for the lab: HTTP on 80 (wrr), HTTP on 8080 with
+        persistence, and UDP on 5300."""
+        weights = weights or {h.name: h.weight for h in self.real_servers}
+
+        def reals() -> str:
+            return "".join(f"\n[[service.real_server]]\naddress = \"{h.address}\"\n"
+                           f"weight = {weights[h.name]}\n" for h in self.real_servers)
+        return (
+            f"[director]\ninterface = \"eth0\"\nxdp_mode = \"{self.xdp_mode}\"\n"
+            f"{extra_director}\n"
+            f"[timeouts]\ntcp = 900\ntcpfin = 120\nudp = {udp_timeout}\n\n"
+            f"[[service]]\nvip = \"{VIP}\"\nport = {HTTP_PORT}\nprotocol = \"tcp\"\n"
+            f"scheduler = \"wrr\"\n{reals()}\n"
+            f"[[service]]\nvip = \"{VIP}\"\nport = {PERSISTENT_PORT}\nprotocol = \"tcp\"\n"
+            f"persistent = {persistent}\npersistent_netmask = \"255.255.255.0\"\n{reals()}\n"
+            f"[[service]]\nvip = \"{VIP}\"\nport = {UDP_PORT}\nprotocol = \"udp\"\n{reals()}"
+        )
+
+    def curl(self, url: str, timeout: float = 5) -> str:
+        r = self.run("client", "curl", "-sS", "--max-time", str(timeout), url,
+                     timeout=timeout + 5)
+        return r.stdout.strip()
+
+
+# ---- the tiny servers that run on the real servers -------------------------------------
+
+def serve(name: str, vip: str, http_ports: list[int], udp_port: int) -> None:
+    import socket
+    import threading
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self):  # noqa: N802 (http.server's naming)
+            body = f"{name}\n".encode()
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args):
+            pass
+
+    for port in http_ports:
+        server = ThreadingHTTPServer(("", port), Handler)
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+    # Bound to the VIP so that replies leave with the VIP as source (DR needs that).
+    udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    udp.bind((vip, udp_port))
+    while True:
+        data, peer = udp.recvfrom(2048)
+        udp.sendto(f"{name} ".encode() + data, peer)
+
+
+if __name__ == "__main__":
+    if len(sys.argv) >= 5 and sys.argv[1] == "serve":
+        ports = [int(p) for p in sys.argv[4:]]
+        serve(sys.argv[2], sys.argv[3], ports[:-1], ports[-1])
+    else:
+        sys.exit("usage: python -m lb.lab serve NAME VIP HTTP_PORT... UDP_PORT")

@@ -1,0 +1,128 @@
+"""The few libbpf calls bcc does not wrap, through cffi: test runs and a bare XDP_PASS."""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from functools import cache
+
+import cffi
+
+ffi = cffi.FFI()
+ffi.cdef("""
+struct bpf_test_run_opts {
+    size_t sz;
+    const void *data_in;
+    void *data_out;
+    uint32_t data_size_in;
+    uint32_t data_size_out;
+    const void *ctx_in;
+    void *ctx_out;
+    uint32_t ctx_size_in;
+    uint32_t ctx_size_out;
+    uint32_t retval;
+    int repeat;
+    uint32_t duration;
+    uint32_t flags;
+    uint32_t cpu;
+    uint32_t batch_size;
+};
+struct xdp_md {
+    uint32_t data;
+    uint32_t data_end;
+    uint32_t data_meta;
+    uint32_t ingress_ifindex;
+    uint32_t rx_queue_index;
+    uint32_t egress_ifindex;
+};
+int bpf_prog_test_run_opts(int prog_fd, struct bpf_test_run_opts *opts);
+int bpf_prog_load(int prog_type, const char *prog_name, const char *license,
+                  const void *insns, size_t insn_cnt, const void *opts);
+int bpf_xdp_attach(int ifindex, int prog_fd, uint32_t flags, const void *opts);
+int bpf_xdp_detach(int ifindex, uint32_t flags, const void *opts);
+""")
+
+XDP_ABORTED, XDP_DROP, XDP_PASS, XDP_TX, XDP_REDIRECT = range(5)
+ACTIONS = {XDP_ABORTED: "XDP_ABORTED", XDP_DROP: "XDP_DROP", XDP_PASS: "XDP_PASS",
+           XDP_TX: "XDP_TX", XDP_REDIRECT: "XDP_REDIRECT"}
+BPF_PROG_TYPE_XDP = 6
+BPF_F_TEST_XDP_LIVE_FRAMES = 2
+XDP_FLAGS_UPDATE_IF_NOEXIST = 1
+XDP_FLAGS_SKB_MODE = 2
+XDP_FLAGS_DRV_MODE = 4
+MODE_FLAGS = {"generic": XDP_FLAGS_SKB_MODE, "native": XDP_FLAGS_DRV_MODE}
+
+
+@cache
+def _lib():
+    return ffi.dlopen("libbpf.so.1")
+
+
+@dataclass
+class TestRun:
+    action: int
+    data: bytes
+    duration_ns: int
+
+    @property
+    def verdict(self) -> str:
+        return ACTIONS.get(self.action, str(self.action))
+
+
+def test_run(prog_fd: int, packet: bytes, repeat: int = 1, live_ifindex: int = 0,
+             batch_size: int = 64) -> TestRun:
+    """Run one packet through a loaded XDP program (bpf_prog_test_run_opts).
+
+    With live_ifindex, frames are really sent out of that interface
+    (BPF_F_TEST_XDP_LIVE_FRAMES): the traffic generator of bench/.
+    """
+    opts = ffi.new("struct bpf_test_run_opts *")
+    opts.sz = ffi.sizeof("struct bpf_test_run_opts")
+    data_in = ffi.from_buffer(packet)
+    data_out = ffi.new("char[]", len(packet) + 256)
+    opts.data_in = data_in
+    opts.data_size_in = len(packet)
+    opts.repeat = repeat
+    ctx = None
+    if live_ifindex:
+        ctx = ffi.new("struct xdp_md *")
+        ctx.data_end = len(packet)
+        ctx.ingress_ifindex = live_ifindex
+        opts.ctx_in = ctx
+        opts.ctx_size_in = ffi.sizeof("struct xdp_md")
+        opts.flags = BPF_F_TEST_XDP_LIVE_FRAMES
+        opts.batch_size = batch_size
+    else:
+        opts.data_out = data_out
+        opts.data_size_out = len(packet) + 256
+    err = _lib().bpf_prog_test_run_opts(prog_fd, opts)
+    if err:
+        raise OSError(-err, f"bpf_prog_test_run_opts: {os.strerror(-err)}")
+    out = bytes(ffi.buffer(data_out, opts.data_size_out)) if not live_ifindex else b""
+    return TestRun(action=opts.retval, data=out, duration_ns=opts.duration)
+
+
+def load_xdp_pass() -> int:
+    """A two-instruction XDP program that returns XDP_PASS; returns its fd.
+
+    Native XDP_TX on a veth needs a program on the peer (KERNEL-NOTES); this is it.
+    """
+    insns = bytes([0xb7, 0, 0, 0, XDP_PASS, 0, 0, 0,   # r0 = XDP_PASS
+                   0x95, 0, 0, 0, 0, 0, 0, 0])         # exit
+    fd = _lib().bpf_prog_load(BPF_PROG_TYPE_XDP, b"drlb_pass", b"GPL", insns, 2, ffi.NULL)
+    if fd < 0:
+        raise OSError(-fd, f"loading the XDP_PASS program: {os.strerror(-fd)}")
+    return fd
+
+
+def xdp_attach(ifindex: int, prog_fd: int, mode: str) -> None:
+    """Attach in this network namespace; mode "native" or "generic"."""
+    err = _lib().bpf_xdp_attach(ifindex, prog_fd,
+                                MODE_FLAGS[mode] | XDP_FLAGS_UPDATE_IF_NOEXIST, ffi.NULL)
+    if err:
+        raise OSError(-err, os.strerror(-err))
+
+
+def xdp_detach(ifindex: int, mode: str) -> None:
+    err = _lib().bpf_xdp_detach(ifindex, MODE_FLAGS[mode], ffi.NULL)
+    if err:
+        raise OSError(-err, os.strerror(-err))

@@ -1,0 +1,111 @@
+"""The director's interface through pyroute2: addresses, XDP state, neighbours, ARP."""
+from __future__ import annotations
+
+import os
+import socket
+import struct
+from dataclasses import dataclass
+
+from pyroute2 import IPRoute
+
+from lb.config import Config
+
+# pyroute2 names IFLA_XDP_ATTACHED values as ip-link does; dr-lb uses its config words.
+XDP_ATTACHED = {"xdp": "native", "xdpgeneric": "generic", "xdpoffload": "offload",
+                "xdpmulti": "multi", 1: "native", 2: "generic", 3: "offload", 4: "multi"}
+# Neighbour states whose lladdr is usable (include/uapi/linux/neighbour.h).
+NUD_INCOMPLETE, NUD_REACHABLE, NUD_STALE, NUD_DELAY, NUD_PROBE, NUD_FAILED, \
+    NUD_NOARP, NUD_PERMANENT = 0x01, 0x02, 0x04, 0x08, 0x10, 0x20, 0x40, 0x80
+NUD_VALID = NUD_REACHABLE | NUD_STALE | NUD_DELAY | NUD_PROBE | NUD_NOARP | NUD_PERMANENT
+
+
+@dataclass(frozen=True)
+class Interface:
+    name: str
+    index: int
+    mac: str
+    addresses: tuple[str, ...]
+    xdp_mode: str | None
+    xdp_prog_id: int
+
+
+def netns_id() -> int:
+    """Identifies this process's network namespace (the same under every `ip netns exec`)."""
+    return os.stat("/proc/self/ns/net").st_ino
+
+
+def interface(name: str) -> Interface | None:
+    with IPRoute() as ipr:
+        found = ipr.link_lookup(ifname=name)
+        if not found:
+            return None
+        link = ipr.get_links(found[0])[0]
+        addrs = tuple(a.get_attr("IFA_ADDRESS") for a in ipr.get_addr(index=found[0], family=2))
+    xdp = link.get_attr("IFLA_XDP")
+    mode = XDP_ATTACHED.get(xdp.get_attr("IFLA_XDP_ATTACHED")) if xdp else None
+    prog_id = (xdp.get_attr("IFLA_XDP_PROG_ID") or 0) if xdp else 0
+    return Interface(name=name, index=found[0], mac=link.get_attr("IFLA_ADDRESS"),
+                     addresses=addrs, xdp_mode=mode, xdp_prog_id=prog_id)
+
+
+def config_problems(cfg: Config) -> list[str]:
+    """The checks that need this machine: the interface exists, no VIP is its address."""
+    iface = interface(cfg.director.interface)
+    if iface is None:
+        with IPRoute() as ipr:
+            names = sorted(l.get_attr("IFLA_IFNAME") for l in ipr.get_links())
+        return [f"{cfg.source}: [director]: interface = \"{cfg.director.interface}\" does not "
+                f"exist in this network namespace; use one of: {', '.join(names)}"]
+    problems = []
+    for svc in cfg.services:
+        if svc.vip in iface.addresses:
+            problems.append(
+                f"{cfg.source}: service {svc.name}: the VIP is the director's own address on "
+                f"{iface.name}; give the VIP its own address (the director needs no VIP on any "
+                "interface: dr-lb answers ARP for it)")
+    return problems
+
+
+def neighbours(ifindex: int) -> dict[str, tuple[int, str | None]]:
+    """address -> (NUD state, MAC or None) from the kernel's neighbour table."""
+    out = {}
+    with IPRoute() as ipr:
+        for n in ipr.get_neighbours(family=socket.AF_INET, ifindex=ifindex):
+            out[n.get_attr("NDA_DST")] = (n["state"], n.get_attr("NDA_LLADDR"))
+    return out
+
+
+def usable_mac(entry: tuple[int, str | None] | None) -> str | None:
+    if entry and entry[0] & NUD_VALID and entry[1] and entry[1] != "00:00:00:00:00:00":
+        return entry[1]
+    return None
+
+
+def probe(addresses: list[str], interface_name: str) -> None:
+    """Make the kernel resolve these neighbours: a ping makes it send ARP who-has."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_ICMP)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_BINDTODEVICE, interface_name.encode())
+        sock.setblocking(False)
+        # ICMP echo request, id 0x4c42 ("LB"), seq 0, with its checksum.
+        packet = struct.pack("!BBHHH", 8, 0, ~(0x0800 + 0x4C42) & 0xFFFF, 0x4C42, 0)
+        for addr in addresses:
+            try:
+                sock.sendto(packet, (addr, 0))
+            except OSError:
+                pass   # unreachable now; the next refresh tries again
+    finally:
+        sock.close()
+
+
+def send_gratuitous_arp(interface_name: str, mac: str, vips: list[str]) -> None:
+    """Announce each VIP with our MAC (an ARP request with sender = target = VIP)."""
+    raw_mac = bytes.fromhex(mac.replace(":", ""))
+    with socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(0x0806)) as sock:
+        sock.bind((interface_name, 0))
+        for vip in vips:
+            ip = socket.inet_aton(vip)
+            frame = (b"\xff" * 6 + raw_mac + struct.pack("!H", 0x0806)
+                     + struct.pack("!HHBBH", 1, 0x0800, 6, 4, 1)
+                     + raw_mac + ip + b"\x00" * 6 + ip)
+            sock.send(frame.ljust(60, b"\x00"))
