@@ -1,0 +1,67 @@
+"""Shared fixtures. The BPF program is compiled once per test session."""
+from __future__ import annotations
+
+import os
+import shutil
+
+import pytest
+
+from lb import config as config_mod
+from lb import tables as tables_mod
+
+IS_ROOT = os.geteuid() == 0
+
+
+def bcc_available() -> bool:
+    try:
+        import bcc  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+needs_root = pytest.mark.skipif(not IS_ROOT, reason="needs root (XDP, bcc, namespaces)")
+needs_netns = pytest.mark.skipif(not IS_ROOT or shutil.which("ip") is None,
+                                 reason="needs root and iproute2 for network namespaces")
+
+
+@pytest.fixture(scope="session")
+def dataplane():
+    """The real program, compiled and loaded once, never attached: packet tests feed it
+    through bpf_prog_test_run_opts."""
+    if not IS_ROOT:
+        pytest.skip("packet tests need root")
+    if not bcc_available():
+        pytest.fail("bcc is missing: run scripts/setup.sh (python3-bpfcc)")
+    from lb.dataplane import Dataplane
+    dp = Dataplane(conn_table_size=65536)
+    yield dp
+    dp.close()
+
+
+class Programmed:
+    """A config written into the session's maps through the real control-plane code."""
+
+    def __init__(self, dp, cfg: config_mod.Config, macs: dict[str, str | None],
+                 interface_mac: str):
+        self.dp = dp
+        self.config = cfg
+        self.interface_mac = interface_mac
+        self.tables = tables_mod.build(cfg, macs)
+        dp.program(cfg, self.tables, interface_mac)
+
+    def reprogram(self, cfg: config_mod.Config, macs: dict[str, str | None]) -> None:
+        self.config = cfg
+        self.tables = tables_mod.build(cfg, macs)
+        self.dp.program(cfg, self.tables, self.interface_mac)
+
+
+@pytest.fixture
+def program(dataplane):
+    """program(toml_text, macs) -> Programmed, starting from empty connection tables
+    and zeroed counters."""
+    def _program(text: str, macs: dict[str, str | None], interface_mac: str) -> Programmed:
+        dataplane.clear_state()
+        cfg = config_mod.parse(text, source="test.toml")
+        return Programmed(dataplane, cfg, macs, interface_mac)
+    return _program
