@@ -107,7 +107,7 @@ def parse(text: str, source: str = "config") -> Config:
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as e:
-        raise ConfigError([f"{source}: not valid TOML: {e}"]) from None
+        raise ConfigError([f"{source}: not valid TOML: {e}; fix the syntax there"]) from None
     return from_dict(data, source)
 
 
@@ -125,8 +125,8 @@ class _Checker:
             self.fail(where, f"unknown key '{key}' (a typo?); known keys: "
                              + ", ".join(sorted(allowed)))
 
-    def integer(self, where: str, table: dict, key: str, default: int,
-                lo: int, hi: int) -> int:
+    def integer(self, where: str, table: dict, key: str, default: int | None,
+                lo: int, hi: int) -> int | None:
         value = table.get(key, default)
         if isinstance(value, bool) or not isinstance(value, int):
             self.fail(where, f"{key} = {value!r} must be a whole number from {lo} to {hi}")
@@ -151,8 +151,10 @@ class _Checker:
             self.fail(where, f"{key} is required (an IPv4 address such as \"192.168.0.21\")")
             return None
         try:
+            if not isinstance(value, str):   # IPv4Address(1) would be 0.0.0.1
+                raise ValueError
             addr = ipaddress.IPv4Address(value)
-        except (ipaddress.AddressValueError, ValueError, TypeError):
+        except ValueError:
             self.fail(where, f"{key} = {value!r} is not an IPv4 address; "
                              "write it as \"192.168.0.21\"")
             return None
@@ -164,7 +166,8 @@ class _Checker:
     def table(self, where: str, data: dict, key: str) -> dict:
         value = data.get(key, {})
         if not isinstance(value, dict):
-            self.fail(where, f"[{key}] must be a table")
+            self.fail(where, f"{key} = {value!r} must be a table; write [{key}] on a line "
+                             "of its own with its keys below it")
             return {}
         return value
 
@@ -178,11 +181,16 @@ def from_dict(data: dict, source: str = "config") -> Config:
         c.fail("[director]", "missing; add [director] with interface = \"eth0\"")
     c.unknown_keys("[director]", d, DIRECTOR_KEYS)
     interface = d.get("interface")
-    if not isinstance(interface, str) or not interface or len(interface) > 15 \
-            or "/" in interface or " " in interface:
-        if "director" in data:
-            c.fail("[director]", f"interface = {interface!r}: give the name of the "
-                                 "director's network interface, e.g. interface = \"eth0\"")
+    if "interface" not in d:
+        if isinstance(data.get("director"), dict):
+            c.fail("[director]", "interface is required; give the name of the director's "
+                                 "network interface, e.g. interface = \"eth0\"")
+        interface = "?"
+    elif not isinstance(interface, str) or not interface or len(interface) > 15 \
+            or "/" in interface or any(ch.isspace() for ch in interface):
+        c.fail("[director]", f"interface = {interface!r} is not an interface name; give the "
+                             "name of the director's network interface, e.g. "
+                             "interface = \"eth0\"")
         interface = "?"
     icmp_echo = d.get("icmp_echo", True)
     if not isinstance(icmp_echo, bool):
@@ -246,24 +254,24 @@ def _service(c: _Checker, n: int, s) -> Service | None:
         c.fail(f"service entry {n}", "must be a [[service]] table")
         return None
     vip = c.ipv4(f"service entry {n}", s, "vip")
+    # Until they are checked, name the service by what was written.
     where0 = f"service {vip or '?'}:{s.get('port', '?')}/{s.get('protocol', 'tcp')}"
     c.unknown_keys(where0, s, SERVICE_KEYS)
+    port = None
     if "port" not in s:
         c.fail(where0, "port is required (1-65535)")
-    port = c.integer(where0, s, "port", 0, 1, 65535)
+    else:
+        port = c.integer(where0, s, "port", None, 1, 65535)
     protocol = c.choice(where0, s, "protocol", "tcp", PROTOCOLS)
     scheduler = c.choice(where0, s, "scheduler", "wrr", SCHEDULERS)
     persistent = c.integer(where0, s, "persistent", 0, 0, 365 * 24 * 3600)
-    netmask = s.get("persistent_netmask", "255.255.255.255")
-    try:
-        if not isinstance(netmask, str):
-            raise ValueError
-        netmask = str(ipaddress.IPv4Network(f"0.0.0.0/{netmask}").netmask)
-    except ValueError:
-        c.fail(where0, f"persistent_netmask = {netmask!r} is not a netmask; write it "
-                       "as \"255.255.255.0\"")
+    netmask = _netmask(s.get("persistent_netmask", "255.255.255.255"))
+    if netmask is None:
+        c.fail(where0, f"persistent_netmask = {s['persistent_netmask']!r} is not a netmask; "
+                       "write it as \"255.255.255.0\"")
         netmask = "255.255.255.255"
-    where = f"service {vip or '?'}:{port}/{protocol}"
+    where = (f"service {vip or '?'}:{port if port is not None else s.get('port', '?')}"
+             f"/{s.get('protocol', 'tcp')}")
 
     raw_reals = s.get("real_server", [])
     if not isinstance(raw_reals, list) or not raw_reals:
@@ -276,15 +284,17 @@ def _service(c: _Checker, n: int, s) -> Service | None:
             c.fail(where, f"real server entry {m} must be a [[service.real_server]] table")
             continue
         addr = c.ipv4(f"{where}, real server entry {m}", r, "address")
-        rwhere = f"{where}, real server {addr or '?'}:{r.get('port', port)}"
+        rport_label = r.get("port", port if port is not None else "?")
+        rwhere = f"{where}, real server {addr or '?'}:{rport_label}"
         c.unknown_keys(rwhere, r, REAL_SERVER_KEYS)
-        rport = c.integer(rwhere, r, "port", port, 1, 65535)
-        if "port" in r and rport != port:
-            c.fail(rwhere, f"DR cannot change ports; use port {port} (or leave port out)")
+        if "port" in r:
+            rport = c.integer(rwhere, r, "port", None, 1, 65535)
+            if rport is not None and port is not None and rport != port:
+                c.fail(rwhere, f"DR cannot change ports; use port {port} (or leave port out)")
         weight = c.integer(rwhere, r, "weight", 1, 0, 65535)
         mac = r.get("mac")
-        if mac is not None and (not isinstance(mac, str) or not MAC_RE.match(mac)):
-            c.fail(rwhere, f"mac = {mac!r} is not a MAC address; write it as "
+        if mac is not None and not _unicast_mac(mac):
+            c.fail(rwhere, f"mac = {mac!r} is not a unicast MAC address; write it as "
                            "\"52:54:00:12:34:56\" or leave it out to use the neighbour table")
             mac = None
         if addr is None:
@@ -296,10 +306,31 @@ def _service(c: _Checker, n: int, s) -> Service | None:
             c.fail(rwhere, "listed twice in this service; keep one entry")
             continue
         seen.add(addr)
-        reals.append(RealServer(address=addr, port=port, weight=weight,
+        reals.append(RealServer(address=addr, port=port or 0, weight=weight,
                                 mac=mac.lower() if mac else None))
-    if vip is None or "port" not in s:
+    if vip is None or port is None:
         return None
     return Service(vip=vip, port=port, protocol=protocol, scheduler=scheduler,
                    persistent=persistent, persistent_netmask=netmask,
                    real_servers=tuple(reals))
+
+
+def _netmask(value) -> str | None:
+    """A dotted netmask (or a prefix length) in dotted form; None if it is not one."""
+    if not isinstance(value, str):
+        return None
+    try:
+        mask = ipaddress.IPv4Network(f"0.0.0.0/{value}").netmask
+    except ValueError:
+        return None
+    # ipaddress also reads a hostmask ("0.0.0.255" as /24); ipvsadm -M takes a netmask.
+    if "." in value and str(mask) != value:
+        return None
+    return str(mask)
+
+
+def _unicast_mac(value) -> bool:
+    if not isinstance(value, str) or not MAC_RE.match(value):
+        return False
+    first = int(value[:2], 16)
+    return not first & 1 and value.replace(":", "").strip("0") != ""

@@ -1,0 +1,474 @@
+"""Layer 1: config validation, pure Python. Every error names the entry at fault and the fix.
+
+The system checks (interface exists, VIP is not the director's address) read the current
+network namespace read-only and are tested against loopback, so no root is needed.
+"""
+from __future__ import annotations
+
+import pytest
+
+from lb import config
+from lb.config import ConfigError
+
+SOURCE = "config.toml"
+DIRECTOR = '[director]\ninterface = "eth0"\n'
+VIP_SERVICE = 'vip = "192.168.0.21"\nport = 80'
+RS12 = 'address = "192.168.0.12"'
+RS13 = 'address = "192.168.0.13"'
+
+# The issue's example, comments and all.
+ISSUE_EXAMPLE = '''
+[director]
+interface = "eth0"           # required: where XDP attaches and where ARP for the VIPs is answered
+xdp_mode = "auto"            # "native" | "generic" | "auto" (try native, fall back to generic)
+
+[timeouts]                   # seconds, as `ipvsadm --set tcp tcpfin udp`; these are the defaults
+tcp = 900
+tcpfin = 120
+udp = 300
+
+[[service]]
+vip = "192.168.0.21"
+port = 80
+protocol = "tcp"             # "tcp" | "udp"
+scheduler = "wrr"            # "wrr" | "rr"
+persistent = 0               # seconds, as `ipvsadm -p`; 0 = off
+persistent_netmask = "255.255.255.255"   # as `ipvsadm -M`
+
+[[service.real_server]]
+address = "192.168.0.12"
+weight = 2                   # 0..65535, default 1; 0 = quiesced: no new connections, existing ones go on
+# port: optional, defaults to the service port; any other value is rejected (DR cannot change ports)
+# mac:  optional; otherwise resolved through the kernel's neighbour table
+
+[[service.real_server]]
+address = "192.168.0.13"
+weight = 1
+
+[[service.real_server]]
+address = "192.168.0.14"
+weight = 1
+'''
+
+
+def service(body: str = VIP_SERVICE, *reals: str) -> str:
+    """A [[service]] table with one [[service.real_server]] per entry of `reals`."""
+    reals = reals or (RS12,)
+    return (f"[[service]]\n{body}\n"
+            + "".join(f"[[service.real_server]]\n{r}\n" for r in reals))
+
+
+def problems_of(text: str) -> list[str]:
+    with pytest.raises(ConfigError) as info:
+        config.parse(text, source=SOURCE)
+    problems = info.value.problems
+    assert problems, "ConfigError raised without any problem"
+    for p in problems:
+        assert p.startswith(f"{SOURCE}: "), f"problem does not name the file first: {p!r}"
+        assert "\n" not in p, f"a problem must be one line: {p!r}"
+    return problems
+
+
+def only_problem(text: str) -> str:
+    problems = problems_of(text)
+    assert len(problems) == 1, ("one mistake should give one problem, not a cascade; got:\n"
+                                + "\n".join(problems))
+    return problems[0]
+
+
+# --- what a good file gives ------------------------------------------------------------
+
+def test_issue_example_parses_with_its_values():
+    cfg = config.parse(ISSUE_EXAMPLE, source=SOURCE)
+    assert cfg.director.interface == "eth0"
+    assert cfg.director.xdp_mode == "auto"
+    assert cfg.director.icmp_echo is True, "icmp_echo should default to on"
+    assert (cfg.timeouts.tcp, cfg.timeouts.tcpfin, cfg.timeouts.udp) == (900, 120, 300)
+    assert len(cfg.services) == 1
+    svc = cfg.services[0]
+    assert (svc.vip, svc.port, svc.protocol, svc.scheduler) == ("192.168.0.21", 80, "tcp", "wrr")
+    assert (svc.persistent, svc.persistent_netmask) == (0, "255.255.255.255")
+    assert [(r.address, r.port, r.weight, r.mac) for r in svc.real_servers] == [
+        ("192.168.0.12", 80, 2, None), ("192.168.0.13", 80, 1, None),
+        ("192.168.0.14", 80, 1, None)]
+    assert svc.name == "192.168.0.21:80/tcp"
+    assert cfg.vips == ["192.168.0.21"]
+    assert cfg.source == SOURCE
+
+
+def test_defaults_when_left_out():
+    cfg = config.parse(DIRECTOR + service('vip = "192.168.0.21"\nport = 8080', RS12))
+    assert (cfg.timeouts.tcp, cfg.timeouts.tcpfin, cfg.timeouts.udp) == (900, 120, 300), \
+        "timeouts must default to ipvsadm's 900/120/300"
+    svc = cfg.services[0]
+    assert (svc.protocol, svc.scheduler, svc.persistent, svc.persistent_netmask) == \
+        ("tcp", "wrr", 0, "255.255.255.255")
+    rs = svc.real_servers[0]
+    assert rs.weight == 1, "weight must default to 1"
+    assert rs.port == 8080, "a real server's port must default to the service port"
+    assert cfg.director.xdp_mode == "auto"
+
+
+def test_real_server_may_repeat_the_service_port():
+    cfg = config.parse(DIRECTOR + service(VIP_SERVICE, RS12 + "\nport = 80"))
+    assert cfg.services[0].real_servers[0].port == 80
+
+
+@pytest.mark.parametrize("weight", [0, 65535])
+def test_weight_bounds_are_accepted(weight):
+    cfg = config.parse(DIRECTOR + service(VIP_SERVICE, RS12 + f"\nweight = {weight}"))
+    assert cfg.services[0].real_servers[0].weight == weight
+
+
+def test_same_vip_and_port_with_another_protocol_is_another_service():
+    text = DIRECTOR + service(VIP_SERVICE) + service(VIP_SERVICE + '\nprotocol = "udp"')
+    cfg = config.parse(text)
+    assert [s.name for s in cfg.services] == ["192.168.0.21:80/tcp", "192.168.0.21:80/udp"]
+
+
+def test_same_real_server_in_two_services_is_fine():
+    text = DIRECTOR + service(VIP_SERVICE, RS12) + service('vip = "192.168.0.21"\nport = 443',
+                                                           RS12)
+    assert len(config.parse(text).services) == 2
+
+
+def test_mac_is_kept_in_lower_case():
+    cfg = config.parse(DIRECTOR + service(VIP_SERVICE, RS12 + '\nmac = "52:54:00:AB:CD:EF"'))
+    assert cfg.services[0].real_servers[0].mac == "52:54:00:ab:cd:ef"
+
+
+@pytest.mark.parametrize("written, netmask", [
+    ("255.255.255.255", "255.255.255.255"),
+    ("255.255.255.0", "255.255.255.0"),
+    ("255.255.0.0", "255.255.0.0"),
+    ("0.0.0.0", "0.0.0.0"),
+])
+def test_good_persistent_netmask(written, netmask):
+    cfg = config.parse(DIRECTOR + service(VIP_SERVICE + "\npersistent = 300\n"
+                                          f'persistent_netmask = "{written}"'))
+    assert cfg.services[0].persistent_netmask == netmask
+    assert cfg.services[0].persistent == 300
+
+
+def test_load_reads_a_file(tmp_path):
+    path = tmp_path / "config.toml"
+    path.write_text(ISSUE_EXAMPLE)
+    cfg = config.load(path)
+    assert cfg.services[0].vip == "192.168.0.21"
+    assert cfg.source == "config.toml"
+
+
+def test_load_names_the_file_in_its_errors(tmp_path):
+    path = tmp_path / "lab.toml"
+    path.write_text(DIRECTOR + service('vip = "192.168.0.21"\nport = 0'))
+    with pytest.raises(ConfigError) as info:
+        config.load(path)
+    assert info.value.problems[0].startswith("lab.toml: "), info.value.problems
+
+
+def test_load_missing_file_is_a_config_error(tmp_path):
+    with pytest.raises(ConfigError) as info:
+        config.load(tmp_path / "nope.toml")
+    assert len(info.value.problems) == 1
+    assert "nope.toml" in info.value.problems[0] and "cannot read" in info.value.problems[0]
+
+
+# --- every error the issue lists: (config text, what the message must say) ------------
+# Each message must name the entry at fault (the first strings) and say how to fix it
+# (the last string).
+
+BAD_ADDRESS = [
+    pytest.param(DIRECTOR + service('vip = "192.168.0.300"\nport = 80'),
+                 ["service entry 1", "vip = '192.168.0.300'", 'write it as "192.168.0.21"'],
+                 id="vip-not-an-address"),
+    pytest.param(DIRECTOR + service('vip = "fe80::1"\nport = 80'),
+                 ["service entry 1", "vip = 'fe80::1'", "not an IPv4 address"],
+                 id="vip-ipv6"),
+    pytest.param(DIRECTOR + service("vip = 1\nport = 80"),
+                 ["service entry 1", "vip = 1", 'write it as "192.168.0.21"'],
+                 id="vip-an-integer"),
+    pytest.param(DIRECTOR + service('vip = "224.0.0.1"\nport = 80'),
+                 ["service entry 1", "vip = 224.0.0.1", "give a unicast address"],
+                 id="vip-multicast"),
+    pytest.param(DIRECTOR + service("port = 80"),
+                 ["service entry 1", "vip is required", '"192.168.0.21"'],
+                 id="vip-missing"),
+    pytest.param(DIRECTOR + service(VIP_SERVICE, 'address = "192.168.0"'),
+                 ["service 192.168.0.21:80/tcp, real server entry 1", "address = '192.168.0'",
+                  'write it as "192.168.0.21"'],
+                 id="real-server-not-an-address"),
+    pytest.param(DIRECTOR + service(VIP_SERVICE, RS12, 'address = "192.168.0.13 "'),
+                 ["service 192.168.0.21:80/tcp, real server entry 2", "address = '192.168.0.13 '",
+                  'write it as "192.168.0.21"'],
+                 id="second-real-server-not-an-address"),
+    pytest.param(DIRECTOR + service(VIP_SERVICE, "weight = 2"),
+                 ["service 192.168.0.21:80/tcp, real server entry 1", "address is required",
+                  '"192.168.0.21"'],
+                 id="real-server-address-missing"),
+    pytest.param(DIRECTOR + service(VIP_SERVICE, 'address = "192.168.0.21"'),
+                 ["service 192.168.0.21:80/tcp, real server 192.168.0.21:80",
+                  "cannot have the VIP", "real server's own address"],
+                 id="real-server-is-the-vip"),
+]
+
+BAD_PORT = [
+    pytest.param(DIRECTOR + service('vip = "192.168.0.21"\nport = 0'),
+                 ["service 192.168.0.21:0/tcp", "port = 0", "use 1 to 65535"], id="port-0"),
+    pytest.param(DIRECTOR + service('vip = "192.168.0.21"\nport = 65536'),
+                 ["service 192.168.0.21:65536/tcp", "port = 65536", "use 1 to 65535"],
+                 id="port-65536"),
+    pytest.param(DIRECTOR + service('vip = "192.168.0.21"\nport = -80'),
+                 ["service 192.168.0.21:-80/tcp", "port = -80", "use 1 to 65535"],
+                 id="port-negative"),
+    pytest.param(DIRECTOR + service('vip = "192.168.0.21"\nport = "80"'),
+                 ["service 192.168.0.21:80/tcp", "port = '80'", "whole number from 1 to 65535"],
+                 id="port-a-string"),
+    pytest.param(DIRECTOR + service('vip = "192.168.0.21"'),
+                 ["service 192.168.0.21:?/tcp", "port is required", "1-65535"],
+                 id="port-missing"),
+    pytest.param(DIRECTOR + service(VIP_SERVICE, RS12 + "\nport = 70000"),
+                 ["service 192.168.0.21:80/tcp, real server 192.168.0.12:70000", "port = 70000",
+                  "use 1 to 65535"],
+                 id="real-server-port-70000"),
+    pytest.param(DIRECTOR + service(VIP_SERVICE, RS12 + "\nport = 8080"),
+                 ["service 192.168.0.21:80/tcp, real server 192.168.0.12:8080",
+                  "DR cannot change ports", "use port 80"],
+                 id="real-server-port-differs"),
+]
+
+DUPLICATES = [
+    pytest.param(DIRECTOR + service(VIP_SERVICE, RS12) + service(VIP_SERVICE, RS13),
+                 ["service 192.168.0.21:80/tcp", "defined twice (entries 1 and 2)",
+                  "merge them into one [[service]]"],
+                 id="duplicate-service"),
+    pytest.param(DIRECTOR + service(VIP_SERVICE, RS12, RS13, RS12 + "\nweight = 3"),
+                 ["service 192.168.0.21:80/tcp, real server 192.168.0.12:80", "listed twice",
+                  "keep one entry"],
+                 id="duplicate-real-server"),
+]
+
+BAD_WEIGHT = [
+    pytest.param(DIRECTOR + service(VIP_SERVICE, RS12 + f"\nweight = {w}"),
+                 ["service 192.168.0.21:80/tcp, real server 192.168.0.12:80", f"weight = {w}",
+                  "use 0 to 65535"],
+                 id=f"weight-{w}")
+    for w in (-1, 65536)
+] + [
+    pytest.param(DIRECTOR + service(VIP_SERVICE, RS12 + "\nweight = 1.5"),
+                 ["real server 192.168.0.12:80", "weight = 1.5", "whole number from 0 to 65535"],
+                 id="weight-a-float"),
+    pytest.param(DIRECTOR + service(VIP_SERVICE, RS12 + "\nweight = true"),
+                 ["real server 192.168.0.12:80", "weight = True", "whole number from 0 to 65535"],
+                 id="weight-a-bool"),
+]
+
+BAD_CHOICE = [
+    pytest.param(DIRECTOR + service(VIP_SERVICE + '\nscheduler = "lc"'),
+                 ["service 192.168.0.21:80/tcp", "scheduler = 'lc'", 'use one of "wrr", "rr"'],
+                 id="unknown-scheduler"),
+    pytest.param(DIRECTOR + service(VIP_SERVICE + '\nscheduler = "WRR"'),
+                 ["service 192.168.0.21:80/tcp", "scheduler = 'WRR'", 'use one of "wrr", "rr"'],
+                 id="scheduler-in-capitals"),
+    pytest.param(DIRECTOR + service(VIP_SERVICE + '\nprotocol = "sctp"'),
+                 ["service 192.168.0.21:80/sctp", "protocol = 'sctp'", 'use one of "tcp", "udp"'],
+                 id="unknown-protocol"),
+    pytest.param('[director]\ninterface = "eth0"\nxdp_mode = "offload"\n' + service(),
+                 ["[director]", "xdp_mode = 'offload'", 'use one of "auto", "native", "generic"'],
+                 id="unknown-xdp-mode"),
+]
+
+UNKNOWN_KEYS = [
+    pytest.param(DIRECTOR + "[timeout]\ntcp = 900\n" + service(),
+                 ["unknown key 'timeout'", "a typo?", "known keys: director, service, timeouts"],
+                 id="typo-top-level"),
+    pytest.param('[director]\ninterface = "eth0"\nxdp_mod = "native"\n' + service(),
+                 ["[director]", "unknown key 'xdp_mod'", "known keys:", "xdp_mode"],
+                 id="typo-in-director"),
+    pytest.param(DIRECTOR + "[timeouts]\ntcp_fin = 60\n" + service(),
+                 ["[timeouts]", "unknown key 'tcp_fin'", "known keys: tcp, tcpfin, udp"],
+                 id="typo-in-timeouts"),
+    pytest.param(DIRECTOR + service(VIP_SERVICE + "\npersistant = 300"),
+                 ["service 192.168.0.21:80/tcp", "unknown key 'persistant'", "known keys:",
+                  "persistent"],
+                 id="typo-in-service"),
+    pytest.param(DIRECTOR + service(VIP_SERVICE, RS12 + "\nwieght = 2"),
+                 ["service 192.168.0.21:80/tcp, real server 192.168.0.12:80",
+                  "unknown key 'wieght'", "known keys: address, mac, port, weight"],
+                 id="typo-in-real-server"),
+]
+
+BAD_NETMASK = [
+    pytest.param(DIRECTOR + service(VIP_SERVICE + f"\npersistent = 60\npersistent_netmask = {m}"),
+                 ["service 192.168.0.21:80/tcp", f"persistent_netmask = {shown}",
+                  'write it as "255.255.255.0"'],
+                 id=f"netmask-{ident}")
+    for m, shown, ident in [
+        ('"255.0.255.0"', "'255.0.255.0'", "not-contiguous"),
+        ('"0.0.0.255"', "'0.0.0.255'", "a-hostmask"),
+        ('"255.255.255.256"', "'255.255.255.256'", "octet-256"),
+        ('"/33"', "'/33'", "prefix-33"),
+        ('"mask"', "'mask'", "a-word"),
+        ("24", "24", "an-integer"),
+    ]
+]
+
+BAD_MAC = [
+    pytest.param(DIRECTOR + service(VIP_SERVICE, RS12 + f"\nmac = {m}"),
+                 ["service 192.168.0.21:80/tcp, real server 192.168.0.12:80", f"mac = {shown}",
+                  'write it as "52:54:00:12:34:56"'],
+                 id=f"mac-{ident}")
+    for m, shown, ident in [
+        ('"52:54:00:12:34"', "'52:54:00:12:34'", "five-octets"),
+        ('"52-54-00-12-34-56"', "'52-54-00-12-34-56'", "dashes"),
+        ('"52:54:00:12:34:zz"', "'52:54:00:12:34:zz'", "not-hex"),
+        ('"ff:ff:ff:ff:ff:ff"', "'ff:ff:ff:ff:ff:ff'", "broadcast"),
+        ('"01:00:5e:00:00:01"', "'01:00:5e:00:00:01'", "multicast"),
+        ('"00:00:00:00:00:00"', "'00:00:00:00:00:00'", "all-zero"),
+        ("525400123456", "525400123456", "an-integer"),
+    ]
+]
+
+DIRECTOR_PROBLEMS = [
+    pytest.param(service(),
+                 ["[director]", "missing", 'add [director] with interface = "eth0"'],
+                 id="director-missing"),
+    pytest.param('[director]\nxdp_mode = "generic"\n' + service(),
+                 ["[director]", "interface is required", 'interface = "eth0"'],
+                 id="interface-missing"),
+    pytest.param('[director]\ninterface = ""\n' + service(),
+                 ["[director]", "interface = ''", 'interface = "eth0"'],
+                 id="interface-empty"),
+    pytest.param('[director]\ninterface = "a-name-longer-than-15"\n' + service(),
+                 ["[director]", "interface = 'a-name-longer-than-15'", 'interface = "eth0"'],
+                 id="interface-too-long"),
+    pytest.param('[director]\ninterface = 2\n' + service(),
+                 ["[director]", "interface = 2", 'interface = "eth0"'],
+                 id="interface-a-number"),
+    pytest.param('director = "eth0"\n' + service(),
+                 ["director = 'eth0'", "must be a table", "write [director]"],
+                 id="director-not-a-table"),
+    pytest.param('[director]\ninterface = "eth0"\nicmp_echo = "no"\n' + service(),
+                 ["[director]", "icmp_echo = 'no'", "true or false"],
+                 id="icmp-echo-not-a-bool"),
+    pytest.param('[director]\ninterface = "eth0"\nconn_table_size = 10\n' + service(),
+                 ["[director]", "conn_table_size = 10", "out of range; use 1024"],
+                 id="conn-table-too-small"),
+]
+
+OTHER = [
+    pytest.param(DIRECTOR + "[timeouts]\ntcp = 0\n" + service(),
+                 ["[timeouts]", "tcp = 0", "out of range; use 1"], id="timeout-zero"),
+    pytest.param(DIRECTOR + '[timeouts]\nudp = "5m"\n' + service(),
+                 ["[timeouts]", "udp = '5m'", "whole number"], id="timeout-a-string"),
+    pytest.param(DIRECTOR + service(VIP_SERVICE + "\npersistent = -1"),
+                 ["service 192.168.0.21:80/tcp", "persistent = -1", "out of range; use 0"],
+                 id="persistent-negative"),
+    pytest.param(DIRECTOR,
+                 ["no [[service]] defined", "add at least one"], id="no-service"),
+    pytest.param(DIRECTOR + "[[service]]\n" + VIP_SERVICE + "\n",
+                 ["service 192.168.0.21:80/tcp", "has no real server",
+                  "add a [[service.real_server]]"],
+                 id="service-without-real-server"),
+    pytest.param(DIRECTOR + "[service]\n" + VIP_SERVICE + "\n",
+                 ["service must be written as [[service]] tables"], id="service-not-an-array"),
+    pytest.param(DIRECTOR + '[director.x]\n' + service(),
+                 ["[director]", "unknown key 'x'"], id="subtable-in-director"),
+]
+
+
+@pytest.mark.parametrize("text, expected", BAD_ADDRESS + BAD_PORT + DUPLICATES + BAD_WEIGHT
+                         + BAD_CHOICE + UNKNOWN_KEYS + BAD_NETMASK + BAD_MAC
+                         + DIRECTOR_PROBLEMS + OTHER)
+def test_error_names_the_entry_and_the_fix(text, expected):
+    problem = only_problem(text)
+    for part in expected:
+        assert part in problem, f"expected {part!r} in the message, got: {problem!r}"
+
+
+def test_toml_syntax_error_gives_the_place_and_one_line():
+    text = DIRECTOR + '[[service]]\nvip = "192.168.0.21\nport = 80\n'
+    problem = only_problem(text)
+    assert "not valid TOML" in problem, problem
+    assert "line 4" in problem, f"the message should give the line at fault: {problem!r}"
+    assert "fix the syntax" in problem, problem
+
+
+def test_unclosed_table_header_is_a_syntax_error():
+    problem = only_problem("[director\ninterface = \"eth0\"\n")
+    assert "not valid TOML" in problem and "line 1" in problem, problem
+
+
+def test_config_error_str_is_one_line_per_problem():
+    text = DIRECTOR + service('vip = "192.168.0.21"\nport = 0', RS12 + "\nweight = -1")
+    with pytest.raises(ConfigError) as info:
+        config.parse(text, source=SOURCE)
+    assert str(info.value).splitlines() == info.value.problems
+
+
+# --- problems are collected, not stopped at the first -----------------------------------
+
+def test_several_problems_are_all_reported_in_file_order():
+    text = (
+        '[director]\ninterface = "eth0"\nxdp_mode = "fast"\n'
+        "[timeouts]\ntcpfin = 0\n"
+        + service('vip = "192.168.0.21"\nport = 80\nscheduler = "lc"',
+                  RS12 + "\nweight = 70000", RS13 + "\nport = 81", RS12)
+        + service('vip = "192.168.0.2x"\nport = 443', RS12)
+        + service(VIP_SERVICE, RS13)
+    )
+    problems = problems_of(text)
+    expected = [
+        ("[director]", "xdp_mode = 'fast'"),
+        ("[timeouts]", "tcpfin = 0"),
+        ("service 192.168.0.21:80/tcp", "scheduler = 'lc'"),
+        ("real server 192.168.0.12:80", "weight = 70000"),
+        ("real server 192.168.0.13:81", "DR cannot change ports"),
+        ("real server 192.168.0.12:80", "listed twice"),
+        ("service entry 2", "vip = '192.168.0.2x'"),
+        ("service 192.168.0.21:80/tcp", "defined twice (entries 1 and 3)"),
+    ]
+    assert len(problems) == len(expected), \
+        "expected {} problems, got:\n{}".format(len(expected), "\n".join(problems))
+    for problem, (entry, what) in zip(problems, expected):
+        assert entry in problem and what in problem, \
+            f"expected a problem about {entry!r} ({what!r}), got: {problem!r}"
+
+
+def test_a_bad_service_port_does_not_blame_its_real_servers():
+    problems = problems_of(DIRECTOR + service('vip = "192.168.0.21"\nport = 70000', RS12, RS13))
+    assert len(problems) == 1, "only the service port is wrong, got:\n" + "\n".join(problems)
+
+
+# --- checks against this machine (lb/netif.py), read-only, on loopback ------------------
+
+def lo_config(vip: str, interface: str = "lo"):
+    return config.parse(f'[director]\ninterface = "{interface}"\n'
+                        + service(f'vip = "{vip}"\nport = 80', 'address = "192.0.2.12"'),
+                        source=SOURCE)
+
+
+def test_system_check_passes_for_a_vip_the_director_does_not_own():
+    from lb import netif
+    assert netif.config_problems(lo_config("198.51.100.77")) == []
+
+
+def test_system_check_rejects_a_vip_equal_to_the_directors_address():
+    from lb import netif
+    problems = netif.config_problems(lo_config("127.0.0.1"))
+    assert len(problems) == 1, problems
+    problem = problems[0]
+    assert problem.startswith(f"{SOURCE}: service 127.0.0.1:80/tcp"), \
+        f"the message should name the service: {problem!r}"
+    assert "director's own address" in problem and "lo" in problem, problem
+    assert "give the VIP its own address" in problem, f"no fix given: {problem!r}"
+
+
+def test_system_check_rejects_a_missing_interface_and_lists_existing_ones():
+    from lb import netif
+    problems = netif.config_problems(lo_config("198.51.100.77", interface="drlb-nosuch0"))
+    assert len(problems) == 1, problems
+    problem = problems[0]
+    assert problem.startswith(f"{SOURCE}: [director]"), problem
+    assert 'interface = "drlb-nosuch0" does not exist' in problem, problem
+    assert "use one of:" in problem and "lo" in problem.split("use one of:")[1], \
+        f"the message should list the interfaces that exist: {problem!r}"
