@@ -1,0 +1,226 @@
+"""Layer 1: the WRR sequence against IPVS's order, and the map layout built from it."""
+from __future__ import annotations
+
+import random
+from functools import reduce
+from math import gcd
+
+import pytest
+
+from lb import abi, config, tables
+from lb.scheduler import wrr_sequence
+
+
+@pytest.mark.parametrize("weights, expected", [
+    pytest.param([2, 1, 1], [0, 0, 1, 2], id="seed-2-1-1"),
+    pytest.param([4, 3, 2], [0, 0, 1, 0, 1, 2, 0, 1, 2], id="ipvs-4-3-2"),
+    pytest.param([4, 2], [0, 0, 1], id="gcd-2"),
+    pytest.param([6, 3, 3], [0, 0, 1, 2], id="gcd-3-like-2-1-1"),
+    pytest.param([1, 1, 1], [0, 1, 2], id="equal"),
+    pytest.param([5], [0], id="one-server"),
+    pytest.param([2, 0, 1], [0, 0, 2], id="weight-0-left-out"),
+    pytest.param([0, 3], [1], id="only-one-live"),
+    pytest.param([1, 2], [1, 0, 1], id="heaviest-second"),
+    pytest.param([0, 0, 0], [], id="all-zero"),
+    pytest.param([], [], id="no-server"),
+])
+def test_wrr_sequence(weights, expected):
+    assert wrr_sequence(weights) == expected, f"wrong IPVS wrr order for weights {weights}"
+
+
+def test_wrr_sequence_gives_each_server_its_share():
+    weights = [5, 0, 3, 2, 7]
+    seq = wrr_sequence(weights)
+    g = reduce(gcd, [w for w in weights if w])
+    assert [seq.count(i) for i in range(len(weights))] == [w // g for w in weights]
+
+
+# --- the kernel's loop, transcribed from net/netfilter/ipvs/ip_vs_wrr.c ------------------
+
+HEAD = -1   # &svc->destinations: the list head, before the first server
+
+
+class IpvsWrr:
+    """ip_vs_wrr_init_svc + ip_vs_wrr_schedule on a fixed list of destinations.
+
+    `mark` is kept as in the kernel: cl (the last chosen dest, or the head), cw (current
+    weight), mw (max weight less gcd - 1) and di (the gcd, the step). No dest is overloaded.
+    """
+
+    def __init__(self, weights: list[int]):
+        self.weights = list(weights)
+        positive = [w for w in weights if w > 0]
+        self.di = reduce(gcd, positive) if positive else 1   # ip_vs_wrr_gcd_weight
+        self.mw = max(weights, default=0) - (self.di - 1)     # ip_vs_wrr_max_weight - (di - 1)
+        self.cw = self.mw
+        self.cl = HEAD
+
+    def schedule(self) -> int | None:
+        if self.mw == 0:
+            return None                                        # err_noavail
+        dest = last = self.cl
+        stop = None
+        last_pass = restarted = False
+        while True:
+            # list_for_each_entry_continue_rcu: the dests after `dest`, up to the head
+            for i in range(dest + 1, len(self.weights)):
+                if self.weights[i] >= self.cw:
+                    self.cl = i                                # found
+                    return i
+                if i == stop:
+                    return None                                # err_over
+            dest = HEAD
+            self.cw -= self.di
+            if self.cw <= 0:
+                self.cw = self.mw
+                if last_pass or last == HEAD:
+                    return None                                # err_over
+                restarted = True
+            last_pass = self.cw <= self.di
+            if last_pass and restarted and last != HEAD:
+                stop = last
+
+
+def kernel_picks(weights: list[int], n: int) -> list[int | None]:
+    wrr = IpvsWrr(weights)
+    return [wrr.schedule() for _ in range(n)]
+
+
+def test_the_kernel_model_itself_gives_the_known_orders():
+    # Guards the reference: if it were wrong, the property test would prove nothing.
+    assert kernel_picks([2, 1, 1], 8) == [0, 0, 1, 2] * 2
+    assert kernel_picks([4, 3, 2], 9) == [0, 0, 1, 0, 1, 2, 0, 1, 2]
+    assert kernel_picks([0, 0], 3) == [None] * 3
+
+
+def random_weights(rng: random.Random) -> list[int]:
+    n = rng.randint(1, 8)
+    shape = rng.choice(["small", "wide", "common-factor", "with-zeros", "equal"])
+    if shape == "small":
+        return [rng.randint(1, 5) for _ in range(n)]
+    if shape == "wide":
+        return [rng.randint(1, 60) for _ in range(n)]
+    if shape == "common-factor":
+        k = rng.choice([2, 3, 4, 10, 100])
+        return [k * rng.randint(1, 6) for _ in range(n)]
+    if shape == "with-zeros":
+        return [rng.choice([0, 0, 1, 2, 3, 8]) for _ in range(n)]
+    return [rng.randint(1, 9)] * n
+
+
+def test_wrr_sequence_matches_the_kernel_on_random_weights():
+    rng = random.Random(20240521)
+    for _ in range(1000):
+        weights = random_weights(rng)
+        seq = wrr_sequence(weights)
+        if not seq:
+            assert all(w == 0 for w in weights), f"empty sequence for {weights}"
+            assert kernel_picks(weights, 3) == [None] * 3
+            continue
+        # Three cycles: the kernel starts each cycle afresh, as the data plane's index does.
+        picks = kernel_picks(weights, 3 * len(seq))
+        assert picks == seq * 3, (f"weights {weights}: dr-lb's cycle {seq} differs from "
+                                  f"the kernel's picks {picks[:len(seq)]}")
+
+
+# --- tables.build: what goes into the maps -----------------------------------------------
+
+MACS = {"192.168.0.12": "52:54:00:00:00:12", "192.168.0.13": "52:54:00:00:00:13",
+        "192.168.0.14": "52:54:00:00:00:14", "192.168.0.15": "52:54:00:00:00:15"}
+
+
+def make_config(*services: tuple[str, list[tuple[str, int]]]) -> config.Config:
+    """services: (header lines, [(address, weight), ...]) each."""
+    text = '[director]\ninterface = "eth0"\n'
+    for header, reals in services:
+        text += f"[[service]]\n{header}\n"
+        for address, weight in reals:
+            text += f'[[service.real_server]]\naddress = "{address}"\nweight = {weight}\n'
+    return config.parse(text, source="config.toml")
+
+
+SEED_SERVICE = ('vip = "192.168.0.21"\nport = 80',
+                [("192.168.0.12", 2), ("192.168.0.13", 1), ("192.168.0.14", 1)])
+
+
+def addresses(entry: tables.ServiceEntry) -> list[str]:
+    by_id = {r.real_id: r.server.address for r in entry.reals}
+    return [by_id[i] for i in entry.sequence]
+
+
+def test_build_seed_service():
+    t = tables.build(make_config(SEED_SERVICE), MACS)
+    (svc,) = t.services
+    assert addresses(svc) == ["192.168.0.12", "192.168.0.12", "192.168.0.13", "192.168.0.14"]
+    assert [r.real_id for r in svc.reals] == [0, 1, 2]
+    assert all(r.flags == abi.REAL_F_MAC_KNOWN | abi.REAL_F_SCHEDULABLE for r in svc.reals)
+    assert t.vips == ("192.168.0.21",)
+
+
+def test_server_with_unknown_mac_is_left_out_and_never_chosen():
+    macs = dict(MACS, **{"192.168.0.13": None})
+    (svc,) = tables.build(make_config(SEED_SERVICE), macs).services
+    assert "192.168.0.13" not in addresses(svc), \
+        f"a server without a MAC must not be in the sequence: {addresses(svc)}"
+    assert addresses(svc) == ["192.168.0.12", "192.168.0.12", "192.168.0.14"]
+    unknown = next(r for r in svc.reals if r.server.address == "192.168.0.13")
+    assert unknown.mac is None and unknown.flags == 0, "unknown MAC must leave the flags clear"
+
+
+def test_missing_from_the_neighbour_table_counts_as_unknown():
+    macs = {k: v for k, v in MACS.items() if k != "192.168.0.14"}
+    (svc,) = tables.build(make_config(SEED_SERVICE), macs).services
+    assert addresses(svc) == ["192.168.0.12", "192.168.0.12", "192.168.0.13"]
+
+
+def test_mac_from_the_config_wins_over_the_neighbour_table():
+    cfg = config.parse('[director]\ninterface = "eth0"\n[[service]]\nvip = "192.168.0.21"\n'
+                       'port = 80\n[[service.real_server]]\naddress = "192.168.0.12"\n'
+                       'mac = "02:00:00:00:00:12"\n', source="config.toml")
+    (svc,) = tables.build(cfg, {}).services
+    assert svc.reals[0].mac == "02:00:00:00:00:12"
+    assert addresses(svc) == ["192.168.0.12"]
+
+
+def test_weight_0_is_left_out_but_keeps_its_mac():
+    cfg = make_config(('vip = "192.168.0.21"\nport = 80',
+                       [("192.168.0.12", 2), ("192.168.0.13", 0), ("192.168.0.14", 1)]))
+    (svc,) = tables.build(cfg, MACS).services
+    assert addresses(svc) == ["192.168.0.12", "192.168.0.12", "192.168.0.14"]
+    quiesced = svc.reals[1]
+    assert quiesced.flags == abi.REAL_F_MAC_KNOWN, \
+        "a weight-0 server keeps its MAC (existing connections go on) but is not schedulable"
+
+
+def test_all_unknown_gives_an_empty_sequence():
+    (svc,) = tables.build(make_config(SEED_SERVICE), {}).services
+    assert svc.sequence == ()
+
+
+def test_rr_treats_every_positive_weight_as_1():
+    cfg = make_config(('vip = "192.168.0.21"\nport = 80\nscheduler = "rr"',
+                       [("192.168.0.12", 5), ("192.168.0.13", 0), ("192.168.0.14", 1),
+                        ("192.168.0.15", 300)]))
+    (svc,) = tables.build(cfg, MACS).services
+    assert addresses(svc) == ["192.168.0.12", "192.168.0.14", "192.168.0.15"], \
+        "rr must give each live server one turn, and none to weight 0"
+
+
+def test_offsets_and_ids_are_stable_when_a_mac_disappears():
+    cfg = make_config(
+        SEED_SERVICE,
+        ('vip = "192.168.0.21"\nport = 443', [("192.168.0.12", 3), ("192.168.0.15", 1)]),
+        ('vip = "192.168.0.22"\nport = 53\nprotocol = "udp"',
+         [("192.168.0.13", 1), ("192.168.0.14", 1)]),
+    )
+    full = tables.build(cfg, MACS)
+    for gone in MACS:
+        partial = tables.build(cfg, dict(MACS, **{gone: None}))
+        assert [s.seq_offset for s in partial.services] == \
+            [s.seq_offset for s in full.services], f"offsets moved when {gone} lost its MAC"
+        assert [r.real_id for r in partial.reals] == [r.real_id for r in full.reals]
+    # Each service's slice is sized for its full cycle, so slices never overlap.
+    ends = [s.seq_offset + len(s.sequence) for s in full.services]
+    assert [s.seq_offset for s in full.services] == [0, 4, 8]
+    assert ends == [4, 8, 10]
+    assert [r.real_id for r in full.reals] == list(range(7)), "real ids must be dense"
