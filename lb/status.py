@@ -49,27 +49,43 @@ def collect(config: Config, tables: Tables, dataplane, interface: str, xdp_mode:
     }
 
 
+# The columns of the status table after the address and the scheduler/forwarding method.
+NUMBER_COLUMNS = ("Weight", "ActiveConn", "InActConn", "Conns", "InPkts", "InBytes")
+
+
 def format_table(data: dict) -> str:
+    """The status document as an `ipvsadm -Ln --stats`-like table.
+
+    Column widths follow the widest cell, and the open-ended text (persistence flags on a
+    service line, the MAC on a real-server line) comes last, so that long values such as
+    `persistent 3600 mask 255.255.255.0` never push the counters out of line.
+    """
     t = data["timeouts"]
-    lines = [
-        f"dr-lb on {data['interface']} (xdp {data['xdp_mode']}), "
-        f"timeouts tcp {t['tcp']} tcpfin {t['tcpfin']} udp {t['udp']}",
-        f"{'Prot LocalAddress:Port':<28}{'Scheduler Flags':<22}",
-        f"  -> {'RemoteAddress:Port':<22}{'Forward':<8}{'Weight':>7}{'ActiveConn':>11}"
-        f"{'InActConn':>10}{'Conns':>9}{'InPkts':>10}{'InBytes':>12}  MAC",
+    rows: list[tuple[str, str, tuple[str, ...], str]] = [
+        ("Prot LocalAddress:Port", "Scheduler", ("",) * len(NUMBER_COLUMNS), "Flags"),
+        ("  -> RemoteAddress:Port", "Forward", NUMBER_COLUMNS, "MAC"),
     ]
     for s in data["services"]:
         flags = (f"persistent {s['persistent']} mask {s['persistent_netmask']}"
                  if s["persistent"] else "")
         c = s["counters"]
-        lines.append(f"{s['protocol'].upper():<5}{s['vip'] + ':' + str(s['port']):<23}"
-                     f"{s['scheduler']:<10}{flags:<12}{'':>8}{c['conns']:>9}"
-                     f"{c['in_packets']:>10}{c['in_bytes']:>12}")
+        rows.append((f"{s['protocol'].upper():<4} {s['vip']}:{s['port']}", s["scheduler"],
+                     ("", "", "", str(c["conns"]), str(c["in_packets"]), str(c["in_bytes"])),
+                     flags))
         for r in s["real_servers"]:
-            mac = r["mac"] or "unresolved"
-            lines.append(f"  -> {r['address'] + ':' + str(r['port']):<22}{'Route':<8}"
-                         f"{r['weight']:>7}{r['active_conns']:>11}{r['inactive_conns']:>10}"
-                         f"{r['conns']:>9}{r['in_packets']:>10}{r['in_bytes']:>12}  {mac}")
+            rows.append((f"  -> {r['address']}:{r['port']}", "Route",
+                         tuple(str(r[k]) for k in ("weight", "active_conns", "inactive_conns",
+                                                   "conns", "in_packets", "in_bytes")),
+                         r["mac"] or "unresolved"))
+    address_w = max(len(row[0]) for row in rows)
+    method_w = max(len(row[1]) for row in rows)
+    number_w = [max(len(row[2][i]) for row in rows) for i in range(len(NUMBER_COLUMNS))]
+
+    lines = [f"dr-lb on {data['interface']} (xdp {data['xdp_mode']}), "
+             f"timeouts tcp {t['tcp']} tcpfin {t['tcpfin']} udp {t['udp']}"]
+    for address, method, numbers, tail in rows:
+        cells = " ".join(n.rjust(w) for n, w in zip(numbers, number_w))
+        lines.append(f"{address:<{address_w}}  {method:<{method_w}} {cells}  {tail}".rstrip())
     nonzero = {k: v for k, v in data["counters"].items() if v}
     if nonzero:
         lines.append("Packets by outcome: " + ", ".join(f"{k} {v}" for k, v in nonzero.items()))
