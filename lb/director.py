@@ -6,6 +6,7 @@ import signal
 import sys
 import threading
 import time
+from pathlib import Path
 
 from lb import control, libbpf, netif, status, tables as tables_mod
 from lb.config import Config
@@ -179,8 +180,9 @@ def down(interface: str | None) -> list[str]:
 
 
 def _alive(pid: int) -> bool:
+    """True while the process runs (a zombie waiting for its parent has stopped)."""
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
         return False
-    return True
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"

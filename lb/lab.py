@@ -201,7 +201,7 @@ class Lab:
                         weights: dict[str, int] | None = None,
                         extra_director: str = "") -> str:
         """The director's TOML for the lab: HTTP on 80 (wrr), HTTP on 8080 with
-        persistence, and UDP on 5300."""
+        persistence (/24), and UDP on 5300 (rr, so that a rescheduled flow moves)."""
         weights = weights or {h.name: h.weight for h in self.real_servers}
 
         def reals() -> str:
@@ -215,7 +215,8 @@ class Lab:
             f"scheduler = \"wrr\"\n{reals()}\n"
             f"[[service]]\nvip = \"{VIP}\"\nport = {PERSISTENT_PORT}\nprotocol = \"tcp\"\n"
             f"persistent = {persistent}\npersistent_netmask = \"255.255.255.0\"\n{reals()}\n"
-            f"[[service]]\nvip = \"{VIP}\"\nport = {UDP_PORT}\nprotocol = \"udp\"\n{reals()}"
+            f"[[service]]\nvip = \"{VIP}\"\nport = {UDP_PORT}\nprotocol = \"udp\"\n"
+            f"scheduler = \"rr\"\n{reals()}"
         )
 
     def curl(self, url: str, timeout: float = 5) -> str:

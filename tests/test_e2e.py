@@ -1,0 +1,219 @@
+"""Layer 3: the lab in network namespaces, `dr-lb up` in the director, real clients
+(curl, a UDP client, ARP, ping) as the judge. Runs in generic and in native XDP mode."""
+from __future__ import annotations
+
+import collections
+import json
+import signal
+import subprocess
+import sys
+import textwrap
+
+import pytest
+from pyroute2 import netns
+
+from lb import lab as lab_mod, netif
+from lb.demo import start_director
+from lb.lab import HTTP_PORT, PERSISTENT_PORT, UDP_PORT, VIP, Lab, python_cmd
+from tests.conftest import needs_netns
+
+pytestmark = needs_netns
+
+UDP_TIMEOUT = 2
+
+
+@pytest.fixture(scope="module", params=["generic", "native"])
+def scene(request):
+    """The lab with real servers prepared and serving, and `dr-lb up` running."""
+    with Lab(prefix=f"drlb-e2e{request.param[0]}", xdp_mode=request.param) as lab:
+        lab.prepare_real_servers()
+        lab.start_servers()
+        director = start_director(lab, lab.director_config(udp_timeout=UDP_TIMEOUT))
+        yield lab, director
+        # Lab.destroy() (the with-exit) kills `up` if a test left it running.
+
+
+def status(lab: Lab) -> dict:
+    """`dr-lb status --json`, from its own `ip netns exec`, separate from `up`'s."""
+    return json.loads(lab.run("director", *python_cmd("lb", "status", "--json")).stdout)
+
+
+def reals_of(data: dict, port: int, protocol: str = "tcp") -> dict[str, dict]:
+    svc = next(s for s in data["services"] if s["port"] == port and s["protocol"] == protocol)
+    return {r["address"]: r for r in svc["real_servers"]}
+
+
+def client_tcp_segments(lab: Lab) -> int:
+    """Segments the client's TCP stack has sent (OutSegs + RetransSegs)."""
+    text = lab.run("client", "cat", "/proc/net/snmp").stdout.splitlines()
+    names, values = [l.split()[1:] for l in text if l.startswith("Tcp:")]
+    row = dict(zip(names, map(int, values)))
+    return row["OutSegs"] + row["RetransSegs"]
+
+
+def in_netns(name: str):
+    class _In:
+        def __enter__(self):
+            netns.pushns(name)
+
+        def __exit__(self, *exc):
+            netns.popns()
+    return _In()
+
+
+def test_40_requests_split_20_10_10_and_status_counts_match(scene):
+    lab, _ = scene
+    before = status(lab)
+    segments_before = client_tcp_segments(lab)
+    answers = collections.Counter(lab.curl(f"http://{VIP}:{HTTP_PORT}/") for _ in range(40))
+    segments = client_tcp_segments(lab) - segments_before
+    assert answers == {"rs1": 20, "rs2": 10, "rs3": 10}, f"weights 2:1:1 gave {dict(answers)}"
+
+    after = status(lab)
+    b, a = reals_of(before, HTTP_PORT), reals_of(after, HTTP_PORT)
+    conns = {lab.real_servers[i].name: a[h.address]["conns"] - b[h.address]["conns"]
+             for i, h in enumerate(lab.real_servers)}
+    assert conns == {"rs1": 20, "rs2": 10, "rs3": 10}, f"status conns differ: {conns}"
+    packets = sum(a[h.address]["in_packets"] - b[h.address]["in_packets"]
+                  for h in lab.real_servers)
+    assert packets == segments, (f"status counted {packets} packets in, the client sent "
+                                 f"{segments} TCP segments to the VIP")
+    svc_packets = (next(s for s in after["services"] if s["port"] == HTTP_PORT)
+                   ["counters"]["in_packets"]
+                   - next(s for s in before["services"] if s["port"] == HTTP_PORT)
+                   ["counters"]["in_packets"])
+    assert svc_packets == segments
+    # Finished connections wait in FIN_WAIT (tcpfin): inactive, as ipvsadm shows them.
+    assert sum(r["inactive_conns"] for r in a.values()) >= 40
+    assert after["xdp_mode"] == lab.xdp_mode
+    assert after["timeouts"] == {"tcp": 900, "tcpfin": 120, "udp": UDP_TIMEOUT}
+
+
+SNIFF = textwrap.dedent("""
+    import json, socket, struct, subprocess, sys
+    vip, port = sys.argv[1], int(sys.argv[2])
+    s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(0x0800))
+    s.bind(("eth0", 0)); s.settimeout(0.2)
+    body = subprocess.run(["curl", "-sS", "--max-time", "5", f"http://{vip}:{port}/"],
+                          capture_output=True, text=True).stdout.strip()
+    macs = set()
+    while True:
+        try:
+            data, addr = s.recvfrom(2048)
+        except socket.timeout:
+            break
+        if addr[2] == socket.PACKET_OUTGOING or len(data) < 34:
+            continue
+        if socket.inet_ntoa(data[26:30]) == vip:
+            macs.add(":".join(f"{b:02x}" for b in data[6:12]))
+    print(json.dumps({"body": body, "macs": sorted(macs)}))
+""")
+
+
+def test_replies_come_from_the_real_server_not_the_director(scene):
+    lab, _ = scene
+    for _ in range(4):
+        r = json.loads(lab.run("client", sys.executable, "-c", SNIFF, VIP, str(HTTP_PORT)).stdout)
+        assert r["macs"] == [lab.macs[r["body"]]], (
+            f"the reply from {r['body']} arrived from {r['macs']}; it must come straight "
+            f"from {r['body']}'s MAC {lab.macs[r['body']]}, not through the director "
+            f"({lab.macs['director']})")
+
+
+def test_arp_for_vip_is_answered_by_the_director_only(scene):
+    lab, _ = scene
+    answers = json.loads(lab.run("client", *python_cmd("lb.arpprobe", "eth0", VIP, "1")).stdout)
+    assert answers == [lab.macs["director"]], (
+        f"ARP who-has {VIP} was answered by {answers}; only the director "
+        f"({lab.macs['director']}) may answer")
+
+
+def test_ping_vip(scene):
+    lab, _ = scene
+    lab.run("client", "ping", "-c", "2", "-i", "0.2", "-W", "2", VIP)
+
+
+UDP_CLIENT = textwrap.dedent("""
+    import socket, sys, time
+    vip, port, pause = sys.argv[1], int(sys.argv[2]), float(sys.argv[3])
+    plan = sys.argv[4:]
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    s.bind(("", 0)); s.settimeout(3); s.connect((vip, port))
+    for step in plan:
+        if step.startswith("sleep"):
+            time.sleep(float(step[5:])); continue
+        s.send(step.encode())
+        print(s.recv(2048).decode().split()[0], flush=True)
+        time.sleep(pause)
+""")
+
+
+def test_udp_flow_sticks_while_talking_and_moves_after_idle(scene):
+    lab, _ = scene
+    # 8 datagrams 0.5 s apart: 4 s in all, longer than udp = 2, but never 2 s idle.
+    plan = [f"d{i}" for i in range(8)] + [f"sleep{UDP_TIMEOUT + 1}", "after-idle"]
+    out = lab.run("client", sys.executable, "-c", UDP_CLIENT, VIP, str(UDP_PORT), "0.5",
+                  *plan).stdout.split()
+    assert len(out) == 9, f"expected 9 answers, got {out}"
+    assert len(set(out[:8])) == 1, f"a talking UDP flow changed server: {out[:8]}"
+    assert out[8] != out[0], (f"after {UDP_TIMEOUT + 1} idle seconds the flow must be "
+                              f"scheduled anew (rr moves it on); it stayed on {out[0]}")
+
+
+def test_persistence_keeps_a_client_on_one_server(scene):
+    lab, _ = scene
+    answers = [lab.curl(f"http://{VIP}:{PERSISTENT_PORT}/") for _ in range(10)]
+    assert len(set(answers)) == 1, f"persistent service spread one client over {answers}"
+    assert status(lab)["counters"]["persist_hit"] >= 9
+
+
+def test_second_up_on_same_interface_is_refused(scene):
+    lab, _ = scene
+    r = lab.run("director", *python_cmd("lb", "up", "/dev/null"), check=False)
+    assert r.returncode == 2, "an empty config must be rejected before anything else"
+    cfg = lab.run("director", "mktemp").stdout.strip()
+    lab.run("director", "sh", "-c", f"cat > {cfg}", input=lab.director_config())
+    r = lab.run("director", *python_cmd("lb", "up", cfg), check=False)
+    assert r.returncode == 1
+    assert "already attached" in r.stderr and "Traceback" not in r.stderr, r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1, f"want one line, got {r.stderr!r}"
+
+
+def test_sigterm_detaches_and_leaves_nothing(scene):
+    lab, director = scene
+    director.send_signal(signal.SIGTERM)
+    out, _ = director.communicate(timeout=20)
+    assert director.returncode == 0, f"dr-lb up exited {director.returncode}: {out}"
+    assert "detached" in out
+    with in_netns(lab.ns("director")):
+        iface = netif.interface("eth0")
+        from lb import control
+        leftovers = [p for p in (control.socket_path("eth0"), control.state_path("eth0"))
+                     if p.exists()]
+    assert iface.xdp_mode is None, f"an XDP program ({iface.xdp_mode}) is still attached"
+    assert leftovers == [], f"left behind: {leftovers}"
+    r = lab.run("director", *python_cmd("lb", "status"), check=False)
+    assert r.returncode == 1 and "not running" in r.stderr
+
+
+def test_down_clears_a_leftover_after_sigkill(scene):
+    lab, _ = scene
+    director = start_director(lab, lab.director_config())
+    director.send_signal(signal.SIGKILL)
+    director.wait(timeout=10)
+    with in_netns(lab.ns("director")):
+        assert netif.interface("eth0").xdp_mode, "SIGKILL should leave the program behind"
+    r = lab.run("director", *python_cmd("lb", "down"))
+    assert "leftover" in r.stdout, r.stdout
+    with in_netns(lab.ns("director")):
+        assert netif.interface("eth0").xdp_mode is None
+
+
+def test_down_stops_a_running_instance(scene):
+    lab, _ = scene
+    director = start_director(lab, lab.director_config())
+    r = lab.run("director", *python_cmd("lb", "down", "--interface", "eth0"))
+    assert "stopped" in r.stdout, r.stdout
+    assert director.wait(timeout=10) == 0
+    with in_netns(lab.ns("director")):
+        assert netif.interface("eth0").xdp_mode is None
