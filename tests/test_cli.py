@@ -1,0 +1,242 @@
+"""Layer 1: the `dr-lb` command line through click's CliRunner, no root, nothing touched.
+
+Expected failures must be one line and an exit status, never a traceback. Anything that
+could change the machine (attaching XDP, editing lo) is replaced by a tripwire, so the
+tests stay harmless when run as root.
+"""
+from __future__ import annotations
+
+import os
+
+import pytest
+from click.testing import CliRunner
+
+from lb import cli
+
+GOOD = '''
+[director]
+interface = "eth0"
+
+[[service]]
+vip = "192.168.0.21"
+port = 80
+
+[[service.real_server]]
+address = "192.168.0.12"
+weight = 2
+
+[[service.real_server]]
+address = "192.168.0.13"
+
+[[service.real_server]]
+address = "192.168.0.14"
+'''
+
+# Three mistakes: the service port, a weight, and a typo.
+BAD = '''
+[director]
+interface = "eth0"
+
+[[service]]
+vip = "192.168.0.21"
+port = 0
+
+[[service.real_server]]
+address = "192.168.0.12"
+weight = -1
+
+[[service.real_server]]
+address = "192.168.0.13"
+wieght = 1
+'''
+
+
+@pytest.fixture
+def runner():
+    return CliRunner()
+
+
+@pytest.fixture
+def write(tmp_path):
+    def write(text: str, name: str = "config.toml") -> str:
+        path = tmp_path / name
+        path.write_text(text)
+        return str(path)
+    return write
+
+
+@pytest.fixture
+def tripwire(monkeypatch):
+    """Replace functions that would touch the machine with ones that fail the test."""
+    def tripwire(module, name):
+        def called(*args, **kwargs):
+            pytest.fail(f"{module.__name__}.{name} was called: the command should have "
+                        "stopped before touching anything")
+        monkeypatch.setattr(module, name, called)
+    return tripwire
+
+
+def assert_one_line_failure(result, status: int, *expected: str) -> str:
+    """The command failed with `status` and printed exactly one line, without a traceback."""
+    out = result.output
+    assert result.exit_code == status, \
+        f"exit status {result.exit_code}, expected {status}; output:\n{out}"
+    assert "Traceback" not in out, f"a traceback was printed:\n{out}"
+    assert isinstance(result.exception, (SystemExit, type(None))), \
+        f"an exception escaped: {result.exception!r}"
+    lines = out.strip().splitlines()
+    assert len(lines) == 1, f"expected one line, got {len(lines)}:\n{out}"
+    for part in expected:
+        assert part in lines[0], f"expected {part!r} in {lines[0]!r}"
+    return lines[0]
+
+
+def local_config(interface: str, vip: str = "198.51.100.77") -> str:
+    return f'''
+[director]
+interface = "{interface}"
+
+[[service]]
+vip = "{vip}"
+port = 80
+
+[[service.real_server]]
+address = "192.0.2.12"
+'''
+
+
+# --- check -----------------------------------------------------------------------------
+
+def test_check_offline_good_file(runner, write):
+    path = write(GOOD)
+    result = runner.invoke(cli.main, ["check", "--offline", path])
+    assert result.exit_code == 0, result.output
+    assert result.output.strip() == \
+        f"{path}: OK: 1 service(s), 3 real server(s) on eth0", result.output
+
+
+def test_check_offline_bad_file_prints_each_problem(runner, write):
+    result = runner.invoke(cli.main, ["check", "--offline", write(BAD)])
+    assert result.exit_code == 2, f"a bad config must exit 2; got {result.exit_code}:\n" \
+                                  + result.output
+    assert "Traceback" not in result.output, result.output
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 3, "expected one line per problem (port, weight, typo), got:\n" \
+                            + result.output
+    for line in lines:
+        assert line.startswith("dr-lb: config.toml: "), f"unexpected line: {line!r}"
+    assert "port = 0" in lines[0]
+    assert "weight = -1" in lines[1]
+    assert "unknown key 'wieght'" in lines[2]
+
+
+def test_check_offline_toml_syntax_error(runner, write):
+    result = runner.invoke(cli.main, ["check", "--offline", write("[director\n")])
+    assert_one_line_failure(result, 2, "config.toml", "not valid TOML", "line 1")
+
+
+def test_check_missing_file(runner, tmp_path):
+    result = runner.invoke(cli.main, ["check", "--offline", str(tmp_path / "nope.toml")])
+    assert_one_line_failure(result, 2, "nope.toml", "cannot read")
+
+
+def test_check_system_missing_interface(runner, write):
+    result = runner.invoke(cli.main, ["check", write(local_config("drlb-nosuch0"))])
+    assert_one_line_failure(result, 2, 'interface = "drlb-nosuch0" does not exist',
+                            "use one of:")
+
+
+def test_check_system_vip_is_the_directors_address(runner, write):
+    result = runner.invoke(cli.main, ["check", write(local_config("lo", vip="127.0.0.1"))])
+    assert_one_line_failure(result, 2, "service 127.0.0.1:80/tcp", "director's own address")
+
+
+def test_check_system_good(runner, write):
+    path = write(local_config("lo"))
+    result = runner.invoke(cli.main, ["check", path])
+    assert result.exit_code == 0, result.output
+    assert "OK" in result.output and "on lo" in result.output, result.output
+
+
+def test_check_offline_does_not_look_at_interfaces(runner, write, tripwire):
+    from lb import netif
+    tripwire(netif, "config_problems")
+    result = runner.invoke(cli.main, ["check", "--offline", write(local_config("drlb-nosuch0"))])
+    assert result.exit_code == 0, result.output
+
+
+# --- status ----------------------------------------------------------------------------
+
+@pytest.fixture
+def empty_run_dir(monkeypatch, tmp_path):
+    from lb import control
+    run_dir = tmp_path / "run"
+    monkeypatch.setattr(control, "RUN_DIR", run_dir)
+    return run_dir
+
+
+@pytest.mark.parametrize("args", [[], ["--json"]])
+def test_status_when_nothing_runs(runner, empty_run_dir, args):
+    result = runner.invoke(cli.main, ["status", *args])
+    assert_one_line_failure(result, 1, "not running", "dr-lb up")
+
+
+def test_status_for_an_interface_without_instance(runner, empty_run_dir):
+    result = runner.invoke(cli.main, ["status", "--interface", "drlb-nosuch0"])
+    assert_one_line_failure(result, 1, "not running on drlb-nosuch0")
+
+
+# --- commands that need root, run as a normal user --------------------------------------
+
+@pytest.fixture
+def not_root(monkeypatch):
+    monkeypatch.setattr(os, "geteuid", lambda: 1000)
+
+
+def test_up_needs_root(runner, write, not_root, tripwire):
+    from lb import director
+    tripwire(director, "run")
+    result = runner.invoke(cli.main, ["up", write(GOOD)])
+    assert_one_line_failure(result, 1, "needs root", "sudo")
+
+
+def test_down_needs_root(runner, not_root, tripwire, empty_run_dir):
+    from lb import director
+    tripwire(director, "down")
+    result = runner.invoke(cli.main, ["down"])
+    assert_one_line_failure(result, 1, "needs root", "sudo")
+
+
+def test_lab_demo_needs_root(runner, not_root, tripwire):
+    from lb import demo
+    tripwire(demo, "run")
+    result = runner.invoke(cli.main, ["lab", "demo"])
+    assert_one_line_failure(result, 1, "needs root", "sudo")
+
+
+# --- realserver ------------------------------------------------------------------------
+
+@pytest.mark.parametrize("command", ["up", "down"])
+@pytest.mark.parametrize("bad", ["192.168.0.300", "vip", "fe80::1"])
+def test_realserver_rejects_a_bad_ip(runner, tripwire, command, bad):
+    from lb import realserver
+    tripwire(realserver, command)
+    result = runner.invoke(cli.main, ["realserver", command, "192.168.0.21", bad])
+    assert result.exit_code == 2, f"a bad IP must exit 2, got {result.exit_code}:\n" \
+                                  + result.output
+    assert "Traceback" not in result.output
+    assert f"'{bad}' is not an IPv4 address" in result.output, result.output
+
+
+def test_realserver_up_needs_a_vip(runner, tripwire):
+    from lb import realserver
+    tripwire(realserver, "up")
+    result = runner.invoke(cli.main, ["realserver", "up"])
+    assert result.exit_code == 2, result.output
+
+
+def test_help_lists_the_commands(runner):
+    result = runner.invoke(cli.main, ["--help"])
+    assert result.exit_code == 0
+    for command in ("up", "down", "status", "check", "realserver", "lab"):
+        assert f"  {command} " in result.output, f"{command} missing from --help"
