@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from lb import abi
-from lb.scheduler import wrr_sequence
+from lb.scheduler import wrr_length
 
 PROTOCOLS = ("tcp", "udp")
 SCHEDULERS = ("wrr", "rr")
@@ -237,7 +237,7 @@ def from_dict(data: dict, source: str = "config") -> Config:
     if total_reals > abi.CONST["MAX_REALS"]:
         c.fail("", f"{total_reals} real servers in all; at most {abi.CONST['MAX_REALS']} "
                    "are supported")
-    seq_total = sum(len(wrr_sequence(s.scheduling_weights())) for s in services)
+    seq_total = sum(wrr_length(s.scheduling_weights()) for s in services)
     if seq_total > abi.CONST["WRR_SEQ_CAPACITY"]:
         c.fail("", f"the weights need a round-robin sequence of {seq_total} slots, more "
                    f"than {abi.CONST['WRR_SEQ_CAPACITY']}; use smaller weights with the "

@@ -27,3 +27,15 @@ def wrr_sequence(weights: Sequence[int]) -> list[int]:
         sequence.extend(i for i, w in enumerate(weights) if w >= current)
         current -= step
     return sequence
+
+
+def wrr_length(weights: Sequence[int]) -> int:
+    """len(wrr_sequence(weights)) without building it: each server appears weight/gcd times.
+
+    Lets validation reject weights whose cycle would not fit before spending memory on it.
+    """
+    live = [w for w in weights if w > 0]
+    if not live:
+        return 0
+    step = reduce(gcd, live)
+    return sum(w // step for w in live)

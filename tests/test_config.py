@@ -439,6 +439,29 @@ def test_a_bad_service_port_does_not_blame_its_real_servers():
     assert len(problems) == 1, "only the service port is wrong, got:\n" + "\n".join(problems)
 
 
+# --- what the data plane can hold ------------------------------------------------------
+
+def test_weights_whose_cycle_does_not_fit_are_rejected_quickly():
+    import time
+    # 4000 servers at 65535 and 65534: a cycle of ~262 million slots, far over capacity.
+    reals = [f'address = "10.{i // 250}.{i % 250}.1"\nweight = {65535 - i % 2}'
+             for i in range(4000)]
+    start = time.monotonic()
+    problem = only_problem(DIRECTOR + service(VIP_SERVICE, *reals))
+    assert time.monotonic() - start < 5, "validation must not build the sequence to size it"
+    assert "round-robin sequence of" in problem and "use smaller weights with the same ratio" \
+        in problem, problem
+
+
+def test_too_many_real_servers():
+    from lb import abi
+    n = abi.CONST["MAX_REALS"] + 1
+    reals = [f'address = "10.{i // 250}.{i % 250}.1"' for i in range(n)]
+    problem = only_problem(DIRECTOR + service(VIP_SERVICE, *reals))
+    assert f"{n} real servers in all" in problem and str(abi.CONST["MAX_REALS"]) in problem, \
+        problem
+
+
 # --- checks against this machine (lb/netif.py), read-only, on loopback ------------------
 
 def lo_config(vip: str, interface: str = "lo"):

@@ -8,7 +8,7 @@ from math import gcd
 import pytest
 
 from lb import abi, config, tables
-from lb.scheduler import wrr_sequence
+from lb.scheduler import wrr_length, wrr_sequence
 
 
 @pytest.mark.parametrize("weights, expected", [
@@ -121,6 +121,13 @@ def test_wrr_sequence_matches_the_kernel_on_random_weights():
         picks = kernel_picks(weights, 3 * len(seq))
         assert picks == seq * 3, (f"weights {weights}: dr-lb's cycle {seq} differs from "
                                   f"the kernel's picks {picks[:len(seq)]}")
+
+
+def test_wrr_length_is_the_length_of_the_sequence():
+    rng = random.Random(7)
+    for weights in [[], [0], [2, 1, 1], [4, 3, 2], [4, 2], [65535, 1]] + \
+            [random_weights(rng) for _ in range(200)]:
+        assert wrr_length(weights) == len(wrr_sequence(weights)), f"weights {weights}"
 
 
 # --- tables.build: what goes into the maps -----------------------------------------------
