@@ -1,28 +1,71 @@
 """`dr-lb realserver ...`: prepare a real server for LVS-DR, and check it."""
 from __future__ import annotations
 
+import sys
+
 import click
 
 from lb import realserver
 from lb.cli_types import IPV4
 
+ROOT_OPTION = click.option("--root", default="/", hidden=True,
+                           help="Write --persist files under this directory (tests).")
+
 
 @click.group("realserver")
 def realserver_group() -> None:
-    """Prepare this host as an LVS-DR real server (VIP on lo, ARP sysctls)."""
+    """Prepare this host as an LVS-DR real server (VIP on lo, ARP sysctls), check it,
+    or print the same as a shell script for hosts without Python."""
 
 
 @realserver_group.command("up")
 @click.argument("vips", nargs=-1, required=True, type=IPV4)
-def up(vips: tuple[str, ...]) -> None:
-    """Put each VIP on lo as a /32 and set arp_ignore=1, arp_announce=2."""
-    for line in realserver.up(list(vips)) or ["nothing to do: already prepared"]:
+@click.option("--persist", is_flag=True,
+              help="Also survive a reboot: /etc/sysctl.d, the shell script and a "
+                   "systemd unit; says what it wrote.")
+@ROOT_OPTION
+def up(vips: tuple[str, ...], persist: bool, root: str) -> None:
+    """Put each VIP on lo as a /32 (lo:0, lo:1, ...) and set arp_ignore=1,
+    arp_announce=2 for all, default and lo."""
+    for line in realserver.up(list(vips), persist=persist, root=root) or \
+            ["nothing to do: already prepared"]:
         click.echo(line)
 
 
 @realserver_group.command("down")
 @click.argument("vips", nargs=-1, required=True, type=IPV4)
-def down(vips: tuple[str, ...]) -> None:
-    """Remove the VIPs from lo."""
-    for line in realserver.down(list(vips)) or ["nothing to do"]:
+@ROOT_OPTION
+def down(vips: tuple[str, ...], root: str) -> None:
+    """Remove the VIPs from lo and what --persist wrote for them; put the ARP sysctls
+    back once no other VIP is left on lo."""
+    for line in realserver.down(list(vips), root=root):
         click.echo(line)
+
+
+@realserver_group.command("check")
+@click.argument("vips", nargs=-1, required=True, type=IPV4)
+@click.option("--port", type=click.IntRange(1, 65535),
+              help="Also check that a TCP service listens on this port for the VIPs.")
+@click.option("--director", type=IPV4, metavar="ADDR",
+              help="The director's address: the default route must not go through it.")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def check(vips: tuple[str, ...], port: int | None, director: str | None,
+          as_json: bool) -> None:
+    """Find every LVS-DR pitfall on this real server; exit 1 if any is an error."""
+    from lb import doctor
+    findings = doctor.check(list(vips), port=port, director=director)
+    click.echo(doctor.format_json(findings) if as_json else doctor.format_table(findings))
+    sys.exit(1 if doctor.has_errors(findings) else 0)
+
+
+@realserver_group.command("script")
+@click.argument("vips", nargs=-1, required=True, type=IPV4)
+@click.option("--port", type=click.IntRange(1, 65535),
+              help="The default for the script's `check --port`.")
+@click.option("--director", type=IPV4, metavar="ADDR",
+              help="The default for the script's `check --director`.")
+def script(vips: tuple[str, ...], port: int | None, director: str | None) -> None:
+    """Print a POSIX sh script doing up, down and check for these VIPs
+    (`sh script.sh up|down|check`), for real servers without Python."""
+    from lb import rs_script
+    click.echo(rs_script.generate(list(vips), port=port, director=director), nl=False)
