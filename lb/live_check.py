@@ -1,0 +1,455 @@
+"""`dr-lb check --live CONFIG`, on the director: look at the running network.
+
+- every real server is on the interface's subnets and answers ARP (its MAC resolves);
+- no host other than the director answers ARP for a VIP: who-has VIP is sent and every
+  reply is listed; a real server's MAC there means its arp_ignore is wrong (seeds 001,
+  004);
+- the director answers ARP for the VIP when dr-lb is up (the attached XDP program is
+  run on a who-has VIP through bpf_prog_test_run, since the director cannot see its own
+  reply on the wire), and when it is not, nobody does: clients get "no route to host"
+  (seed 003);
+- ICMP redirects are off on the director (seed 003);
+- each real server accepts a TCP connection to the VIP through the DR path: a SYN with
+  the real server's MAC and the VIP as destination, sent from the director. A SYN-ACK
+  proves the VIP on lo and the port end to end; an RST says nothing listens; silence
+  says the VIP is not on the real server (or a firewall drops it). The director resets
+  the half-open connection at once.
+
+`live_findings(cfg)` returns doctor.Finding objects; `python -m lb.live_check CONFIG
+[--json]` runs it without the CLI.
+"""
+from __future__ import annotations
+
+import ipaddress
+import os
+import random
+import socket
+import struct
+import sys
+import time
+from dataclasses import dataclass
+from functools import cache
+
+from lb import doctor
+from lb.config import Config
+from lb.doctor import Finding, Template
+
+ETH_P_ARP = 0x0806
+ETH_P_IP = 0x0800
+PACKET_OUTGOING = 4
+TCP_SYN, TCP_RST, TCP_ACK = 0x02, 0x04, 0x10
+
+TEMPLATES: dict[str, Template] = {
+    "interface-missing": Template(
+        "error", "interface {iface} does not exist in this network namespace",
+        "dr-lb attaches to the interface named in [director].",
+        "set [director] interface to one of: {names}"),
+    "rs-off-segment": Template(
+        "error", "real server {rip} is not in {iface}'s subnets ({subnets})",
+        "DR rewrites only the destination MAC, so every real server must be on the "
+        "director's L2 segment (seed 002, DR summary).",
+        "give {rip} an address on {iface}'s segment, or remove it from {config}"),
+    "rs-no-mac": Template(
+        "error", "real server {rip} does not answer ARP on {iface}",
+        "The director needs its MAC to forward to it. It is down, on another segment, or "
+        "a VIP on its lo has a prefix other than /32, which makes its whole subnet local "
+        "and stops it answering ARP for its own address (seed 000).",
+        "on {rip}: dr-lb realserver check {vips}"),
+    "rs-mac-mismatch": Template(
+        "error", "real server {rip} answers ARP with {seen}, but {config} says mac = {mac}",
+        "The director sends that real server's packets to the configured MAC, which "
+        "nobody here has.",
+        "set mac = \"{seen}\" for {rip} in {config}, or leave mac out"),
+    "rs-ok": Template("ok", "real server {rip} is at {seen} on {iface}"),
+    "dataplane-down": Template(
+        "error", "dr-lb is not running on {iface}: no XDP program is attached",
+        "Nothing balances the VIPs and nothing answers ARP for them.",
+        "dr-lb up {config}"),
+    "vip-arp-other": Template(
+        "error", "{mac}{who} answers ARP for VIP {vip}",
+        "Only the director may answer ARP for a VIP. Clients that cache this answer "
+        "send their traffic to that host and bypass the balancer; a real server that "
+        "answers has arp_ignore below 1 (seeds 001, 004).",
+        "{fix}"),
+    "vip-arp-nobody": Template(
+        "error", "nobody answers ARP for VIP {vip}",
+        "Clients cannot resolve the VIP: they fail with 'no route to host' (seed 003). "
+        "dr-lb answers ARP for its VIPs while it runs.",
+        "dr-lb up {config}"),
+    "vip-arp-xdp-silent": Template(
+        "error", "the XDP program on {iface} (id {prog_id}) does not answer ARP for {vip}",
+        "The program attached there is not dr-lb with this configuration (or a leftover), "
+        "so clients cannot resolve the VIP (seed 003).",
+        "dr-lb down --interface {iface} && dr-lb up {config}"),
+    "vip-arp-director": Template(
+        "ok", "the director answers ARP for VIP {vip} with {mac} (XDP program id {prog_id} "
+              "on {iface})"),
+    "icmp-redirects": Template(
+        "warning", "ICMP redirects are on for {iface} (send_redirects: all={allval}, "
+                   "{iface}={devval}; forwarding={forwarding})",
+        "When the director routes a packet for the VIP back out of the interface it came "
+        "in on (dr-lb stopped, or a port it does not balance), the kernel tells the "
+        "client to send to the VIP directly; nobody else answers ARP for it, so the "
+        "client fails with 'no route to host' (seed 003).",
+        "sysctl -w {settings}"),
+    "icmp-redirects-ok": Template("ok", "ICMP redirects are off for {iface}"),
+    "probe-ok": Template(
+        "ok", "{rip} accepts {vip}:{port}/tcp through the DR path (SYN-ACK)"),
+    "probe-refused": Template(
+        "error", "{rip} refuses {vip}:{port}/tcp (RST)",
+        "The VIP reaches it, but nothing listens on port {port} for the VIP (a server "
+        "bound to the real address only does not count).",
+        "on {rip}: dr-lb realserver check {vip} --port {port}"),
+    "probe-silent": Template(
+        "error", "{rip} does not answer a SYN to {vip}:{port}/tcp",
+        "A host drops packets for an address it does not have: the VIP is probably "
+        "missing from its lo (or a firewall drops the packets).",
+        "on {rip}: dr-lb realserver up {vip}"),
+    "probe-skipped": Template(
+        "info", "{vip}:{port}/udp was not probed on its real servers",
+        "UDP has no handshake that proves a listener; check it on each real server."),
+}
+
+
+def finding(code: str, **values) -> Finding:
+    return TEMPLATES[code].make(code, **values)
+
+
+# ---- the interface -----------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Iface:
+    name: str
+    index: int
+    mac: str
+    networks: tuple[ipaddress.IPv4Interface, ...]
+    xdp_prog_id: int
+
+
+def read_interface(name: str) -> Iface | None:
+    from pyroute2 import IPRoute
+    with IPRoute() as ipr:
+        found = ipr.link_lookup(ifname=name)
+        if not found:
+            return None
+        link = ipr.get_links(found[0])[0]
+        nets = tuple(ipaddress.IPv4Interface(
+            f"{a.get_attr('IFA_LOCAL') or a.get_attr('IFA_ADDRESS')}/{a['prefixlen']}")
+            for a in ipr.get_addr(index=found[0], family=socket.AF_INET))
+    xdp = link.get_attr("IFLA_XDP")
+    prog_id = (xdp.get_attr("IFLA_XDP_PROG_ID") or 0) if xdp else 0
+    return Iface(name, found[0], link.get_attr("IFLA_ADDRESS"), nets, prog_id)
+
+
+def _link_names() -> list[str]:
+    from pyroute2 import IPRoute
+    with IPRoute() as ipr:
+        return sorted(link.get_attr("IFLA_IFNAME") for link in ipr.get_links())
+
+
+def source_for(iface: Iface, target: str) -> str:
+    """The interface address to ask from: one in the target's subnet if there is one."""
+    t = ipaddress.IPv4Address(target)
+    for n in iface.networks:
+        if t in n.network:
+            return str(n.ip)
+    return str(iface.networks[0].ip) if iface.networks else "0.0.0.0"
+
+
+# ---- ARP ---------------------------------------------------------------------------------
+
+def _mac_bytes(mac: str) -> bytes:
+    return bytes.fromhex(mac.replace(":", ""))
+
+
+def _mac_str(raw: bytes) -> str:
+    return ":".join(f"{b:02x}" for b in raw)
+
+
+def arp_request(src_mac: str, src_ip: str, target: str, dst_mac: str = "ff:ff:ff:ff:ff:ff") -> bytes:
+    sha = _mac_bytes(src_mac)
+    frame = (_mac_bytes(dst_mac) + sha + struct.pack("!H", ETH_P_ARP)
+             + struct.pack("!HHBBH", 1, ETH_P_IP, 6, 4, 1)
+             + sha + socket.inet_aton(src_ip) + b"\x00" * 6 + socket.inet_aton(target))
+    return frame.ljust(60, b"\x00")
+
+
+def parse_arp_reply(frame: bytes) -> tuple[str, str] | None:
+    """(sender IP, sender MAC) of an ARP reply, else None."""
+    if len(frame) < 42 or frame[12:14] != b"\x08\x06":
+        return None
+    htype, ptype, hlen, plen, op = struct.unpack("!HHBBH", frame[14:22])
+    if (htype, ptype, hlen, plen, op) != (1, ETH_P_IP, 6, 4, 2):
+        return None
+    return socket.inet_ntoa(frame[28:32]), _mac_str(frame[22:28])
+
+
+def who_has(interface: str, targets: list[str], wait_s: float = 0.5,
+            rounds: int = 3) -> dict[str, list[str]]:
+    """Send ARP who-has for every target out of `interface`; every MAC that answered,
+    per target, in order. Targets without an answer are asked again, up to `rounds`
+    times; the ones with answers are still listened to until the end."""
+    iface = read_interface(interface)
+    if iface is None:
+        raise ValueError(f"no interface {interface}")
+    answers: dict[str, list[str]] = {t: [] for t in targets}
+    with socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(ETH_P_ARP)) as s:
+        s.bind((interface, 0))
+        for _ in range(rounds):
+            pending = [t for t in targets if not answers[t]]
+            if not pending:
+                break
+            for t in pending:
+                s.send(arp_request(iface.mac, source_for(iface, t), t))
+            deadline = time.monotonic() + wait_s
+            while (left := deadline - time.monotonic()) > 0:
+                s.settimeout(left)
+                try:
+                    frame, addr = s.recvfrom(2048)
+                except socket.timeout:
+                    break
+                if addr[2] == PACKET_OUTGOING:
+                    continue
+                reply = parse_arp_reply(frame)
+                if reply and reply[0] in answers and reply[1] not in answers[reply[0]]:
+                    answers[reply[0]].append(reply[1])
+    return answers
+
+
+# ---- the director's own ARP answer, through the attached program ---------------------------
+
+@cache
+def _bpf():
+    import cffi
+    ffi = cffi.FFI()
+    ffi.cdef("int bpf_prog_get_fd_by_id(uint32_t id);")
+    return ffi.dlopen("libbpf.so.1")
+
+
+def xdp_arp_answer(iface: Iface, vip: str) -> str | None:
+    """Run the XDP program attached to iface on a who-has VIP (bpf_prog_test_run, no
+    packet leaves); the MAC it answers with, or None if it does not answer."""
+    from lb import libbpf
+    fd = _bpf().bpf_prog_get_fd_by_id(iface.xdp_prog_id)
+    if fd < 0:
+        raise OSError(-fd, f"bpf_prog_get_fd_by_id({iface.xdp_prog_id}): {os.strerror(-fd)}")
+    try:
+        asker_mac = "02:00:00:00:00:01"
+        run = libbpf.test_run(fd, arp_request(asker_mac, source_for(iface, vip), vip))
+    finally:
+        os.close(fd)
+    if run.action != libbpf.XDP_TX:
+        return None
+    reply = parse_arp_reply(run.data)
+    if not reply or reply[0] != vip or run.data[0:6] != _mac_bytes(asker_mac):
+        return None
+    return reply[1]
+
+
+# ---- the DR-path SYN probe -------------------------------------------------------------------
+
+def _checksum(data: bytes) -> int:
+    if len(data) % 2:
+        data += b"\x00"
+    total = sum(struct.unpack(f"!{len(data) // 2}H", data))
+    while total >> 16:
+        total = (total & 0xFFFF) + (total >> 16)
+    return ~total & 0xFFFF
+
+
+def tcp_frame(src_mac: str, dst_mac: str, src_ip: str, dst_ip: str, sport: int, dport: int,
+              seq: int, flags: int, ack: int = 0) -> bytes:
+    options = struct.pack("!BBH", 2, 4, 1460) if flags & TCP_SYN else b""
+    offset = (20 + len(options)) // 4
+    tcp = struct.pack("!HHIIBBHHH", sport, dport, seq, ack, offset << 4, flags,
+                      64240 if flags & TCP_SYN else 0, 0, 0) + options
+    src, dst = socket.inet_aton(src_ip), socket.inet_aton(dst_ip)
+    pseudo = src + dst + struct.pack("!BBH", 0, socket.IPPROTO_TCP, len(tcp))
+    tcp = tcp[:16] + struct.pack("!H", _checksum(pseudo + tcp)) + tcp[18:]
+    ip = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(tcp), random.randint(0, 0xFFFF),
+                     0x4000, 64, socket.IPPROTO_TCP, 0, src, dst)
+    ip = ip[:10] + struct.pack("!H", _checksum(ip)) + ip[12:]
+    return _mac_bytes(dst_mac) + _mac_bytes(src_mac) + struct.pack("!H", ETH_P_IP) + ip + tcp
+
+
+def parse_tcp(frame: bytes):
+    """(src ip, dst ip, sport, dport, seq, ack, flags) of a TCP/IPv4 frame, else None."""
+    if len(frame) < 34 or frame[12:14] != b"\x08\x00" or frame[23] != socket.IPPROTO_TCP:
+        return None
+    ihl = (frame[14] & 0x0F) * 4
+    t = 14 + ihl
+    if len(frame) < t + 14:
+        return None
+    sport, dport, seq, ack = struct.unpack("!HHII", frame[t:t + 12])
+    return (socket.inet_ntoa(frame[26:30]), socket.inet_ntoa(frame[30:34]), sport, dport,
+            seq, ack, frame[t + 13])
+
+
+@dataclass(frozen=True)
+class Probe:
+    rip: str
+    mac: str
+    vip: str
+    port: int
+
+
+def syn_probe(iface: Iface, probes: list[Probe], wait_s: float = 0.7,
+              rounds: int = 2) -> dict[Probe, str]:
+    """Send each probe's SYN to (its MAC, VIP:port); "open" (SYN-ACK, answered with an
+    RST so the real server forgets it), "refused" (RST) or "silent"."""
+    result: dict[Probe, str] = {p: "silent" for p in probes}
+    base = random.randint(20000, 60000 - len(probes))
+    sports = {base + i: p for i, p in enumerate(probes)}
+    seqs = {p: random.randint(0, 2**32 - 1) for p in probes}
+    with socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(ETH_P_IP)) as s:
+        s.bind((iface.name, 0))
+        for _ in range(rounds):
+            pending = [(sp, p) for sp, p in sports.items() if result[p] == "silent"]
+            if not pending:
+                break
+            for sport, p in pending:
+                src = source_for(iface, p.rip)
+                s.send(tcp_frame(iface.mac, p.mac, src, p.vip, sport, p.port, seqs[p],
+                                 TCP_SYN))
+            deadline = time.monotonic() + wait_s
+            while (left := deadline - time.monotonic()) > 0 and \
+                    any(v == "silent" for v in result.values()):
+                s.settimeout(left)
+                try:
+                    frame, addr = s.recvfrom(4096)
+                except socket.timeout:
+                    break
+                if addr[2] == PACKET_OUTGOING:
+                    continue
+                t = parse_tcp(frame)
+                if not t or t[3] not in sports:
+                    continue
+                p = sports[t[3]]
+                src_ip, dst_ip, sport, dport, seq, ack, flags = t
+                if src_ip != p.vip or sport != p.port or result[p] != "silent":
+                    continue
+                if flags & TCP_SYN and flags & TCP_ACK:
+                    result[p] = "open"
+                    s.send(tcp_frame(iface.mac, p.mac, dst_ip, p.vip, dport, p.port, ack,
+                                     TCP_RST))
+                elif flags & TCP_RST:
+                    result[p] = "refused"
+    return result
+
+
+# ---- the checks --------------------------------------------------------------------------
+
+def _sysctl(dev: str, key: str) -> int:
+    return doctor.read_sysctl(dev, key) or 0
+
+
+def check_redirects(iface: Iface) -> Finding:
+    allval, devval = _sysctl("all", "send_redirects"), _sysctl(iface.name, "send_redirects")
+    if not (allval or devval):   # the kernel ORs all and the interface
+        return finding("icmp-redirects-ok", iface=iface.name)
+    forwarding = _sysctl(iface.name, "forwarding")
+    settings = " ".join(f"{doctor.sysctl_name(dev, 'send_redirects')}=0"
+                        for dev, v in (("all", allval), (iface.name, devval)) if v)
+    f = finding("icmp-redirects", iface=iface.name, allval=allval, devval=devval,
+                forwarding=forwarding, settings=settings)
+    if forwarding:   # redirects are only ever sent while forwarding
+        f = Finding("error", f.code, f.what, f.why, f.fix)
+    return f
+
+
+def live_findings(cfg: Config, config_path: str = "CONFIG") -> list[Finding]:
+    """Every live check for the director of `cfg`, run in this network namespace."""
+    name = cfg.director.interface
+    iface = read_interface(name)
+    if iface is None:
+        return [finding("interface-missing", iface=name, names=", ".join(_link_names()))]
+    out: list[Finding] = []
+    vips = list(cfg.vips)
+    reals: dict[str, str | None] = {}
+    for svc in cfg.services:
+        for rs in svc.real_servers:
+            if rs.address not in reals or rs.mac:
+                reals[rs.address] = rs.mac
+    subnets = ", ".join(str(n.network) for n in iface.networks) or "none"
+    on_segment = [rip for rip in reals
+                  if any(ipaddress.IPv4Address(rip) in n.network for n in iface.networks)]
+
+    answers = who_has(name, on_segment + [v for v in vips if v not in on_segment])
+    macs: dict[str, str] = {}
+    for rip in reals:
+        if rip not in on_segment:
+            out.append(finding("rs-off-segment", rip=rip, iface=name, subnets=subnets,
+                               config=config_path))
+            continue
+        seen = answers.get(rip, [])
+        if not seen:
+            out.append(finding("rs-no-mac", rip=rip, iface=name, vips=" ".join(vips)))
+            continue
+        want = reals[rip]
+        if want and want not in seen:
+            out.append(finding("rs-mac-mismatch", rip=rip, seen=seen[0], mac=want,
+                               config=config_path))
+            continue
+        macs[rip] = want or seen[0]
+        out.append(finding("rs-ok", rip=rip, seen=macs[rip], iface=name))
+
+    by_mac = {mac: rip for rip, mac in macs.items()}
+    if not iface.xdp_prog_id:
+        out.append(finding("dataplane-down", iface=name, config=config_path))
+    for vip in vips:
+        others = [m for m in answers.get(vip, []) if m != iface.mac]
+        for mac in others:
+            rip = by_mac.get(mac)
+            who = f" (real server {rip})" if rip else ""
+            fix = (f"on {rip}: dr-lb realserver up {vip}   (sets arp_ignore=1, "
+                   "arp_announce=2)" if rip else
+                   f"find the host with MAC {mac} and remove {vip} from it, or set its "
+                   "arp_ignore=1 and arp_announce=2 if it is a real server")
+            out.append(finding("vip-arp-other", mac=mac, who=who, vip=vip, fix=fix))
+        if iface.xdp_prog_id:
+            mac = xdp_arp_answer(iface, vip)
+            if mac:
+                out.append(finding("vip-arp-director", vip=vip, mac=mac,
+                                   prog_id=iface.xdp_prog_id, iface=name))
+            else:
+                out.append(finding("vip-arp-xdp-silent", vip=vip, iface=name,
+                                   prog_id=iface.xdp_prog_id, config=config_path))
+        elif not others:
+            out.append(finding("vip-arp-nobody", vip=vip, config=config_path))
+
+    out.append(check_redirects(iface))
+
+    probes: list[Probe] = []
+    for svc in cfg.services:
+        if svc.protocol != "tcp":
+            out.append(finding("probe-skipped", vip=svc.vip, port=svc.port))
+            continue
+        probes += [Probe(rs.address, macs[rs.address], svc.vip, svc.port)
+                   for rs in svc.real_servers if rs.address in macs]
+    results = syn_probe(iface, probes) if probes else {}
+    for p in probes:
+        code = {"open": "probe-ok", "refused": "probe-refused", "silent": "probe-silent"}
+        out.append(finding(code[results[p]], rip=p.rip, vip=p.vip, port=p.port))
+    return out
+
+
+def main(argv: list[str]) -> int:
+    from lb import config as config_mod
+    as_json = "--json" in argv
+    args = [a for a in argv if a != "--json"]
+    if len(args) != 1:
+        print("usage: python -m lb.live_check CONFIG [--json]", file=sys.stderr)
+        return 2
+    try:
+        cfg = config_mod.load(args[0])
+    except config_mod.ConfigError as e:
+        for problem in e.problems:
+            print(f"dr-lb: {problem}", file=sys.stderr)
+        return 2
+    findings = live_findings(cfg, config_path=args[0])
+    print(doctor.format_json(findings) if as_json else doctor.format_table(findings))
+    return 1 if doctor.has_errors(findings) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
