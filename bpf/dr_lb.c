@@ -244,6 +244,77 @@ static __always_inline void add_stats(struct stats *s, int new_conn, __u64 bytes
 	s->bytes += bytes;
 }
 
+/* Send the frame to its real server: only the MACs change, as in LVS-DR. */
+static __always_inline int forward(struct ethhdr *eth, struct iphdr *iph,
+				   struct settings *cfg, __u32 real_id, __u32 svc_id,
+				   int new_conn)
+{
+	struct real_info *real = reals.lookup(&real_id);
+
+	if (!real || !(real->flags & REAL_F_MAC_KNOWN))
+		return finish(XDP_DROP, COUNTER_DROP_REAL_MAC_UNKNOWN);
+	add_stats(svc_stats.lookup(&svc_id), new_conn, bpf_ntohs(iph->tot_len));
+	add_stats(real_stats.lookup(&real_id), new_conn, bpf_ntohs(iph->tot_len));
+	__builtin_memcpy(eth->h_dest, real->mac, ETH_ALEN);
+	__builtin_memcpy(eth->h_source, cfg->mac, ETH_ALEN);
+	return finish(XDP_TX, COUNTER_TX_SERVICE);
+}
+
+static __always_inline int is_new_tcp(const struct tcphdr *th)
+{
+	return th->syn && !th->ack && !th->rst;
+}
+
+/* A connection entry is live until its state's timeout passes; a SYN on a closing
+ * connection starts a new connection that reuses the port. */
+static __always_inline int conn_is_live(const struct conn_value *cv,
+					const struct tcphdr *th,
+					const struct settings *cfg, __u64 now)
+{
+	__u8 state = cv->state & (CONN_STATE_SLOTS - 1);
+
+	if (expired(now, cv->last_seen_ns, cfg->timeout_ns[state]))
+		return 0;
+	return !(th && is_new_tcp(th) && (state == CONN_FIN_WAIT || state == CONN_CLOSE));
+}
+
+static __always_inline void fill_svc_key(struct svc_key *sk, const struct conn_key *ck)
+{
+	sk->vip = ck->daddr;
+	sk->port = ck->dport;
+	sk->proto = ck->proto;
+}
+
+static __always_inline void fill_persist_key(struct persist_key *pk,
+					     const struct conn_key *ck,
+					     const struct svc_info *svc)
+{
+	pk->client_net = ck->saddr & svc->persist_mask;
+	pk->vip = ck->daddr;
+	pk->port = ck->dport;
+	pk->proto = ck->proto;
+}
+
+/* Keep a persistence template alive while a connection it placed is in use. */
+static __always_inline void touch_template(const struct conn_key *ck, __u32 real_id,
+					   __u64 now)
+{
+	struct svc_key sk = {};
+	struct persist_key pk = {};
+	struct persist_value *pv;
+	struct svc_info *svc;
+
+	fill_svc_key(&sk, ck);
+	svc = services.lookup(&sk);
+	if (!svc || !svc->persist_timeout_s)
+		return;
+	fill_persist_key(&pk, ck, svc);
+	pv = persist_table.lookup(&pk);
+	if (pv && pv->real_id == real_id)
+		pv->last_seen_ns = now;
+}
+
+/* TCP/UDP: the connection table first (the established path), then the services. */
 static __always_inline int handle_l4(struct hdr_cursor *c, struct ethhdr *eth,
 				     struct iphdr *iph)
 {
@@ -255,10 +326,7 @@ static __always_inline int handle_l4(struct hdr_cursor *c, struct ethhdr *eth,
 	struct udphdr *uh;
 	struct svc_info *svc;
 	struct settings *cfg;
-	struct real_info *real;
-	__u32 real_id, svc_id;
-	__u64 now, timeout;
-	int new_conn = 0;
+	__u64 now;
 	long picked;
 
 	if (iph->protocol == IPPROTO_TCP) {
@@ -274,82 +342,50 @@ static __always_inline int handle_l4(struct hdr_cursor *c, struct ethhdr *eth,
 		ck.sport = uh->source;
 		ck.dport = uh->dest;
 	}
-
-	sk.vip = iph->daddr;
-	sk.port = ck.dport;
-	sk.proto = iph->protocol;
-	svc = services.lookup(&sk);
-	if (!svc) {
-		__be32 daddr = iph->daddr;
-
-		if (vips.lookup(&daddr))
-			return finish(XDP_PASS, COUNTER_PASS_VIP_OTHER_PORT);
-		return finish(XDP_PASS, COUNTER_PASS_NOT_VIP);
-	}
-	cfg = get_settings();
-	if (!cfg)
-		return finish(XDP_DROP, COUNTER_DROP_CONN_TABLE_ERROR);
-
 	ck.saddr = iph->saddr;
 	ck.daddr = iph->daddr;
 	ck.proto = iph->protocol;
-	if (svc->persist_timeout_s) {
-		pk.client_net = iph->saddr & svc->persist_mask;
-		pk.vip = iph->daddr;
-		pk.port = ck.dport;
-		pk.proto = iph->protocol;
-	}
+
+	cfg = get_settings();
+	if (!cfg)
+		return finish(XDP_DROP, COUNTER_DROP_CONN_TABLE_ERROR);
 	now = bpf_ktime_get_coarse_ns();
 
 	cv = conn_table.lookup(&ck);
-	if (cv) {
-		__u8 state = cv->state & (CONN_STATE_SLOTS - 1);
-
-		timeout = cfg->timeout_ns[state];
-		/* A SYN on a closing connection is a new connection reusing the port. */
-		if (expired(now, cv->last_seen_ns, timeout) ||
-		    (th && th->syn && !th->ack && (state == CONN_FIN_WAIT || state == CONN_CLOSE)))
-			cv = NULL;
-	}
-	if (cv) {
-		real_id = cv->real_id;
+	if (cv && conn_is_live(cv, th, cfg, now)) {
 		cv->last_seen_ns = now;
 		if (th)
 			cv->state = tcp_next_state(cv->state, th);
-		if (svc->persist_timeout_s) {
-			struct persist_value *pv = persist_table.lookup(&pk);
-
-			if (pv && pv->real_id == real_id)
-				pv->last_seen_ns = now;
-		}
-	} else {
-		if (th && !(th->syn && !th->ack && !th->rst))
-			return finish(XDP_PASS, COUNTER_PASS_TCP_NO_CONN);
-		picked = pick_real(svc, &pk, now);
-		if (picked < 0)
-			return finish(XDP_DROP, COUNTER_DROP_NO_REAL_SERVER);
-		real_id = picked;
-		fresh.last_seen_ns = now;
-		fresh.real_id = real_id;
-		fresh.state = th ? CONN_SYN_RECV : CONN_UDP;
-		if (!conn_table.lookup(&ck))
-			finish(0, COUNTER_CONN_TABLE_INSERT);
-		if (conn_table.update(&ck, &fresh))
-			return finish(XDP_DROP, COUNTER_DROP_CONN_TABLE_ERROR);
-		new_conn = 1;
+		if (cv->flags & CONN_F_PERSISTENT)
+			touch_template(&ck, cv->real_id, now);
+		return forward(eth, iph, cfg, cv->real_id, cv->svc_id, 0);
 	}
 
-	real = reals.lookup(&real_id);
-	if (!real || !(real->flags & REAL_F_MAC_KNOWN))
-		return finish(XDP_DROP, COUNTER_DROP_REAL_MAC_UNKNOWN);
+	fill_svc_key(&sk, &ck);
+	svc = services.lookup(&sk);
+	if (!svc) {
+		if (vips.lookup(&ck.daddr))
+			return finish(XDP_PASS, COUNTER_PASS_VIP_OTHER_PORT);
+		return finish(XDP_PASS, COUNTER_PASS_NOT_VIP);
+	}
+	if (th && !is_new_tcp(th))
+		return finish(XDP_PASS, COUNTER_PASS_TCP_NO_CONN);
+	if (svc->persist_timeout_s)
+		fill_persist_key(&pk, &ck, svc);
+	picked = pick_real(svc, &pk, now);
+	if (picked < 0)
+		return finish(XDP_DROP, COUNTER_DROP_NO_REAL_SERVER);
 
-	svc_id = svc->id;
-	add_stats(svc_stats.lookup(&svc_id), new_conn, bpf_ntohs(iph->tot_len));
-	add_stats(real_stats.lookup(&real_id), new_conn, bpf_ntohs(iph->tot_len));
-
-	__builtin_memcpy(eth->h_dest, real->mac, ETH_ALEN);
-	__builtin_memcpy(eth->h_source, cfg->mac, ETH_ALEN);
-	return finish(XDP_TX, COUNTER_TX_SERVICE);
+	fresh.last_seen_ns = now;
+	fresh.real_id = picked;
+	fresh.svc_id = svc->id;
+	fresh.state = th ? CONN_SYN_RECV : CONN_UDP;
+	fresh.flags = svc->persist_timeout_s ? CONN_F_PERSISTENT : 0;
+	if (!cv)
+		finish(0, COUNTER_CONN_TABLE_INSERT);
+	if (conn_table.update(&ck, &fresh))
+		return finish(XDP_DROP, COUNTER_DROP_CONN_TABLE_ERROR);
+	return forward(eth, iph, cfg, fresh.real_id, fresh.svc_id, 1);
 }
 
 static __always_inline int handle_ipv4(struct hdr_cursor *c, struct ethhdr *eth)

@@ -42,6 +42,10 @@ enum conn_state {
 	CONN_STATE_SLOTS = 8           /* size of settings.timeout_ns */
 };
 
+enum conn_flags {
+	CONN_F_PERSISTENT = 1          /* its service has a persistence template to refresh */
+};
+
 enum real_flags {
 	REAL_F_MAC_KNOWN = 1,          /* mac is valid */
 	REAL_F_SCHEDULABLE = 2         /* may take new connections: weight > 0 and MAC known */
@@ -89,8 +93,9 @@ struct conn_key {
 struct conn_value {
 	uint64_t last_seen_ns;
 	uint32_t real_id;              /* index into reals and real_stats */
+	uint16_t svc_id;               /* index into svc_stats */
 	uint8_t state;                 /* enum conn_state */
-	uint8_t pad[3];
+	uint8_t flags;                 /* enum conn_flags */
 };
 
 struct persist_key {

@@ -7,6 +7,7 @@ cannot be mistaken for any real network; nothing leaves the namespaces.
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -121,16 +122,33 @@ class Lab:
     def _prepare_native(self) -> None:
         """What native XDP_TX on veth needs (KERNEL-NOTES): a program on the peer of the
         director's veth, and complete checksums from the client's local TCP stack."""
-        fd = libbpf.load_xdp_pass()
-        netns.pushns(self.switch)
+        self.set_peer_program("director", libbpf.XDP_PASS)
+        self.run("client", "ethtool", "-K", "eth0", "tx", "off")
+
+    def set_peer_program(self, host: str, action: int) -> None:
+        """Put a one-verdict XDP program (native) on the switch side of `host`'s veth."""
+        fd = libbpf.load_xdp_return(action)
         try:
-            with IPRoute() as ipr:
-                idx = ipr.link_lookup(ifname="p-director")[0]
-            libbpf.xdp_attach(idx, fd, "native")
+            with self.inside(None):
+                with IPRoute() as ipr:
+                    idx = ipr.link_lookup(ifname=f"p-{host}")[0]
+                try:
+                    libbpf.xdp_detach(idx, "native")
+                except OSError:
+                    pass
+                libbpf.xdp_attach(idx, fd, "native")
+        finally:
+            os.close(fd)
+
+    @contextlib.contextmanager
+    def inside(self, host: str | None):
+        """Run this thread's netlink and bpf calls in `host`'s namespace (None: the
+        switch's)."""
+        netns.pushns(self.ns(host) if host else self.switch)
+        try:
+            yield
         finally:
             netns.popns()
-            os.close(fd)
-        self.run("client", "ethtool", "-K", "eth0", "tx", "off")
 
     def destroy(self) -> None:
         for p in self._procs:

@@ -101,16 +101,17 @@ def test_run(prog_fd: int, packet: bytes, repeat: int = 1, live_ifindex: int = 0
     return TestRun(action=opts.retval, data=out, duration_ns=opts.duration)
 
 
-def load_xdp_pass() -> int:
-    """A two-instruction XDP program that returns XDP_PASS; returns its fd.
+def load_xdp_return(action: int = XDP_PASS) -> int:
+    """A two-instruction XDP program that returns `action`; returns its fd.
 
-    Native XDP_TX on a veth needs a program on the peer (KERNEL-NOTES); this is it.
+    With XDP_PASS it is what native XDP_TX on a veth needs on the peer (KERNEL-NOTES);
+    with XDP_DROP it is the sink that bench/ transmits into.
     """
-    insns = bytes([0xb7, 0, 0, 0, XDP_PASS, 0, 0, 0,   # r0 = XDP_PASS
+    insns = bytes([0xb7, 0, 0, 0, action, 0, 0, 0,    # r0 = action
                    0x95, 0, 0, 0, 0, 0, 0, 0])         # exit
-    fd = _lib().bpf_prog_load(BPF_PROG_TYPE_XDP, b"drlb_pass", b"GPL", insns, 2, ffi.NULL)
+    fd = _lib().bpf_prog_load(BPF_PROG_TYPE_XDP, b"drlb_return", b"GPL", insns, 2, ffi.NULL)
     if fd < 0:
-        raise OSError(-fd, f"loading the XDP_PASS program: {os.strerror(-fd)}")
+        raise OSError(-fd, f"loading an XDP program: {os.strerror(-fd)}")
     return fd
 
 

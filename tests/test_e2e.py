@@ -10,7 +10,6 @@ import sys
 import textwrap
 
 import pytest
-from pyroute2 import netns
 
 from lb import lab as lab_mod, netif
 from lb.demo import start_director
@@ -49,16 +48,6 @@ def client_tcp_segments(lab: Lab) -> int:
     names, values = [l.split()[1:] for l in text if l.startswith("Tcp:")]
     row = dict(zip(names, map(int, values)))
     return row["OutSegs"] + row["RetransSegs"]
-
-
-def in_netns(name: str):
-    class _In:
-        def __enter__(self):
-            netns.pushns(name)
-
-        def __exit__(self, *exc):
-            netns.popns()
-    return _In()
 
 
 def test_40_requests_split_20_10_10_and_status_counts_match(scene):
@@ -185,7 +174,7 @@ def test_sigterm_detaches_and_leaves_nothing(scene):
     out, _ = director.communicate(timeout=20)
     assert director.returncode == 0, f"dr-lb up exited {director.returncode}: {out}"
     assert "detached" in out
-    with in_netns(lab.ns("director")):
+    with lab.inside("director"):
         iface = netif.interface("eth0")
         from lb import control
         leftovers = [p for p in (control.socket_path("eth0"), control.state_path("eth0"))
@@ -201,11 +190,11 @@ def test_down_clears_a_leftover_after_sigkill(scene):
     director = start_director(lab, lab.director_config())
     director.send_signal(signal.SIGKILL)
     director.wait(timeout=10)
-    with in_netns(lab.ns("director")):
+    with lab.inside("director"):
         assert netif.interface("eth0").xdp_mode, "SIGKILL should leave the program behind"
     r = lab.run("director", *python_cmd("lb", "down"))
     assert "leftover" in r.stdout, r.stdout
-    with in_netns(lab.ns("director")):
+    with lab.inside("director"):
         assert netif.interface("eth0").xdp_mode is None
 
 
@@ -215,5 +204,5 @@ def test_down_stops_a_running_instance(scene):
     r = lab.run("director", *python_cmd("lb", "down", "--interface", "eth0"))
     assert "stopped" in r.stdout, r.stdout
     assert director.wait(timeout=10) == 0
-    with in_netns(lab.ns("director")):
+    with lab.inside("director"):
         assert netif.interface("eth0").xdp_mode is None
