@@ -1,0 +1,169 @@
+"""Helpers shared by the real-server, doctor and live-check tests (no tests here).
+
+Everything runs inside network namespaces built by lb.lab.Lab with the prefixes
+"drlb-rs", "drlb-dr" and "drlb-lc", which the other test files do not use.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import sys
+
+import pytest
+
+from lb import rs_script
+from lb.lab import HOSTS, VIP, Lab
+
+PY = sys.executable
+IS_ROOT = os.geteuid() == 0
+needs_netns = pytest.mark.skipif(not IS_ROOT or shutil.which("ip") is None,
+                                 reason="needs root and iproute2 for network namespaces")
+
+VIP2 = "198.18.0.22"
+RIP = {h.name: h.address for h in HOSTS}
+
+# Run inside a namespace: its IPv4 addresses, routes, lo's flags and every readable
+# file under /proc/sys/net/ipv4/conf, as JSON.
+SNAPSHOT = r"""
+import json, os
+from pyroute2 import IPRoute
+out = {"addrs": [], "routes": [], "sysctl": {}}
+with IPRoute() as ipr:
+    names = {l["index"]: l.get_attr("IFLA_IFNAME") for l in ipr.get_links()}
+    out["lo_flags"] = [l["flags"] for l in ipr.get_links() if l.get_attr("IFLA_IFNAME") == "lo"]
+    for a in ipr.get_addr(family=2):
+        out["addrs"].append([names[a["index"]], a.get_attr("IFA_ADDRESS"), a["prefixlen"],
+                             a.get_attr("IFA_LABEL"), a["scope"]])
+    for r in ipr.get_routes(family=2, table=0):
+        out["routes"].append([r.get_attr("RTA_TABLE"), r["type"], r.get_attr("RTA_DST"),
+                              r["dst_len"], names.get(r.get_attr("RTA_OIF")),
+                              r.get_attr("RTA_GATEWAY"), r.get_attr("RTA_PREFSRC")])
+base = "/proc/sys/net/ipv4/conf"
+for dev in sorted(os.listdir(base)):
+    for key in sorted(os.listdir(os.path.join(base, dev))):
+        try:
+            with open(os.path.join(base, dev, key)) as f:
+                out["sysctl"][dev + "/" + key] = f.read().strip()
+        except OSError:
+            pass
+out["addrs"].sort(); out["routes"].sort(key=repr)
+print(json.dumps(out))
+"""
+
+
+def small_lab(prefix: str, n_real: int = 2) -> Lab:
+    """client, director and n_real real servers."""
+    return Lab(prefix=prefix, hosts=HOSTS[:2 + n_real])
+
+
+def forget_state(lab: Lab) -> None:
+    """Remove the sysctl records `up` left in /run for the lab's real servers (a lab torn
+    down without `down` would leave them behind)."""
+    for h in lab.real_servers:
+        lab.run(h.name, PY, "-c", "from lb import realserver; "
+                "realserver.state_path().unlink(missing_ok=True)", check=False)
+
+
+def snapshot(lab: Lab, host: str) -> dict:
+    return json.loads(lab.run(host, PY, "-c", SNAPSHOT).stdout)
+
+
+def py_rs(lab: Lab, host: str, *args: str, check: bool = False):
+    """`python -m lb realserver ARGS` in host."""
+    return lab.run(host, PY, "-m", "lb", "realserver", *args, check=check)
+
+
+def write_script(path, vips: list[str], **kw) -> str:
+    path.write_text(rs_script.generate(vips, **kw))
+    return str(path)
+
+
+def sh_rs(lab: Lab, host: str, script: str, *args: str, check: bool = False):
+    """The generated script, run with sh (dash on Debian) in host."""
+    return lab.run(host, "sh", script, *args, check=check)
+
+
+def sysctl(lab: Lab, host: str, key: str, value) -> None:
+    lab.sysctl(host, key, str(value))
+
+
+def ip(lab: Lab, host: str, *args: str) -> None:
+    lab.run(host, "ip", *args)
+
+
+# ---- the doctor's two outputs -------------------------------------------------------------
+
+ROW = re.compile(r"^(error|warning|info|ok)\s+(\S+)\s+(.*)$")
+
+
+def parse_table(text: str) -> list[dict]:
+    """Findings from the table the doctor or the script prints (why may be wrapped)."""
+    out: list[dict] = []
+    field = None
+    for line in text.splitlines():
+        m = ROW.match(line)
+        if m:
+            out.append({"severity": m[1], "code": m[2], "what": m[3], "why": "", "fix": ""})
+            field = None
+            continue
+        stripped = line.strip()
+        if not out or not line.startswith(" "):
+            field = None
+            continue
+        if stripped.startswith("why: "):
+            field, stripped = "why", stripped[5:]
+        elif stripped.startswith("fix: "):
+            field, stripped = "fix", stripped[5:]
+        if field:
+            out[-1][field] = (out[-1][field] + " " + stripped).strip()
+    return out
+
+
+def normalise(findings: list[dict]) -> list[dict]:
+    return [{k: " ".join(str(v).split()) for k, v in f.items()} for f in findings]
+
+
+def doctor_both(lab: Lab, host: str, script: str, vips: list[str], *opts: str):
+    """Run the Python doctor (--json) and the script's check on the same host; require
+    the same findings and exit status; return (findings, exit status)."""
+    py = py_rs(lab, host, "check", *vips, *opts, "--json")
+    assert py.returncode in (0, 1), py.stderr
+    findings = json.loads(py.stdout)["findings"]
+    sh = sh_rs(lab, host, script, "check", *opts)
+    assert sh.returncode == py.returncode, (py.stdout, sh.stdout, sh.stderr)
+    assert not sh.stderr, sh.stderr
+    assert normalise(parse_table(sh.stdout)) == normalise(findings), \
+        f"python and sh disagree:\n{json.dumps(findings, indent=1)}\n---\n{sh.stdout}"
+    # The Python table says the same as its JSON.
+    table = py_rs(lab, host, "check", *vips, *opts)
+    assert normalise(parse_table(table.stdout)) == normalise(findings)
+    return findings, py.returncode
+
+
+def codes(findings: list[dict], severity: str | None = None) -> list[str]:
+    return [f["code"] for f in findings if severity is None or f["severity"] == severity]
+
+
+def one(findings: list[dict], code: str) -> dict:
+    found = [f for f in findings if f["code"] == code]
+    assert len(found) == 1, f"expected one {code}, got {findings}"
+    return found[0]
+
+
+def arp_answers(lab: Lab, host: str, target: str, wait_s: float = 0.6) -> list[str]:
+    """Every MAC that answers host's ARP who-has target."""
+    code = ("import json, sys; from lb.live_check import who_has; "
+            f"print(json.dumps(who_has('eth0', ['{target}'], {wait_s}, rounds=2)['{target}']))")
+    return json.loads(lab.run(host, PY, "-c", code).stdout)
+
+
+def can_ping(lab: Lab, src: str, dst: str) -> bool:
+    lab.run(src, "ip", "neigh", "flush", "all")
+    return lab.run(src, "ping", "-c", "1", "-W", "1", dst, check=False).returncode == 0
+
+
+__all__ = ["PY", "VIP", "VIP2", "RIP", "needs_netns", "small_lab", "forget_state", "snapshot", "py_rs",
+           "write_script", "sh_rs", "sysctl", "ip", "parse_table", "normalise",
+           "doctor_both", "codes", "one", "arp_answers", "can_ping"]
