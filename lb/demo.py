@@ -19,7 +19,7 @@ def start_director(lab: Lab, config_text: str, timeout: float = 60) -> subproces
     lines = []
     for line in proc.stdout:
         lines.append(line.rstrip())
-        if "ready" in line:
+        if line.startswith("dr-lb: ready on "):
             return proc
     proc.wait(timeout=timeout)
     raise RuntimeError("dr-lb up did not become ready:\n" + "\n".join(lines))

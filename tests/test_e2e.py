@@ -8,8 +8,10 @@ import signal
 import subprocess
 import sys
 import textwrap
+import time
 
 import pytest
+from pyroute2 import IPRoute
 
 from lb import lab as lab_mod, netif
 from lb.demo import start_director
@@ -156,6 +158,39 @@ def test_persistence_keeps_a_client_on_one_server(scene):
     assert status(lab)["counters"]["persist_hit"] >= 9
 
 
+def neighbour(lab: Lab, host: str, address: str) -> str | None:
+    with lab.inside(host):
+        iface = netif.interface("eth0")
+        return netif.neighbours(iface.index).get(address, (0, None))[1]
+
+
+def set_neighbour(lab: Lab, host: str, address: str, mac: str, state: int) -> None:
+    with lab.inside(host):
+        index = netif.interface("eth0").index
+        with IPRoute() as ipr:
+            ipr.neigh("replace", dst=address, lladdr=mac, ifindex=index, state=state)
+
+
+def test_neighbour_change_reaches_the_data_plane_within_a_second(scene):
+    lab, _ = scene
+    rs3 = lab.host("rs3")
+    moved = "02:00:00:00:99:03"
+    set_neighbour(lab, "director", rs3.address, moved, netif.NUD_REACHABLE)
+    changed_at = time.monotonic()
+    try:
+        while True:
+            asked_at = time.monotonic() - changed_at
+            mac = reals_of(status(lab), HTTP_PORT)[rs3.address]["mac"]
+            if mac == moved:
+                break
+            assert asked_at < 1.0, f"rs3's MAC was still {mac} {asked_at:.2f} s after it changed"
+    finally:
+        set_neighbour(lab, "director", rs3.address, lab.macs["rs3"], netif.NUD_REACHABLE)
+    deadline = time.monotonic() + 3
+    while reals_of(status(lab), HTTP_PORT)[rs3.address]["mac"] != lab.macs["rs3"]:
+        assert time.monotonic() < deadline, "rs3's MAC did not come back"
+
+
 def test_second_up_on_same_interface_is_refused(scene):
     lab, _ = scene
     r = lab.run("director", *python_cmd("lb", "up", "/dev/null"), check=False)
@@ -198,9 +233,18 @@ def test_down_clears_a_leftover_after_sigkill(scene):
         assert netif.interface("eth0").xdp_mode is None
 
 
-def test_down_stops_a_running_instance(scene):
+def test_down_stops_a_running_instance_and_up_announces_the_vip(scene):
     lab, _ = scene
+    # A client that still believes the VIP is elsewhere: the gratuitous ARP of `up` fixes it.
+    set_neighbour(lab, "client", VIP, "02:00:00:00:99:21", netif.NUD_STALE)
+    time.sleep(1.1)   # past the neighbour entry's locktime, so an ARP may override it
     director = start_director(lab, lab.director_config())
+    deadline = time.monotonic() + 2
+    while neighbour(lab, "client", VIP) != lab.macs["director"]:
+        assert time.monotonic() < deadline, (
+            f"after up, the client still maps {VIP} to {neighbour(lab, 'client', VIP)}; "
+            "the gratuitous ARP should have moved it to the director")
+        time.sleep(0.05)
     r = lab.run("director", *python_cmd("lb", "down", "--interface", "eth0"))
     assert "stopped" in r.stdout, r.stdout
     assert director.wait(timeout=10) == 0
