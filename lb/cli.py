@@ -5,6 +5,7 @@ import json
 import sys
 
 import click
+from pyroute2.netlink.exceptions import NetlinkError
 
 from lb import config as config_mod
 from lb.cli_realserver import realserver_group
@@ -27,6 +28,13 @@ class Group(click.Group):
         except PermissionError as e:
             click.echo(f"dr-lb: permission denied ({e.strerror}): run as root (sudo)",
                        err=True)
+            ctx.exit(1)
+        except NetlinkError as e:
+            click.echo(f"dr-lb: the kernel refused a netlink request: {e}", err=True)
+            ctx.exit(1)
+        except OSError as e:
+            where = f" ({e.filename})" if e.filename else ""
+            click.echo(f"dr-lb: {e.strerror or e}{where}", err=True)
             ctx.exit(1)
 
 

@@ -56,14 +56,29 @@ def config_problems(cfg: Config) -> list[str]:
             names = sorted(l.get_attr("IFLA_IFNAME") for l in ipr.get_links())
         return [f"{cfg.source}: [director]: interface = \"{cfg.director.interface}\" does not "
                 f"exist in this network namespace; use one of: {', '.join(names)}"]
+    own = own_addresses()
     problems = []
     for svc in cfg.services:
         if svc.vip in iface.addresses:
             problems.append(
                 f"{cfg.source}: service {svc.name}: the VIP is the director's own address on "
-                f"{iface.name}; give the VIP its own address (the director needs no VIP on any "
-                "interface: dr-lb answers ARP for it)")
+                f"{iface.name}; give the VIP its own address (dr-lb answers ARP for it, "
+                "the director needs no VIP on any interface)")
+        elif svc.vip in own:
+            problems.append(
+                f"{cfg.source}: service {svc.name}: the VIP is configured on this director "
+                f"({own[svc.vip]}); remove it with `ip addr del {svc.vip}/32 dev "
+                f"{own[svc.vip]}`: dr-lb answers ARP for it, and a local VIP makes the kernel "
+                "reset the connections dr-lb passes to it")
     return problems
+
+
+def own_addresses() -> dict[str, str]:
+    """Every IPv4 address in this network namespace -> its interface."""
+    with IPRoute() as ipr:
+        names = {l["index"]: l.get_attr("IFLA_IFNAME") for l in ipr.get_links()}
+        return {a.get_attr("IFA_ADDRESS"): names.get(a["index"], "?")
+                for a in ipr.get_addr(family=2)}
 
 
 def neighbours(ifindex: int) -> dict[str, tuple[int, str | None]]:

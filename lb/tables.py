@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 from lb import abi
 from lb.config import Config, RealServer, Service
-from lb.scheduler import wrr_sequence
+from lb.scheduler import wrr_length, wrr_sequence
 
 
 @dataclass(frozen=True)
@@ -65,5 +65,5 @@ def build(config: Config, macs: dict[str, str | None]) -> Tables:
         usable = [w if r.mac else 0 for w, r in zip(weights, reals)]
         sequence = tuple(reals[i].real_id for i in wrr_sequence(usable))
         services.append(ServiceEntry(svc_id, svc, offset, sequence, tuple(reals)))
-        offset += len(wrr_sequence(weights))
+        offset += wrr_length(weights)
     return Tables(services=tuple(services), vips=tuple(config.vips))
