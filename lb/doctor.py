@@ -83,9 +83,10 @@ TEMPLATES: dict[str, Template] = {
     "vip-prefix": Template(
         "error", "{vip} is on lo as /{prefix}, not /32",
         "On lo an address with a prefix makes its whole subnet local: {vip}/{prefix} "
-        "adds a 'local' route for the subnet through lo, so this host treats its "
-        "neighbours as itself, stops answering ARP for its own real address and cannot "
-        "be reached (seed 000: NETMASK=255.255.255.0 on lo:0).",
+        "adds a 'local' route for the subnet through lo, so this host takes its "
+        "neighbours' addresses for its own and its replies to them loop back into lo "
+        "(older kernels also stop answering ARP for its own real address). Other hosts "
+        "can no longer reach it (seed 000: NETMASK=255.255.255.0 on lo:0).",
         "ip addr del {vip}/{prefix} dev lo && ip addr add {vip}/32 dev lo"),
     "vip-not-lo": Template(
         "error", "{vip} is on {dev} (/{prefix}), not on lo",

@@ -52,8 +52,9 @@ TEMPLATES: dict[str, Template] = {
     "rs-no-mac": Template(
         "error", "real server {rip} does not answer ARP on {iface}",
         "The director needs its MAC to forward to it. It is down, on another segment, or "
-        "a VIP on its lo has a prefix other than /32, which makes its whole subnet local "
-        "and stops it answering ARP for its own address (seed 000).",
+        "misconfigured: a VIP on its lo with a prefix other than /32 makes its whole "
+        "subnet local, and older kernels then stop answering ARP for the real address "
+        "(seed 000).",
         "on {rip}: dr-lb realserver check {vips}"),
     "rs-mac-mismatch": Template(
         "error", "real server {rip} answers ARP with {seen}, but {config} says mac = {mac}",
@@ -102,8 +103,10 @@ TEMPLATES: dict[str, Template] = {
         "on {rip}: dr-lb realserver check {vip} --port {port}"),
     "probe-silent": Template(
         "error", "{rip} does not answer a SYN to {vip}:{port}/tcp",
-        "A host drops packets for an address it does not have: the VIP is probably "
-        "missing from its lo (or a firewall drops the packets).",
+        "A host drops packets for an address it does not have, so the VIP is probably "
+        "missing from its lo. A VIP on lo with a prefix other than /32 makes the "
+        "subnet local and its replies loop back into lo (seed 000); a firewall can also "
+        "drop them.",
         "on {rip}: dr-lb realserver up {vip}"),
     "probe-skipped": Template(
         "info", "{vip}:{port}/udp was not probed on its real servers",
