@@ -188,7 +188,7 @@ def parse_arp_reply(frame: bytes) -> tuple[str, str] | None:
 
 
 def who_has(interface: str, targets: list[str], wait_s: float = 0.5,
-            rounds: int = 3) -> dict[str, list[str]]:
+            rounds: int = 2) -> dict[str, list[str]]:
     """Send ARP who-has for every target out of `interface`; every MAC that answered,
     per target, in order. Targets without an answer are asked again, up to `rounds`
     times; the ones with answers are still listened to until the end."""
@@ -422,17 +422,16 @@ def live_findings(cfg: Config, config_path: str = "CONFIG") -> list[Finding]:
 
     out.append(check_redirects(iface))
 
-    probes: list[Probe] = []
+    probes = [Probe(rs.address, macs[rs.address], svc.vip, svc.port)
+              for svc in cfg.services if svc.protocol == "tcp"
+              for rs in svc.real_servers if rs.address in macs]
+    results = syn_probe(iface, probes) if probes else {}
+    code = {"open": "probe-ok", "refused": "probe-refused", "silent": "probe-silent"}
+    for p in probes:
+        out.append(finding(code[results[p]], rip=p.rip, vip=p.vip, port=p.port))
     for svc in cfg.services:
         if svc.protocol != "tcp":
             out.append(finding("probe-skipped", vip=svc.vip, port=svc.port))
-            continue
-        probes += [Probe(rs.address, macs[rs.address], svc.vip, svc.port)
-                   for rs in svc.real_servers if rs.address in macs]
-    results = syn_probe(iface, probes) if probes else {}
-    for p in probes:
-        code = {"open": "probe-ok", "refused": "probe-refused", "silent": "probe-silent"}
-        out.append(finding(code[results[p]], rip=p.rip, vip=p.vip, port=p.port))
     return out
 
 
