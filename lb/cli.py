@@ -93,12 +93,21 @@ def down(interface: str | None) -> None:
 @click.argument("config_file", metavar="CONFIG", type=click.Path(dir_okay=False))
 @click.option("--offline", is_flag=True,
               help="Only check the file, not this machine's interfaces.")
-def check(config_file: str, offline: bool) -> None:
+@click.option("--live", is_flag=True,
+              help="Also check the running network from the director (root): who answers "
+                   "ARP for each VIP, the real servers' MACs, ICMP redirects, and a "
+                   "DR-path probe of each TCP service on each real server.")
+def check(config_file: str, offline: bool, live: bool) -> None:
     """Validate CONFIG without touching anything."""
+    if live and offline:
+        raise click.UsageError("--live looks at this machine's network; drop --offline")
     cfg = load_config(config_file, system=not offline)
     n_reals = sum(len(s.real_servers) for s in cfg.services)
     click.echo(f"{config_file}: OK: {len(cfg.services)} service(s), {n_reals} real "
                f"server(s) on {cfg.director.interface}")
+    if live:
+        from lb import live_check
+        sys.exit(live_check.report(cfg, config_file))
 
 
 @main.group()

@@ -435,6 +435,14 @@ def live_findings(cfg: Config, config_path: str = "CONFIG") -> list[Finding]:
     return out
 
 
+def report(cfg: Config, config_path: str = "CONFIG", as_json: bool = False) -> int:
+    """Run the live checks, print the table (or JSON); the exit status: 1 on an error."""
+    findings = live_findings(cfg, config_path=config_path)
+    print(doctor.format_json(findings) if as_json else doctor.format_table(findings),
+          flush=True)
+    return 1 if doctor.has_errors(findings) else 0
+
+
 def main(argv: list[str]) -> int:
     from lb import config as config_mod
     as_json = "--json" in argv
@@ -448,9 +456,7 @@ def main(argv: list[str]) -> int:
         for problem in e.problems:
             print(f"dr-lb: {problem}", file=sys.stderr)
         return 2
-    findings = live_findings(cfg, config_path=args[0])
-    print(doctor.format_json(findings) if as_json else doctor.format_table(findings))
-    return 1 if doctor.has_errors(findings) else 0
+    return report(cfg, args[0], as_json=as_json)
 
 
 if __name__ == "__main__":

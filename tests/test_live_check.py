@@ -143,13 +143,20 @@ def test_a_healthy_lab_has_no_errors(scene):
     assert arp_answers(lab, "client", VIP) == [lab.macs["director"]]
 
 
-def test_human_table_and_exit_status(scene):
-    lab, config, _ = scene
-    r = lab.run("director", PY, "-m", "lb.live_check", str(config), check=False)
+def test_dr_lb_check_live(scene):
+    """`dr-lb check --live CONFIG`: the config's OK line, then the findings table."""
+    lab, config, tmp = scene
+    r = lab.run("director", PY, "-m", "lb", "check", "--live", str(config), check=False)
     assert r.returncode == 0, r.stdout + r.stderr
     lines = r.stdout.splitlines()
-    assert lines[0].split() == ["SEVERITY", "CHECK", "WHAT"]
+    assert lines[0].startswith(f"{config}: OK: 3 service(s)")
+    assert lines[1].split() == ["SEVERITY", "CHECK", "WHAT"]
     assert lines[-1].startswith("0 error(s), 1 warning(s)")
+    # An error makes the exit status 1.
+    wrong = tmp / "cli-wrong.toml"
+    wrong.write_text(tcp_config(lab, 80, ["10.99.0.5"]))
+    r = lab.run("director", PY, "-m", "lb", "check", "--live", str(wrong), check=False)
+    assert r.returncode == 1 and "rs-off-segment" in r.stdout, r.stdout + r.stderr
 
 
 # ---- a real server answers ARP for the VIP (seeds 001, 004) ----------------------------------
