@@ -1,15 +1,23 @@
 """`dr-lb realserver ...`: prepare a real server for LVS-DR, and check it."""
 from __future__ import annotations
 
+import os
 import sys
 
 import click
 
 from lb import realserver
 from lb.cli_types import IPV4
+from lb.errors import UserError
 
 ROOT_OPTION = click.option("--root", default="/", hidden=True,
                            help="Write --persist files under this directory (tests).")
+
+
+def _require_root(command: str, vips: tuple[str, ...]) -> None:
+    if os.geteuid() != 0:
+        raise UserError(f"realserver {command} changes lo's addresses and the ARP sysctls: "
+                        f"run it as root (sudo dr-lb realserver {command} {' '.join(vips)})")
 
 
 @click.group("realserver")
@@ -27,6 +35,7 @@ def realserver_group() -> None:
 def up(vips: tuple[str, ...], persist: bool, root: str) -> None:
     """Put each VIP on lo as a /32 (lo:0, lo:1, ...) and set arp_ignore=1,
     arp_announce=2 for all, default and lo."""
+    _require_root("up", vips)
     for line in realserver.up(list(vips), persist=persist, root=root) or \
             ["nothing to do: already prepared"]:
         click.echo(line)
@@ -38,6 +47,7 @@ def up(vips: tuple[str, ...], persist: bool, root: str) -> None:
 def down(vips: tuple[str, ...], root: str) -> None:
     """Remove the VIPs from lo and what --persist wrote for them; put the ARP sysctls
     back once no other VIP is left on lo."""
+    _require_root("down", vips)
     for line in realserver.down(list(vips), root=root):
         click.echo(line)
 

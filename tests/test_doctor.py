@@ -230,3 +230,24 @@ def test_check_changes_nothing(lab, script):
     before = snapshot(lab, "rs1")
     doctor_both(lab, "rs1", script, [VIP], "--port", "80", "--director", RIP["director"])
     assert snapshot(lab, "rs1") == before
+
+
+def test_every_interface_is_checked_and_dotted_names_are_written_as_sysctl_wants(lab, script):
+    """A second interface whose own value wins in max(all, dev); its sysctl name has a
+    dot, which sysctl(8) writes as a slash (net.ipv4.conf.v/1.arp_ignore)."""
+    py_rs(lab, "rs1", "up", VIP, check=True)
+    ip(lab, "rs1", "link", "add", "v.1", "type", "veth", "peer", "name", "v.2")
+    lab.run("rs1", "sh", "-c", "echo 3 > /proc/sys/net/ipv4/conf/v.1/arp_ignore")
+    findings, rc = doctor_both(lab, "rs1", script, [VIP])
+    assert rc == 1
+    assert codes(findings) == ["vip-ok", "arp-ok", "arp-ignore", "arp-ok"]
+    f = one(findings, "arp-ignore")
+    assert f["what"] == "v.1: effective arp_ignore is 3 (all=1, v.1=3)"
+    assert f["fix"] == "sysctl -w net.ipv4.conf.v/1.arp_ignore=1"
+    apply_fix(lab, "rs1", f)
+    findings, rc = doctor_both(lab, "rs1", script, [VIP])
+    assert rc == 0 and codes(findings) == ["vip-ok", "arp-ok", "arp-ok", "arp-ok"]
+    # up also fixes an interface whose own value would win
+    lab.run("rs1", "sh", "-c", "echo 5 > /proc/sys/net/ipv4/conf/v.2/arp_announce")
+    r = py_rs(lab, "rs1", "up", VIP, check=True)
+    assert r.stdout == "set net.ipv4.conf.v/2.arp_announce = 2\n"

@@ -118,3 +118,13 @@ def test_persist_files_under_a_scratch_root(tmp_path):
                     "removed /etc/dr-lb/realserver.sh",
                     "removed /etc/sysctl.d/90-dr-lb-realserver.conf"]
     assert not (tmp_path / "etc/dr-lb").exists()
+
+
+@pytest.mark.parametrize("command", ["up", "down"])
+def test_up_and_down_need_root(monkeypatch, command):
+    monkeypatch.setattr("os.geteuid", lambda: 1000)
+    called = []
+    monkeypatch.setattr(realserver, command, lambda *a, **k: called.append(a) or [])
+    r = CliRunner().invoke(cli.main, ["realserver", command, "198.18.0.21"])
+    assert r.exit_code == 1 and not called
+    assert "run it as root (sudo dr-lb realserver " + command + " 198.18.0.21)" in r.output
