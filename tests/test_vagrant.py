@@ -1,0 +1,130 @@
+"""vagrant/: seed 002's scene on VMs must stay the namespace lab's scene.
+
+vagrant/scene.json is the Vagrantfile's single source of addresses, names and weights;
+these tests hold it to lb/lab.py, hold director.toml and the committed real-server script
+to it, and run `vagrant validate` where vagrant is installed. No VM is started and no
+traffic is sent.
+"""
+from __future__ import annotations
+
+import ipaddress
+import json
+import os
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from lb import cli, config as config_mod, lab
+
+VAGRANT_DIR = Path(__file__).resolve().parent.parent / "vagrant"
+SCENE = json.loads((VAGRANT_DIR / "scene.json").read_text())
+NETWORK = ipaddress.IPv4Network(SCENE["network"])
+RS_SCRIPT = VAGRANT_DIR / "dr-lb-realserver.sh"
+
+
+def last_octet(address: str) -> int:
+    return int(ipaddress.IPv4Address(address)) & 0xFF
+
+
+def scene_host(role: str) -> dict:
+    (host,) = [h for h in SCENE["hosts"] if h["role"] == role]
+    return host
+
+
+def scene_reals() -> list[tuple[str, int]]:
+    return [(h["address"], h["weight"]) for h in SCENE["hosts"] if h["role"] == "real"]
+
+
+def regenerate_command() -> str:
+    return (f".venv/bin/dr-lb realserver script {SCENE['vip']} --port {SCENE['port']} "
+            f"--director {scene_host('director')['address']} > vagrant/dr-lb-realserver.sh")
+
+
+def test_scene_is_the_labs_scene():
+    """Same hosts in the same order: role, name, last octet and weight; same VIP octet,
+    prefix length and HTTP port."""
+    got = [(h["role"], h["name"], last_octet(h["address"]), h.get("weight", 0))
+           for h in SCENE["hosts"]]
+    want = [(h.role, h.name, last_octet(h.address), h.weight) for h in lab.HOSTS]
+    assert got == want
+    assert last_octet(SCENE["vip"]) == last_octet(lab.VIP)
+    assert NETWORK.prefixlen == lab.SUBNET_PREFIX
+    assert SCENE["port"] == lab.HTTP_PORT
+
+
+def test_scene_addresses_fit_the_private_network():
+    assert NETWORK.is_private
+    addresses = [h["address"] for h in SCENE["hosts"]] + [SCENE["vip"]]
+    assert len(set(addresses)) == len(addresses)
+    for a in addresses:
+        ip = ipaddress.IPv4Address(a)
+        assert ip in NETWORK and ip not in (NETWORK.network_address, NETWORK.broadcast_address)
+
+
+def test_director_toml_validates_and_matches_the_scene():
+    cfg = config_mod.load(VAGRANT_DIR / "director.toml")
+    assert cfg.director.interface == "eth1"
+    (svc,) = cfg.services
+    assert (svc.vip, svc.port, svc.protocol, svc.scheduler, svc.persistent) == \
+        (SCENE["vip"], SCENE["port"], "tcp", "wrr", 0)
+    assert [(rs.address, rs.weight) for rs in svc.real_servers] == scene_reals()
+    # the provisioning finds the interface line with this sed expression
+    lines = [ln for ln in (VAGRANT_DIR / "director.toml").read_text().splitlines()
+             if re.match(r'^interface *= *"[^"]*"', ln)]
+    assert len(lines) == 1
+
+
+def test_committed_realserver_script_is_what_dr_lb_prints_now():
+    result = CliRunner().invoke(cli.main, [
+        "realserver", "script", SCENE["vip"], "--port", str(SCENE["port"]),
+        "--director", scene_host("director")["address"]])
+    assert result.exit_code == 0, result.output
+    assert RS_SCRIPT.read_text() == result.output, (
+        "vagrant/dr-lb-realserver.sh is stale; regenerate it from the repository root "
+        f"with: {regenerate_command()}")
+
+
+def test_vagrantfile_takes_the_scene_from_scene_json():
+    text = (VAGRANT_DIR / "Vagrantfile").read_text()
+    assert 'File.join(HERE, "scene.json")' in text
+    code = "\n".join(ln.split("#", 1)[0] for ln in text.splitlines())
+    assert not re.search(r"\b\d{1,3}(\.\d{1,3}){3}\b", code), \
+        "the Vagrantfile must take every address from scene.json"
+    for script in ("provision-director.sh", "provision-realserver.sh",
+                   "provision-client.sh", "dr-lb-realserver.sh"):
+        assert f'"{script}"' in text
+        assert (VAGRANT_DIR / script).is_file()
+
+
+@pytest.mark.parametrize("script,shell", [
+    ("provision-director.sh", "bash"),
+    ("provision-realserver.sh", "sh"),
+    ("provision-client.sh", "sh"),
+    ("dr-lb-realserver.sh", "sh"),
+])
+def test_provisioning_scripts_parse(script, shell):
+    path = shutil.which(shell)
+    if path is None:
+        pytest.skip(f"{shell} is not installed")
+    r = subprocess.run([path, "-n", str(VAGRANT_DIR / script)], capture_output=True,
+                       text=True, timeout=10)
+    assert r.returncode == 0, r.stderr
+
+
+def test_vagrant_validate(tmp_path):
+    vagrant = shutil.which("vagrant")
+    if vagrant is None:
+        pytest.skip("vagrant is not installed (optional: `apt-get install vagrant` to "
+                    "run `vagrant validate` on vagrant/Vagrantfile)")
+    env = dict(os.environ,
+               VAGRANT_CHECKPOINT_DISABLE="1",           # no version check over the network
+               VAGRANT_DOTFILE_PATH=str(tmp_path / "dotfile"),   # no vagrant/.vagrant
+               VAGRANT_NO_COLOR="1")
+    r = subprocess.run([vagrant, "validate"], cwd=VAGRANT_DIR, env=env,
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "validated successfully" in r.stdout

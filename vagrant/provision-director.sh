@@ -1,0 +1,72 @@
+#!/bin/bash
+# Vagrant provisioning of the director VM (run as root by `vagrant up`/`vagrant provision`).
+# Usage: provision-director.sh DIRECTOR_ADDRESS
+#
+# The repository is rsynced to /vagrant. This runs the project's own setup (apt packages,
+# kernel header links for bcc, bpffs, the venv in /vagrant/.venv), then installs and
+# starts dr-lb.service, which runs
+#   /vagrant/.venv/bin/dr-lb up /vagrant/vagrant/director.toml --replace
+set -euo pipefail
+
+DIP=${1:?usage: provision-director.sh DIRECTOR_ADDRESS}
+REPO=/vagrant
+CONFIG=$REPO/vagrant/director.toml
+DRLB=$REPO/.venv/bin/dr-lb
+UNIT=/etc/systemd/system/dr-lb.service
+
+"$REPO/scripts/setup.sh"
+
+# The private-network NIC is the one holding the director's address (eth0 is Vagrant's
+# NAT/management NIC). director.toml says eth1; if this box names it otherwise, run with a
+# copy that names the right one.
+nic=$(ip -o -4 addr show to "$DIP/32" | awk '{ print $2; exit }')
+if [ -z "$nic" ]; then
+    echo "provision-director: no interface has $DIP; is the private network up? (ip -br -4 addr)" >&2
+    exit 1
+fi
+configured=$(sed -n 's/^interface *= *"\([^"]*\)".*/\1/p' "$CONFIG")
+if [ "$nic" != "$configured" ]; then
+    mkdir -p /etc/dr-lb
+    sed "s/^interface *= *\"[^\"]*\"/interface = \"$nic\"/" "$CONFIG" > /etc/dr-lb/director.toml
+    echo "provision-director: $DIP is on $nic, not $configured as $CONFIG says;" \
+         "dr-lb.service uses /etc/dr-lb/director.toml (a copy naming $nic)"
+    CONFIG=/etc/dr-lb/director.toml
+else
+    rm -f /etc/dr-lb/director.toml
+fi
+"$DRLB" check "$CONFIG"
+
+cat > "$UNIT" <<UNIT_EOF
+# Installed by vagrant/provision-director.sh
+[Unit]
+Description=dr-lb LVS-DR load balancer (XDP) on $nic
+Documentation=file://$REPO/README.md file://$REPO/vagrant/README.md
+Wants=network-online.target
+After=network-online.target
+
+[Service]
+Environment=PYTHONUNBUFFERED=1
+# --replace: after a crash, take over the XDP program the dead process left attached.
+ExecStart=$DRLB up $CONFIG --replace
+Restart=on-failure
+RestartSec=5
+
+[Install]
+WantedBy=multi-user.target
+UNIT_EOF
+systemctl daemon-reload
+systemctl enable dr-lb.service
+systemctl restart dr-lb.service
+
+# Compiling the XDP program takes a few seconds; wait for the control socket.
+for _ in $(seq 120); do
+    if "$DRLB" status --interface "$nic" >/dev/null 2>&1; then
+        journalctl -u dr-lb.service -b --no-pager -o cat | grep 'dr-lb: ready' | tail -n 1 || true
+        "$DRLB" status --interface "$nic"
+        exit 0
+    fi
+    sleep 1
+done
+echo "provision-director: dr-lb did not come up within 120 s; its log:" >&2
+journalctl -u dr-lb.service -b --no-pager -n 40 >&2
+exit 1
