@@ -31,6 +31,14 @@ def test_every_shell_here_parses_it(script, tmp_path, shell):
     assert r.returncode == 0, r.stderr
 
 
+@pytest.mark.skipif(shutil.which("shellcheck") is None, reason="shellcheck is not installed")
+def test_shellcheck_has_nothing_to_say(script, tmp_path):
+    path = tmp_path / "rs.sh"
+    path.write_text(script)
+    r = subprocess.run(["shellcheck", "-s", "sh", str(path)], capture_output=True, text=True)
+    assert r.returncode == 0, r.stdout
+
+
 def test_it_carries_the_vips_and_defaults(script):
     assert 'VIPS="198.18.0.21 198.18.0.22"' in script
     assert 'PORT="80"' in script
