@@ -246,8 +246,11 @@ def unit_file() -> str:
     return f"""# Written by `dr-lb realserver up --persist`; removed by `dr-lb realserver down`.
 [Unit]
 Description=dr-lb LVS-DR real server: VIPs on lo as /32 and the ARP sysctls
-After=network-pre.target systemd-sysctl.service
-Before=network.target
+DefaultDependencies=no
+After=local-fs.target systemd-sysctl.service
+Wants=network-pre.target
+Before=network-pre.target shutdown.target
+Conflicts=shutdown.target
 
 [Service]
 Type=oneshot

@@ -179,11 +179,10 @@ name_of() {  # dev/param -> net.ipv4.conf.dev.param (dots in dev become slashes)
 }
 max() { if [ "$1" -ge "$2" ]; then echo "$1"; else echo "$2"; fi; }
 netns_inode() {
-    # shellcheck disable=SC2012  # a fixed path; ls -i is the fallback without stat -c
     stat -L -c %i /proc/self/ns/net 2>/dev/null || ls -Li /proc/self/ns/net | awk '{ print $1 }'
 }
 state_file() { echo "$STATE_DIR/net-$(netns_inode)"; }
-state_entries() { if [ -f "$1" ]; then grep -v '^#' "$1" | grep '=' || true; fi; }
+state_entries() { [ -f "$1" ] && grep -v '^#' "$1" | grep '=' || true; }
 
 # ---- up / down ------------------------------------------------------------------------
 sysctl_writes() {  # "dev/param value" the real server needs
@@ -217,7 +216,7 @@ EOF
 }
 write_state() {
     mkdir -p "$STATE_DIR" || exit 1
-    { echo "# sysctl values before \`dr-lb realserver up\`"; printf '%s\n' "$2"; } > "$1" || exit 1
+    { echo '# sysctl values before `dr-lb realserver up`'; printf '%s\n' "$2"; } > "$1" || exit 1
 }
 remember() {  # CHANGES: record the values up is about to change (see realserver.py)
     [ -n "$1" ] || return 0
