@@ -21,6 +21,7 @@ from lb.tables import Tables
 def _import_bcc():
     try:
         import bcc  # noqa: F401  (Debian's python3-bpfcc)
+        import bcc.utils  # noqa: F401
     except ImportError:
         raise UserError("bcc's Python bindings are missing: run `sudo apt-get install "
                         "python3-bpfcc` (never `pip install bcc`, an unrelated package), "
@@ -54,6 +55,12 @@ class Stats:
     bytes: int = 0
 
 
+@dataclass
+class ConnCounts:
+    per_real: dict[int, tuple[int, int]]   # real_id -> (active, inactive)
+    entries: int
+
+
 class Dataplane:
     """One compiled, loaded instance of bpf/dr_lb.c and its maps."""
 
@@ -62,7 +69,11 @@ class Dataplane:
         problem = headers_problem()
         if problem:
             raise UserError(problem)
-        cflags = [f"-I{abi.BPF_DIR}", f"-DCONN_TABLE_SIZE={conn_table_size}"]
+        # The LRU keeps some free slots on each CPU's list and may evict before it is
+        # full, so it gets headroom: it then holds at least conn_table_size connections.
+        cpus = len(bcc.utils.get_possible_cpus())
+        self.conn_table_slots = conn_table_size + cpus * abi.CONST["LRU_HEADROOM_PER_CPU"]
+        cflags = [f"-I{abi.BPF_DIR}", f"-DCONN_TABLE_SIZE={self.conn_table_slots}"]
         try:
             self.bpf = bcc.BPF(src_file=str(abi.PROGRAM).encode(), cflags=cflags)
             self.fn = self.bpf.load_func(b"xdp_main", bcc.BPF.XDP)
@@ -193,18 +204,21 @@ class Dataplane:
         """(key, value) of conn_table, expired entries included."""
         return list(self.map("conn_table").items())
 
-    def conn_counts(self, config: Config) -> dict[int, tuple[int, int]]:
-        """real_id -> (active, inactive) among live entries, as ipvsadm counts them:
-        ESTABLISHED is active, every other live state inactive."""
+    def conn_counts(self, config: Config) -> ConnCounts:
+        """(active, inactive) per real_id among live entries, as ipvsadm counts them
+        (ESTABLISHED is active, every other live state inactive), and the number of
+        entries the table holds, expired ones included."""
         now = monotonic_coarse_ns()
         timeouts = self.map("settings")[ct.c_uint32(0)].timeout_ns
         counts: dict[int, list[int]] = {}
+        entries = 0
         for _key, value in self.connections():
+            entries += 1
             if now - value.last_seen_ns > timeouts[value.state & 7]:
                 continue
             c = counts.setdefault(value.real_id, [0, 0])
             c[0 if value.state == abi.STATE["ESTABLISHED"] else 1] += 1
-        return {k: (v[0], v[1]) for k, v in counts.items()}
+        return ConnCounts({k: (v[0], v[1]) for k, v in counts.items()}, entries)
 
     # ---- running packets without a network -----------------------------------------------
     def test_run(self, packet: bytes, repeat: int = 1) -> libbpf.TestRun:

@@ -8,7 +8,7 @@ from lb.tables import Tables
 
 def collect(config: Config, tables: Tables, dataplane, interface: str, xdp_mode: str) -> dict:
     """The status document (the `--json` output) read from the live maps."""
-    conn_counts = dataplane.conn_counts(config)
+    conns = dataplane.conn_counts(config)
     counters = dataplane.counters()
     services = []
     for s in tables.services:
@@ -16,7 +16,7 @@ def collect(config: Config, tables: Tables, dataplane, interface: str, xdp_mode:
         reals = []
         for r in s.reals:
             rst = dataplane.real_stats(r.real_id)
-            active, inactive = conn_counts.get(r.real_id, (0, 0))
+            active, inactive = conns.per_real.get(r.real_id, (0, 0))
             reals.append({
                 "address": r.server.address, "port": r.server.port,
                 "weight": r.server.weight, "mac": r.mac,
@@ -42,9 +42,10 @@ def collect(config: Config, tables: Tables, dataplane, interface: str, xdp_mode:
         "counters": counters,
         "conn_table": {
             "size": config.director.conn_table_size,
+            "entries": conns.entries,
             "inserts": inserts,
-            # Every insert into a full LRU table pushes out the least recently used entry.
-            "evicted": max(0, inserts - config.director.conn_table_size),
+            # Nothing deletes entries but the LRU, so every missing insert was evicted.
+            "evicted": max(0, inserts - conns.entries),
         },
     }
 
@@ -90,6 +91,6 @@ def format_table(data: dict) -> str:
     if nonzero:
         lines.append("Packets by outcome: " + ", ".join(f"{k} {v}" for k, v in nonzero.items()))
     ct = data["conn_table"]
-    lines.append(f"Connection table: {ct['size']} slots, {ct['inserts']} inserts, "
-                 f"{ct['evicted']} evicted")
+    lines.append(f"Connection table: {ct['size']} slots, {ct.get('entries', 0)} entries, "
+                 f"{ct['inserts']} inserts, {ct['evicted']} evicted")
     return "\n".join(lines)

@@ -34,7 +34,7 @@ def dataplane():
     if not bcc_available():
         pytest.fail("bcc is missing: run scripts/setup.sh (python3-bpfcc)")
     from lb.dataplane import Dataplane
-    dp = Dataplane(conn_table_size=65536)
+    dp = Dataplane()   # the default conn_table_size, 1,000,000: the capacity test needs it
     yield dp
     dp.close()
 

@@ -3,6 +3,7 @@ by the real control-plane code. Each test checks the verdict and the exact bytes
 from __future__ import annotations
 
 import ctypes as ct
+import struct
 import time
 
 import pytest
@@ -10,7 +11,7 @@ from scapy.layers.inet import ICMP, IP, TCP, UDP
 from scapy.layers.inet6 import IPv6
 from scapy.layers.l2 import ARP, Ether
 
-from lb import abi
+from lb import abi, libbpf
 from tests.conftest import needs_root
 
 pytestmark = needs_root
@@ -366,3 +367,43 @@ def test_bad_ip_header_length_is_malformed(lb):
     bad_doff = bytearray(tcp("S"))
     bad_doff[14 + 20 + 12] = 0x40   # TCP data offset 4 (< 5)
     assert_passed_untouched(lb, bytes(bad_doff), "pass_malformed")
+
+
+# ---- capacity (last: it fills the table) -------------------------------------------------
+
+SYN_TEMPLATE: bytes = b""
+
+
+def syn_from(i: int) -> bytes:
+    """The SYN of connection number i: a distinct (client address, port) for each i."""
+    global SYN_TEMPLATE
+    SYN_TEMPLATE = SYN_TEMPLATE or tcp("S")   # scapy is far too slow to build a million
+    frame = bytearray(SYN_TEMPLATE)
+    frame[26:30] = struct.pack("!I", 0x0A800000 + (i >> 16))
+    frame[34:36] = struct.pack("!H", i & 0xFFFF)
+    return bytes(frame)
+
+
+def test_conn_table_holds_a_million_connections_then_evicts_the_oldest(lb):
+    size = lb.config.director.conn_table_size
+    assert size == 1_000_000, "the default must be at least a million connections"
+    slots = lb.dp.conn_table_slots
+    for i in range(size):
+        assert lb.dp.test_run(syn_from(i)).action == libbpf.XDP_TX, f"connection {i} not sent"
+    counts = lb.dp.conn_counts(lb.config)
+    assert counts.entries == size, f"{size - counts.entries} of {size} connections were lost"
+    assert lb.dp.test_run(syn_from(0)[:47] + b"\x10" + syn_from(0)[48:]).verdict == "XDP_TX", \
+        "the oldest connection must still be there"
+    extra = slots - size + 1000
+    for i in range(size, size + extra):
+        lb.dp.test_run(syn_from(i))
+    counts = lb.dp.conn_counts(lb.config)
+    inserts = lb.dp.counters()["conn_table_insert"]
+    assert inserts == size + extra
+    assert inserts - counts.entries >= 1000, "a full table must evict, and the count shows it"
+    newest = syn_from(size + extra - 1)
+    ack = newest[:47] + b"\x10" + newest[48:]
+    assert lb.dp.test_run(ack).verdict == "XDP_TX", "the newest connection must be kept"
+    second = syn_from(1)
+    assert lb.dp.test_run(second[:47] + b"\x10" + second[48:]).verdict == "XDP_PASS", \
+        "one of the least recently used connections should have been evicted"

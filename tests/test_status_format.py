@@ -33,7 +33,7 @@ def document(services, counters=None):
         "timeouts": {"tcp": 900, "tcpfin": 120, "udp": 300},
         "services": services,
         "counters": counters if counters is not None else dict.fromkeys(abi.COUNTERS, 0),
-        "conn_table": {"size": 1_000_000, "inserts": 40, "evicted": 0},
+        "conn_table": {"size": 1_000_000, "entries": 40, "inserts": 40, "evicted": 0},
     }
 
 
@@ -151,7 +151,7 @@ def test_packet_counters_and_connection_table(seed_status):
     lines = lines_of(status.format_table(seed_status))
     assert "Packets by outcome: tx_service 400, tx_arp_reply 3, pass_tcp_no_conn 2" in lines, \
         "the nonzero counters, and only those, should be listed in map order"
-    assert lines[-1] == "Connection table: 1000000 slots, 40 inserts, 0 evicted"
+    assert lines[-1] == "Connection table: 1000000 slots, 40 entries, 40 inserts, 0 evicted"
 
 
 def test_no_services_and_no_traffic():
@@ -170,7 +170,7 @@ def test_collect_gives_what_format_table_reads():
                        source="config.toml")
     t = tables.build(cfg, {"192.168.0.12": "52:54:00:00:00:12"})
     fake = SimpleNamespace(
-        conn_counts=lambda _cfg: {0: (3, 4)},
+        conn_counts=lambda _cfg: SimpleNamespace(per_real={0: (3, 4)}, entries=7),
         counters=lambda: dict(dict.fromkeys(abi.COUNTERS, 0), conn_table_insert=7),
         service_stats=lambda _i: SimpleNamespace(conns=7, packets=70, bytes=7000),
         real_stats=lambda i: SimpleNamespace(conns=7 - i * 7, packets=70 - i * 70,
