@@ -151,10 +151,15 @@ def up(vips: list[str], persist: bool = False, root: str | Path = "/") -> list[s
 
         writes = _sysctl_writes()
         _remember(writes)
-
         if not ipr.get_links(lo)[0]["flags"] & 1:
             ipr.link("set", index=lo, state="up")
             done.append(msg("lo-up"))
+        # The sysctls before the VIPs: a VIP on lo while arp_ignore is 0 gets announced.
+        for key, value in writes:
+            if _read(key) != value:
+                (PROC_CONF / key).write_text(value)
+                done.append(msg("set", name=_name(key), value=value))
+
         for vip in vips:
             present = {a: (p, label) for a, p, label in _lo_addrs(ipr, lo)}
             if vip in present and present[vip][0] == 32:
@@ -166,10 +171,6 @@ def up(vips: list[str], persist: bool = False, root: str | Path = "/") -> list[s
             ipr.addr("add", index=lo, address=vip, prefixlen=32, label=label)
             done.append(msg("replaced", vip=vip, prefix=present[vip][0], label=label)
                         if replaced else msg("added", vip=vip, label=label))
-    for key, value in writes:
-        if _read(key) != value:
-            (PROC_CONF / key).write_text(value)
-            done.append(msg("set", name=_name(key), value=value))
     if persist:
         done += persist_up(vips, Path(root))
     return done

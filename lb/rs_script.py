@@ -249,14 +249,7 @@ EOF
     writes=$(sysctl_writes)
     remember "$(printf '%s\n' "$writes" | changes_of)"
     if ! lo_is_up; then ip link set dev lo up || exit 1; m_lo_up; fi
-    for vip in $VIPS; do
-        prefix=$(lo_prefix "$vip")
-        [ "$prefix" != 32 ] || continue
-        [ -z "$prefix" ] || ip addr del "$vip/$prefix" dev lo || exit 1
-        label=$(free_label)
-        ip addr add "$vip/32" dev lo label "$label" || exit 1
-        if [ -n "$prefix" ]; then m_replaced; else m_added; fi
-    done
+    # The sysctls before the VIPs: a VIP on lo while arp_ignore is 0 gets announced.
     while read -r key value; do
         [ -n "$key" ] || continue
         cur=$(cat "$CONF/$key" 2>/dev/null) || continue
@@ -267,6 +260,14 @@ EOF
     done <<EOF
 $writes
 EOF
+    for vip in $VIPS; do
+        prefix=$(lo_prefix "$vip")
+        [ "$prefix" != 32 ] || continue
+        [ -z "$prefix" ] || ip addr del "$vip/$prefix" dev lo || exit 1
+        label=$(free_label)
+        ip addr add "$vip/32" dev lo label "$label" || exit 1
+        if [ -n "$prefix" ]; then m_replaced; else m_added; fi
+    done
 }
 
 cmd_down() {
