@@ -97,17 +97,23 @@ def down(interface: str | None) -> None:
               help="Also check the running network from the director (root): who answers "
                    "ARP for each VIP, the real servers' MACs, ICMP redirects, and a "
                    "DR-path probe of each TCP service on each real server.")
-def check(config_file: str, offline: bool, live: bool) -> None:
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def check(config_file: str, offline: bool, live: bool, as_json: bool) -> None:
     """Validate CONFIG without touching anything."""
     if live and offline:
         raise click.UsageError("--live looks at this machine's network; drop --offline")
     cfg = load_config(config_file, system=not offline)
-    n_reals = sum(len(s.real_servers) for s in cfg.services)
-    click.echo(f"{config_file}: OK: {len(cfg.services)} service(s), {n_reals} real "
-               f"server(s) on {cfg.director.interface}")
     if live:
         from lb import live_check
-        sys.exit(live_check.report(cfg, config_file))
+        sys.exit(live_check.report(cfg, config_file, as_json=as_json))
+    n_reals = sum(len(s.real_servers) for s in cfg.services)
+    if as_json:
+        click.echo(json.dumps({"config": config_file, "ok": True,
+                               "services": len(cfg.services), "real_servers": n_reals,
+                               "interface": cfg.director.interface}))
+    else:
+        click.echo(f"{config_file}: OK: {len(cfg.services)} service(s), {n_reals} real "
+                   f"server(s) on {cfg.director.interface}")
 
 
 @main.group()

@@ -122,6 +122,10 @@ def run(config: Config, config_path: str, replace: bool = False) -> None:
                                    "config": os.path.abspath(config_path)})
         netif.send_gratuitous_arp(name, iface.mac, list(config.vips))
         unresolved = [a for a in director.dynamic_addresses if not director.macs.get(a)]
+        if iface.kind == "veth" and director.xdp_mode == "native":
+            print(f"dr-lb: note: {name} is a veth: native XDP_TX only works when its peer has "
+                  "an XDP program too (an XDP_PASS one will do); otherwise use "
+                  "xdp_mode = \"generic\"", flush=True)
         print(f"dr-lb: ready on {name} (xdp {director.xdp_mode}): "
               f"{len(config.services)} service(s), VIPs {', '.join(config.vips)}"
               + (f"; MAC not yet known for {', '.join(unresolved)}" if unresolved else ""),

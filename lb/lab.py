@@ -18,7 +18,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 from pyroute2 import IPRoute, NetNS, netns
 
-from lb import libbpf
+from lb import libbpf, realserver
 
 SUBNET_PREFIX = 24
 CLIENT_IP = "198.18.0.10"
@@ -165,6 +165,10 @@ class Lab:
                 p.wait()
         self._procs.clear()
         existing = set(netns.listnetns())
+        for h in self.real_servers:
+            if self.ns(h.name) in existing:   # what `realserver up` remembered for `down`
+                with self.inside(h.name):
+                    realserver.state_path().unlink(missing_ok=True)
         for name in self.namespaces():
             if name in existing:
                 netns.remove(name)

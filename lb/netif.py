@@ -27,6 +27,7 @@ class Interface:
     addresses: tuple[str, ...]
     xdp_mode: str | None
     xdp_prog_id: int
+    kind: str | None = None    # "veth", "bridge"...; None for a physical NIC
 
 
 def netns_id() -> int:
@@ -44,8 +45,10 @@ def interface(name: str) -> Interface | None:
     xdp = link.get_attr("IFLA_XDP")
     mode = XDP_ATTACHED.get(xdp.get_attr("IFLA_XDP_ATTACHED")) if xdp else None
     prog_id = (xdp.get_attr("IFLA_XDP_PROG_ID") or 0) if xdp else 0
+    info = link.get_attr("IFLA_LINKINFO")
+    kind = info.get_attr("IFLA_INFO_KIND") if info else None
     return Interface(name=name, index=found[0], mac=link.get_attr("IFLA_ADDRESS"),
-                     addresses=addrs, xdp_mode=mode, xdp_prog_id=prog_id)
+                     addresses=addrs, xdp_mode=mode, xdp_prog_id=prog_id, kind=kind)
 
 
 def config_problems(cfg: Config) -> list[str]:
