@@ -103,17 +103,17 @@ def check(config_file: str, offline: bool, live: bool, as_json: bool) -> None:
     if live and offline:
         raise click.UsageError("--live looks at this machine's network; drop --offline")
     cfg = load_config(config_file, system=not offline)
+    n_reals = sum(len(s.real_servers) for s in cfg.services)
+    if not as_json:
+        click.echo(f"{config_file}: OK: {len(cfg.services)} service(s), {n_reals} real "
+                   f"server(s) on {cfg.director.interface}")
     if live:
         from lb import live_check
         sys.exit(live_check.report(cfg, config_file, as_json=as_json))
-    n_reals = sum(len(s.real_servers) for s in cfg.services)
     if as_json:
         click.echo(json.dumps({"config": config_file, "ok": True,
                                "services": len(cfg.services), "real_servers": n_reals,
                                "interface": cfg.director.interface}))
-    else:
-        click.echo(f"{config_file}: OK: {len(cfg.services)} service(s), {n_reals} real "
-                   f"server(s) on {cfg.director.interface}")
 
 
 @main.group()

@@ -3,12 +3,11 @@ from __future__ import annotations
 
 import os
 import signal
-import sys
 import threading
 import time
 from pathlib import Path
 
-from lb import control, libbpf, netif, status, tables as tables_mod
+from lb import arp, control, libbpf, netif, status, tables as tables_mod
 from lb.config import Config
 from lb.errors import UserError
 
@@ -120,7 +119,7 @@ def run(config: Config, config_path: str, replace: bool = False) -> None:
         control.write_state(name, {"pid": os.getpid(), "interface": name,
                                    "ifindex": iface.index, "xdp_mode": director.xdp_mode,
                                    "config": os.path.abspath(config_path)})
-        netif.send_gratuitous_arp(name, iface.mac, list(config.vips))
+        arp.announce(name, iface.mac, list(config.vips))
         unresolved = [a for a in director.dynamic_addresses if not director.macs.get(a)]
         if iface.kind == "veth" and director.xdp_mode == "native":
             print(f"dr-lb: note: {name} is a veth: native XDP_TX only works when its peer has "

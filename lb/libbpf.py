@@ -39,6 +39,7 @@ int bpf_prog_load(int prog_type, const char *prog_name, const char *license,
                   const void *insns, size_t insn_cnt, const void *opts);
 int bpf_xdp_attach(int ifindex, int prog_fd, uint32_t flags, const void *opts);
 int bpf_xdp_detach(int ifindex, uint32_t flags, const void *opts);
+int bpf_prog_get_fd_by_id(uint32_t id);
 """)
 
 XDP_ABORTED, XDP_DROP, XDP_PASS, XDP_TX, XDP_REDIRECT = range(5)
@@ -127,3 +128,11 @@ def xdp_detach(ifindex: int, mode: str) -> None:
     err = _lib().bpf_xdp_detach(ifindex, MODE_FLAGS[mode], ffi.NULL)
     if err:
         raise OSError(-err, os.strerror(-err))
+
+
+def prog_fd_by_id(prog_id: int) -> int:
+    """An fd for a loaded program (for example the one attached to an interface)."""
+    fd = _lib().bpf_prog_get_fd_by_id(prog_id)
+    if fd < 0:
+        raise OSError(-fd, f"program id {prog_id}: {os.strerror(-fd)}")
+    return fd

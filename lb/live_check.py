@@ -28,15 +28,14 @@ import struct
 import sys
 import time
 from dataclasses import dataclass
-from functools import cache
 
-from lb import doctor
+from lb import doctor, libbpf
+from lb.abi import mac_bytes
+from lb.arp import ETH_P_IP, PACKET_OUTGOING, arp_request, parse_arp_reply, source_for, who_has
+from lb.netif import Interface, interface
 from lb.config import Config
 from lb.doctor import Finding, Template
 
-ETH_P_ARP = 0x0806
-ETH_P_IP = 0x0800
-PACKET_OUTGOING = 4
 TCP_SYN, TCP_RST, TCP_ACK = 0x02, 0x04, 0x10
 
 TEMPLATES: dict[str, Template] = {
@@ -120,122 +119,18 @@ def finding(code: str, **values) -> Finding:
 
 # ---- the interface -----------------------------------------------------------------------
 
-@dataclass(frozen=True)
-class Iface:
-    name: str
-    index: int
-    mac: str
-    networks: tuple[ipaddress.IPv4Interface, ...]
-    xdp_prog_id: int
-
-
-def read_interface(name: str) -> Iface | None:
-    from pyroute2 import IPRoute
-    with IPRoute() as ipr:
-        found = ipr.link_lookup(ifname=name)
-        if not found:
-            return None
-        link = ipr.get_links(found[0])[0]
-        nets = tuple(ipaddress.IPv4Interface(
-            f"{a.get_attr('IFA_LOCAL') or a.get_attr('IFA_ADDRESS')}/{a['prefixlen']}")
-            for a in ipr.get_addr(index=found[0], family=socket.AF_INET))
-    xdp = link.get_attr("IFLA_XDP")
-    prog_id = (xdp.get_attr("IFLA_XDP_PROG_ID") or 0) if xdp else 0
-    return Iface(name, found[0], link.get_attr("IFLA_ADDRESS"), nets, prog_id)
-
-
 def _link_names() -> list[str]:
     from pyroute2 import IPRoute
     with IPRoute() as ipr:
         return sorted(link.get_attr("IFLA_IFNAME") for link in ipr.get_links())
 
 
-def source_for(iface: Iface, target: str) -> str:
-    """The interface address to ask from: one in the target's subnet if there is one."""
-    t = ipaddress.IPv4Address(target)
-    for n in iface.networks:
-        if t in n.network:
-            return str(n.ip)
-    return str(iface.networks[0].ip) if iface.networks else "0.0.0.0"
-
-
-# ---- ARP ---------------------------------------------------------------------------------
-
-def _mac_bytes(mac: str) -> bytes:
-    return bytes.fromhex(mac.replace(":", ""))
-
-
-def _mac_str(raw: bytes) -> str:
-    return ":".join(f"{b:02x}" for b in raw)
-
-
-def arp_request(src_mac: str, src_ip: str, target: str, dst_mac: str = "ff:ff:ff:ff:ff:ff") -> bytes:
-    sha = _mac_bytes(src_mac)
-    frame = (_mac_bytes(dst_mac) + sha + struct.pack("!H", ETH_P_ARP)
-             + struct.pack("!HHBBH", 1, ETH_P_IP, 6, 4, 1)
-             + sha + socket.inet_aton(src_ip) + b"\x00" * 6 + socket.inet_aton(target))
-    return frame.ljust(60, b"\x00")
-
-
-def parse_arp_reply(frame: bytes) -> tuple[str, str] | None:
-    """(sender IP, sender MAC) of an ARP reply, else None."""
-    if len(frame) < 42 or frame[12:14] != b"\x08\x06":
-        return None
-    htype, ptype, hlen, plen, op = struct.unpack("!HHBBH", frame[14:22])
-    if (htype, ptype, hlen, plen, op) != (1, ETH_P_IP, 6, 4, 2):
-        return None
-    return socket.inet_ntoa(frame[28:32]), _mac_str(frame[22:28])
-
-
-def who_has(interface: str, targets: list[str], wait_s: float = 0.5,
-            rounds: int = 2) -> dict[str, list[str]]:
-    """Send ARP who-has for every target out of `interface`; every MAC that answered,
-    per target, in order. Targets without an answer are asked again, up to `rounds`
-    times; the ones with answers are still listened to until the end."""
-    iface = read_interface(interface)
-    if iface is None:
-        raise ValueError(f"no interface {interface}")
-    answers: dict[str, list[str]] = {t: [] for t in targets}
-    with socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(ETH_P_ARP)) as s:
-        s.bind((interface, 0))
-        for _ in range(rounds):
-            pending = [t for t in targets if not answers[t]]
-            if not pending:
-                break
-            for t in pending:
-                s.send(arp_request(iface.mac, source_for(iface, t), t))
-            deadline = time.monotonic() + wait_s
-            while (left := deadline - time.monotonic()) > 0:
-                s.settimeout(left)
-                try:
-                    frame, addr = s.recvfrom(2048)
-                except socket.timeout:
-                    break
-                if addr[2] == PACKET_OUTGOING:
-                    continue
-                reply = parse_arp_reply(frame)
-                if reply and reply[0] in answers and reply[1] not in answers[reply[0]]:
-                    answers[reply[0]].append(reply[1])
-    return answers
-
-
 # ---- the director's own ARP answer, through the attached program ---------------------------
 
-@cache
-def _bpf():
-    import cffi
-    ffi = cffi.FFI()
-    ffi.cdef("int bpf_prog_get_fd_by_id(uint32_t id);")
-    return ffi.dlopen("libbpf.so.1")
-
-
-def xdp_arp_answer(iface: Iface, vip: str) -> str | None:
+def xdp_arp_answer(iface: Interface, vip: str) -> str | None:
     """Run the XDP program attached to iface on a who-has VIP (bpf_prog_test_run, no
     packet leaves); the MAC it answers with, or None if it does not answer."""
-    from lb import libbpf
-    fd = _bpf().bpf_prog_get_fd_by_id(iface.xdp_prog_id)
-    if fd < 0:
-        raise OSError(-fd, f"bpf_prog_get_fd_by_id({iface.xdp_prog_id}): {os.strerror(-fd)}")
+    fd = libbpf.prog_fd_by_id(iface.xdp_prog_id)
     try:
         asker_mac = "02:00:00:00:00:01"
         run = libbpf.test_run(fd, arp_request(asker_mac, source_for(iface, vip), vip))
@@ -244,7 +139,7 @@ def xdp_arp_answer(iface: Iface, vip: str) -> str | None:
     if run.action != libbpf.XDP_TX:
         return None
     reply = parse_arp_reply(run.data)
-    if not reply or reply[0] != vip or run.data[0:6] != _mac_bytes(asker_mac):
+    if not reply or reply[0] != vip or run.data[0:6] != mac_bytes(asker_mac):
         return None
     return reply[1]
 
@@ -272,7 +167,7 @@ def tcp_frame(src_mac: str, dst_mac: str, src_ip: str, dst_ip: str, sport: int, 
     ip = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(tcp), random.randint(0, 0xFFFF),
                      0x4000, 64, socket.IPPROTO_TCP, 0, src, dst)
     ip = ip[:10] + struct.pack("!H", _checksum(ip)) + ip[12:]
-    return _mac_bytes(dst_mac) + _mac_bytes(src_mac) + struct.pack("!H", ETH_P_IP) + ip + tcp
+    return mac_bytes(dst_mac) + mac_bytes(src_mac) + struct.pack("!H", ETH_P_IP) + ip + tcp
 
 
 def parse_tcp(frame: bytes):
@@ -296,7 +191,7 @@ class Probe:
     port: int
 
 
-def syn_probe(iface: Iface, probes: list[Probe], wait_s: float = 0.7,
+def syn_probe(iface: Interface, probes: list[Probe], wait_s: float = 0.7,
               rounds: int = 2) -> dict[Probe, str]:
     """Send each probe's SYN to (its MAC, VIP:port); "open" (SYN-ACK, answered with an
     RST so the real server forgets it), "refused" (RST) or "silent"."""
@@ -346,7 +241,7 @@ def _sysctl(dev: str, key: str) -> int:
     return doctor.read_sysctl(dev, key) or 0
 
 
-def check_redirects(iface: Iface) -> Finding:
+def check_redirects(iface: Interface) -> Finding:
     allval, devval = _sysctl("all", "send_redirects"), _sysctl(iface.name, "send_redirects")
     if not (allval or devval):   # the kernel ORs all and the interface
         return finding("icmp-redirects-ok", iface=iface.name)
@@ -363,7 +258,7 @@ def check_redirects(iface: Iface) -> Finding:
 def live_findings(cfg: Config, config_path: str = "CONFIG") -> list[Finding]:
     """Every live check for the director of `cfg`, run in this network namespace."""
     name = cfg.director.interface
-    iface = read_interface(name)
+    iface = interface(name)
     if iface is None:
         return [finding("interface-missing", iface=name, names=", ".join(_link_names()))]
     out: list[Finding] = []

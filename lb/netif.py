@@ -1,6 +1,7 @@
 """The director's interface through pyroute2: addresses, XDP state, neighbours, ARP."""
 from __future__ import annotations
 
+import ipaddress
 import os
 import socket
 import struct
@@ -24,10 +25,14 @@ class Interface:
     name: str
     index: int
     mac: str
-    addresses: tuple[str, ...]
+    networks: tuple[ipaddress.IPv4Interface, ...]
     xdp_mode: str | None
     xdp_prog_id: int
     kind: str | None = None    # "veth", "bridge"...; None for a physical NIC
+
+    @property
+    def addresses(self) -> tuple[str, ...]:
+        return tuple(str(n.ip) for n in self.networks)
 
 
 def netns_id() -> int:
@@ -41,14 +46,16 @@ def interface(name: str) -> Interface | None:
         if not found:
             return None
         link = ipr.get_links(found[0])[0]
-        addrs = tuple(a.get_attr("IFA_ADDRESS") for a in ipr.get_addr(index=found[0], family=2))
+        networks = tuple(ipaddress.IPv4Interface(
+            f"{a.get_attr('IFA_LOCAL') or a.get_attr('IFA_ADDRESS')}/{a['prefixlen']}")
+            for a in ipr.get_addr(index=found[0], family=socket.AF_INET))
     xdp = link.get_attr("IFLA_XDP")
     mode = XDP_ATTACHED.get(xdp.get_attr("IFLA_XDP_ATTACHED")) if xdp else None
     prog_id = (xdp.get_attr("IFLA_XDP_PROG_ID") or 0) if xdp else 0
     info = link.get_attr("IFLA_LINKINFO")
     kind = info.get_attr("IFLA_INFO_KIND") if info else None
     return Interface(name=name, index=found[0], mac=link.get_attr("IFLA_ADDRESS"),
-                     addresses=addrs, xdp_mode=mode, xdp_prog_id=prog_id, kind=kind)
+                     networks=networks, xdp_mode=mode, xdp_prog_id=prog_id, kind=kind)
 
 
 def config_problems(cfg: Config) -> list[str]:
@@ -114,16 +121,3 @@ def probe(addresses: list[str], interface_name: str) -> None:
                 pass   # unreachable now; the next refresh tries again
     finally:
         sock.close()
-
-
-def send_gratuitous_arp(interface_name: str, mac: str, vips: list[str]) -> None:
-    """Announce each VIP with our MAC (an ARP request with sender = target = VIP)."""
-    raw_mac = bytes.fromhex(mac.replace(":", ""))
-    with socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(0x0806)) as sock:
-        sock.bind((interface_name, 0))
-        for vip in vips:
-            ip = socket.inet_aton(vip)
-            frame = (b"\xff" * 6 + raw_mac + struct.pack("!H", 0x0806)
-                     + struct.pack("!HHBBH", 1, 0x0800, 6, 4, 1)
-                     + raw_mac + ip + b"\x00" * 6 + ip)
-            sock.send(frame.ljust(60, b"\x00"))

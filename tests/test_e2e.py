@@ -5,7 +5,6 @@ from __future__ import annotations
 import collections
 import json
 import signal
-import subprocess
 import sys
 import textwrap
 import time
@@ -13,7 +12,7 @@ import time
 import pytest
 from pyroute2 import IPRoute
 
-from lb import lab as lab_mod, netif
+from lb import netif
 from lb.demo import start_director
 from lb.lab import HTTP_PORT, PERSISTENT_PORT, UDP_PORT, VIP, Lab, python_cmd
 from tests.conftest import needs_netns
@@ -113,7 +112,7 @@ def test_replies_come_from_the_real_server_not_the_director(scene):
 
 def test_arp_for_vip_is_answered_by_the_director_only(scene):
     lab, _ = scene
-    answers = json.loads(lab.run("client", *python_cmd("lb.arpprobe", "eth0", VIP, "1")).stdout)
+    answers = json.loads(lab.run("client", *python_cmd("lb.arp", "eth0", VIP, "1")).stdout)
     assert answers == [lab.macs["director"]], (
         f"ARP who-has {VIP} was answered by {answers}; only the director "
         f"({lab.macs['director']}) may answer")
