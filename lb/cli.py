@@ -81,6 +81,19 @@ def status(interface: str | None, as_json: bool) -> None:
 
 @main.command()
 @click.option("--interface", "-i", help="The instance's interface (needed if several run).")
+def reload(interface: str | None) -> None:
+    """Re-read the running instance's config; connections stay (also on SIGHUP)."""
+    from lb import control
+    result = control.request(interface, "reload")
+    if not result["ok"]:
+        for problem in result["problems"]:
+            click.echo(f"dr-lb: reload refused: {problem}", err=True)
+        sys.exit(2)
+    click.echo(f"dr-lb: {result['message']}")
+
+
+@main.command()
+@click.option("--interface", "-i", help="The instance's interface (needed if several run).")
 def down(interface: str | None) -> None:
     """Stop the running instance, or remove a leftover XDP program."""
     from lb import director

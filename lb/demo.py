@@ -17,6 +17,7 @@ def start_director(lab: Lab, config_text: str, timeout: float = 60) -> subproces
     proc = lab.popen("director", *lab_mod.python_cmd("lb", "up", str(cfg)),
                      stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     lines = []
+    proc.config_path = cfg   # for tests that edit it and reload
     for line in proc.stdout:
         lines.append(line.rstrip())
         if line.startswith("dr-lb: ready on "):

@@ -8,6 +8,7 @@ import time
 from pathlib import Path
 
 from lb import arp, control, libbpf, netif, status, tables as tables_mod
+from lb import config as config_mod
 from lb.config import Config
 from lb.errors import UserError
 
@@ -28,7 +29,8 @@ class Director:
         self.dp = dataplane
         self.interface = interface
         self.macs: dict[str, str | None] = {}
-        self.tables = tables_mod.build(config, self.macs)
+        self.ids = tables_mod.Ids()
+        self.tables = tables_mod.build(config, self.macs, self.ids)
         self.lock = threading.Lock()
         self.xdp_mode = ""
         self._last_probe = 0.0
@@ -74,8 +76,37 @@ class Director:
 
     def program(self) -> None:
         with self.lock:
-            self.tables = tables_mod.build(self.config, self.macs)
+            self.tables = tables_mod.build(self.config, self.macs, self.ids)
             self.dp.program(self.config, self.tables, self.interface.mac)
+
+    def reload(self, path: str) -> dict:
+        """Load a changed config without dropping connections, as `ipvsadm -e/-a/-d`
+        would change a live table. A bad config changes nothing."""
+        try:
+            new = config_mod.load(path)
+            problems = netif.config_problems(new)
+        except config_mod.ConfigError as e:
+            problems = e.problems
+        if problems:
+            return {"ok": False, "problems": problems}
+        old = self.config
+        fixed = [k for k in ("interface", "xdp_mode", "conn_table_size")
+                 if getattr(new.director, k) != getattr(old.director, k)]
+        if fixed:
+            return {"ok": False, "problems": [
+                f"{new.source}: [director] {', '.join(fixed)} changed; restart dr-lb for that"]}
+        why_not = self.ids.room_for(new)
+        if why_not:
+            return {"ok": False, "problems": [f"{new.source}: {why_not}"]}
+        with self.lock:
+            self.config = new
+        self.program()
+        self.refresh_neighbours()
+        added = [v for v in new.vips if v not in old.vips]
+        if added:
+            arp.announce(self.interface.name, self.interface.mac, added)
+        return {"ok": True, "message": f"reloaded {path}: {len(new.services)} service(s)"
+                + (f"; announced {', '.join(added)}" if added else "")}
 
     def status(self) -> dict:
         with self.lock:
@@ -99,12 +130,13 @@ def run(config: Config, config_path: str, replace: bool = False) -> None:
     if iface.xdp_mode and replace:
         detach_any(iface)
 
-    stop = threading.Event()
+    stop, reload_asked, wake = threading.Event(), threading.Event(), threading.Event()
 
     def on_signal(signum, frame):
-        stop.set()
+        (reload_asked if signum == signal.SIGHUP else stop).set()
+        wake.set()
 
-    for sig in (signal.SIGINT, signal.SIGTERM):
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
         signal.signal(sig, on_signal)
 
     dp = Dataplane(config.director.conn_table_size)
@@ -114,8 +146,10 @@ def run(config: Config, config_path: str, replace: bool = False) -> None:
         director.resolve_initial()
         director.program()
         director.xdp_mode = dp.attach(iface.index, config.director.xdp_mode)
-        server = control.ControlServer(name, {"status": director.status,
-                                              "stop": lambda: (stop.set(), {"ok": True})[1]})
+        server = control.ControlServer(name, {
+            "status": director.status,
+            "reload": lambda: director.reload(config_path),
+        })
         control.write_state(name, {"pid": os.getpid(), "interface": name,
                                    "ifindex": iface.index, "xdp_mode": director.xdp_mode,
                                    "config": os.path.abspath(config_path)})
@@ -129,7 +163,17 @@ def run(config: Config, config_path: str, replace: bool = False) -> None:
               f"{len(config.services)} service(s), VIPs {', '.join(config.vips)}"
               + (f"; MAC not yet known for {', '.join(unresolved)}" if unresolved else ""),
               flush=True)
-        while not stop.wait(NEIGHBOUR_REFRESH_S):
+        while not stop.is_set():
+            wake.wait(NEIGHBOUR_REFRESH_S)
+            wake.clear()
+            if stop.is_set():
+                break
+            if reload_asked.is_set():
+                reload_asked.clear()
+                result = director.reload(config_path)
+                for line in result.get("problems", [result.get("message", "")]):
+                    print(f"dr-lb: {'reload refused: ' if not result['ok'] else ''}{line}",
+                          flush=True)
             director.refresh_neighbours()
     finally:
         if server:

@@ -221,9 +221,10 @@ class Lab:
 
     def director_config(self, *, udp_timeout: int = 300, persistent: int = 60,
                         weights: dict[str, int] | None = None,
-                        extra_director: str = "") -> str:
+                        extra_director: str = "", extra_vips: tuple[str, ...] = ()) -> str:
         """The director's TOML for the lab: HTTP on 80 (wrr), HTTP on 8080 with
-        persistence (/24), and UDP on 5300 (rr, so that a rescheduled flow moves)."""
+        persistence (/24), and UDP on 5300 (rr, so that a rescheduled flow moves);
+        `extra_vips` get an HTTP service each."""
         weights = weights or {h.name: h.weight for h in self.real_servers}
 
         def reals() -> str:
@@ -239,6 +240,8 @@ class Lab:
             f"persistent = {persistent}\npersistent_netmask = \"255.255.255.0\"\n{reals()}\n"
             f"[[service]]\nvip = \"{VIP}\"\nport = {UDP_PORT}\nprotocol = \"udp\"\n"
             f"scheduler = \"rr\"\n{reals()}"
+            + "".join(f"\n[[service]]\nvip = \"{vip}\"\nport = {HTTP_PORT}\n{reals()}"
+                      for vip in extra_vips)
         )
 
     def curl(self, url: str, timeout: float = 5) -> str:

@@ -47,23 +47,52 @@ class Tables:
         return [r for s in self.services for r in s.reals]
 
 
-def build(config: Config, macs: dict[str, str | None]) -> Tables:
+class Ids:
+    """Map indexes that stay put across reloads, so that live connections (which hold a
+    real_id) keep their real server when the config changes around them.
+
+    Ids are not reused while the process runs: a connection to a removed real server
+    goes on to that server until it expires, as IPVS does with a deleted destination.
+    """
+
+    def __init__(self) -> None:
+        self.services: dict[tuple, int] = {}
+        self.reals: dict[tuple, int] = {}
+
+    def service(self, svc: Service) -> int:
+        return self.services.setdefault((svc.vip, svc.port, svc.protocol), len(self.services))
+
+    def real(self, svc: Service, rs: RealServer) -> int:
+        return self.reals.setdefault((svc.vip, svc.port, svc.protocol, rs.address),
+                                     len(self.reals))
+
+    def room_for(self, config: Config) -> str | None:
+        """Why `config` cannot be loaded without a restart, or None."""
+        new_svcs = {(s.vip, s.port, s.protocol) for s in config.services} - set(self.services)
+        new_reals = {(s.vip, s.port, s.protocol, rs.address) for s in config.services
+                     for rs in s.real_servers} - set(self.reals)
+        if len(self.services) + len(new_svcs) > abi.CONST["MAX_SERVICES"] or \
+                len(self.reals) + len(new_reals) > abi.CONST["MAX_REALS"]:
+            return ("this instance has used up its service or real-server slots; "
+                    "restart dr-lb to load this config")
+        return None
+
+
+def build(config: Config, macs: dict[str, str | None], ids: Ids | None = None) -> Tables:
     """Lay out `config`; `macs` maps real-server addresses to MACs (None: unknown).
 
     A service's slice of wrr_seq is sized for all its weighted servers, so that the
     offsets do not move when a MAC comes or goes; only the used length changes.
     """
+    ids = ids or Ids()
     services = []
-    real_id = 0
     offset = 0
-    for svc_id, svc in enumerate(config.services):
-        reals = []
-        for rs in svc.real_servers:
-            reals.append(RealEntry(real_id, svc, rs, rs.mac or macs.get(rs.address)))
-            real_id += 1
+    for svc in config.services:
+        reals = tuple(RealEntry(ids.real(svc, rs), svc, rs, rs.mac or macs.get(rs.address))
+                      for rs in svc.real_servers)
         weights = svc.scheduling_weights()
         usable = [w if r.mac else 0 for w, r in zip(weights, reals)]
         sequence = tuple(reals[i].real_id for i in wrr_sequence(usable))
-        services.append(ServiceEntry(svc_id, svc, offset, sequence, tuple(reals)))
+        services.append(ServiceEntry(ids.service(svc), svc, offset, sequence, reals))
         offset += wrr_length(weights)
     return Tables(services=tuple(services), vips=tuple(config.vips))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import collections
 import json
 import signal
+import subprocess
 import sys
 import textwrap
 import time
@@ -188,6 +189,52 @@ def test_neighbour_change_reaches_the_data_plane_within_a_second(scene):
     deadline = time.monotonic() + 3
     while reals_of(status(lab), HTTP_PORT)[rs3.address]["mac"] != lab.macs["rs3"]:
         assert time.monotonic() < deadline, "rs3's MAC did not come back"
+
+
+VIP2 = "198.18.0.22"
+
+
+def reload(lab: Lab, check: bool = True):
+    return lab.run("director", *python_cmd("lb", "reload"), check=check)
+
+
+def test_reload_changes_weights_and_adds_a_vip_without_dropping_connections(scene):
+    lab, director = scene
+    original = director.config_path.read_text()
+    for h in lab.real_servers:
+        lab.run(h.name, *python_cmd("lb", "realserver", "up", VIP, VIP2))
+    flow = subprocess.Popen(lab.argv("client", sys.executable, "-c", UDP_CLIENT, VIP,
+                                     str(UDP_PORT), "0.4", *[f"d{i}" for i in range(8)]),
+                            stdout=subprocess.PIPE, text=True)
+    try:
+        time.sleep(0.6)   # the UDP flow has its server
+        director.config_path.write_text(lab.director_config(
+            udp_timeout=UDP_TIMEOUT, weights={"rs1": 0, "rs2": 1, "rs3": 1},
+            extra_vips=(VIP2,)))
+        r = reload(lab)
+        assert f"announced {VIP2}" in r.stdout, r.stdout
+        answers = collections.Counter(lab.curl(f"http://{VIP}:{HTTP_PORT}/") for _ in range(6))
+        assert answers == {"rs2": 3, "rs3": 3}, f"rs1 was quiesced, yet: {dict(answers)}"
+        assert lab.curl(f"http://{VIP2}:{HTTP_PORT}/") in ("rs2", "rs3")
+        arp = json.loads(lab.run("client", *python_cmd("lb.arp", "eth0", VIP2, "1")).stdout)
+        assert arp == [lab.macs["director"]], f"ARP for the added VIP: {arp}"
+        out = flow.communicate(timeout=15)[0].split()
+        assert len(out) == 8 and len(set(out)) == 1, \
+            f"a UDP flow changed server across the reload: {out}"
+        # A bad config changes nothing and says why.
+        director.config_path.write_text(original.replace("weight = 2", "weight = -2"))
+        r = reload(lab, check=False)
+        assert r.returncode == 2 and "weight = -2" in r.stderr, r.stderr
+        assert lab.curl(f"http://{VIP2}:{HTTP_PORT}/") in ("rs2", "rs3"), \
+            "a refused reload must leave the running config alone"
+    finally:
+        if flow.poll() is None:
+            flow.kill()
+        director.config_path.write_text(original)
+        reload(lab, check=False)
+        for h in lab.real_servers:
+            lab.run(h.name, *python_cmd("lb", "realserver", "down", VIP2), check=False)
+    assert VIP2 not in [s["vip"] for s in status(lab)["services"]]
 
 
 def test_second_up_on_same_interface_is_refused(scene):
