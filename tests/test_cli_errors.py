@@ -1,0 +1,64 @@
+"""Errors a user can hit at `dr-lb up`: one line that says what to do, no traceback,
+and nothing attached. No root needed: the checks fail before the kernel is touched."""
+from __future__ import annotations
+
+import signal
+import sys
+
+import pytest
+from click.testing import CliRunner
+
+from lb import cli
+
+CONFIG = """
+[director]
+interface = "lo"
+[[service]]
+vip = "198.18.0.21"
+port = 80
+[[service.real_server]]
+address = "198.18.0.12"
+"""
+
+
+@pytest.fixture
+def up(tmp_path, monkeypatch):
+    monkeypatch.setattr("os.geteuid", lambda: 0)
+    monkeypatch.setattr(signal, "signal", lambda *a: None)   # keep pytest's handlers
+    path = tmp_path / "config.toml"
+
+    def _up(text: str = CONFIG):
+        path.write_text(text)
+        return CliRunner(mix_stderr=False).invoke(cli.main, ["up", str(path)])
+    return _up
+
+
+def one_line(result) -> str:
+    assert result.exception is None or isinstance(result.exception, SystemExit), \
+        f"a traceback escaped: {result.exception!r}"
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, f"want one line, got {result.stderr!r}"
+    return lines[0]
+
+
+def test_missing_kernel_headers_say_how_to_fix(up, monkeypatch):
+    monkeypatch.setattr("lb.dataplane.headers_problem",
+                        lambda: "kernel headers not found at /lib/modules/x/build: run "
+                                "`sudo scripts/setup.sh`")
+    r = up()
+    assert r.exit_code == 1
+    assert "setup.sh" in one_line(r)
+
+
+def test_missing_bcc_says_which_package(up, monkeypatch):
+    monkeypatch.setitem(sys.modules, "bcc", None)   # import bcc now raises ImportError
+    r = up()
+    assert r.exit_code == 1
+    line = one_line(r)
+    assert "python3-bpfcc" in line and "never `pip install bcc`" in line, line
+
+
+def test_missing_interface_is_a_config_error(up):
+    r = up(CONFIG.replace('interface = "lo"', 'interface = "nosuch0"'))
+    assert r.exit_code == 2
+    assert "nosuch0" in one_line(r) and "does not exist" in r.stderr
