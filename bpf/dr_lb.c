@@ -326,7 +326,7 @@ static __always_inline int handle_l4(struct hdr_cursor *c, struct ethhdr *eth,
 	struct udphdr *uh;
 	struct svc_info *svc;
 	struct settings *cfg;
-	__u64 now;
+	__u64 now = 0;
 	long picked;
 
 	if (iph->protocol == IPPROTO_TCP) {
@@ -349,9 +349,10 @@ static __always_inline int handle_l4(struct hdr_cursor *c, struct ethhdr *eth,
 	cfg = get_settings();
 	if (!cfg)
 		return finish(XDP_DROP, COUNTER_DROP_CONN_TABLE_ERROR);
-	now = bpf_ktime_get_coarse_ns();
 
 	cv = conn_table.lookup(&ck);
+	if (cv)
+		now = bpf_ktime_get_coarse_ns();
 	if (cv && conn_is_live(cv, th, cfg, now)) {
 		cv->last_seen_ns = now;
 		if (th)
@@ -372,6 +373,8 @@ static __always_inline int handle_l4(struct hdr_cursor *c, struct ethhdr *eth,
 		return finish(XDP_PASS, COUNTER_PASS_TCP_NO_CONN);
 	if (svc->persist_timeout_s)
 		fill_persist_key(&pk, &ck, svc);
+	if (!cv)
+		now = bpf_ktime_get_coarse_ns();
 	picked = pick_real(svc, &pk, now);
 	if (picked < 0)
 		return finish(XDP_DROP, COUNTER_DROP_NO_REAL_SERVER);
