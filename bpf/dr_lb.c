@@ -182,9 +182,10 @@ static __always_inline __u8 tcp_next_state(__u8 state, const struct tcphdr *th)
 	return state;
 }
 
+/* Signed: another CPU may have stored a slightly later time than our `now`. */
 static __always_inline int expired(__u64 now, __u64 last_seen, __u64 timeout)
 {
-	return now - last_seen > timeout;
+	return (__s64)(now - last_seen) > (__s64)timeout;
 }
 
 /* A new connection's real server: the persistence template if one is live and its
@@ -246,13 +247,9 @@ static __always_inline void add_stats(struct stats *s, int new_conn, __u64 bytes
 
 /* Send the frame to its real server: only the MACs change, as in LVS-DR. */
 static __always_inline int forward(struct ethhdr *eth, struct iphdr *iph,
-				   struct settings *cfg, __u32 real_id, __u32 svc_id,
-				   int new_conn)
+				   struct settings *cfg, struct real_info *real, __u32 real_id,
+				   __u32 svc_id, int new_conn)
 {
-	struct real_info *real = reals.lookup(&real_id);
-
-	if (!real || !(real->flags & REAL_F_MAC_KNOWN))
-		return finish(XDP_DROP, COUNTER_DROP_REAL_MAC_UNKNOWN);
 	add_stats(svc_stats.lookup(&svc_id), new_conn, bpf_ntohs(iph->tot_len));
 	add_stats(real_stats.lookup(&real_id), new_conn, bpf_ntohs(iph->tot_len));
 	__builtin_memcpy(eth->h_dest, real->mac, ETH_ALEN);
@@ -326,6 +323,8 @@ static __always_inline int handle_l4(struct hdr_cursor *c, struct ethhdr *eth,
 	struct udphdr *uh;
 	struct svc_info *svc;
 	struct settings *cfg;
+	struct real_info *real;
+	__u32 real_id;
 	__u64 now = 0;
 	long picked;
 
@@ -351,15 +350,24 @@ static __always_inline int handle_l4(struct hdr_cursor *c, struct ethhdr *eth,
 		return finish(XDP_DROP, COUNTER_DROP_CONN_TABLE_ERROR);
 
 	cv = conn_table.lookup(&ck);
-	if (cv)
+	if (cv) {
 		now = bpf_ktime_get_coarse_ns();
-	if (cv && conn_is_live(cv, th, cfg, now)) {
-		cv->last_seen_ns = now;
-		if (th)
-			cv->state = tcp_next_state(cv->state, th);
-		if (cv->flags & CONN_F_PERSISTENT)
-			touch_template(&ck, cv->real_id, now);
-		return forward(eth, iph, cfg, cv->real_id, cv->svc_id, 0);
+		if (conn_is_live(cv, th, cfg, now)) {
+			real_id = cv->real_id;
+			real = reals.lookup(&real_id);
+			if (real && (real->flags & REAL_F_MAC_KNOWN)) {
+				cv->last_seen_ns = now;
+				if (th)
+					cv->state = tcp_next_state(cv->state, th);
+				if (cv->flags & CONN_F_PERSISTENT)
+					touch_template(&ck, real_id, now);
+				return forward(eth, iph, cfg, real, real_id, cv->svc_id, 0);
+			}
+			/* Its server is gone from the segment: a SYN or a datagram may start
+			 * over elsewhere; anything else waits, without keeping the entry alive. */
+			if (th && !is_new_tcp(th))
+				return finish(XDP_DROP, COUNTER_DROP_REAL_MAC_UNKNOWN);
+		}
 	}
 
 	fill_svc_key(&sk, &ck);
@@ -384,11 +392,15 @@ static __always_inline int handle_l4(struct hdr_cursor *c, struct ethhdr *eth,
 	fresh.svc_id = svc->id;
 	fresh.state = th ? CONN_SYN_RECV : CONN_UDP;
 	fresh.flags = svc->persist_timeout_s ? CONN_F_PERSISTENT : 0;
+	real_id = fresh.real_id;
+	real = reals.lookup(&real_id);
+	if (!real || !(real->flags & REAL_F_MAC_KNOWN))
+		return finish(XDP_DROP, COUNTER_DROP_REAL_MAC_UNKNOWN);
 	if (!cv)
 		finish(0, COUNTER_CONN_TABLE_INSERT);
 	if (conn_table.update(&ck, &fresh))
 		return finish(XDP_DROP, COUNTER_DROP_CONN_TABLE_ERROR);
-	return forward(eth, iph, cfg, fresh.real_id, fresh.svc_id, 1);
+	return forward(eth, iph, cfg, real, real_id, fresh.svc_id, 1);
 }
 
 static __always_inline int handle_ipv4(struct hdr_cursor *c, struct ethhdr *eth)

@@ -16,6 +16,7 @@ BPF_DIR = Path(__file__).resolve().parent.parent / "bpf"
 ABI_HEADER = BPF_DIR / "dr_lb_abi.h"
 CONSTS_HEADER = BPF_DIR / "dr_lb_consts.h"
 PROGRAM = BPF_DIR / "dr_lb.c"
+PROGRAM_NAME = "xdp_main"   # dr_lb.c's entry point; the kernel shows it as the program name
 
 
 def _read_consts() -> dict[str, int]:

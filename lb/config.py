@@ -238,9 +238,11 @@ def from_dict(data: dict, source: str = "config") -> Config:
         c.fail("", f"{total_reals} real servers in all; at most {abi.CONST['MAX_REALS']} "
                    "are supported")
     seq_total = sum(wrr_length(s.scheduling_weights()) for s in services)
-    if seq_total > abi.CONST["WRR_SEQ_CAPACITY"]:
+    # wrr_seq holds the running cycles and the next ones (lb/dataplane.py): half each.
+    seq_room = abi.CONST["WRR_SEQ_CAPACITY"] // 2
+    if seq_total > seq_room:
         c.fail("", f"the weights need a round-robin sequence of {seq_total} slots, more "
-                   f"than {abi.CONST['WRR_SEQ_CAPACITY']}; use smaller weights with the "
+                   f"than {seq_room}; use smaller weights with the "
                    "same ratio (e.g. 2:1 instead of 2000:1000)")
 
     if c.problems:

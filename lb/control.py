@@ -123,7 +123,13 @@ def request(interface: str | None, cmd: str, timeout: float = 30) -> dict:
     except (ConnectionRefusedError, socket.timeout):
         raise UserError(f"the dr-lb instance on {interface} does not answer; if it died, "
                         f"run `sudo dr-lb down --interface {interface}`") from None
-    reply = json.loads(data or b"{}")
+    try:
+        reply = json.loads(data)
+    except ValueError:
+        reply = None
+    if not isinstance(reply, dict) or not reply:
+        raise UserError(f"the dr-lb instance on {interface} gave no answer (was it stopping?); "
+                        "try again")
     if "error" in reply:
         raise UserError(f"the running instance says: {reply['error']}")
     return reply

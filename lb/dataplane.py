@@ -6,6 +6,7 @@ real servers and counters.
 from __future__ import annotations
 
 import ctypes as ct
+import errno
 import os
 import time
 from dataclasses import dataclass
@@ -40,6 +41,9 @@ def headers_problem() -> str | None:
             "/usr/src/linux-headers-<ver>-amd64 and -common")
 
 
+# wrr_seq is written in two halves, so that a service never points at a half-written
+# cycle (lb/config.py limits a config to one half).
+SEQ_HALF = abi.CONST["WRR_SEQ_CAPACITY"] // 2
 CLOCK_MONOTONIC_COARSE = 6   # <linux/time.h>; Python's time module does not name it
 
 
@@ -76,10 +80,12 @@ class Dataplane:
         cflags = [f"-I{abi.BPF_DIR}", f"-DCONN_TABLE_SIZE={self.conn_table_slots}"]
         try:
             self.bpf = bcc.BPF(src_file=str(abi.PROGRAM).encode(), cflags=cflags)
-            self.fn = self.bpf.load_func(b"xdp_main", bcc.BPF.XDP)
+            self.fn = self.bpf.load_func(abi.PROGRAM_NAME.encode(), bcc.BPF.XDP)
         except Exception as e:  # bcc raises bare Exception
             raise UserError(f"the XDP program did not compile or load: {e}") from None
         self.conn_table_size = conn_table_size
+        self._seq_half = 0                      # the half of wrr_seq services point at
+        self._written_reals: dict[int, tuple[str | None, str]] = {}
         self.attached: tuple[int, str] | None = None   # (ifindex, mode)
 
     @property
@@ -105,34 +111,46 @@ class Dataplane:
         raise UserError(f"cannot attach XDP ({'; '.join(errors)})")
 
     def detach(self) -> None:
+        """Detach our program, and only ours: after a takeover it is someone else's."""
         if self.attached:
             ifindex, mode = self.attached
             self.attached = None
-            libbpf.xdp_detach(ifindex, mode)
+            try:
+                libbpf.xdp_detach(ifindex, mode, only_fd=self.prog_fd)
+            except OSError as e:
+                if e.errno not in (errno.EEXIST, errno.ENODEV, errno.ENOENT):
+                    raise
 
     # ---- programming the maps ----------------------------------------------------------
     def program(self, config: Config, tables: Tables, interface_mac: str) -> None:
-        """Make the maps say what `tables` says (services, VIPs, reals, WRR, settings)."""
+        """Make the maps say what `tables` says (services, VIPs, reals, WRR, settings).
+
+        Packets keep flowing meanwhile, so the order matters: the WRR cycles go to the
+        half of wrr_seq that no service points at, and only then do the services switch
+        to them (each services entry changes atomically).
+        """
         self._write_settings(config, interface_mac)
-        reals = self.map("reals")
+        current = {r.real_id: r for r in tables.reals}
         for r in tables.reals:
-            leaf = reals.Leaf()
-            if r.mac:
-                ct.memmove(leaf.mac, abi.mac_bytes(r.mac), 6)
-            leaf.flags = r.flags
-            leaf.addr = abi.ip_be32(r.server.address)
-            reals[ct.c_uint32(r.real_id)] = leaf
+            self._write_real(r.real_id, r.mac, r.flags, r.server.address)
+        for real_id in set(self._written_reals) - set(current):
+            # Dropped from the config: its connections go on (as IPVS lets them), but no
+            # persistence template may send it new ones.
+            mac, address = self._written_reals[real_id]
+            self._write_real(real_id, mac, abi.REAL_F_MAC_KNOWN if mac else 0, address)
+        half = 1 - self._seq_half
+        base = half * SEQ_HALF
         seq = self.map("wrr_seq")
         for s in tables.services:
             for i, real_id in enumerate(s.sequence):
-                seq[ct.c_uint32(s.seq_offset + i)] = ct.c_uint32(real_id)
+                seq[ct.c_uint32(base + s.seq_offset + i)] = ct.c_uint32(real_id)
         services = self.map("services")
         wanted = set()
         for s in tables.services:
             key = self._svc_key(s.service.vip, s.service.port, s.service.protocol)
             leaf = services.Leaf()
             leaf.id = s.svc_id
-            leaf.seq_offset = s.seq_offset
+            leaf.seq_offset = base + s.seq_offset
             leaf.seq_len = len(s.sequence)
             leaf.persist_timeout_s = s.service.persistent
             leaf.persist_mask = abi.ip_be32(s.service.persistent_netmask)
@@ -152,6 +170,17 @@ class Dataplane:
         for key in list(vips.keys()):
             if abi.be32_ip(key.value) not in counts:
                 del vips[key]
+        self._seq_half = half
+
+    def _write_real(self, real_id: int, mac: str | None, flags: int, address: str) -> None:
+        reals = self.map("reals")
+        leaf = reals.Leaf()
+        if mac:
+            ct.memmove(leaf.mac, abi.mac_bytes(mac), 6)
+        leaf.flags = flags
+        leaf.addr = abi.ip_be32(address)
+        reals[ct.c_uint32(real_id)] = leaf
+        self._written_reals[real_id] = (mac, address)
 
     def _svc_key(self, vip: str, port: int, protocol: str):
         key = self.map("services").Key()

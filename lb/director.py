@@ -7,7 +7,7 @@ import threading
 import time
 from pathlib import Path
 
-from lb import arp, control, libbpf, netif, status, tables as tables_mod
+from lb import abi, arp, control, libbpf, netif, status, tables as tables_mod
 from lb import config as config_mod
 from lb.config import Config
 from lb.errors import UserError
@@ -109,9 +109,9 @@ class Director:
                 + (f"; announced {', '.join(added)}" if added else "")}
 
     def status(self) -> dict:
-        with self.lock:
-            return status.collect(self.config, self.tables, self.dp,
-                                  self.interface.name, self.xdp_mode)
+        with self.lock:   # a consistent pair; the maps are read without holding up updates
+            config, tables = self.config, self.tables
+        return status.collect(config, tables, self.dp, self.interface.name, self.xdp_mode)
 
 
 def run(config: Config, config_path: str, replace: bool = False) -> None:
@@ -127,8 +127,6 @@ def run(config: Config, config_path: str, replace: bool = False) -> None:
         raise UserError(f"an XDP program is already attached to {name} ({who}, "
                         f"{iface.xdp_mode}); stop it with `sudo dr-lb down --interface {name}` "
                         "or take over with `dr-lb up --replace`")
-    if iface.xdp_mode and replace:
-        detach_any(iface)
 
     stop, reload_asked, wake = threading.Event(), threading.Event(), threading.Event()
 
@@ -139,7 +137,10 @@ def run(config: Config, config_path: str, replace: bool = False) -> None:
     for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
         signal.signal(sig, on_signal)
 
-    dp = Dataplane(config.director.conn_table_size)
+    dp = Dataplane(config.director.conn_table_size)   # compiled before anything is touched
+    if replace:
+        for line in take_over(name):
+            print(f"dr-lb: {line}", flush=True)
     server = None
     try:
         director = Director(config, dp, iface)
@@ -168,13 +169,16 @@ def run(config: Config, config_path: str, replace: bool = False) -> None:
             wake.clear()
             if stop.is_set():
                 break
-            if reload_asked.is_set():
-                reload_asked.clear()
-                result = director.reload(config_path)
-                for line in result.get("problems", [result.get("message", "")]):
-                    print(f"dr-lb: {'reload refused: ' if not result['ok'] else ''}{line}",
-                          flush=True)
-            director.refresh_neighbours()
+            try:
+                if reload_asked.is_set():
+                    reload_asked.clear()
+                    result = director.reload(config_path)
+                    for line in result.get("problems", [result.get("message", "")]):
+                        print(f"dr-lb: {'' if result['ok'] else 'reload refused: '}{line}",
+                              flush=True)
+                director.refresh_neighbours()
+            except Exception as e:   # keep balancing; the next round tries again
+                print(f"dr-lb: warning: {type(e).__name__}: {e}", flush=True)
     finally:
         if server:
             server.close()
@@ -192,6 +196,36 @@ def detach_any(iface: netif.Interface) -> None:
         libbpf.xdp_detach(iface.index, mode)
 
 
+def stop_instance(state: dict) -> str | None:
+    """SIGTERM a running `up` recorded in `state` and wait for it; what was done."""
+    pid = state["pid"]
+    if not _is_dr_lb(pid):
+        return None
+    os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + 10
+    while _alive(pid) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    if _alive(pid):
+        raise UserError(f"dr-lb (pid {pid}) did not stop within 10 s")
+    return f"stopped dr-lb (pid {pid}) on {state['interface']}"
+
+
+def take_over(interface: str) -> list[str]:
+    """--replace: stop the instance that owns the interface, clear what is left."""
+    done = []
+    state = next((s for s in control.instances() if s["interface"] == interface), None)
+    if state:
+        stopped = stop_instance(state)
+        done += [stopped] if stopped else []
+        control.remove_state(interface)
+    iface = netif.interface(interface)
+    if iface and iface.xdp_mode:
+        detach_any(iface)
+        done.append(f"removed the XDP program that was on {interface} (id "
+                    f"{iface.xdp_prog_id}, {iface.xdp_mode})")
+    return done
+
+
 def down(interface: str | None) -> list[str]:
     running = control.instances()
     if interface is None:
@@ -206,24 +240,35 @@ def down(interface: str | None) -> list[str]:
                             "leftover XDP program give --interface")
     done = []
     state = next((s for s in running if s["interface"] == interface), None)
-    if state and _alive(state["pid"]):
-        os.kill(state["pid"], signal.SIGTERM)
-        deadline = time.monotonic() + 10
-        while _alive(state["pid"]) and time.monotonic() < deadline:
-            time.sleep(0.05)
-        if _alive(state["pid"]):
-            raise UserError(f"dr-lb (pid {state['pid']}) did not stop within 10 s")
-        done.append(f"stopped dr-lb (pid {state['pid']}) on {interface}")
+    if state:
+        stopped = stop_instance(state)
+        done += [stopped] if stopped else []
     iface = netif.interface(interface)
     if iface is None:
         raise UserError(f"interface {interface} does not exist")
     if iface.xdp_mode:
+        owner = libbpf.prog_name(iface.xdp_prog_id)
+        if owner != abi.PROGRAM_NAME:
+            raise UserError(f"the XDP program on {interface} (id {iface.xdp_prog_id}, named "
+                            f"{owner!r}) is not dr-lb's; leaving it. To remove it anyway: "
+                            f"`ip link set dev {interface} xdp off`")
         detach_any(iface)
         done.append(f"removed a leftover XDP program (id {iface.xdp_prog_id}, "
                     f"{iface.xdp_mode}) from {interface}")
     if state:
         control.remove_state(interface)
     return done or [f"nothing to do: no dr-lb and no XDP program on {interface}"]
+
+
+def _is_dr_lb(pid: int) -> bool:
+    """The pid runs `dr-lb up` (and not some process that got a recycled pid)."""
+    if not _alive(pid):
+        return False
+    try:
+        argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    except OSError:
+        return False
+    return b"up" in argv and any(a.endswith(b"dr-lb") or a == b"lb" for a in argv)
 
 
 def _alive(pid: int) -> bool:

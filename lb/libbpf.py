@@ -40,6 +40,25 @@ int bpf_prog_load(int prog_type, const char *prog_name, const char *license,
 int bpf_xdp_attach(int ifindex, int prog_fd, uint32_t flags, const void *opts);
 int bpf_xdp_detach(int ifindex, uint32_t flags, const void *opts);
 int bpf_prog_get_fd_by_id(uint32_t id);
+struct bpf_xdp_attach_opts {
+    size_t sz;
+    int old_prog_fd;
+};
+struct bpf_prog_info_head {     /* the first fields of struct bpf_prog_info */
+    uint32_t type;
+    uint32_t id;
+    uint8_t tag[8];
+    uint32_t jited_prog_len;
+    uint32_t xlated_prog_len;
+    uint64_t jited_prog_insns;
+    uint64_t xlated_prog_insns;
+    uint64_t load_time;
+    uint32_t created_by_uid;
+    uint32_t nr_map_ids;
+    uint64_t map_ids;
+    char name[16];
+};
+int bpf_obj_get_info_by_fd(int bpf_fd, void *info, uint32_t *info_len);
 """)
 
 XDP_ABORTED, XDP_DROP, XDP_PASS, XDP_TX, XDP_REDIRECT = range(5)
@@ -50,6 +69,7 @@ BPF_F_TEST_XDP_LIVE_FRAMES = 2
 XDP_FLAGS_UPDATE_IF_NOEXIST = 1
 XDP_FLAGS_SKB_MODE = 2
 XDP_FLAGS_DRV_MODE = 4
+XDP_FLAGS_REPLACE = 16
 MODE_FLAGS = {"generic": XDP_FLAGS_SKB_MODE, "native": XDP_FLAGS_DRV_MODE}
 
 
@@ -124,8 +144,17 @@ def xdp_attach(ifindex: int, prog_fd: int, mode: str) -> None:
         raise OSError(-err, os.strerror(-err))
 
 
-def xdp_detach(ifindex: int, mode: str) -> None:
-    err = _lib().bpf_xdp_detach(ifindex, MODE_FLAGS[mode], ffi.NULL)
+def xdp_detach(ifindex: int, mode: str, only_fd: int | None = None) -> None:
+    """Detach the interface's program; with only_fd, only if that is the one attached
+    (otherwise OSError EEXIST), so that nobody removes a successor's program."""
+    opts = ffi.NULL
+    flags = MODE_FLAGS[mode]
+    if only_fd is not None:
+        opts = ffi.new("struct bpf_xdp_attach_opts *")
+        opts.sz = ffi.sizeof("struct bpf_xdp_attach_opts")
+        opts.old_prog_fd = only_fd
+        flags |= XDP_FLAGS_REPLACE
+    err = _lib().bpf_xdp_detach(ifindex, flags, opts)
     if err:
         raise OSError(-err, os.strerror(-err))
 
@@ -136,3 +165,17 @@ def prog_fd_by_id(prog_id: int) -> int:
     if fd < 0:
         raise OSError(-fd, f"program id {prog_id}: {os.strerror(-fd)}")
     return fd
+
+
+def prog_name(prog_id: int) -> str:
+    """The name a loaded program was given (bcc names it after its function)."""
+    fd = prog_fd_by_id(prog_id)
+    try:
+        info = ffi.new("struct bpf_prog_info_head *")
+        size = ffi.new("uint32_t *", ffi.sizeof("struct bpf_prog_info_head"))
+        err = _lib().bpf_obj_get_info_by_fd(fd, info, size)
+        if err:
+            raise OSError(-err, f"program id {prog_id}: {os.strerror(-err)}")
+        return ffi.string(info.name).decode(errors="replace")
+    finally:
+        os.close(fd)

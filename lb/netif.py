@@ -37,7 +37,7 @@ class Interface:
 
 def netns_id() -> int:
     """Identifies this process's network namespace (the same under every `ip netns exec`)."""
-    return os.stat("/proc/self/ns/net").st_ino
+    return os.stat("/proc/thread-self/ns/net").st_ino   # thread-self: pushns() is per thread
 
 
 def interface(name: str) -> Interface | None:

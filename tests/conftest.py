@@ -47,12 +47,13 @@ class Programmed:
         self.dp = dp
         self.config = cfg
         self.interface_mac = interface_mac
-        self.tables = tables_mod.build(cfg, macs)
+        self.ids = tables_mod.Ids()   # kept across reprogram(), as the director keeps them
+        self.tables = tables_mod.build(cfg, macs, self.ids)
         dp.program(cfg, self.tables, interface_mac)
 
     def reprogram(self, cfg: config_mod.Config, macs: dict[str, str | None]) -> None:
         self.config = cfg
-        self.tables = tables_mod.build(cfg, macs)
+        self.tables = tables_mod.build(cfg, macs, self.ids)
         self.dp.program(cfg, self.tables, self.interface_mac)
 
 

@@ -369,6 +369,112 @@ def test_bad_ip_header_length_is_malformed(lb):
     assert_passed_untouched(lb, bytes(bad_doff), "pass_malformed")
 
 
+# ---- timeouts: an expired entry counts as absent -----------------------------------------
+
+def conn_key(lb, sport: int, dport: int = 80, proto: int = 6, src: str = CLIENT_IP):
+    table = lb.dp.map("conn_table")
+    key = table.Key()
+    key.saddr = abi.ip_be32(src)
+    key.daddr = abi.ip_be32(VIP)
+    key.sport = abi.port_be16(sport)
+    key.dport = abi.port_be16(dport)
+    key.proto = proto
+    return table, key
+
+
+def age_conn(lb, seconds: float, sport: int, dport: int = 80, proto: int = 6) -> None:
+    """Pretend the connection has been idle for `seconds`."""
+    table, key = conn_key(lb, sport, dport, proto)
+    value = table[key]
+    value.last_seen_ns -= int(seconds * 1e9)
+    table[key] = value
+
+
+@pytest.mark.parametrize("flags,state,timeout", [
+    ("S", "syn_recv", abi.CONST["SYN_RECV_TIMEOUT_S"]),
+    ("A", "established", 900),
+    ("F", "fin_wait", 120),
+    ("R", "close", abi.CONST["CLOSE_TIMEOUT_S"]),
+])
+def test_tcp_entry_lives_its_states_timeout(lb, flags, state, timeout):
+    sport = 48000 + len(flags) + ord(flags[0])
+    assert_sent_to(lb, tcp("S", sport=sport), RS1)
+    if flags != "S":
+        assert_sent_to(lb, tcp("A", sport=sport), RS1)
+        if flags != "A":
+            assert_sent_to(lb, tcp(flags, sport=sport), RS1)
+    assert conn_state(lb, sport) == state
+    age_conn(lb, timeout - 1, sport)
+    probe = "S" if state == "syn_recv" else "A"   # a probe that keeps the state as it is
+    assert_sent_to(lb, tcp(probe, sport=sport), RS1,
+                   f"{state} must live {timeout} s; it was gone after {timeout - 1} s")
+    assert conn_state(lb, sport) == state
+    age_conn(lb, timeout + 1, sport)
+    assert_passed_untouched(lb, tcp("A", sport=sport), "pass_tcp_no_conn")
+
+
+def test_persistence_template_expires_after_persistent_seconds(lb):
+    first = run(lb, tcp("S", sport=49000, dport=443))
+    chosen = abi.mac_str(first.data[:6])
+    table = lb.dp.map("persist_table")
+    (key, value), = table.items()
+    value.last_seen_ns -= 301 * 10**9   # persistent = 300
+    table[key] = value
+    nxt = run(lb, tcp("S", sport=49001, dport=443))
+    assert abi.mac_str(nxt.data[:6]) != chosen, "an expired template must not pin the client"
+
+
+def test_server_that_loses_its_mac_gets_no_packets_and_new_flows_move(lb):
+    assert_sent_to(lb, tcp("S", sport=49100), RS1)
+    assert_sent_to(lb, tcp("A", sport=49100), RS1)
+    assert_sent_to(lb, udp(sport=49101), RS1)
+    lb.reprogram(lb.config, dict(RS_MACS, **{"10.0.0.12": None}))
+    before = lb.dp.counters()["drop_real_mac_unknown"]
+    assert run(lb, tcp("A", sport=49100)).verdict == "XDP_DROP"
+    assert lb.dp.counters()["drop_real_mac_unknown"] == before + 1
+    r = run(lb, udp(sport=49101))
+    assert r.verdict == "XDP_TX" and abi.mac_str(r.data[:6]) in (RS2, RS3), \
+        "a UDP flow whose server vanished must be scheduled anew"
+    r = run(lb, tcp("S", sport=49100))
+    assert abi.mac_str(r.data[:6]) in (RS2, RS3), "a SYN retry must be scheduled anew"
+
+
+def test_real_server_removed_from_config_gets_no_new_persistent_connections(lb):
+    first = run(lb, tcp("S", sport=49200, dport=443))
+    pinned = abi.mac_str(first.data[:6])
+    pinned_ip = next(ip for ip, mac in RS_MACS.items() if mac == pinned)
+    from lb import config as config_mod
+    text = CONFIG
+    persistent_part = text[text.index('port = 443'):]
+    trimmed = persistent_part.replace(f'[[service.real_server]]\naddress = "{pinned_ip}"\n', "", 1)
+    lb.reprogram(config_mod.parse(text.replace(persistent_part, trimmed)), dict(RS_MACS))
+    assert_sent_to(lb, tcp("A", sport=49200, dport=443), pinned,
+                   "the existing connection goes on to the removed server")
+    for port in range(49201, 49205):
+        r = run(lb, tcp("S", sport=port, dport=443))
+        assert abi.mac_str(r.data[:6]) != pinned, \
+            "the template of a removed real server must not place new connections"
+
+
+def test_reprogramming_never_mixes_services_wrr_cycles(lb):
+    """While the maps change, a service must not read another service's cycle: new
+    cycles go to the other half of wrr_seq before the services switch."""
+    seq = lb.dp.map("wrr_seq")
+    services = lb.dp.map("services")
+    before = {bytes(k): (v.seq_offset, v.seq_len) for k, v in services.items()}
+    heavier = CONFIG.replace('address = "10.0.0.12"\nweight = 2', 'address = "10.0.0.12"\nweight = 5', 1)
+    from lb import config as config_mod
+    lb.reprogram(config_mod.parse(heavier), dict(RS_MACS))
+    after = {bytes(k): (v.seq_offset, v.seq_len) for k, v in services.items()}
+    for key, (offset, length) in before.items():
+        new_offset, new_length = after[key]
+        old_slots = set(range(offset, offset + length))
+        assert not old_slots & set(range(new_offset, new_offset + new_length)), \
+            "the new cycle overwrote slots the old one was read from"
+    first_slots = [seq[ct.c_uint32(offset)].value for offset, _ in after.values()]
+    assert first_slots.count(lb.tables.services[0].reals[0].real_id) >= 1
+
+
 # ---- capacity (last: it fills the table) -------------------------------------------------
 
 SYN_TEMPLATE: bytes = b""
