@@ -77,10 +77,11 @@ TEMPLATES: dict[str, Template] = {
         "dr-lb answers ARP for its VIPs while it runs.",
         "dr-lb up {config}"),
     "vip-arp-xdp-silent": Template(
-        "error", "the XDP program on {iface} (id {prog_id}) does not answer ARP for {vip}",
+        "error", "the XDP program on {iface} (id {prog_id}, named {prog_name}) does not "
+                 "answer ARP for {vip}",
         "The program attached there is not dr-lb with this configuration (or a leftover), "
         "so clients cannot resolve the VIP (seed 003).",
-        "dr-lb down --interface {iface} && dr-lb up {config}"),
+        "dr-lb up --replace {config}"),
     "vip-arp-director": Template(
         "ok", "the director answers ARP for VIP {vip} with {mac} (XDP program id {prog_id} "
               "on {iface})"),
@@ -311,7 +312,8 @@ def live_findings(cfg: Config, config_path: str = "CONFIG") -> list[Finding]:
                                    prog_id=iface.xdp_prog_id, iface=name))
             else:
                 out.append(finding("vip-arp-xdp-silent", vip=vip, iface=name,
-                                   prog_id=iface.xdp_prog_id, config=config_path))
+                                   prog_id=iface.xdp_prog_id, config=config_path,
+                                   prog_name=libbpf.prog_name(iface.xdp_prog_id)))
         elif not others:
             out.append(finding("vip-arp-nobody", vip=vip, config=config_path))
 

@@ -32,10 +32,10 @@ def require_dataplane() -> None:
         pytest.skip(f"`dr-lb up` cannot compile: {problem}")
 
 
-def start_director(lab: Lab, config: Path) -> subprocess.Popen:
-    """`dr-lb up CONFIG` in the director; returns once it printed `ready`."""
+def start_director(lab: Lab, config: Path, *options: str) -> subprocess.Popen:
+    """`dr-lb up [OPTIONS] CONFIG` in the director; returns once it printed `ready`."""
     require_dataplane()
-    proc = lab.popen("director", PY, "-m", "lb", "up", str(config),
+    proc = lab.popen("director", PY, "-m", "lb", "up", *options, str(config),
                      stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     lines = []
     for line in proc.stdout:
@@ -115,11 +115,15 @@ def test_nobody_answers_arp_for_the_vip_until_dr_lb_is_up(tmp_path):
             lab.run("director", PY, "-c", LEFTOVER_XDP)
             findings, rc = live(lab, config)
             f = one(findings, "vip-arp-xdp-silent")
-            assert f["fix"] == f"dr-lb down --interface eth0 && dr-lb up {config}"
+            assert f["fix"] == f"dr-lb up --replace {config}"
+            assert "named drlb_return" in f["what"], f["what"]
 
-            # The fix: dr-lb down clears the leftover, dr-lb up owns the VIP at L2.
-            lab.run("director", PY, "-m", "lb", "down", "--interface", "eth0")
-            start_director(lab, config)
+            # `down` leaves a program that is not dr-lb's alone, and says how to remove it.
+            r = lab.run("director", PY, "-m", "lb", "down", "--interface", "eth0", check=False)
+            assert r.returncode == 1 and "not dr-lb's" in r.stderr, r.stderr
+
+            # The fix: dr-lb up --replace takes the interface and owns the VIP at L2.
+            start_director(lab, config, "--replace")
             assert arp_answers(lab, "client", VIP) == [lab.macs["director"]]
             findings, rc = live(lab, config)
             assert rc == 0, findings
