@@ -157,7 +157,7 @@ def _checksum(data: bytes) -> int:
 
 
 def tcp_frame(src_mac: str, dst_mac: str, src_ip: str, dst_ip: str, sport: int, dport: int,
-              seq: int, flags: int, ack: int = 0) -> bytes:
+              seq: int, flags: int, ack: int = 0, ttl: int = 64) -> bytes:
     options = struct.pack("!BBH", 2, 4, 1460) if flags & TCP_SYN else b""
     offset = (20 + len(options)) // 4
     tcp = struct.pack("!HHIIBBHHH", sport, dport, seq, ack, offset << 4, flags,
@@ -166,7 +166,7 @@ def tcp_frame(src_mac: str, dst_mac: str, src_ip: str, dst_ip: str, sport: int, 
     pseudo = src + dst + struct.pack("!BBH", 0, socket.IPPROTO_TCP, len(tcp))
     tcp = tcp[:16] + struct.pack("!H", _checksum(pseudo + tcp)) + tcp[18:]
     ip = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(tcp), random.randint(0, 0xFFFF),
-                     0x4000, 64, socket.IPPROTO_TCP, 0, src, dst)
+                     0x4000, ttl, socket.IPPROTO_TCP, 0, src, dst)
     ip = ip[:10] + struct.pack("!H", _checksum(ip)) + ip[12:]
     return mac_bytes(dst_mac) + mac_bytes(src_mac) + struct.pack("!H", ETH_P_IP) + ip + tcp
 
@@ -195,7 +195,11 @@ class Probe:
 def syn_probe(iface: Interface, probes: list[Probe], wait_s: float = 0.7,
               rounds: int = 2) -> dict[Probe, str]:
     """Send each probe's SYN to (its MAC, VIP:port); "open" (SYN-ACK, answered with an
-    RST so the real server forgets it), "refused" (RST) or "silent"."""
+    RST so the real server forgets it), "refused" (RST) or "silent".
+
+    The SYN leaves with TTL 1 and only answers from the probed MAC count: a host that
+    lacks the VIP but forwards (ip_forward=1) must not pass the probe on to whoever
+    owns the VIP and get credit for its answer."""
     result: dict[Probe, str] = {p: "silent" for p in probes}
     base = random.randint(20000, 60000 - len(probes))
     sports = {base + i: p for i, p in enumerate(probes)}
@@ -209,7 +213,7 @@ def syn_probe(iface: Interface, probes: list[Probe], wait_s: float = 0.7,
             for sport, p in pending:
                 src = source_for(iface, p.rip)
                 s.send(tcp_frame(iface.mac, p.mac, src, p.vip, sport, p.port, seqs[p],
-                                 TCP_SYN))
+                                 TCP_SYN, ttl=1))
             deadline = time.monotonic() + wait_s
             while (left := deadline - time.monotonic()) > 0 and \
                     any(v == "silent" for v in result.values()):
@@ -225,7 +229,8 @@ def syn_probe(iface: Interface, probes: list[Probe], wait_s: float = 0.7,
                     continue
                 p = sports[t[3]]
                 src_ip, dst_ip, sport, dport, seq, ack, flags = t
-                if src_ip != p.vip or sport != p.port or result[p] != "silent":
+                if src_ip != p.vip or sport != p.port or result[p] != "silent" \
+                        or frame[6:12] != mac_bytes(p.mac):
                     continue
                 if flags & TCP_SYN and flags & TCP_ACK:
                     result[p] = "open"

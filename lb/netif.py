@@ -66,6 +66,10 @@ def config_problems(cfg: Config) -> list[str]:
             names = sorted(l.get_attr("IFLA_IFNAME") for l in ipr.get_links())
         return [f"{cfg.source}: [director]: interface = \"{cfg.director.interface}\" does not "
                 f"exist in this network namespace; use one of: {', '.join(names)}"]
+    if not iface.mac:
+        return [f"{cfg.source}: [director]: interface = \"{iface.name}\" has no Ethernet "
+                "address (a tun or WireGuard device?); LVS-DR rewrites MAC addresses, so give "
+                "the Ethernet interface on the real servers' segment"]
     own = own_addresses()
     problems = []
     for svc in cfg.services:

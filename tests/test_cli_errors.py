@@ -2,7 +2,9 @@
 and nothing attached. No root needed: the checks fail before the kernel is touched."""
 from __future__ import annotations
 
+import os
 import signal
+import subprocess
 import sys
 
 import pytest
@@ -62,3 +64,20 @@ def test_missing_interface_is_a_config_error(up):
     r = up(CONFIG.replace('interface = "lo"', 'interface = "nosuch0"'))
     assert r.exit_code == 2
     assert "nosuch0" in one_line(r) and "does not exist" in r.stderr
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root for a network namespace")
+def test_an_interface_without_ethernet_address_is_a_config_error(tmp_path):
+    """A tun device has no MAC, and DR rewrites MACs: rejected before anything else."""
+    ns = "drlb-tun"
+    subprocess.run(["ip", "netns", "add", ns], check=True)
+    try:
+        subprocess.run(["ip", "-n", ns, "tuntap", "add", "dev", "t0", "mode", "tun"], check=True)
+        cfg = tmp_path / "config.toml"
+        cfg.write_text(CONFIG.replace('interface = "lo"', 'interface = "t0"'))
+        r = subprocess.run(["ip", "netns", "exec", ns, sys.executable, "-m", "lb", "check",
+                            str(cfg)], capture_output=True, text=True)
+        assert r.returncode == 2, r.stderr
+        assert "no Ethernet address" in r.stderr and "Traceback" not in r.stderr, r.stderr
+    finally:
+        subprocess.run(["ip", "netns", "del", ns], check=False)

@@ -255,6 +255,22 @@ def test_a_real_server_that_drops_the_vip(scene, breakage):
         py_rs(lab, "rs3", "up", VIP, check=True)
 
 
+def test_a_forwarding_real_server_without_the_vip_does_not_pass_the_probe(scene):
+    """rs3 lacks the VIP but routes (ip_forward=1, a Docker host say): the probe must not
+    travel on through it to whoever owns the VIP and come back looking 'open'."""
+    lab, config, _ = scene
+    ip(lab, "rs3", "addr", "del", f"{VIP}/32", "dev", "lo")
+    sysctl(lab, "rs3", "net.ipv4.ip_forward", 1)
+    try:
+        findings, rc = live(lab, config)
+        assert rc == 1
+        assert [f["what"] for f in findings if f["code"] == "probe-silent"] == [
+            f"{RIP['rs3']} does not answer a SYN to {VIP}:{port}/tcp" for port in (80, 8080)]
+    finally:
+        sysctl(lab, "rs3", "net.ipv4.ip_forward", 0)
+        py_rs(lab, "rs3", "up", VIP, check=True)
+
+
 # ---- the director's own settings, and the config against the network -----------------------
 
 def test_icmp_redirects_on_the_director(scene):
