@@ -345,21 +345,7 @@ def report(cfg: Config, config_path: str = "CONFIG", as_json: bool = False) -> i
     return 1 if doctor.has_errors(findings) else 0
 
 
-def main(argv: list[str]) -> int:
-    from lb import config as config_mod
-    as_json = "--json" in argv
-    args = [a for a in argv if a != "--json"]
-    if len(args) != 1:
-        print("usage: python -m lb.live_check CONFIG [--json]", file=sys.stderr)
-        return 2
-    try:
-        cfg = config_mod.load(args[0])
-    except config_mod.ConfigError as e:
-        for problem in e.problems:
-            print(f"dr-lb: {problem}", file=sys.stderr)
-        return 2
-    return report(cfg, args[0], as_json=as_json)
-
-
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))
+    # The same as `dr-lb check --live CONFIG [--json]`, with its error handling.
+    from lb.cli import main
+    main(["check", "--live", *sys.argv[1:]])
