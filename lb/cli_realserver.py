@@ -36,9 +36,9 @@ def up(vips: tuple[str, ...], persist: bool, root: str) -> None:
     """Put each VIP on lo as a /32 (lo:0, lo:1, ...) and set arp_ignore=1,
     arp_announce=2 for all, default and lo."""
     _require_root("up", vips)
-    for line in realserver.up(list(vips), persist=persist, root=root) or \
-            ["nothing to do: already prepared"]:
-        click.echo(line)
+    # Each step is printed as it is done: a failure midway still shows what changed.
+    if not realserver.up(list(vips), persist=persist, root=root, echo=click.echo):
+        click.echo("nothing to do: already prepared")
 
 
 @realserver_group.command("down")
@@ -46,10 +46,9 @@ def up(vips: tuple[str, ...], persist: bool, root: str) -> None:
 @ROOT_OPTION
 def down(vips: tuple[str, ...], root: str) -> None:
     """Remove the VIPs from lo and what --persist wrote for them; put the ARP sysctls
-    back once no other VIP is left on lo."""
+    back once none of the VIPs `up` put on lo is left there."""
     _require_root("down", vips)
-    for line in realserver.down(list(vips), root=root):
-        click.echo(line)
+    realserver.down(list(vips), root=root, echo=click.echo)
 
 
 @realserver_group.command("check")

@@ -3,8 +3,12 @@
 Each finding has a severity, a short code, what is wrong, why it breaks LVS-DR and the
 exact command that fixes it. The texts live in TEMPLATES, once: this module formats them
 in Python and lb/rs_script.py turns the very same templates into the POSIX shell
-script's `check`, so the two cannot drift apart (tests/test_doctor_script.py runs both
-on the same broken namespaces and compares what they say).
+script's `check`, so the two cannot drift apart (tests/test_doctor.py runs both on the
+same broken namespaces and compares what they say, see doctor_both in
+tests/test_realserver_common.py).
+
+Findings come in the order their fixes can be applied top-down: the ARP sysctls before
+anything that puts a VIP on lo (a VIP on lo while arp_ignore is 0 is announced).
 
 The rules come from the seeds:
 - 000: a VIP on lo with a prefix other than /32 makes the whole subnet local to the host
@@ -29,6 +33,8 @@ from pathlib import Path
 
 SEVERITIES = ("error", "warning", "info", "ok")
 PROC_CONF = Path("/proc/sys/net/ipv4/conf")
+IFA_F_SECONDARY = 0x01     # linux/if_addr.h
+TCP_LISTEN = 10            # the TCP state, for sock_diag
 
 # Effective values (max of all and the interface) that hide a VIP on lo and still answer
 # for the real address. arp_ignore 3 only hides scope-host addresses, 4-7 are reserved
@@ -68,8 +74,33 @@ class Template:
                        self.why.format(**values), self.fix.format(**values))
 
 
-# The real-server checks. Order here is also the order of the shell functions.
+# Why a "VIP" found on a real interface is probably this host's own address (the real
+# IP typed by mistake); the shell script uses the same texts.
+REASON_ONLY = "this host's only address outside lo"
+REASON_DEFAULT_SOURCE = "the source address of this host's default route"
+
+_PERSIST_NOTE = ("sysctl -w lasts until the next reboot: `dr-lb realserver up --persist` "
+                 "(or a file in /etc/sysctl.d) makes it permanent.")
+
+# The real-server checks, in the order check() reports them (ARP before the VIPs, so that
+# copying the fixes top-down never puts a VIP on lo while this host still answers ARP for
+# it). Order here is also the order of the shell functions.
 TEMPLATES: dict[str, Template] = {
+    "arp-ignore": Template(
+        "error", "{dev}: effective arp_ignore is {value} (all={allval}, {dev}={devval})",
+        "The kernel uses max(all, {dev}) (seed 004). Only 1 or 2 make {dev} answer "
+        "ARP just for its own addresses: 0 and 3-7 also answer for a VIP on lo, so "
+        "clients send the director's traffic here (seed 001); 8 answers nothing, not "
+        "even for the real address. " + _PERSIST_NOTE,
+        "sysctl -w {settings}"),
+    "arp-announce": Template(
+        "error", "{dev}: effective arp_announce is {value} (all={allval}, {dev}={devval})",
+        "The kernel uses max(all, {dev}) (seed 004). Only 2 makes the ARP requests this "
+        "host sends on {dev} carry {dev}'s own address; otherwise they can carry the "
+        "VIP, and neighbours then send the VIP's traffic to this host (above 2 acts "
+        "like 0). " + _PERSIST_NOTE,
+        "sysctl -w {settings}"),
+    "arp-ok": Template("ok", "{dev}: effective arp_ignore={ignore}, arp_announce={announce}"),
     "lo-down": Template(
         "error", "lo is down",
         "While lo is down the kernel has no local route for the VIPs on it, so packets "
@@ -78,7 +109,11 @@ TEMPLATES: dict[str, Template] = {
     "vip-missing": Template(
         "error", "{vip} is not configured on this host",
         "In DR the director rewrites only the destination MAC: packets arrive still "
-        "addressed to {vip}, and a host without that address drops them.",
+        "addressed to {vip}, and a host without that address drops them. Fix the ARP "
+        "sysctls first (the fixes above, if any): a VIP on lo while arp_ignore is 0 is "
+        "announced to the whole segment. `dr-lb realserver up {vip}` (or the generated "
+        "script's `up`) does both in that order, and with --persist they survive a "
+        "reboot, which ip addr add does not.",
         "ip addr add {vip}/32 dev lo"),
     "vip-prefix": Template(
         "error", "{vip} is on lo as /{prefix}, not /32",
@@ -87,39 +122,39 @@ TEMPLATES: dict[str, Template] = {
         "neighbours' addresses for its own and its replies to them loop back into lo "
         "(older kernels also stop answering ARP for its own real address). Other hosts "
         "can no longer reach it (seed 000: NETMASK=255.255.255.0 on lo:0).",
-        "ip addr del {vip}/{prefix} dev lo && ip addr add {vip}/32 dev lo"),
+        "{promote}ip addr del {vip}/{prefix} dev lo{readd}"),
+    "vip-own-address": Template(
+        "error", "{vip} is on {dev} (/{prefix}) and is {reason}",
+        "A VIP is the address clients connect to, which the director owns; {vip} looks "
+        "like this real server's own address given as the VIP by mistake. Removing it "
+        "from {dev} would cut this host off the network, so no command is suggested "
+        "for that.",
+        "check the VIP: give the address the director serves, not {vip}"),
     "vip-not-lo": Template(
         "error", "{vip} is on {dev} (/{prefix}), not on lo",
         "arp_ignore=1 hides the VIP only when it is on lo: with {vip} on {dev} this "
         "host answers ARP for it, and clients send their traffic here instead of to "
         "the director.",
-        "ip addr del {vip}/{prefix} dev {dev}{readd}"),
+        "{promote}ip addr del {vip}/{prefix} dev {dev}{readd}"),
     "vip-ok": Template("ok", "{vip}/32 is on lo"),
-    "arp-ignore": Template(
-        "error", "{dev}: effective arp_ignore is {value} (all={allval}, {dev}={devval})",
-        "The kernel uses max(all, {dev}) (seed 004). Only 1 or 2 make {dev} answer "
-        "ARP just for its own addresses: 0 and 3-7 also answer for a VIP on lo, so "
-        "clients send the director's traffic here (seed 001); 8 answers nothing, not "
-        "even for the real address.",
-        "sysctl -w {settings}"),
-    "arp-announce": Template(
-        "error", "{dev}: effective arp_announce is {value} (all={allval}, {dev}={devval})",
-        "The kernel uses max(all, {dev}) (seed 004). Only 2 makes the ARP requests this "
-        "host sends on {dev} carry {dev}'s own address; otherwise they can carry the "
-        "VIP, and neighbours then send the VIP's traffic to this host (above 2 acts "
-        "like 0).",
-        "sysctl -w {settings}"),
-    "arp-ok": Template("ok", "{dev}: effective arp_ignore={ignore}, arp_announce={announce}"),
     "port-closed": Template(
         "error", "nothing listens on TCP port {port} for {vip}",
         "DR delivers the client's packets to {vip}:{port} unchanged, so the service "
-        "must listen on {vip} or on a wildcard address (0.0.0.0 or [::]).",
+        "must listen on {vip} or on a wildcard address (0.0.0.0, or [::] without "
+        "IPV6_V6ONLY).",
         "start the service on 0.0.0.0:{port} (or {vip}:{port})"),
     "port-wrong-address": Template(
         "error", "TCP port {port} listens only on {addrs}, not on {vip}",
         "DR delivers the client's packets to {vip}:{port} unchanged; a server bound to "
         "the real address never sees them.",
         "bind the service to 0.0.0.0:{port} (or {vip}:{port}) and restart it"),
+    "port-v6-only": Template(
+        "error", "TCP port {port} listens only on [::] with IPV6_V6ONLY, not for {vip}",
+        "An IPv6 socket with IPV6_V6ONLY (nginx `listen [::]:{port}`, or "
+        "net.ipv6.bindv6only=1) accepts no IPv4 connection, and DR delivers the "
+        "client's packets to the IPv4 address {vip}:{port}.",
+        "also listen on 0.0.0.0:{port} (nginx: add `listen {port};`), or turn "
+        "IPV6_V6ONLY off (nginx: `listen [::]:{port} ipv6only=off;`), and restart it"),
     "port-ok": Template("ok", "TCP port {port} listens for {vip}"),
     "no-default-route": Template(
         "warning", "there is no default route",
@@ -175,16 +210,100 @@ def arp_fix(key: str, allval: int, devval: int, dev: str) -> list[tuple[str, int
     return writes
 
 
-def _addresses() -> list[tuple[str, str, int]]:
-    """(interface, address, prefix) for every IPv4 address, in interface order."""
+@dataclass(frozen=True)
+class Address:
+    dev: str
+    addr: str
+    prefix: int
+    secondary: bool   # IFA_F_SECONDARY: in the subnet of a primary address on dev
+
+
+def addresses() -> list[Address]:
+    """Every IPv4 address, in interface order (and the kernel's order on each)."""
     from pyroute2 import IPRoute
     out = []
     with IPRoute() as ipr:
         names = {link["index"]: link.get_attr("IFLA_IFNAME") for link in ipr.get_links()}
         for a in sorted(ipr.get_addr(family=socket.AF_INET), key=lambda a: a["index"]):
             addr = a.get_attr("IFA_LOCAL") or a.get_attr("IFA_ADDRESS")
-            out.append((names.get(a["index"], str(a["index"])), addr, a["prefixlen"]))
+            flags = a.get_attr("IFA_FLAGS") or a["flags"]
+            out.append(Address(names.get(a["index"], str(a["index"])), addr, a["prefixlen"],
+                               bool(flags & IFA_F_SECONDARY)))
     return out
+
+
+
+def _same_subnet(a: str, b: str, prefix: int) -> bool:
+    net = ipaddress.IPv4Network(f"{a}/{prefix}", strict=False)
+    return ipaddress.IPv4Address(b) in net
+
+
+def promote_prefix(entry: Address, addrs: list[Address]) -> str:
+    """What must come before `ip addr del` of `entry` so that it removes only `entry`.
+
+    Deleting a primary address also deletes the secondaries of its subnet (same prefix)
+    unless promote_secondaries is on (all or the interface): if the VIP was added first,
+    the real address is such a secondary and the host falls off the network."""
+    if entry.secondary:
+        return ""
+    if not any(a.dev == entry.dev and a.secondary and a.prefix == entry.prefix
+               and a.addr != entry.addr and _same_subnet(entry.addr, a.addr, entry.prefix)
+               for a in addrs):
+        return ""
+    if read_sysctl("all", "promote_secondaries") or read_sysctl(entry.dev,
+                                                                "promote_secondaries"):
+        return ""
+    return f"sysctl -w {sysctl_name(entry.dev, 'promote_secondaries')}=1 && "
+
+
+def _default_route() -> tuple[str, str | None, str | None] | None:
+    """(gateway, interface, source) of the main table's preferred default route:
+    "0.0.0.0" for a route without a gateway, None where the route does not say."""
+    from pyroute2 import IPRoute
+    with IPRoute() as ipr:
+        routes = ipr.get_default_routes(family=socket.AF_INET, table=254)
+        if not routes:
+            return None
+        best = min(routes, key=lambda r: r.get_attr("RTA_PRIORITY") or 0)
+        oif = best.get_attr("RTA_OIF")
+        dev = None
+        if oif is not None:
+            links = ipr.get_links(oif)
+            dev = links[0].get_attr("IFLA_IFNAME") if links else None
+    return best.get_attr("RTA_GATEWAY") or "0.0.0.0", dev, best.get_attr("RTA_PREFSRC")
+
+
+def _default_gateway() -> str | None:
+    route = _default_route()
+    return route[0] if route else None
+
+
+def default_source(addrs: list[Address]) -> str | None:
+    """The source address of the default route: its `src`, or as the kernel picks it
+    (inet_select_addr): the first primary address on its interface whose subnet holds
+    the gateway, else the first primary address there."""
+    route = _default_route()
+    if route is None:
+        return None
+    gateway, dev, src = route
+    if src:
+        return src
+    primaries = [a for a in addrs if a.dev == dev and not a.secondary]
+    for a in primaries:
+        if gateway != "0.0.0.0" and _same_subnet(a.addr, gateway, a.prefix):
+            return a.addr
+    return primaries[0].addr if primaries else None
+
+
+def own_address_reason(vip: str, addrs: list[Address]) -> str | None:
+    """Why `vip`, found on a real interface, looks like this host's own address (the
+    real IP given as the VIP by mistake), or None."""
+    outside_lo = {a.addr for a in addrs if a.dev != "lo"}
+    if outside_lo == {vip}:
+        return REASON_ONLY
+    if default_source(addrs) == vip:
+        return REASON_DEFAULT_SOURCE
+    return None
 
 
 def _lo_is_up() -> bool:
@@ -194,19 +313,39 @@ def _lo_is_up() -> bool:
         return bool(idx) and bool(ipr.get_links(idx[0])[0]["flags"] & 1)
 
 
-def _hex_to_ipv4(h: str) -> str:
-    """/proc/net/tcp prints an address as the u32 in host byte order."""
-    return socket.inet_ntoa(struct.pack("=I", int(h, 16)))
+@dataclass(frozen=True)
+class Listener:
+    addr: str          # as the kernel has it: "0.0.0.0", "::", "::ffff:198.18.0.21", ...
+    v6only: bool       # an IPv6 socket with IPV6_V6ONLY: it accepts no IPv4
 
 
-def _ipv4_to_hex(addr: str) -> str:
-    return "%08X" % struct.unpack("=I", socket.inet_aton(addr))[0]
+def tcp_listeners(port: int) -> list[Listener]:
+    """The TCP sockets listening on `port` (sock_diag, which knows IPV6_V6ONLY; as `ss`
+    does, /proc/net/tcp{,6} without it if sock_diag is not there)."""
+    try:
+        return _diag_listeners(port)
+    except Exception:   # no inet_diag: the kernel module, or pyroute2's support for it
+        return _proc_listeners(port)
 
 
-def tcp_listeners(port: int) -> list[str]:
-    """The local addresses (as /proc/net/tcp{,6} print them, in hex) listening on port."""
+def _diag_listeners(port: int) -> list[Listener]:
+    from pyroute2 import DiagSocket
     out = []
-    for name in ("/proc/net/tcp", "/proc/net/tcp6"):
+    with DiagSocket() as ds:
+        ds.bind()
+        for family in (socket.AF_INET, socket.AF_INET6):
+            for m in ds.get_sock_stats(family=family, states=1 << TCP_LISTEN):
+                if m["idiag_sport"] == port:
+                    v6only = family == socket.AF_INET6 and bool(
+                        m.get_attr("INET_DIAG_SKV6ONLY"))
+                    out.append(Listener(str(m["idiag_src"]), v6only))
+    return out
+
+
+def _proc_listeners(port: int) -> list[Listener]:
+    out = []
+    for name, family in (("/proc/net/tcp", socket.AF_INET),
+                         ("/proc/net/tcp6", socket.AF_INET6)):
         try:
             lines = Path(name).read_text().splitlines()[1:]
         except OSError:
@@ -216,44 +355,46 @@ def tcp_listeners(port: int) -> list[str]:
             if len(fields) < 4 or fields[3] != "0A":
                 continue
             addr, _, hport = fields[1].partition(":")
-            if int(hport, 16) == port:
-                out.append(addr)
+            if int(hport, 16) != port:
+                continue
+            raw = bytes.fromhex(addr)
+            # printed as 32-bit words in host byte order
+            raw = b"".join(struct.pack("=I", struct.unpack(">I", raw[i:i + 4])[0])
+                           for i in range(0, len(raw), 4))
+            out.append(Listener(socket.inet_ntop(family, raw), False))
     return out
-
-
-def _default_gateway() -> str | None:
-    """The gateway of the main table's preferred default route ("0.0.0.0" for a route
-    without one), or None without a default route."""
-    from pyroute2 import IPRoute
-    with IPRoute() as ipr:
-        routes = ipr.get_default_routes(family=socket.AF_INET, table=254)
-    if not routes:
-        return None
-    best = min(routes, key=lambda r: r.get_attr("RTA_PRIORITY") or 0)
-    return best.get_attr("RTA_GATEWAY") or "0.0.0.0"
 
 
 # ---- the checks ----------------------------------------------------------------------
 
 def check_vips(vips: list[str]) -> list[Finding]:
     out = []
-    addrs = _addresses()
-    if any(dev == "lo" and addr in vips for dev, addr, _ in addrs) and not _lo_is_up():
+    addrs = addresses()
+    if any(a.dev == "lo" and a.addr in vips for a in addrs) and not _lo_is_up():
         out.append(finding("lo-down"))
     for vip in vips:
-        here = [(dev, prefix) for dev, addr, prefix in addrs if addr == vip]
+        here = [a for a in addrs if a.addr == vip]
         if not here:
             out.append(finding("vip-missing", vip=vip))
             continue
-        on_lo = any(dev == "lo" for dev, _ in here)
-        for dev, prefix in here:
-            if dev == "lo":
-                out.append(finding("vip-ok", vip=vip) if prefix == 32 else
-                           finding("vip-prefix", vip=vip, prefix=prefix))
-            else:
-                readd = "" if on_lo else f" && ip addr add {vip}/32 dev lo"
-                out.append(finding("vip-not-lo", vip=vip, dev=dev, prefix=prefix,
-                                   readd=readd))
+        # Only the first fix that removes a copy puts the /32 on lo, when it is not there:
+        # copied top-down, a second `ip addr add` would fail (File exists).
+        readd = "" if any(a.dev == "lo" and a.prefix == 32 for a in here) else \
+            f" && ip addr add {vip}/32 dev lo"
+        for a in here:
+            if a.dev == "lo" and a.prefix == 32:
+                out.append(finding("vip-ok", vip=vip))
+                continue
+            reason = None if a.dev == "lo" else own_address_reason(vip, addrs)
+            if reason:
+                out.append(finding("vip-own-address", vip=vip, dev=a.dev, prefix=a.prefix,
+                                   reason=reason))
+                continue
+            values = dict(vip=vip, prefix=a.prefix, promote=promote_prefix(a, addrs),
+                          readd=readd)
+            out.append(finding("vip-prefix", **values) if a.dev == "lo" else
+                       finding("vip-not-lo", dev=a.dev, **values))
+            readd = ""
     return out
 
 
@@ -285,15 +426,18 @@ def check_arp() -> list[Finding]:
 def check_port(vips: list[str], port: int) -> list[Finding]:
     out = []
     listening = tcp_listeners(port)
+    v4 = sorted({entry.addr for entry in listening if ":" not in entry.addr})
+    v6only_any = any(entry.addr == "::" and entry.v6only for entry in listening)
     for vip in vips:
-        vhex = _ipv4_to_hex(vip)
-        accepted = {"00000000", vhex, "0" * 32, "0000000000000000FFFF0000" + vhex}
-        if accepted & set(listening):
+        accepted = {"0.0.0.0", vip}
+        if any(entry.addr in accepted or (not entry.v6only and entry.addr in
+                                          ("::", "::ffff:" + vip))
+               for entry in listening):
             out.append(finding("port-ok", vip=vip, port=port))
-            continue
-        v4 = sorted({_hex_to_ipv4(h) for h in listening if len(h) == 8})
-        if v4:
+        elif v4:
             out.append(finding("port-wrong-address", vip=vip, port=port, addrs=" ".join(v4)))
+        elif v6only_any:
+            out.append(finding("port-v6-only", vip=vip, port=port))
         else:
             out.append(finding("port-closed", vip=vip, port=port))
     return out
@@ -312,7 +456,7 @@ def check(vips: list[str], port: int | None = None,
           director: str | None = None) -> list[Finding]:
     """Every check for this host as a real server of `vips`, in a fixed order."""
     vips = [str(ipaddress.IPv4Address(v)) for v in vips]
-    out = check_vips(vips) + check_arp()
+    out = check_arp() + check_vips(vips)
     if port is not None:
         out += check_port(vips, port)
     if director is not None:
@@ -348,7 +492,8 @@ def format_table(findings: list[Finding], width: int | None = None) -> str:
         lines.append(f"{f.severity:<8} {f.code:<{code_w}} {f.what}")
         if f.why:
             lines += textwrap.wrap(f.why, width=width, initial_indent=indent + "why: ",
-                                   subsequent_indent=indent + "     ")
+                                   subsequent_indent=indent + "     ",
+                                   break_on_hyphens=False, break_long_words=False)
         if f.fix:
             lines.append(f"{indent}fix: {f.fix}")
     lines.append(summary(findings))

@@ -6,13 +6,18 @@ seeds do). Seeds 001/004: arp_ignore=1 and arp_announce=2 for all, default and l
 real interface the kernel uses max(all, interface), so an interface whose own value
 would still win is set too.
 
-`up` records the sysctl values it changes in /run/dr-lb/realserver/net-<netns inode>
-(one file per network namespace; /run is shared by every `ip netns exec`), and `down`
-puts them back once no VIP is left on lo. `--persist` writes a sysctl.d file, the
-generated shell script (lb/rs_script.py) and a systemd unit that runs it at boot.
+`up` records the sysctl values it changes, and the VIPs it puts on lo, in
+/run/dr-lb/realserver/net-<netns inode> (one file per network namespace; /run is shared
+by every `ip netns exec`). `down` puts the sysctls back once none of those VIPs is left
+on lo (other addresses on lo, an anycast /32 say, are not ours and do not count). A
+record is trusted only while one of its VIPs is on lo and every sysctl in it still holds
+what `up` wrote; otherwise it is stale (a namespace that died without `down`, whose
+inode was reused) and is dropped. `--persist` writes a sysctl.d file, the generated shell
+script (lb/rs_script.py) and a systemd unit that runs it at boot.
 
-The shell script's `up` and `down` do the same steps and print the same MESSAGES;
-tests/test_realserver_script.py checks that the two give the same result.
+Each step is printed as it is done, so that a failure midway still shows what was
+changed. The shell script's `up` and `down` do the same steps and print the same
+MESSAGES; tests/test_realserver.py runs both on the same namespaces and compares.
 """
 from __future__ import annotations
 
@@ -22,6 +27,7 @@ import re
 import shutil
 import subprocess
 from pathlib import Path
+from typing import Callable
 
 from lb import doctor
 from lb.errors import UserError
@@ -42,15 +48,21 @@ UNIT_NAME = "dr-lb-realserver.service"
 MESSAGES = {
     "lo-up": "brought lo up",
     "added": "added {vip}/32 on lo as {label}",
-    "replaced": "replaced {vip}/{prefix} on lo with {vip}/32 as {label} (seed 000)",
+    "dropped": "removed {vip}/{prefix} from lo: a VIP on lo must be /32 (seed 000)",
     "set": "set {name} = {value}",
     "removed": "removed {vip}/{prefix} from lo",
     "not-on-lo": "{vip} is not on lo: nothing to remove",
     "kept": "left the ARP sysctls as they are: lo still has {others}",
     "restored": "restored {name} = {value}",
     "no-record": "no record of the ARP sysctls from before `realserver up`: left as they are",
+    "stale-record": "dropped a stale record of the ARP sysctls (none of its VIPs was on lo, "
+                    "or a sysctl has changed since `realserver up`): left them as they are",
     "on-other": "{vip} is on {dev} (/{prefix}); a real server must have it only on lo, "
-                "or it answers ARP for it. Remove it first: ip addr del {vip}/{prefix} dev {dev}",
+                "or it answers ARP for it. Remove it first: "
+                "{promote}ip addr del {vip}/{prefix} dev {dev}",
+    "own-address": "{vip} is on {dev} (/{prefix}) and is {reason}: it looks like this "
+                   "host's own address, not a VIP. Give the address the director serves; "
+                   "do not remove {vip} from {dev}",
 }
 
 
@@ -58,7 +70,31 @@ def msg(key: str, **values) -> str:
     return MESSAGES[key].format(**values)
 
 
+class Steps(list):
+    """The lines up/down report, each passed to `echo` as soon as it is added."""
+
+    def __init__(self, echo: Callable[[str], None] | None = None):
+        super().__init__()
+        self.echo = echo
+
+    def append(self, line: str) -> None:
+        super().append(line)
+        if self.echo is not None:
+            self.echo(line)
+
+    def extend(self, lines) -> None:
+        for line in lines:
+            self.append(line)
+
+    def __iadd__(self, lines):
+        self.extend(lines)
+        return self
+
+
 # ---- state ---------------------------------------------------------------------------
+
+STATE_HEADER = "# dr-lb realserver up: the sysctl values from before it, and the VIPs it put on lo"
+
 
 def netns_inode() -> int:
     return os.stat("/proc/self/ns/net").st_ino
@@ -68,24 +104,37 @@ def state_path() -> Path:
     return STATE_DIR / f"net-{netns_inode()}"
 
 
-def read_state() -> list[tuple[str, str]]:
-    """[(\"all/arp_ignore\", \"0\"), ...]: the values from before `up`, in write order."""
+def read_state() -> tuple[list[tuple[str, str]], list[str]] | None:
+    """([(\"all/arp_ignore\", \"0\"), ...], [VIP, ...]): the values from before `up`, in
+    write order, and the VIPs it put on lo; None without a record."""
     try:
         text = state_path().read_text()
     except OSError:
-        return []
-    out = []
+        return None
+    sysctls, vips = [], []
     for line in text.splitlines():
-        if line and not line.startswith("#") and "=" in line:
-            key, _, value = line.partition("=")
-            out.append((key, value))
-    return out
+        if line.startswith("#") or "=" not in line:
+            continue
+        key, _, value = line.partition("=")
+        if key == "vip":
+            vips.append(value)
+        elif "/" in key:
+            sysctls.append((key, value))
+    return sysctls, vips
 
 
-def write_state(entries: list[tuple[str, str]]) -> None:
+def write_state(sysctls: list[tuple[str, str]], vips: list[str]) -> None:
     STATE_DIR.mkdir(parents=True, exist_ok=True)
-    body = "".join(f"{k}={v}\n" for k, v in entries)
-    state_path().write_text("# sysctl values before `dr-lb realserver up`\n" + body)
+    body = "".join(f"{k}={v}\n" for k, v in sysctls) + "".join(f"vip={v}\n" for v in vips)
+    state_path().write_text(STATE_HEADER + "\n" + body)
+
+
+def record_valid(sysctls: list[tuple[str, str]], vips: list[str], on_lo: set[str]) -> bool:
+    """A record is ours while one of its VIPs is on lo and each sysctl in it still holds
+    what `up` wrote (a key that no longer exists does not count against it)."""
+    return (any(v in on_lo for v in vips)
+            and all(_read(k) in (None, ARP_SYSCTLS.get(k.rpartition("/")[2]))
+                    for k, _ in sysctls))
 
 
 def _read(key: str) -> str | None:
@@ -109,12 +158,6 @@ def _lo_addrs(ipr, lo: int) -> list[tuple[str, int, str]]:
             for a in ipr.get_addr(index=lo, family=2)]
 
 
-def _other_vips(addrs: list[tuple[str, int, str]]) -> list[str]:
-    """Addresses on lo other than 127.0.0.0/8: VIPs that still need the sysctls."""
-    return [a for a, _, _ in addrs
-            if not ipaddress.IPv4Address(a) in ipaddress.IPv4Network("127.0.0.0/8")]
-
-
 def _free_label(labels: set[str]) -> str:
     n = 0
     while f"lo:{n}" in labels:
@@ -135,22 +178,34 @@ def _sysctl_writes() -> list[tuple[str, str]]:
     return writes
 
 
-def up(vips: list[str], persist: bool = False, root: str | Path = "/") -> list[str]:
-    """Prepare this host for the VIPs; returns what was done, one line each."""
+def _refuse_other_interfaces(vips: list[str]) -> None:
+    """A VIP on a real interface is answered at L2 here: refuse, with the command that
+    removes it, unless it looks like this host's own address (then no such command)."""
+    addrs = doctor.addresses()
+    for vip in vips:
+        for a in addrs:
+            if a.addr != vip or a.dev == "lo":
+                continue
+            reason = doctor.own_address_reason(vip, addrs)
+            if reason:
+                raise UserError(msg("own-address", vip=vip, dev=a.dev, prefix=a.prefix,
+                                    reason=reason))
+            raise UserError(msg("on-other", vip=vip, dev=a.dev, prefix=a.prefix,
+                                promote=doctor.promote_prefix(a, addrs)))
+
+
+def up(vips: list[str], persist: bool = False, root: str | Path = "/",
+       echo: Callable[[str], None] | None = None) -> list[str]:
+    """Prepare this host for the VIPs; returns what was done, one line each (and passes
+    each line to `echo` as soon as it is done)."""
     from pyroute2 import IPRoute
-    vips = [str(ipaddress.IPv4Address(v)) for v in vips]
-    done = []
+    vips = list(dict.fromkeys(str(ipaddress.IPv4Address(v)) for v in vips))
+    done = Steps(echo)
+    _refuse_other_interfaces(vips)
     with IPRoute() as ipr:
         lo = ipr.link_lookup(ifname="lo")[0]
-        names = {link["index"]: link.get_attr("IFLA_IFNAME") for link in ipr.get_links()}
-        for a in ipr.get_addr(family=2):
-            addr = a.get_attr("IFA_LOCAL") or a.get_attr("IFA_ADDRESS")
-            if addr in vips and a["index"] != lo:
-                raise UserError(msg("on-other", vip=addr, dev=names.get(a["index"]),
-                                    prefix=a["prefixlen"]))
-
         writes = _sysctl_writes()
-        _remember(writes)
+        _remember(writes, vips, {a for a, _, _ in _lo_addrs(ipr, lo)})
         if not ipr.get_links(lo)[0]["flags"] & 1:
             ipr.link("set", index=lo, state="up")
             done.append(msg("lo-up"))
@@ -161,71 +216,82 @@ def up(vips: list[str], persist: bool = False, root: str | Path = "/") -> list[s
                 done.append(msg("set", name=_name(key), value=value))
 
         for vip in vips:
-            present = {a: (p, label) for a, p, label in _lo_addrs(ipr, lo)}
-            if vip in present and present[vip][0] == 32:
-                continue
-            replaced = vip in present
-            if replaced:
-                ipr.addr("del", index=lo, address=vip, prefixlen=present[vip][0])
-            label = _free_label({label for _, _, label in _lo_addrs(ipr, lo)})
-            ipr.addr("add", index=lo, address=vip, prefixlen=32, label=label)
-            done.append(msg("replaced", vip=vip, prefix=present[vip][0], label=label)
-                        if replaced else msg("added", vip=vip, label=label))
+            # Every copy that is not /32 goes (seed 000); the /32 is added if missing.
+            prefixes = [p for a, p, _ in _lo_addrs(ipr, lo) if a == vip]
+            for prefix in prefixes:
+                if prefix != 32:
+                    ipr.addr("del", index=lo, address=vip, prefixlen=prefix)
+                    done.append(msg("dropped", vip=vip, prefix=prefix))
+            if 32 not in prefixes:
+                label = _free_label({label for _, _, label in _lo_addrs(ipr, lo)})
+                ipr.addr("add", index=lo, address=vip, prefixlen=32, label=label)
+                done.append(msg("added", vip=vip, label=label))
     if persist:
-        done += persist_up(vips, Path(root))
+        persist_up(vips, Path(root), done)
     return done
 
 
-def _remember(writes: list[tuple[str, str]]) -> None:
-    """Record the current values of the keys `writes` changes, keeping an earlier record.
+def _remember(writes: list[tuple[str, str]], vips: list[str], on_lo: set[str]) -> None:
+    """Record the current values of the keys `writes` changes, and the VIPs.
 
-    An earlier record is kept while every key in it still holds the value `up` wrote;
-    if not (someone changed it since, or it belongs to an earlier namespace with the
-    same inode), the current values are the ones to restore and replace it."""
+    An earlier record is kept (and extended) only while it is valid (record_valid);
+    otherwise it is stale and replaced, even when nothing is about to change."""
     changes = [(k, cur) for k, v in writes if (cur := _read(k)) is not None and cur != v]
-    if not changes:
-        return
     old = read_state()
-    consistent = all(_read(k) in (None, ARP_SYSCTLS.get(k.rpartition("/")[2]))
-                     for k, _ in old)
-    if old and consistent:
-        known = {k for k, _ in old}
-        extra = [(k, v) for k, v in changes if k not in known]
-        if extra:
-            write_state(old + extra)
+    if old is not None and record_valid(*old, on_lo):
+        sysctls, recorded = old
+        known = {k for k, _ in sysctls}
+        sysctls = sysctls + [(k, v) for k, v in changes if k not in known]
+        recorded = recorded + [v for v in vips if v not in recorded]
     else:
-        write_state(changes)
+        sysctls, recorded = changes, list(vips)
+    write_state(sysctls, recorded)
 
 
-def down(vips: list[str], root: str | Path = "/") -> list[str]:
+def down(vips: list[str], root: str | Path = "/",
+         echo: Callable[[str], None] | None = None) -> list[str]:
     """Undo `up` for these VIPs (and what --persist wrote for them). The sysctls go back
-    to their values from before `up` only when no other VIP is left on lo."""
+    to their values from before `up` once none of the VIPs `up` put on lo is left."""
     from pyroute2 import IPRoute
-    vips = [str(ipaddress.IPv4Address(v)) for v in vips]
-    done = []
+    vips = list(dict.fromkeys(str(ipaddress.IPv4Address(v)) for v in vips))
+    done = Steps(echo)
     with IPRoute() as ipr:
         lo = ipr.link_lookup(ifname="lo")[0]
+        record = read_state()
+        valid = record is not None and record_valid(
+            *record, {a for a, _, _ in _lo_addrs(ipr, lo)})
         for vip in vips:
-            present = {a: p for a, p, _ in _lo_addrs(ipr, lo)}
-            if vip in present:
-                ipr.addr("del", index=lo, address=vip, prefixlen=present[vip])
-                done.append(msg("removed", vip=vip, prefix=present[vip]))
-            else:
+            prefixes = [p for a, p, _ in _lo_addrs(ipr, lo) if a == vip]
+            for prefix in prefixes:
+                ipr.addr("del", index=lo, address=vip, prefixlen=prefix)
+                done.append(msg("removed", vip=vip, prefix=prefix))
+            if not prefixes:
                 done.append(msg("not-on-lo", vip=vip))
-        others = _other_vips(_lo_addrs(ipr, lo))
-    done += persist_down(vips, Path(root))
-    if others:
-        done.append(msg("kept", others=" ".join(others)))
-        return done
-    state = read_state()
-    if not state:
+        on_lo = {a for a, _, _ in _lo_addrs(ipr, lo)}
+    if record is None:
         done.append(msg("no-record"))
-        return done
-    for key, value in state:
-        if (PROC_CONF / key).exists():
-            (PROC_CONF / key).write_text(value)
-            done.append(msg("restored", name=_name(key), value=value))
-    state_path().unlink(missing_ok=True)
+    elif not valid:
+        state_path().unlink(missing_ok=True)
+        done.append(msg("stale-record"))
+    else:
+        sysctls, recorded = record
+        left = [v for v in recorded if v not in vips]
+        others = [v for v in left if v in on_lo]
+        if others:
+            write_state(sysctls, left)
+            done.append(msg("kept", others=" ".join(others)))
+        elif not sysctls:
+            state_path().unlink(missing_ok=True)
+            done.append(msg("no-record"))
+        else:
+            for key, value in sysctls:
+                if (PROC_CONF / key).exists():
+                    (PROC_CONF / key).write_text(value)
+                    done.append(msg("restored", name=_name(key), value=value))
+            state_path().unlink(missing_ok=True)
+    # Last: `systemctl disable --now` runs the unit's ExecStop (the script's `down`),
+    # which then finds nothing left to undo.
+    persist_down(vips, Path(root), done)
     return done
 
 
@@ -285,11 +351,11 @@ def _systemctl(*args: str) -> str:
     return f"ran systemctl {' '.join(args)}"
 
 
-def persist_up(vips: list[str], root: Path) -> list[str]:
+def persist_up(vips: list[str], root: Path, done: list[str] | None = None) -> list[str]:
     from lb import rs_script
     all_vips = persisted_vips(root)
     all_vips += [v for v in vips if v not in all_vips]
-    done = []
+    done = Steps() if done is None else done
     for rel, text, mode, what in (
             (PERSIST_SYSCTL, sysctl_conf(), 0o644, "the ARP sysctls, applied at boot"),
             (PERSIST_SCRIPT, rs_script.generate(all_vips), 0o755,
@@ -310,18 +376,22 @@ def persist_up(vips: list[str], root: Path) -> list[str]:
     return done
 
 
-def persist_down(vips: list[str], root: Path) -> list[str]:
+def persist_down(vips: list[str], root: Path, done: list[str] | None = None) -> list[str]:
+    """Take these VIPs out of what --persist wrote; with none left, stop and disable the
+    unit (its ExecStop runs the script's `down` while the script is still there) and
+    remove the files."""
     from lb import rs_script
+    done = Steps() if done is None else done
     before = persisted_vips(root)
     if not before or not set(vips) & set(before):
-        return []
+        return done
     left = [v for v in before if v not in vips]
     if left:
         (root / PERSIST_SCRIPT).write_text(rs_script.generate(left))
-        return [f"wrote /{PERSIST_SCRIPT} (puts {' '.join(left)} on lo at boot)"]
-    done = []
+        done.append(f"wrote /{PERSIST_SCRIPT} (puts {' '.join(left)} on lo at boot)")
+        return done
     if _systemd(root):
-        done.append(_systemctl("disable", UNIT_NAME))
+        done.append(_systemctl("disable", "--now", UNIT_NAME))
     for rel in (PERSIST_UNIT, PERSIST_SCRIPT, PERSIST_SYSCTL):
         if (root / rel).exists():
             (root / rel).unlink()

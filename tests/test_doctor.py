@@ -43,7 +43,7 @@ def test_a_prepared_real_server_passes(lab, script):
     py_rs(lab, "rs1", "up", VIP, check=True)
     findings, rc = doctor_both(lab, "rs1", script, [VIP], table=True)
     assert rc == 0
-    assert codes(findings) == ["vip-ok", "arp-ok"]
+    assert codes(findings) == ["arp-ok", "vip-ok"]
     assert one(findings, "arp-ok")["what"] == "eth0: effective arp_ignore=1, arp_announce=2"
 
 
@@ -209,7 +209,8 @@ def test_a_fresh_host_gets_every_problem_at_once(lab, script):
     findings, rc = doctor_both(lab, "rs1", script, [VIP], "--port", "80",
                                "--director", RIP["director"], table=True)
     assert rc == 1
-    assert codes(findings) == ["vip-missing", "arp-ignore", "arp-announce", "port-closed",
+    # the ARP fixes first: copied top-down they come before the one that adds the VIP
+    assert codes(findings) == ["arp-ignore", "arp-announce", "vip-missing", "port-closed",
                                "no-default-route"]
     for f in findings:
         assert f["what"] and f["why"] and f["fix"], f
@@ -240,14 +241,140 @@ def test_every_interface_is_checked_and_dotted_names_are_written_as_sysctl_wants
     lab.run("rs1", "sh", "-c", "echo 3 > /proc/sys/net/ipv4/conf/v.1/arp_ignore")
     findings, rc = doctor_both(lab, "rs1", script, [VIP])
     assert rc == 1
-    assert codes(findings) == ["vip-ok", "arp-ok", "arp-ignore", "arp-ok"]
+    assert codes(findings) == ["arp-ok", "arp-ignore", "arp-ok", "vip-ok"]
     f = one(findings, "arp-ignore")
     assert f["what"] == "v.1: effective arp_ignore is 3 (all=1, v.1=3)"
     assert f["fix"] == "sysctl -w net.ipv4.conf.v/1.arp_ignore=1"
     apply_fix(lab, "rs1", f)
     findings, rc = doctor_both(lab, "rs1", script, [VIP])
-    assert rc == 0 and codes(findings) == ["vip-ok", "arp-ok", "arp-ok", "arp-ok"]
+    assert rc == 0 and codes(findings) == ["arp-ok", "arp-ok", "arp-ok", "vip-ok"]
     # up also fixes an interface whose own value would win
     lab.run("rs1", "sh", "-c", "echo 5 > /proc/sys/net/ipv4/conf/v.2/arp_announce")
     r = py_rs(lab, "rs1", "up", VIP, check=True)
     assert r.stdout == "set net.ipv4.conf.v/2.arp_announce = 2\n"
+
+
+# ---- review fixes (namespaces "drlb-fx-*") ------------------------------------------------
+
+@pytest.fixture
+def fx():
+    with small_lab("drlb-fx", n_real=1) as lab:
+        try:
+            yield lab
+        finally:
+            forget_state(lab)
+
+
+def test_the_fix_for_a_primary_vip_on_eth0_keeps_the_real_address(fx, script):
+    """The VIP added to eth0 before the real address is the primary of the /24: `ip addr
+    del` alone would delete the real address (its secondary) too."""
+    rip = RIP["rs1"]
+    ip(fx, "rs1", "addr", "del", f"{rip}/24", "dev", "eth0")
+    ip(fx, "rs1", "addr", "add", f"{VIP}/24", "dev", "eth0")
+    ip(fx, "rs1", "addr", "add", f"{rip}/24", "dev", "eth0")
+    findings, rc = doctor_both(fx, "rs1", script, [VIP])
+    assert rc == 1
+    f = one(findings, "vip-not-lo")
+    assert f["fix"] == ("sysctl -w net.ipv4.conf.eth0.promote_secondaries=1 && "
+                        f"ip addr del {VIP}/24 dev eth0 && ip addr add {VIP}/32 dev lo")
+    apply_fix(fx, "rs1", f)
+    assert ["eth0", rip, 24, "eth0", 0] in snapshot(fx, "rs1")["addrs"]
+    assert can_ping(fx, "client", rip)
+    py_rs(fx, "rs1", "up", VIP, check=True)
+    assert doctor_both(fx, "rs1", script, [VIP])[1] == 0
+
+
+@pytest.mark.parametrize("why", ["only-address", "default-route-source"])
+def test_the_real_address_given_as_the_vip_gets_no_removal(fx, tmp_path, why):
+    rip = RIP["rs1"]
+    script = write_script(tmp_path / "rs.sh", [rip])
+    reason = "this host's only address outside lo"
+    if why == "default-route-source":
+        ip(fx, "rs1", "addr", "add", "198.18.0.99/24", "dev", "eth0")
+        ip(fx, "rs1", "route", "add", "default", "via", "198.18.0.1")
+        reason = "the source address of this host's default route"
+    findings, rc = doctor_both(fx, "rs1", script, [rip], table=True)
+    assert rc == 1
+    f = one(findings, "vip-own-address")
+    assert f["what"] == f"{rip} is on eth0 (/24) and is {reason}"
+    assert "ip addr del" not in f["fix"] and rip in f["fix"]
+    assert "vip-not-lo" not in codes(findings)
+
+
+def test_vip_on_lo_as_both_32_and_24(fx, script):
+    py_rs(fx, "rs1", "up", VIP, check=True)
+    ip(fx, "rs1", "addr", "add", f"{VIP}/24", "dev", "lo", "label", "lo:1")
+    findings, rc = doctor_both(fx, "rs1", script, [VIP])
+    assert rc == 1
+    assert codes(findings) == ["arp-ok", "vip-ok", "vip-prefix"]
+    f = one(findings, "vip-prefix")
+    assert f["fix"] == f"ip addr del {VIP}/24 dev lo"
+    apply_fix(fx, "rs1", f)
+    findings, rc = doctor_both(fx, "rs1", script, [VIP])
+    assert rc == 0 and codes(findings) == ["arp-ok", "vip-ok"]
+
+
+def test_only_the_first_removal_adds_the_32(fx, script):
+    """/24 and /16 on lo, no /32: applied top-down, one fix adds the /32, not two."""
+    py_rs(fx, "rs1", "up", VIP, check=True)
+    ip(fx, "rs1", "addr", "del", f"{VIP}/32", "dev", "lo")
+    ip(fx, "rs1", "addr", "add", f"{VIP}/24", "dev", "lo", "label", "lo:0")
+    ip(fx, "rs1", "addr", "add", f"{VIP}/16", "dev", "lo", "label", "lo:1")
+    findings, rc = doctor_both(fx, "rs1", script, [VIP])
+    fixes = [f["fix"] for f in findings if f["code"] == "vip-prefix"]
+    assert fixes == [f"ip addr del {VIP}/24 dev lo && ip addr add {VIP}/32 dev lo",
+                     f"ip addr del {VIP}/16 dev lo"]
+    for fix in fixes:
+        fx.run("rs1", "sh", "-c", fix)
+    assert doctor_both(fx, "rs1", script, [VIP])[1] == 0
+
+
+LISTEN6 = ("import socket, sys, time; s = socket.socket(socket.AF_INET6); "
+           "s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1); "
+           "s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, int(sys.argv[2])); "
+           "s.bind(('::', int(sys.argv[1]))); s.listen(); print('listening', flush=True); "
+           "time.sleep(600)")
+
+
+def test_a_v6only_wildcard_listener_does_not_serve_the_vip(fx, script):
+    """nginx `listen [::]:80` is IPV6_V6ONLY: a connection to the IPv4 VIP is refused."""
+    import subprocess
+    py_rs(fx, "rs1", "up", VIP, check=True)
+    connect = ("import socket, sys; socket.create_connection((sys.argv[1], 80), 1)")
+    for v6only, code in ((1, "port-v6-only"), (0, "port-ok")):
+        p = fx.popen("rs1", PY, "-c", LISTEN6, "80", str(v6only), stdout=subprocess.PIPE,
+                     text=True)
+        assert p.stdout.readline().strip() == "listening"
+        served = fx.run("rs1", PY, "-c", connect, VIP, check=False).returncode == 0
+        assert served == (not v6only)
+        # without sock_diag the doctor reads /proc/net/tcp6 (which cannot tell v6only)
+        both = fx.run("rs1", PY, "-c", "from lb import doctor; "
+                      "print([l.addr for l in doctor._proc_listeners(80)]); "
+                      "print([l.addr for l in doctor._diag_listeners(80)])").stdout
+        assert both == "['::']\n['::']\n", both
+        # a port with a leading zero: the script reads it as the CLI does (80, not octal)
+        findings, rc = doctor_both(fx, "rs1", script, [VIP], "--port", "080")
+        assert codes(findings)[-1] == code and rc == (1 if v6only else 0)
+        if v6only:
+            f = one(findings, code)
+            assert f["what"] == f"TCP port 80 listens only on [::] with IPV6_V6ONLY, not for {VIP}"
+            assert "ipv6only=off" in f["fix"]
+        p.terminate()
+        p.wait()
+
+
+def test_fixes_copied_top_down_never_announce_the_vip(fx, script):
+    """A stand-in director owns the VIP at L2; rs1 is fresh (arp_ignore 0). Applying the
+    doctor's fixes in the order it prints them, rs1 must never answer ARP for the VIP."""
+    ip(fx, "director", "addr", "add", f"{VIP}/32", "dev", "eth0")
+    findings, rc = doctor_both(fx, "rs1", script, [VIP])
+    assert rc == 1
+    assert codes(findings) == ["arp-ignore", "arp-announce", "vip-missing"]
+    for f in findings:
+        apply_fix(fx, "rs1", f)
+        assert arp_answers(fx, "client", VIP) == [fx.macs["director"]], f["code"]
+    assert doctor_both(fx, "rs1", script, [VIP])[1] == 0
+    for code in ("arp-ignore", "arp-announce"):
+        assert "sysctl -w lasts until the next reboot" in one(findings, code)["why"]
+        assert "up --persist" in one(findings, code)["why"]
+    assert f"dr-lb realserver up {VIP}" in one(findings, "vip-missing")["why"]

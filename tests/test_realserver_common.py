@@ -71,7 +71,10 @@ def snapshot(lab: Lab, host: str) -> dict:
 
 
 def py_rs(lab: Lab, host: str, *args: str, check: bool = False):
-    """`python -m lb realserver ARGS` in host."""
+    """`python -m lb realserver ARGS` in host. `down` and `up --persist` read and write
+    the --persist files: a test must give them a scratch --root, never this machine's /etc."""
+    if args and (args[0] == "down" or "--persist" in args) and "--root" not in args:
+        raise AssertionError(f"realserver {' '.join(args)}: pass --root SCRATCH_DIR")
     return lab.run(host, PY, "-m", "lb", "realserver", *args, check=check)
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 import shutil
 import subprocess
+from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
@@ -137,3 +138,48 @@ def test_up_and_down_need_root(monkeypatch, command):
     r = CliRunner().invoke(cli.main, ["realserver", command, "198.18.0.21"])
     assert r.exit_code == 1 and not called
     assert "run it as root (sudo dr-lb realserver " + command + " 198.18.0.21)" in r.output
+
+
+@pytest.mark.parametrize("args", [
+    ["--port", "0"], ["--port", "99999"], ["--port", "65536"], ["--port", "1e3"],
+    ["--port", ""], ["--port=-1"],
+    ["--director", "198.18.0"], ["--director", "256.1.1.1"], ["--director", "01.2.3.4"],
+    ["--director", "198.18.0.11.5"], ["--director", "example.com"], ["--director="],
+])
+def test_the_script_rejects_what_the_cli_rejects(script, tmp_path, args):
+    path = tmp_path / "rs.sh"
+    path.write_text(script)
+    r = subprocess.run(["sh", str(path), "check", *args], capture_output=True, text=True)
+    assert r.returncode == 1, (r.stdout, r.stderr)
+    assert r.stderr.startswith("dr-lb: --") and not r.stdout
+    r = CliRunner().invoke(cli.main, ["realserver", "check", "198.18.0.21", *args])
+    assert r.exit_code == 2, r.output
+
+
+def test_every_test_file_the_code_cites_exists():
+    root = Path(__file__).resolve().parent.parent
+    for module in ("doctor.py", "rs_script.py", "realserver.py", "cli_realserver.py"):
+        text = (root / "lb" / module).read_text()
+        for cited in re.findall(r"tests/[\w/]+\.py", text):
+            assert (root / cited).is_file(), f"lb/{module} cites {cited}, which does not exist"
+
+
+def test_persist_down_stops_the_unit_as_it_disables_it(monkeypatch, tmp_path):
+    """`systemctl disable` alone leaves the unit active, and its ExecStop would later run
+    a script that is gone."""
+    calls = []
+    monkeypatch.setattr(realserver, "_systemd", lambda root: True)
+    monkeypatch.setattr(realserver, "_systemctl",
+                        lambda *a: calls.append(a) or "ran systemctl " + " ".join(a))
+    realserver.persist_up(["198.18.0.21"], tmp_path)
+    calls.clear()
+    done = realserver.persist_down(["198.18.0.21"], tmp_path)
+    assert calls == [("disable", "--now", realserver.UNIT_NAME), ("daemon-reload",)]
+    assert done[0] == f"ran systemctl disable --now {realserver.UNIT_NAME}"
+
+
+def test_tests_cannot_run_down_or_persist_on_this_machines_etc():
+    from tests.test_realserver_common import py_rs
+    for args in (["down", "198.18.0.21"], ["up", "198.18.0.21", "--persist"]):
+        with pytest.raises(AssertionError, match="--root"):
+            py_rs(None, "rs1", *args)
