@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from lb import cli, config as config_mod, lab
+from lb import cli, config as config_mod, lab, realserver
 
 VAGRANT_DIR = Path(__file__).resolve().parent.parent / "vagrant"
 SCENE = json.loads((VAGRANT_DIR / "scene.json").read_text())
@@ -86,6 +86,14 @@ def test_committed_realserver_script_is_what_dr_lb_prints_now():
     assert RS_SCRIPT.read_text() == result.output, (
         "vagrant/dr-lb-realserver.sh is stale; regenerate it from the repository root "
         f"with: {regenerate_command()}")
+
+
+def test_committed_realserver_unit_is_what_persist_writes():
+    """The VMs boot the real-server script with the very unit `up --persist` writes."""
+    assert (VAGRANT_DIR / "dr-lb-realserver.service").read_text() == realserver.unit_file(), (
+        "vagrant/dr-lb-realserver.service is stale; regenerate it with: .venv/bin/python -c "
+        "\"from lb import realserver; print(realserver.unit_file(), end='')\" "
+        "> vagrant/dr-lb-realserver.service")
 
 
 def test_vagrantfile_takes_the_scene_from_scene_json():

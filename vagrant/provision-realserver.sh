@@ -5,7 +5,8 @@
 # No Python and no dr-lb here, as on many real servers (issue 3). The preparation is the
 # POSIX sh script that `dr-lb realserver script VIP --port PORT --director DIP` prints,
 # committed as vagrant/dr-lb-realserver.sh and uploaded to /tmp by the Vagrantfile:
-#   - dr-lb-realserver.service runs its `up` at every boot, before the network comes up
+#   - dr-lb-realserver.service (committed; the unit `realserver up --persist` writes) runs
+#     its `up` at every boot, before the network comes up
 #     (VIP on lo as a /32, arp_ignore=1 and arp_announce=2 for all, default and lo);
 #   - nginx answers every GET on PORT with NAME, as the namespace lab's servers do;
 #   - its `check` (the doctor) must then pass, or provisioning fails with the findings.
@@ -13,30 +14,12 @@ set -eu
 
 NAME=${1:?usage: provision-realserver.sh NAME PORT}
 PORT=${2:?usage: provision-realserver.sh NAME PORT}
-SCRIPT=/usr/local/sbin/dr-lb-realserver
+# Where `dr-lb realserver up --persist` puts them, so the unit is the same file.
+SCRIPT=/etc/dr-lb/realserver.sh
 
-install -m 0755 /tmp/dr-lb-realserver.sh "$SCRIPT"
-rm -f /tmp/dr-lb-realserver.sh
-
-cat > /etc/systemd/system/dr-lb-realserver.service <<UNIT_EOF
-# Installed by vagrant/provision-realserver.sh
-[Unit]
-Description=LVS-DR real server: VIP on lo as /32 and the ARP sysctls ($SCRIPT)
-DefaultDependencies=no
-After=local-fs.target systemd-sysctl.service
-Wants=network-pre.target
-Before=network-pre.target shutdown.target
-Conflicts=shutdown.target
-
-[Service]
-Type=oneshot
-RemainAfterExit=yes
-ExecStart=/bin/sh $SCRIPT up
-ExecStop=/bin/sh $SCRIPT down
-
-[Install]
-WantedBy=multi-user.target
-UNIT_EOF
+install -D -m 0755 /tmp/dr-lb-realserver.sh "$SCRIPT"
+install -m 0644 /tmp/dr-lb-realserver.service /etc/systemd/system/dr-lb-realserver.service
+rm -f /tmp/dr-lb-realserver.sh /tmp/dr-lb-realserver.service
 systemctl daemon-reload
 systemctl enable dr-lb-realserver.service
 systemctl restart dr-lb-realserver.service
