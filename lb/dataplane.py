@@ -130,10 +130,9 @@ class Dataplane:
         to them (each services entry changes atomically).
         """
         self._write_settings(config, interface_mac)
-        current = {r.real_id: r for r in tables.reals}
         for r in tables.reals:
             self._write_real(r.real_id, r.mac, r.flags, r.server.address)
-        for real_id in set(self._written_reals) - set(current):
+        for real_id in set(self._written_reals) - {r.real_id for r in tables.reals}:
             # Dropped from the config: its connections go on (as IPVS lets them), but no
             # persistence template may send it new ones.
             mac, address = self._written_reals[real_id]

@@ -10,20 +10,31 @@ from lb import lab as lab_mod
 from lb.lab import Lab
 
 
-def start_director(lab: Lab, config_text: str, timeout: float = 60) -> subprocess.Popen:
-    """`dr-lb up` in the director's namespace; returns once it printed `ready`."""
-    cfg = Path(tempfile.mkdtemp(prefix="dr-lb-")) / "lab.toml"
-    cfg.write_text(config_text)
-    proc = lab.popen("director", *lab_mod.python_cmd("lb", "up", str(cfg)),
-                     stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+def wait_ready(proc: subprocess.Popen) -> None:
+    """Read `dr-lb up`'s output until its ready line; raise with the output if it ends."""
     lines = []
-    proc.config_path = cfg   # for tests that edit it and reload
     for line in proc.stdout:
         lines.append(line.rstrip())
         if line.startswith("dr-lb: ready on "):
-            return proc
-    proc.wait(timeout=timeout)
+            return
+    proc.wait(timeout=30)
     raise RuntimeError("dr-lb up did not become ready:\n" + "\n".join(lines))
+
+
+def launch_director(lab: Lab, config: Path, *options: str) -> subprocess.Popen:
+    """`dr-lb up [OPTIONS] CONFIG` in the director's namespace, once it is ready."""
+    proc = lab.popen("director", *lab_mod.python_cmd("lb", "up", *options, str(config)),
+                     stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    proc.config_path = config   # for tests that edit it and reload
+    wait_ready(proc)
+    return proc
+
+
+def start_director(lab: Lab, config_text: str, *options: str) -> subprocess.Popen:
+    """launch_director() with `config_text` written to a file of its own."""
+    cfg = Path(tempfile.mkdtemp(prefix="dr-lb-")) / "lab.toml"
+    cfg.write_text(config_text)
+    return launch_director(lab, cfg, *options)
 
 
 def run(xdp_mode: str = "generic", requests: int = 12) -> int:

@@ -12,8 +12,8 @@ import json
 import pytest
 
 from tests.test_realserver_common import (
-    PY, RIP, VIP, arp_answers, can_ping, codes, doctor_both, forget_state, ip, needs_netns,
-    one, py_rs, small_lab, snapshot, sysctl, write_script)
+    PY, RIP, VIP, arp_answers, can_ping, codes, doctor_both, forget_state, ip, listen,
+    needs_netns, one, py_rs, small_lab, snapshot, sysctl, write_script)
 
 pytestmark = needs_netns
 
@@ -146,19 +146,6 @@ def test_lo_down(lab, script):
     assert rc == 1
     apply_fix(lab, "rs1", one(findings, "lo-down"))
     assert doctor_both(lab, "rs1", script, [VIP])[1] == 0
-
-
-LISTEN = ("import socket, sys, time; s = socket.socket(); "
-          "s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1); "
-          "s.bind((sys.argv[1], int(sys.argv[2]))); s.listen(); print('listening', flush=True); "
-          "time.sleep(600)")
-
-
-def listen(lab, host, address, port):
-    import subprocess
-    p = lab.popen(host, PY, "-c", LISTEN, address, str(port), stdout=subprocess.PIPE, text=True)
-    assert p.stdout.readline().strip() == "listening"
-    return p
 
 
 def test_nothing_listens_on_the_port(lab, script):

@@ -14,7 +14,7 @@ import pytest
 from pyroute2 import IPRoute
 
 from lb import control, netif
-from lb.demo import start_director
+from lb.demo import start_director, wait_ready
 from lb.lab import HTTP_PORT, PERSISTENT_PORT, UDP_PORT, VIP, Lab, python_cmd
 from tests.conftest import needs_netns
 
@@ -310,12 +310,9 @@ def test_replace_takes_over_from_a_running_instance(scene):
     first = start_director(lab, lab.director_config())
     second = lab.popen("director", *python_cmd("lb", "up", "--replace", str(first.config_path)),
                        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    lines = []
-    for line in second.stdout:
-        lines.append(line.strip())
-        if line.startswith("dr-lb: ready on "):
-            break
-    assert any(l.startswith("dr-lb: stopped dr-lb (pid") for l in lines), lines
+    taking_over = second.stdout.readline()
+    assert taking_over.startswith("dr-lb: stopped dr-lb (pid"), taking_over
+    wait_ready(second)
     assert first.wait(timeout=10) == 0, "the replaced instance must stop cleanly"
     assert lab.curl(f"http://{VIP}:{HTTP_PORT}/") in ("rs1", "rs2", "rs3")
     assert status(lab)["xdp_mode"] == lab.xdp_mode, "the new instance must answer status"

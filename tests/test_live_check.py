@@ -13,9 +13,10 @@ from pathlib import Path
 
 import pytest
 
+from lb.demo import launch_director
 from lb.lab import HOSTS, VIP, Lab
 from tests.test_realserver_common import (
-    PY, RIP, arp_answers, codes, forget_state, ip, needs_netns, one, py_rs, sysctl)
+    PY, RIP, arp_answers, codes, forget_state, ip, listen, needs_netns, one, py_rs, sysctl)
 
 pytestmark = needs_netns
 
@@ -35,15 +36,7 @@ def require_dataplane() -> None:
 def start_director(lab: Lab, config: Path, *options: str) -> subprocess.Popen:
     """`dr-lb up [OPTIONS] CONFIG` in the director; returns once it printed `ready`."""
     require_dataplane()
-    proc = lab.popen("director", PY, "-m", "lb", "up", *options, str(config),
-                     stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    lines = []
-    for line in proc.stdout:
-        lines.append(line.rstrip())
-        if line.startswith("dr-lb: ready on "):
-            return proc
-    proc.wait(timeout=30)
-    pytest.fail("dr-lb up did not become ready:\n" + "\n".join(lines))
+    return launch_director(lab, config, *options)
 
 
 def live(lab: Lab, config: Path) -> tuple[list[dict], int]:
@@ -84,8 +77,7 @@ def scene(tmp_path_factory):
 LEFTOVER_XDP = """
 from pyroute2 import IPRoute
 from lb import libbpf
-load = getattr(libbpf, "load_xdp_return", None) or getattr(libbpf, "load_xdp_pass")
-libbpf.xdp_attach(IPRoute().link_lookup(ifname="eth0")[0], load(), "generic")
+libbpf.xdp_attach(IPRoute().link_lookup(ifname="eth0")[0], libbpf.load_xdp_return(), "generic")
 """
 
 
@@ -188,18 +180,6 @@ def test_a_real_server_with_arp_ignore_0_answers_for_the_vip(scene):
 
 
 # ---- the service port through the DR path ----------------------------------------------------
-
-LISTEN = ("import socket, sys, time; s = socket.socket(); "
-          "s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1); "
-          "s.bind((sys.argv[1], int(sys.argv[2]))); s.listen(); print('listening', flush=True); "
-          "time.sleep(600)")
-
-
-def listen(lab, host, address, port):
-    p = lab.popen(host, PY, "-c", LISTEN, address, str(port), stdout=subprocess.PIPE, text=True)
-    assert p.stdout.readline().strip() == "listening"
-    return p
-
 
 def test_a_real_server_not_listening_on_the_port(scene):
     lab, _, tmp = scene

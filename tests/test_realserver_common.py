@@ -9,6 +9,7 @@ import json
 import os
 import re
 import shutil
+import subprocess
 import sys
 
 import pytest
@@ -171,3 +172,16 @@ def can_ping(lab: Lab, src: str, dst: str) -> bool:
 __all__ = ["PY", "VIP", "VIP2", "RIP", "needs_netns", "small_lab", "forget_state", "snapshot", "py_rs",
            "write_script", "sh_rs", "sysctl", "ip", "parse_table", "normalise",
            "doctor_both", "codes", "one", "arp_answers", "can_ping"]
+
+
+LISTEN = ("import socket, sys, time; s = socket.socket(); "
+          "s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1); "
+          "s.bind((sys.argv[1], int(sys.argv[2]))); s.listen(); print('listening', flush=True); "
+          "time.sleep(600)")
+
+
+def listen(lab, host, address, port):
+    """A TCP listener on address:port in `host`, up when this returns (killed with the lab)."""
+    p = lab.popen(host, PY, "-c", LISTEN, address, str(port), stdout=subprocess.PIPE, text=True)
+    assert p.stdout.readline().strip() == "listening"
+    return p
