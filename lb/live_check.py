@@ -15,7 +15,7 @@
   says the VIP is not on the real server (or a firewall drops it). The director resets
   the half-open connection at once.
 
-`live_findings(cfg)` returns doctor.Finding objects; `python -m lb.live_check CONFIG
+`live_findings(cfg)` returns lb.findings.Finding objects; `python -m lb.live_check CONFIG
 [--json]` runs it without the CLI.
 """
 from __future__ import annotations
@@ -28,13 +28,14 @@ import struct
 import sys
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
-from lb import doctor, libbpf
+from lb import findings, libbpf
 from lb.abi import mac_bytes
 from lb.arp import ETH_P_IP, PACKET_OUTGOING, arp_request, parse_arp_reply, source_for, who_has
 from lb.netif import Interface, interface
 from lb.config import Config
-from lb.doctor import Finding, Template
+from lb.findings import Finding, Template
 
 TCP_SYN, TCP_RST, TCP_ACK = 0x02, 0x04, 0x10
 
@@ -244,7 +245,15 @@ def syn_probe(iface: Interface, probes: list[Probe], wait_s: float = 0.7,
 # ---- the checks --------------------------------------------------------------------------
 
 def _sysctl(dev: str, key: str) -> int:
-    return doctor.read_sysctl(dev, key) or 0
+    try:
+        return int(Path(f"/proc/sys/net/ipv4/conf/{dev}/{key}").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 0
+
+
+def _sysctl_name(dev: str, key: str) -> str:
+    """The sysctl(8) name: dots in an interface name are written as slashes."""
+    return f"net.ipv4.conf.{dev.replace('.', '/')}.{key}"
 
 
 def check_redirects(iface: Interface) -> Finding:
@@ -252,7 +261,7 @@ def check_redirects(iface: Interface) -> Finding:
     if not (allval or devval):   # the kernel ORs all and the interface
         return finding("icmp-redirects-ok", iface=iface.name)
     forwarding = _sysctl(iface.name, "forwarding")
-    settings = " ".join(f"{doctor.sysctl_name(dev, 'send_redirects')}=0"
+    settings = " ".join(f"{_sysctl_name(dev, 'send_redirects')}=0"
                         for dev, v in (("all", allval), (iface.name, devval)) if v)
     f = finding("icmp-redirects", iface=iface.name, allval=allval, devval=devval,
                 forwarding=forwarding, settings=settings)
@@ -339,10 +348,10 @@ def live_findings(cfg: Config, config_path: str = "CONFIG") -> list[Finding]:
 
 def report(cfg: Config, config_path: str = "CONFIG", as_json: bool = False) -> int:
     """Run the live checks, print the table (or JSON); the exit status: 1 on an error."""
-    findings = live_findings(cfg, config_path=config_path)
-    print(doctor.format_json(findings) if as_json else doctor.format_table(findings),
+    found = live_findings(cfg, config_path=config_path)
+    print(findings.format_json(found) if as_json else findings.format_table(found),
           flush=True)
-    return 1 if doctor.has_errors(findings) else 0
+    return 1 if findings.has_errors(found) else 0
 
 
 if __name__ == "__main__":
