@@ -19,8 +19,9 @@ from pathlib import Path
 from scapy.layers.inet import IP, TCP, UDP
 from scapy.layers.l2 import Ether
 
-from lb import config as config_mod, lab as lab_mod, libbpf, tables as tables_mod
-from lb.dataplane import Dataplane
+from lb import lab as lab_mod, libbpf
+from lb.director import config as config_mod, layout as layout_mod
+from lb.director.dataplane import Dataplane
 
 HERE = Path(__file__).resolve().parent
 CLIENT_MAC = "02:00:00:00:00:0a"
@@ -49,7 +50,7 @@ def program_lab_config(dp: Dataplane, macs: dict[str, str], interface_mac: str) 
     lab = lab_mod.Lab()
     cfg = config_mod.parse(lab.director_config(), source="bench")
     dp.clear_state()
-    dp.program(cfg, tables_mod.build(cfg, macs), interface_mac)
+    dp.write(layout_mod.build(cfg, macs, interface_mac))
 
 
 def ns_per_packet(repeat: int) -> dict:
@@ -91,7 +92,7 @@ def live_pps(count: int) -> dict:
     with lab_mod.Lab(prefix="drlb-bench", xdp_mode="native") as lab:
         lab.set_peer_program("director", libbpf.XDP_DROP)
         with lab.inside("director"):
-            from lb import netif
+            from lb.director import netif
             iface = netif.interface("eth0")
             dp = Dataplane(conn_table_size=65536)
             refl_bpf, refl = reflector()

@@ -50,6 +50,11 @@ REAL_F_MAC_KNOWN = ffi.typeof("enum real_flags").relements["REAL_F_MAC_KNOWN"]
 REAL_F_SCHEDULABLE = ffi.typeof("enum real_flags").relements["REAL_F_SCHEDULABLE"]
 SETTINGS_F_ICMP_ECHO = ffi.typeof("enum settings_flags").relements["SETTINGS_F_ICMP_ECHO"]
 
+CONN_STATE_SLOTS = ffi.typeof("enum conn_state").relements["CONN_STATE_SLOTS"]
+# wrr_seq holds the WRR cycles in use and the next ones, a half each, so that a service
+# never points at a half-written cycle (lb/director/layout.py).
+SEQ_HALF = CONST["WRR_SEQ_CAPACITY"] // 2
+
 IPPROTO = {"tcp": socket.IPPROTO_TCP, "udp": socket.IPPROTO_UDP}
 
 

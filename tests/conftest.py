@@ -6,8 +6,8 @@ import shutil
 
 import pytest
 
-from lb import config as config_mod
-from lb import tables as tables_mod
+from lb.director import config as config_mod
+from lb.director import layout as layout_mod
 
 IS_ROOT = os.geteuid() == 0
 
@@ -33,7 +33,7 @@ def dataplane():
         pytest.skip("packet tests need root")
     if not bcc_available():
         pytest.fail("bcc is missing: run scripts/setup.sh (python3-bpfcc)")
-    from lb.dataplane import Dataplane
+    from lb.director.dataplane import Dataplane
     dp = Dataplane()   # the default conn_table_size, 1,000,000: the capacity test needs it
     yield dp
     dp.close()
@@ -47,14 +47,14 @@ class Programmed:
         self.dp = dp
         self.config = cfg
         self.interface_mac = interface_mac
-        self.ids = tables_mod.Ids()   # kept across reprogram(), as the director keeps them
-        self.tables = tables_mod.build(cfg, macs, self.ids)
-        dp.program(cfg, self.tables, interface_mac)
+        self.ids = layout_mod.Ids()   # kept across reprogram(), as the director keeps them
+        self.layout = layout_mod.build(cfg, macs, interface_mac, self.ids)
+        dp.write(self.layout)
 
     def reprogram(self, cfg: config_mod.Config, macs: dict[str, str | None]) -> None:
         self.config = cfg
-        self.tables = tables_mod.build(cfg, macs, self.ids)
-        self.dp.program(cfg, self.tables, self.interface_mac)
+        self.layout = layout_mod.build(cfg, macs, self.interface_mac, self.ids, self.layout)
+        self.dp.write(self.layout)
 
 
 @pytest.fixture

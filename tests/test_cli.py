@@ -93,7 +93,7 @@ def assert_one_line_failure(result, status: int, *expected: str) -> str:
 
 def require_loopback_address() -> None:
     """The VIP check is tested with 127.0.0.1 on lo, which a fresh netns does not have."""
-    from lb import netif
+    from lb.director import netif
     lo = netif.interface("lo")
     if lo is None or "127.0.0.1" not in lo.addresses:
         pytest.skip("lo has no 127.0.0.1 in this network namespace")
@@ -168,7 +168,7 @@ def test_check_system_good(runner, write):
 
 
 def test_check_offline_does_not_look_at_interfaces(runner, write, tripwire):
-    from lb import netif
+    from lb.director import netif
     tripwire(netif, "config_problems")
     result = runner.invoke(cli.main, ["check", "--offline", write(local_config("drlb-nosuch0"))])
     assert result.exit_code == 0, result.output
@@ -178,9 +178,9 @@ def test_check_offline_does_not_look_at_interfaces(runner, write, tripwire):
 
 @pytest.fixture
 def empty_run_dir(monkeypatch, tmp_path):
-    from lb import control
+    from lb.director import instances
     run_dir = tmp_path / "run"
-    monkeypatch.setattr(control, "RUN_DIR", run_dir)
+    monkeypatch.setattr(instances, "RUN_DIR", run_dir)
     return run_dir
 
 
@@ -203,21 +203,21 @@ def not_root(monkeypatch):
 
 
 def test_up_needs_root(runner, write, not_root, tripwire):
-    from lb import director
-    tripwire(director, "run")
+    from lb.director import daemon
+    tripwire(daemon, "run")
     result = runner.invoke(cli.main, ["up", write(GOOD)])
     assert_one_line_failure(result, 1, "needs root", "sudo")
 
 
 def test_down_needs_root(runner, not_root, tripwire, empty_run_dir):
-    from lb import director
-    tripwire(director, "down")
+    from lb.director import instances
+    tripwire(instances, "down")
     result = runner.invoke(cli.main, ["down"])
     assert_one_line_failure(result, 1, "needs root", "sudo")
 
 
 def test_lab_demo_needs_root(runner, not_root, tripwire):
-    from lb import demo
+    from lb.lab import demo
     tripwire(demo, "run")
     result = runner.invoke(cli.main, ["lab", "demo"])
     assert_one_line_failure(result, 1, "needs root", "sudo")

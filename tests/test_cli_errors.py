@@ -44,7 +44,7 @@ def one_line(result) -> str:
 
 
 def test_missing_kernel_headers_say_how_to_fix(up, monkeypatch):
-    monkeypatch.setattr("lb.dataplane.headers_problem",
+    monkeypatch.setattr("lb.director.dataplane.headers_problem",
                         lambda: "kernel headers not found at /lib/modules/x/build: run "
                                 "`sudo scripts/setup.sh`")
     r = up()

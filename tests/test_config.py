@@ -7,8 +7,8 @@ from __future__ import annotations
 
 import pytest
 
-from lb import config
-from lb.config import ConfigError
+from lb.director import config
+from lb.director.config import ConfigError
 
 SOURCE = "config.toml"
 DIRECTOR = '[director]\ninterface = "eth0"\n'
@@ -466,7 +466,7 @@ def test_too_many_real_servers():
 
 def require_loopback_address() -> None:
     """The VIP check is tested with 127.0.0.1 on lo, which a fresh netns does not have."""
-    from lb import netif
+    from lb.director import netif
     lo = netif.interface("lo")
     if lo is None or "127.0.0.1" not in lo.addresses:
         pytest.skip("lo has no 127.0.0.1 in this network namespace")
@@ -479,12 +479,12 @@ def lo_config(vip: str, interface: str = "lo"):
 
 
 def test_system_check_passes_for_a_vip_the_director_does_not_own():
-    from lb import netif
+    from lb.director import netif
     assert netif.config_problems(lo_config("198.51.100.77")) == []
 
 
 def test_system_check_rejects_a_vip_equal_to_the_directors_address():
-    from lb import netif
+    from lb.director import netif
     require_loopback_address()
     problems = netif.config_problems(lo_config("127.0.0.1"))
     assert len(problems) == 1, problems
@@ -496,7 +496,7 @@ def test_system_check_rejects_a_vip_equal_to_the_directors_address():
 
 
 def test_system_check_rejects_a_missing_interface_and_lists_existing_ones():
-    from lb import netif
+    from lb.director import netif
     problems = netif.config_problems(lo_config("198.51.100.77", interface="drlb-nosuch0"))
     assert len(problems) == 1, problems
     problem = problems[0]

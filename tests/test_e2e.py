@@ -13,8 +13,8 @@ import time
 import pytest
 from pyroute2 import IPRoute
 
-from lb import control, netif
-from lb.demo import start_director, wait_ready
+from lb.director import instances, netif
+from lb.lab.demo import start_director, wait_ready
 from lb.lab import HTTP_PORT, PERSISTENT_PORT, UDP_PORT, VIP, Lab, python_cmd
 from tests.conftest import needs_netns
 
@@ -113,7 +113,7 @@ def test_replies_come_from_the_real_server_not_the_director(scene):
 
 def test_arp_for_vip_is_answered_by_the_director_only(scene):
     lab, _ = scene
-    answers = json.loads(lab.run("client", *python_cmd("lb.arp", "eth0", VIP, "1")).stdout)
+    answers = json.loads(lab.run("client", *python_cmd("lb.director.arp", "eth0", VIP, "1")).stdout)
     assert answers == [lab.macs["director"]], (
         f"ARP who-has {VIP} was answered by {answers}; only the director "
         f"({lab.macs['director']}) may answer")
@@ -181,7 +181,7 @@ def test_neighbour_change_reaches_the_data_plane_within_a_second(scene):
     def mac_in_maps() -> str:
         # In-process over the control socket: no interpreter start-up in the timing.
         with lab.inside("director"):
-            return reals_of(control.request("eth0", "status"), HTTP_PORT)[rs3.address]["mac"]
+            return reals_of(instances.request("eth0", "status"), HTTP_PORT)[rs3.address]["mac"]
 
     set_neighbour(lab, "director", rs3.address, moved, netif.NUD_REACHABLE)
     changed_at = time.monotonic()
@@ -223,7 +223,7 @@ def test_reload_changes_weights_and_adds_a_vip_without_dropping_connections(scen
         answers = collections.Counter(lab.curl(f"http://{VIP}:{HTTP_PORT}/") for _ in range(6))
         assert answers == {"rs2": 3, "rs3": 3}, f"rs1 was quiesced, yet: {dict(answers)}"
         assert lab.curl(f"http://{VIP2}:{HTTP_PORT}/") in ("rs2", "rs3")
-        arp = json.loads(lab.run("client", *python_cmd("lb.arp", "eth0", VIP2, "1")).stdout)
+        arp = json.loads(lab.run("client", *python_cmd("lb.director.arp", "eth0", VIP2, "1")).stdout)
         assert arp == [lab.macs["director"]], f"ARP for the added VIP: {arp}"
         out = flow.communicate(timeout=15)[0].split()
         assert len(out) == 8 and len(set(out)) == 1, \
@@ -264,8 +264,7 @@ def test_sigterm_detaches_and_leaves_nothing(scene):
     assert "detached" in out
     with lab.inside("director"):
         iface = netif.interface("eth0")
-        from lb import control
-        leftovers = [p for p in (control.socket_path("eth0"), control.state_path("eth0"))
+        leftovers = [p for p in (instances.socket_path("eth0"), instances.state_path("eth0"))
                      if p.exists()]
     assert iface.xdp_mode is None, f"an XDP program ({iface.xdp_mode}) is still attached"
     assert leftovers == [], f"left behind: {leftovers}"

@@ -1,4 +1,4 @@
-"""`dr-lb check --live` (lb.live_check) on the lab's director, against a running
+"""`dr-lb check --live` (lb.director.live_check) on the lab's director, against a running
 `dr-lb up` and against real servers broken the way the seeds broke them.
 
 Each test shows the symptom from the client or the director where there is one,
@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from lb.demo import launch_director
+from lb.lab.demo import launch_director
 from lb.lab import HOSTS, VIP, Lab
 from tests.test_realserver_common import (
     PY, RIP, arp_answers, codes, forget_state, ip, listen, needs_netns, one, py_rs, sysctl)
@@ -27,7 +27,7 @@ def require_dataplane() -> None:
     except ImportError:
         pytest.skip("bcc is missing (python3-bpfcc): `dr-lb up` cannot run; "
                     "run scripts/setup.sh")
-    from lb.dataplane import headers_problem
+    from lb.director.dataplane import headers_problem
     problem = headers_problem()
     if problem:
         pytest.skip(f"`dr-lb up` cannot compile: {problem}")
@@ -40,7 +40,7 @@ def start_director(lab: Lab, config: Path, *options: str) -> subprocess.Popen:
 
 
 def live(lab: Lab, config: Path) -> tuple[list[dict], int]:
-    r = lab.run("director", PY, "-m", "lb.live_check", str(config), "--json", check=False)
+    r = lab.run("director", PY, "-m", "lb", "check", "--live", str(config), "--json", check=False)
     assert r.returncode in (0, 1), r.stderr
     return json.loads(r.stdout)["findings"], r.returncode
 

@@ -238,7 +238,7 @@ def test_wrr_2_1_1_in_ipvs_order(lb):
         assert r.verdict == "XDP_TX"
         got.append(abi.mac_str(r.data[:6]))
     assert got == [RS1, RS1, RS2, RS3] * 3, "weights 2:1:1 must go rs1, rs1, rs2, rs3"
-    real_conns = [lb.dp.real_stats(r.real_id).conns for r in lb.tables.services[0].reals]
+    real_conns = [lb.dp.real_stats(r.real_id).conns for r in lb.layout.services[0].reals]
     assert real_conns == [6, 3, 3]
     assert lb.dp.service_stats(0).conns == 12
 
@@ -255,7 +255,7 @@ def test_counts_packets_and_ip_bytes(lb):
     data = tcp("PA", sport=44000, payload=b"x" * 100)
     run(lb, syn)
     run(lb, data)
-    stats = lb.dp.real_stats(lb.tables.services[0].reals[0].real_id)
+    stats = lb.dp.real_stats(lb.layout.services[0].reals[0].real_id)
     assert (stats.conns, stats.packets) == (1, 2)
     assert stats.bytes == (len(syn) - 14) + (len(data) - 14), "bytes are IP datagram bytes"
 
@@ -294,7 +294,7 @@ def test_weight_0_takes_no_new_connections_but_keeps_existing(lb):
     assert_sent_to(lb, tcp("A", sport=46000), RS1)
     quiesced = CONFIG.replace('address = "10.0.0.12"\nweight = 2',
                               'address = "10.0.0.12"\nweight = 0', 1)
-    from lb import config as config_mod
+    from lb.director import config as config_mod
     lb.reprogram(config_mod.parse(quiesced), dict(RS_MACS))
     for i in range(8):
         r = run(lb, tcp("S", sport=46100 + i))
@@ -443,7 +443,7 @@ def test_real_server_removed_from_config_gets_no_new_persistent_connections(lb):
     first = run(lb, tcp("S", sport=49200, dport=443))
     pinned = abi.mac_str(first.data[:6])
     pinned_ip = next(ip for ip, mac in RS_MACS.items() if mac == pinned)
-    from lb import config as config_mod
+    from lb.director import config as config_mod
     text = CONFIG
     persistent_part = text[text.index('port = 443'):]
     trimmed = persistent_part.replace(f'[[service.real_server]]\naddress = "{pinned_ip}"\n', "", 1)
@@ -463,7 +463,7 @@ def test_reprogramming_never_mixes_services_wrr_cycles(lb):
     services = lb.dp.map("services")
     before = {bytes(k): (v.seq_offset, v.seq_len) for k, v in services.items()}
     heavier = CONFIG.replace('address = "10.0.0.12"\nweight = 2', 'address = "10.0.0.12"\nweight = 5', 1)
-    from lb import config as config_mod
+    from lb.director import config as config_mod
     lb.reprogram(config_mod.parse(heavier), dict(RS_MACS))
     after = {bytes(k): (v.seq_offset, v.seq_len) for k, v in services.items()}
     for key, (offset, length) in before.items():
@@ -472,7 +472,7 @@ def test_reprogramming_never_mixes_services_wrr_cycles(lb):
         assert not old_slots & set(range(new_offset, new_offset + new_length)), \
             "the new cycle overwrote slots the old one was read from"
     first_slots = [seq[ct.c_uint32(offset)].value for offset, _ in after.values()]
-    assert first_slots.count(lb.tables.services[0].reals[0].real_id) >= 1
+    assert first_slots.count(lb.layout.services[0].reals[0].real_id) >= 1
 
 
 # ---- capacity (last: it fills the table) -------------------------------------------------
@@ -496,14 +496,14 @@ def test_conn_table_holds_a_million_connections_then_evicts_the_oldest(lb):
     slots = lb.dp.conn_table_slots
     for i in range(size):
         assert lb.dp.test_run(syn_from(i)).action == libbpf.XDP_TX, f"connection {i} not sent"
-    counts = lb.dp.conn_counts(lb.config)
+    counts = lb.dp.conn_counts()
     assert counts.entries == size, f"{size - counts.entries} of {size} connections were lost"
     assert lb.dp.test_run(syn_from(0)[:47] + b"\x10" + syn_from(0)[48:]).verdict == "XDP_TX", \
         "the oldest connection must still be there"
     extra = slots - size + 1000
     for i in range(size, size + extra):
         lb.dp.test_run(syn_from(i))
-    counts = lb.dp.conn_counts(lb.config)
+    counts = lb.dp.conn_counts()
     inserts = lb.dp.counters()["conn_table_insert"]
     assert inserts == size + extra
     assert inserts - counts.entries >= 1000, "a full table must evict, and the count shows it"

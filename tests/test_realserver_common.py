@@ -159,7 +159,7 @@ def one(findings: list[dict], code: str) -> dict:
 
 def arp_answers(lab: Lab, host: str, target: str, wait_s: float = 0.3) -> list[str]:
     """Every MAC that answers host's ARP who-has target."""
-    code = ("import json, sys; from lb.live_check import who_has; "
+    code = ("import json, sys; from lb.director.arp import who_has; "
             f"print(json.dumps(who_has('eth0', ['{target}'], {wait_s}, rounds=2)['{target}']))")
     return json.loads(lab.run(host, PY, "-c", code).stdout)
 

@@ -1,4 +1,4 @@
-"""Layer 1: the WRR sequence against IPVS's order, and the map layout built from it."""
+"""Layer 1: the WRR sequence against IPVS's order."""
 from __future__ import annotations
 
 import random
@@ -7,8 +7,7 @@ from math import gcd
 
 import pytest
 
-from lb import abi, config, tables
-from lb.scheduler import wrr_length, wrr_sequence
+from lb.director.scheduler import wrr_length, wrr_sequence
 
 
 @pytest.mark.parametrize("weights, expected", [
@@ -128,106 +127,3 @@ def test_wrr_length_is_the_length_of_the_sequence():
     for weights in [[], [0], [2, 1, 1], [4, 3, 2], [4, 2], [65535, 1]] + \
             [random_weights(rng) for _ in range(200)]:
         assert wrr_length(weights) == len(wrr_sequence(weights)), f"weights {weights}"
-
-
-# --- tables.build: what goes into the maps -----------------------------------------------
-
-MACS = {"192.168.0.12": "52:54:00:00:00:12", "192.168.0.13": "52:54:00:00:00:13",
-        "192.168.0.14": "52:54:00:00:00:14", "192.168.0.15": "52:54:00:00:00:15"}
-
-
-def make_config(*services: tuple[str, list[tuple[str, int]]]) -> config.Config:
-    """services: (header lines, [(address, weight), ...]) each."""
-    text = '[director]\ninterface = "eth0"\n'
-    for header, reals in services:
-        text += f"[[service]]\n{header}\n"
-        for address, weight in reals:
-            text += f'[[service.real_server]]\naddress = "{address}"\nweight = {weight}\n'
-    return config.parse(text, source="config.toml")
-
-
-SEED_SERVICE = ('vip = "192.168.0.21"\nport = 80',
-                [("192.168.0.12", 2), ("192.168.0.13", 1), ("192.168.0.14", 1)])
-
-
-def addresses(entry: tables.ServiceEntry) -> list[str]:
-    by_id = {r.real_id: r.server.address for r in entry.reals}
-    return [by_id[i] for i in entry.sequence]
-
-
-def test_build_seed_service():
-    t = tables.build(make_config(SEED_SERVICE), MACS)
-    (svc,) = t.services
-    assert addresses(svc) == ["192.168.0.12", "192.168.0.12", "192.168.0.13", "192.168.0.14"]
-    assert [r.real_id for r in svc.reals] == [0, 1, 2]
-    assert all(r.flags == abi.REAL_F_MAC_KNOWN | abi.REAL_F_SCHEDULABLE for r in svc.reals)
-    assert t.vips == ("192.168.0.21",)
-
-
-def test_server_with_unknown_mac_is_left_out_and_never_chosen():
-    macs = dict(MACS, **{"192.168.0.13": None})
-    (svc,) = tables.build(make_config(SEED_SERVICE), macs).services
-    assert "192.168.0.13" not in addresses(svc), \
-        f"a server without a MAC must not be in the sequence: {addresses(svc)}"
-    assert addresses(svc) == ["192.168.0.12", "192.168.0.12", "192.168.0.14"]
-    unknown = next(r for r in svc.reals if r.server.address == "192.168.0.13")
-    assert unknown.mac is None and unknown.flags == 0, "unknown MAC must leave the flags clear"
-
-
-def test_missing_from_the_neighbour_table_counts_as_unknown():
-    macs = {k: v for k, v in MACS.items() if k != "192.168.0.14"}
-    (svc,) = tables.build(make_config(SEED_SERVICE), macs).services
-    assert addresses(svc) == ["192.168.0.12", "192.168.0.12", "192.168.0.13"]
-
-
-def test_mac_from_the_config_wins_over_the_neighbour_table():
-    cfg = config.parse('[director]\ninterface = "eth0"\n[[service]]\nvip = "192.168.0.21"\n'
-                       'port = 80\n[[service.real_server]]\naddress = "192.168.0.12"\n'
-                       'mac = "02:00:00:00:00:12"\n', source="config.toml")
-    (svc,) = tables.build(cfg, {}).services
-    assert svc.reals[0].mac == "02:00:00:00:00:12"
-    assert addresses(svc) == ["192.168.0.12"]
-
-
-def test_weight_0_is_left_out_but_keeps_its_mac():
-    cfg = make_config(('vip = "192.168.0.21"\nport = 80',
-                       [("192.168.0.12", 2), ("192.168.0.13", 0), ("192.168.0.14", 1)]))
-    (svc,) = tables.build(cfg, MACS).services
-    assert addresses(svc) == ["192.168.0.12", "192.168.0.12", "192.168.0.14"]
-    quiesced = svc.reals[1]
-    assert quiesced.flags == abi.REAL_F_MAC_KNOWN, \
-        "a weight-0 server keeps its MAC (existing connections go on) but is not schedulable"
-
-
-def test_all_unknown_gives_an_empty_sequence():
-    (svc,) = tables.build(make_config(SEED_SERVICE), {}).services
-    assert svc.sequence == ()
-
-
-def test_rr_treats_every_positive_weight_as_1():
-    cfg = make_config(('vip = "192.168.0.21"\nport = 80\nscheduler = "rr"',
-                       [("192.168.0.12", 5), ("192.168.0.13", 0), ("192.168.0.14", 1),
-                        ("192.168.0.15", 300)]))
-    (svc,) = tables.build(cfg, MACS).services
-    assert addresses(svc) == ["192.168.0.12", "192.168.0.14", "192.168.0.15"], \
-        "rr must give each live server one turn, and none to weight 0"
-
-
-def test_offsets_and_ids_are_stable_when_a_mac_disappears():
-    cfg = make_config(
-        SEED_SERVICE,
-        ('vip = "192.168.0.21"\nport = 443', [("192.168.0.12", 3), ("192.168.0.15", 1)]),
-        ('vip = "192.168.0.22"\nport = 53\nprotocol = "udp"',
-         [("192.168.0.13", 1), ("192.168.0.14", 1)]),
-    )
-    full = tables.build(cfg, MACS)
-    for gone in MACS:
-        partial = tables.build(cfg, dict(MACS, **{gone: None}))
-        assert [s.seq_offset for s in partial.services] == \
-            [s.seq_offset for s in full.services], f"offsets moved when {gone} lost its MAC"
-        assert [r.real_id for r in partial.reals] == [r.real_id for r in full.reals]
-    # Each service's slice is sized for its full cycle, so slices never overlap.
-    ends = [s.seq_offset + len(s.sequence) for s in full.services]
-    assert [s.seq_offset for s in full.services] == [0, 4, 8]
-    assert ends == [4, 8, 10]
-    assert [r.real_id for r in full.reals] == list(range(7)), "real ids must be dense"

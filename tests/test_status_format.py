@@ -7,7 +7,8 @@ from types import SimpleNamespace
 
 import pytest
 
-from lb import abi, config, status, tables
+from lb import abi
+from lb.director import config, layout, status
 
 VIP = "192.168.0.21"
 
@@ -168,9 +169,9 @@ def test_collect_gives_what_format_table_reads():
                        '[[service.real_server]]\naddress = "192.168.0.12"\nweight = 2\n'
                        '[[service.real_server]]\naddress = "192.168.0.13"\n',
                        source="config.toml")
-    t = tables.build(cfg, {"192.168.0.12": "52:54:00:00:00:12"})
+    t = layout.build(cfg, {"192.168.0.12": "52:54:00:00:00:12"}, "02:00:00:00:00:0b")
     fake = SimpleNamespace(
-        conn_counts=lambda _cfg: SimpleNamespace(per_real={0: (3, 4)}, entries=7),
+        conn_counts=lambda: SimpleNamespace(per_real={0: (3, 4)}, entries=7),
         counters=lambda: dict(dict.fromkeys(abi.COUNTERS, 0), conn_table_insert=7),
         service_stats=lambda _i: SimpleNamespace(conns=7, packets=70, bytes=7000),
         real_stats=lambda i: SimpleNamespace(conns=7 - i * 7, packets=70 - i * 70,

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from lb import abi
-from lb.scheduler import wrr_length
+from lb.director.scheduler import wrr_length
 
 PROTOCOLS = ("tcp", "udp")
 SCHEDULERS = ("wrr", "rr")
@@ -91,6 +91,22 @@ class Config:
     @property
     def vips(self) -> list[str]:
         return sorted({s.vip for s in self.services}, key=ipaddress.IPv4Address)
+
+
+def limit_problems(n_services: int, n_reals: int, seq_slots: int) -> list[str]:
+    """Every size limit of the maps, checked here only (validation and reload)."""
+    problems = []
+    if n_services > abi.CONST["MAX_SERVICES"]:
+        problems.append(f"{n_services} services; at most {abi.CONST['MAX_SERVICES']} "
+                        "are supported")
+    if n_reals > abi.CONST["MAX_REALS"]:
+        problems.append(f"{n_reals} real servers in all; at most {abi.CONST['MAX_REALS']} "
+                        "are supported")
+    if seq_slots > abi.SEQ_HALF:
+        problems.append(f"the weights need a round-robin sequence of {seq_slots} slots, "
+                        f"more than {abi.SEQ_HALF}; use smaller weights with the same "
+                        "ratio (e.g. 2:1 instead of 2000:1000)")
+    return problems
 
 
 def load(path: str | Path) -> Config:
@@ -231,19 +247,10 @@ def from_dict(data: dict, source: str = "config") -> Config:
         seen_services[key] = n
         services.append(svc)
 
-    if len(services) > abi.CONST["MAX_SERVICES"]:
-        c.fail("", f"{len(services)} services; at most {abi.CONST['MAX_SERVICES']} are supported")
-    total_reals = sum(len(s.real_servers) for s in services)
-    if total_reals > abi.CONST["MAX_REALS"]:
-        c.fail("", f"{total_reals} real servers in all; at most {abi.CONST['MAX_REALS']} "
-                   "are supported")
-    seq_total = sum(wrr_length(s.scheduling_weights()) for s in services)
-    # wrr_seq holds the running cycles and the next ones (lb/dataplane.py): half each.
-    seq_room = abi.CONST["WRR_SEQ_CAPACITY"] // 2
-    if seq_total > seq_room:
-        c.fail("", f"the weights need a round-robin sequence of {seq_total} slots, more "
-                   f"than {seq_room}; use smaller weights with the "
-                   "same ratio (e.g. 2:1 instead of 2000:1000)")
+    for problem in limit_problems(
+            len(services), sum(len(s.real_servers) for s in services),
+            sum(wrr_length(s.scheduling_weights()) for s in services)):
+        c.fail("", problem)
 
     if c.problems:
         raise ConfigError(c.problems)

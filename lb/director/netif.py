@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 from pyroute2 import IPRoute
 
-from lb.config import Config
+from lb.director.config import Config
 
 # pyroute2 names IFLA_XDP_ATTACHED values as ip-link does; dr-lb uses its config words.
 XDP_ATTACHED = {"xdp": "native", "xdpgeneric": "generic", "xdpoffload": "offload",

@@ -13,10 +13,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from lb import abi, libbpf
-from lb.config import Config
+from lb.director.layout import Layout
 from lb.errors import UserError
-from lb.tables import Tables
-
 
 
 def _import_bcc():
@@ -41,15 +39,29 @@ def headers_problem() -> str | None:
             "/usr/src/linux-headers-<ver>-amd64 and -common")
 
 
-# wrr_seq is written in two halves, so that a service never points at a half-written
-# cycle (lb/config.py limits a config to one half).
-SEQ_HALF = abi.CONST["WRR_SEQ_CAPACITY"] // 2
 CLOCK_MONOTONIC_COARSE = 6   # <linux/time.h>; Python's time module does not name it
 
 
 def monotonic_coarse_ns() -> int:
     """The clock bpf_ktime_get_coarse_ns() reads."""
     return time.clock_gettime_ns(getattr(time, "CLOCK_MONOTONIC_COARSE", CLOCK_MONOTONIC_COARSE))
+
+
+def _fill(obj, value):
+    """A ctypes key or leaf from an int or a {field: value} of the C struct's fields."""
+    if not isinstance(value, dict):
+        obj.value = value
+        return obj
+    for name, v in value.items():
+        if isinstance(v, bytes):
+            ct.memmove(getattr(obj, name), v, len(v))
+        elif isinstance(v, list):
+            array = getattr(obj, name)
+            for i, item in enumerate(v):
+                array[i] = item
+        else:
+            setattr(obj, name, v)
+    return obj
 
 
 @dataclass
@@ -84,8 +96,6 @@ class Dataplane:
         except Exception as e:  # bcc raises bare Exception
             raise UserError(f"the XDP program did not compile or load: {e}") from None
         self.conn_table_size = conn_table_size
-        self._seq_half = 0                      # the half of wrr_seq services point at
-        self._written_reals: dict[int, tuple[str | None, str]] = {}
         self.attached: tuple[int, str] | None = None   # (ifindex, mode)
 
     @property
@@ -122,87 +132,32 @@ class Dataplane:
                     raise
 
     # ---- programming the maps ----------------------------------------------------------
-    def program(self, config: Config, tables: Tables, interface_mac: str) -> None:
-        """Make the maps say what `tables` says (services, VIPs, reals, WRR, settings).
+    def write(self, layout: Layout) -> None:
+        """Make the maps hold what `layout` says.
 
         Packets keep flowing meanwhile, so the order matters: the WRR cycles go to the
         half of wrr_seq that no service points at, and only then do the services switch
         to them (each services entry changes atomically).
         """
-        self._write_settings(config, interface_mac)
-        for r in tables.reals:
-            self._write_real(r.real_id, r.mac, r.flags, r.server.address)
-        for real_id in set(self._written_reals) - {r.real_id for r in tables.reals}:
-            # Dropped from the config: its connections go on (as IPVS lets them), but no
-            # persistence template may send it new ones.
-            mac, address = self._written_reals[real_id]
-            self._write_real(real_id, mac, abi.REAL_F_MAC_KNOWN if mac else 0, address)
-        half = 1 - self._seq_half
-        base = half * SEQ_HALF
-        seq = self.map("wrr_seq")
-        for s in tables.services:
-            for i, real_id in enumerate(s.sequence):
-                seq[ct.c_uint32(base + s.seq_offset + i)] = ct.c_uint32(real_id)
-        services = self.map("services")
+        self._put("settings", [(0, layout.settings_row())])
+        self._put("reals", layout.real_rows())
+        self._put("wrr_seq", layout.wrr_rows())
+        self._put("services", layout.service_rows(), prune=True)
+        self._put("vips", layout.vip_rows(), prune=True)
+
+    def _put(self, name: str, rows, prune: bool = False) -> None:
+        """Write (key, value) rows, keys and values given as ints or {field: value};
+        with prune, delete every other key."""
+        table = self.map(name)
         wanted = set()
-        for s in tables.services:
-            key = self._svc_key(s.service.vip, s.service.port, s.service.protocol)
-            leaf = services.Leaf()
-            leaf.id = s.svc_id
-            leaf.seq_offset = base + s.seq_offset
-            leaf.seq_len = len(s.sequence)
-            leaf.persist_timeout_s = s.service.persistent
-            leaf.persist_mask = abi.ip_be32(s.service.persistent_netmask)
-            services[key] = leaf
-            wanted.add(bytes(key))
-        for key in list(services.keys()):
-            if bytes(key) not in wanted:
-                del services[key]
-        vips = self.map("vips")
-        counts: dict[str, int] = {}
-        for s in tables.services:
-            counts[s.service.vip] = counts.get(s.service.vip, 0) + 1
-        for vip, n in counts.items():
-            leaf = vips.Leaf()
-            leaf.services = n
-            vips[vips.Key(abi.ip_be32(vip))] = leaf
-        for key in list(vips.keys()):
-            if abi.be32_ip(key.value) not in counts:
-                del vips[key]
-        self._seq_half = half
-
-    def _write_real(self, real_id: int, mac: str | None, flags: int, address: str) -> None:
-        reals = self.map("reals")
-        leaf = reals.Leaf()
-        if mac:
-            ct.memmove(leaf.mac, abi.mac_bytes(mac), 6)
-        leaf.flags = flags
-        leaf.addr = abi.ip_be32(address)
-        reals[ct.c_uint32(real_id)] = leaf
-        self._written_reals[real_id] = (mac, address)
-
-    def _svc_key(self, vip: str, port: int, protocol: str):
-        key = self.map("services").Key()
-        key.vip = abi.ip_be32(vip)
-        key.port = abi.port_be16(port)
-        key.proto = abi.IPPROTO[protocol]
-        return key
-
-    def _write_settings(self, config: Config, interface_mac: str) -> None:
-        settings = self.map("settings")
-        leaf = settings.Leaf()
-        ct.memmove(leaf.mac, abi.mac_bytes(interface_mac), 6)
-        leaf.flags = abi.SETTINGS_F_ICMP_ECHO if config.director.icmp_echo else 0
-        seconds = {
-            abi.STATE["SYN_RECV"]: abi.CONST["SYN_RECV_TIMEOUT_S"],
-            abi.STATE["ESTABLISHED"]: config.timeouts.tcp,
-            abi.STATE["FIN_WAIT"]: config.timeouts.tcpfin,
-            abi.STATE["CLOSE"]: abi.CONST["CLOSE_TIMEOUT_S"],
-            abi.STATE["UDP"]: config.timeouts.udp,
-        }
-        for state, s in seconds.items():
-            leaf.timeout_ns[state] = s * 1_000_000_000
-        settings[ct.c_uint32(0)] = leaf
+        for key, value in rows:
+            k, v = _fill(table.Key(), key), _fill(table.Leaf(), value)
+            table[k] = v
+            wanted.add(bytes(k))
+        if prune:
+            for k in list(table.keys()):
+                if bytes(k) not in wanted:
+                    del table[k]
 
     def clear_state(self) -> None:
         """Forget connections, persistence and counters (tests start from zero)."""
@@ -237,7 +192,7 @@ class Dataplane:
         except Exception:   # bcc raises bare Exception when batch ops are unsupported
             return list(table.items())
 
-    def conn_counts(self, config: Config) -> ConnCounts:
+    def conn_counts(self) -> ConnCounts:
         """(active, inactive) per real_id among live entries, as ipvsadm counts them
         (ESTABLISHED is active, every other live state inactive), and the number of
         entries the table holds, expired ones included."""

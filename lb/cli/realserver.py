@@ -7,7 +7,7 @@ import sys
 import click
 
 from lb import realserver
-from lb.cli_types import IPV4
+from lb.cli.types import IPV4
 from lb.errors import UserError
 
 ROOT_OPTION = click.option("--root", default="/", hidden=True,

@@ -14,7 +14,6 @@ import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 from pyroute2 import IPRoute, NetNS, netns
 
@@ -202,7 +201,7 @@ class Lab:
         """On every real server: HTTP on the service ports answering with the host's
         name, and a UDP responder on the VIP."""
         for h in self.real_servers:
-            self.popen(h.name, *python_cmd("lb.lab", "serve", h.name, VIP,
+            self.popen(h.name, *python_cmd("lb.lab.servers", h.name, VIP,
                                            str(HTTP_PORT), str(PERSISTENT_PORT),
                                            str(UDP_PORT)),
                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -248,39 +247,3 @@ class Lab:
         r = self.run("client", "curl", "-sS", "--max-time", str(timeout), url,
                      timeout=timeout + 5)
         return r.stdout.strip()
-
-
-# ---- the tiny servers that run on the real servers -------------------------------------
-
-def serve(name: str, vip: str, http_ports: list[int], udp_port: int) -> None:
-    import socket
-    import threading
-
-    class Handler(BaseHTTPRequestHandler):
-        def do_GET(self):  # noqa: N802 (http.server's naming)
-            body = f"{name}\n".encode()
-            self.send_response(200)
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-
-        def log_message(self, *args):
-            pass
-
-    for port in http_ports:
-        server = ThreadingHTTPServer(("", port), Handler)
-        threading.Thread(target=server.serve_forever, daemon=True).start()
-    # Bound to the VIP so that replies leave with the VIP as source (DR needs that).
-    udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    udp.bind((vip, udp_port))
-    while True:
-        data, peer = udp.recvfrom(2048)
-        udp.sendto(f"{name} ".encode() + data, peer)
-
-
-if __name__ == "__main__":
-    if len(sys.argv) >= 5 and sys.argv[1] == "serve":
-        ports = [int(p) for p in sys.argv[4:]]
-        serve(sys.argv[2], sys.argv[3], ports[:-1], ports[-1])
-    else:
-        sys.exit("usage: python -m lb.lab serve NAME VIP HTTP_PORT... UDP_PORT")

@@ -1,6 +1,7 @@
-"""How `status` and `down` reach a running `up`: a Unix socket and a state file.
+"""The running instances: how `status`, `reload` and `down` find and reach a running
+`up` (a Unix socket and a state file), and how `down` and `up --replace` stop one.
 
-Both live under /run/dr-lb, named by network namespace and interface. /run is shared
+Both files live under /run/dr-lb, named by network namespace and interface. /run is shared
 by every `ip netns exec`, while /sys/fs/bpf is not (KERNEL-NOTES), so a separate
 `ip netns exec NS dr-lb status` finds the instance that another one started.
 """
@@ -8,14 +9,18 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import socket
 import socketserver
 import threading
+import time
 from pathlib import Path
 from typing import Callable
 
+from lb import abi, libbpf
+from lb.director import netif
+from lb.director.netif import netns_id
 from lb.errors import UserError
-from lb.netif import netns_id
 
 RUN_DIR = Path(os.environ.get("DR_LB_RUN_DIR", "/run/dr-lb"))
 
@@ -44,6 +49,11 @@ def instances() -> list[dict]:
     return out
 
 
+def find(interface: str) -> dict | None:
+    """The state file of the instance on `interface`, if one runs here."""
+    return next((s for s in instances() if s.get("interface") == interface), None)
+
+
 def write_state(interface: str, state: dict) -> None:
     RUN_DIR.mkdir(parents=True, exist_ok=True)
     tmp = state_path(interface).with_suffix(".tmp")
@@ -56,13 +66,22 @@ def remove_state(interface: str) -> None:
         p.unlink(missing_ok=True)
 
 
-def pick_interface(interface: str | None) -> str:
+def require_root() -> None:
+    if os.geteuid() != 0:
+        raise UserError("this needs root: run it with sudo")
+
+
+NOT_RUNNING = ("dr-lb is not running in this network namespace (start it with "
+               "`sudo dr-lb up CONFIG`)")
+
+
+def pick_interface(interface: str | None, not_running: str = NOT_RUNNING) -> str:
+    """The instance a command means: the one given, or the only one running here."""
     if interface:
         return interface
     running = instances()
     if not running:
-        raise UserError("dr-lb is not running in this network namespace (start it with "
-                        "`sudo dr-lb up CONFIG`)")
+        raise UserError(not_running)
     if len(running) > 1:
         names = ", ".join(s["interface"] for s in running)
         raise UserError(f"several instances run here ({names}); choose one with --interface")
@@ -133,3 +152,87 @@ def request(interface: str | None, cmd: str, timeout: float = 30) -> dict:
     if "error" in reply:
         raise UserError(f"the running instance says: {reply['error']}")
     return reply
+
+
+# ---- stopping an instance ---------------------------------------------------------------
+
+def detach_any(iface: netif.Interface) -> None:
+    """Remove whatever XDP program is on the interface (a leftover, or --replace)."""
+    modes = ["native", "generic"] if iface.xdp_mode == "multi" else [iface.xdp_mode]
+    for mode in modes:
+        libbpf.xdp_detach(iface.index, mode)
+
+
+def stop_instance(state: dict) -> str | None:
+    """SIGTERM a running `up` recorded in `state` and wait for it; what was done."""
+    pid = state["pid"]
+    if not _is_dr_lb(pid):
+        return None
+    os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + 10
+    while _alive(pid) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    if _alive(pid):
+        raise UserError(f"dr-lb (pid {pid}) did not stop within 10 s")
+    return f"stopped dr-lb (pid {pid}) on {state['interface']}"
+
+
+def take_over(interface: str) -> list[str]:
+    """--replace: stop the instance that owns the interface, clear what is left."""
+    done = []
+    state = find(interface)
+    if state:
+        stopped = stop_instance(state)
+        done += [stopped] if stopped else []
+        remove_state(interface)
+    iface = netif.interface(interface)
+    if iface and iface.xdp_mode:
+        detach_any(iface)
+        done.append(f"removed the XDP program that was on {interface} (id "
+                    f"{iface.xdp_prog_id}, {iface.xdp_mode})")
+    return done
+
+
+def down(interface: str | None) -> list[str]:
+    interface = pick_interface(interface, "dr-lb is not running in this network namespace; "
+                                          "to remove a leftover XDP program give --interface")
+    done = []
+    state = find(interface)
+    if state:
+        stopped = stop_instance(state)
+        done += [stopped] if stopped else []
+    iface = netif.interface(interface)
+    if iface is None:
+        raise UserError(f"interface {interface} does not exist")
+    if iface.xdp_mode:
+        owner = libbpf.prog_name(iface.xdp_prog_id)
+        if owner != abi.PROGRAM_NAME:
+            raise UserError(f"the XDP program on {interface} (id {iface.xdp_prog_id}, named "
+                            f"{owner!r}) is not dr-lb's; leaving it. To remove it anyway: "
+                            f"`ip link set dev {interface} xdp off`")
+        detach_any(iface)
+        done.append(f"removed a leftover XDP program (id {iface.xdp_prog_id}, "
+                    f"{iface.xdp_mode}) from {interface}")
+    if state:
+        remove_state(interface)
+    return done or [f"nothing to do: no dr-lb and no XDP program on {interface}"]
+
+
+def _is_dr_lb(pid: int) -> bool:
+    """The pid runs `dr-lb up` (and not some process that got a recycled pid)."""
+    if not _alive(pid):
+        return False
+    try:
+        argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    except OSError:
+        return False
+    return b"up" in argv and any(a.endswith(b"dr-lb") or a == b"lb" for a in argv)
+
+
+def _alive(pid: int) -> bool:
+    """True while the process runs (a zombie waiting for its parent has stopped)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"

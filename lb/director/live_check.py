@@ -15,29 +15,24 @@
   says the VIP is not on the real server (or a firewall drops it). The director resets
   the half-open connection at once.
 
-`live_findings(cfg)` returns lb.findings.Finding objects; `python -m lb.live_check CONFIG
-[--json]` runs it without the CLI.
+`live_findings(cfg)` returns lb.findings.Finding objects; `dr-lb check --live` prints them.
 """
 from __future__ import annotations
 
 import ipaddress
 import os
 import random
-import socket
-import struct
-import sys
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
 from lb import findings, libbpf
 from lb.abi import mac_bytes
-from lb.arp import ETH_P_IP, PACKET_OUTGOING, arp_request, parse_arp_reply, source_for, who_has
-from lb.netif import Interface, interface
-from lb.config import Config
+from lb.director.arp import source_for, who_has
+from lb.director.config import Config
+from lb.director.netif import Interface, interface
 from lb.findings import Finding, Template
-
-TCP_SYN, TCP_RST, TCP_ACK = 0x02, 0x04, 0x10
+from lb.frames import (ETH_P_IP, TCP_ACK, TCP_RST, TCP_SYN, arp_request, exchange,
+                       parse_arp_reply, parse_tcp, tcp_frame)
 
 TEMPLATES: dict[str, Template] = {
     "interface-missing": Template(
@@ -148,43 +143,6 @@ def xdp_arp_answer(iface: Interface, vip: str) -> str | None:
 
 # ---- the DR-path SYN probe -------------------------------------------------------------------
 
-def _checksum(data: bytes) -> int:
-    if len(data) % 2:
-        data += b"\x00"
-    total = sum(struct.unpack(f"!{len(data) // 2}H", data))
-    while total >> 16:
-        total = (total & 0xFFFF) + (total >> 16)
-    return ~total & 0xFFFF
-
-
-def tcp_frame(src_mac: str, dst_mac: str, src_ip: str, dst_ip: str, sport: int, dport: int,
-              seq: int, flags: int, ack: int = 0, ttl: int = 64) -> bytes:
-    options = struct.pack("!BBH", 2, 4, 1460) if flags & TCP_SYN else b""
-    offset = (20 + len(options)) // 4
-    tcp = struct.pack("!HHIIBBHHH", sport, dport, seq, ack, offset << 4, flags,
-                      64240 if flags & TCP_SYN else 0, 0, 0) + options
-    src, dst = socket.inet_aton(src_ip), socket.inet_aton(dst_ip)
-    pseudo = src + dst + struct.pack("!BBH", 0, socket.IPPROTO_TCP, len(tcp))
-    tcp = tcp[:16] + struct.pack("!H", _checksum(pseudo + tcp)) + tcp[18:]
-    ip = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(tcp), random.randint(0, 0xFFFF),
-                     0x4000, ttl, socket.IPPROTO_TCP, 0, src, dst)
-    ip = ip[:10] + struct.pack("!H", _checksum(ip)) + ip[12:]
-    return mac_bytes(dst_mac) + mac_bytes(src_mac) + struct.pack("!H", ETH_P_IP) + ip + tcp
-
-
-def parse_tcp(frame: bytes):
-    """(src ip, dst ip, sport, dport, seq, ack, flags) of a TCP/IPv4 frame, else None."""
-    if len(frame) < 34 or frame[12:14] != b"\x08\x00" or frame[23] != socket.IPPROTO_TCP:
-        return None
-    ihl = (frame[14] & 0x0F) * 4
-    t = 14 + ihl
-    if len(frame) < t + 14:
-        return None
-    sport, dport, seq, ack = struct.unpack("!HHII", frame[t:t + 12])
-    return (socket.inet_ntoa(frame[26:30]), socket.inet_ntoa(frame[30:34]), sport, dport,
-            seq, ack, frame[t + 13])
-
-
 @dataclass(frozen=True)
 class Probe:
     rip: str
@@ -205,40 +163,29 @@ def syn_probe(iface: Interface, probes: list[Probe], wait_s: float = 0.7,
     base = random.randint(20000, 60000 - len(probes))
     sports = {base + i: p for i, p in enumerate(probes)}
     seqs = {p: random.randint(0, 2**32 - 1) for p in probes}
-    with socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(ETH_P_IP)) as s:
-        s.bind((iface.name, 0))
-        for _ in range(rounds):
-            pending = [(sp, p) for sp, p in sports.items() if result[p] == "silent"]
-            if not pending:
-                break
-            for sport, p in pending:
-                src = source_for(iface, p.rip)
-                s.send(tcp_frame(iface.mac, p.mac, src, p.vip, sport, p.port, seqs[p],
-                                 TCP_SYN, ttl=1))
-            deadline = time.monotonic() + wait_s
-            while (left := deadline - time.monotonic()) > 0 and \
-                    any(v == "silent" for v in result.values()):
-                s.settimeout(left)
-                try:
-                    frame, addr = s.recvfrom(4096)
-                except socket.timeout:
-                    break
-                if addr[2] == PACKET_OUTGOING:
-                    continue
-                t = parse_tcp(frame)
-                if not t or t[3] not in sports:
-                    continue
-                p = sports[t[3]]
-                src_ip, dst_ip, sport, dport, seq, ack, flags = t
-                if src_ip != p.vip or sport != p.port or result[p] != "silent" \
-                        or frame[6:12] != mac_bytes(p.mac):
-                    continue
-                if flags & TCP_SYN and flags & TCP_ACK:
-                    result[p] = "open"
-                    s.send(tcp_frame(iface.mac, p.mac, dst_ip, p.vip, dport, p.port, ack,
-                                     TCP_RST))
-                elif flags & TCP_RST:
-                    result[p] = "refused"
+
+    def pending() -> list[bytes]:
+        return [tcp_frame(iface.mac, p.mac, source_for(iface, p.rip), p.vip, sport, p.port,
+                          seqs[p], TCP_SYN, ttl=1)
+                for sport, p in sports.items() if result[p] == "silent"]
+
+    def receive(frame: bytes, send) -> None:
+        t = parse_tcp(frame)
+        if not t or t[3] not in sports:
+            return
+        p = sports[t[3]]
+        src_ip, dst_ip, sport, dport, seq, ack, flags = t
+        if src_ip != p.vip or sport != p.port or result[p] != "silent" \
+                or frame[6:12] != mac_bytes(p.mac):
+            return
+        if flags & TCP_SYN and flags & TCP_ACK:
+            result[p] = "open"
+            send(tcp_frame(iface.mac, p.mac, dst_ip, p.vip, dport, p.port, ack, TCP_RST))
+        elif flags & TCP_RST:
+            result[p] = "refused"
+
+    exchange(iface.name, ETH_P_IP, pending, receive, wait_s, rounds,
+             done=lambda: all(v != "silent" for v in result.values()))
     return result
 
 
@@ -353,8 +300,3 @@ def report(cfg: Config, config_path: str = "CONFIG", as_json: bool = False) -> i
           flush=True)
     return 1 if findings.has_errors(found) else 0
 
-
-if __name__ == "__main__":
-    # The same as `dr-lb check --live CONFIG [--json]`, with its error handling.
-    from lb.cli import main
-    main(["check", "--live", *sys.argv[1:]])

@@ -2,16 +2,16 @@
 from __future__ import annotations
 
 from lb import abi
-from lb.config import Config
-from lb.tables import Tables
+from lb.director.config import Config
+from lb.director.layout import Layout
 
 
-def collect(config: Config, tables: Tables, dataplane, interface: str, xdp_mode: str) -> dict:
+def collect(config: Config, layout: Layout, dataplane, interface: str, xdp_mode: str) -> dict:
     """The status document (the `--json` output) read from the live maps."""
-    conns = dataplane.conn_counts(config)
+    conns = dataplane.conn_counts()
     counters = dataplane.counters()
     services = []
-    for s in tables.services:
+    for s in layout.services:
         st = dataplane.service_stats(s.svc_id)
         reals = []
         for r in s.reals:

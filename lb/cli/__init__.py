@@ -7,8 +7,8 @@ import sys
 import click
 from pyroute2.netlink.exceptions import NetlinkError
 
-from lb import config as config_mod
-from lb.cli_realserver import realserver_group
+from lb.cli.realserver import realserver_group
+from lb.director import config as config_mod
 from lb.errors import UserError
 
 
@@ -47,7 +47,7 @@ def main() -> None:
 def load_config(path: str, system: bool = True) -> config_mod.Config:
     cfg = config_mod.load(path)
     if system:
-        from lb import netif
+        from lb.director import netif
         problems = netif.config_problems(cfg)
         if problems:
             raise config_mod.ConfigError(problems)
@@ -60,10 +60,10 @@ def load_config(path: str, system: bool = True) -> config_mod.Config:
               help="Take over the interface even if an XDP program is attached.")
 def up(config_file: str, replace: bool) -> None:
     """Validate CONFIG, attach XDP and balance until SIGINT/SIGTERM."""
-    from lb import director
-    director.require_root()
+    from lb.director import daemon, instances
+    instances.require_root()
     cfg = load_config(config_file)
-    director.run(cfg, config_path=config_file, replace=replace)
+    daemon.run(cfg, config_path=config_file, replace=replace)
 
 
 @main.command()
@@ -71,8 +71,8 @@ def up(config_file: str, replace: bool) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 def status(interface: str | None, as_json: bool) -> None:
     """Show the running instance like `ipvsadm -Ln --stats`."""
-    from lb import control, status as status_mod
-    data = control.request(interface, "status")
+    from lb.director import instances, status as status_mod
+    data = instances.request(interface, "status")
     if as_json:
         click.echo(json.dumps(data, indent=2))
     else:
@@ -83,8 +83,8 @@ def status(interface: str | None, as_json: bool) -> None:
 @click.option("--interface", "-i", help="The instance's interface (needed if several run).")
 def reload(interface: str | None) -> None:
     """Re-read the running instance's config; connections stay (also on SIGHUP)."""
-    from lb import control
-    result = control.request(interface, "reload")
+    from lb.director import instances
+    result = instances.request(interface, "reload")
     if not result["ok"]:
         for problem in result["problems"]:
             click.echo(f"dr-lb: reload refused: {problem}", err=True)
@@ -96,9 +96,9 @@ def reload(interface: str | None) -> None:
 @click.option("--interface", "-i", help="The instance's interface (needed if several run).")
 def down(interface: str | None) -> None:
     """Stop the running instance, or remove a leftover XDP program."""
-    from lb import director
-    director.require_root()
-    for line in director.down(interface):
+    from lb.director import instances
+    instances.require_root()
+    for line in instances.down(interface):
         click.echo(line)
 
 
@@ -121,7 +121,7 @@ def check(config_file: str, offline: bool, live: bool, as_json: bool) -> None:
         click.echo(f"{config_file}: OK: {len(cfg.services)} service(s), {n_reals} real "
                    f"server(s) on {cfg.director.interface}")
     if live:
-        from lb import live_check
+        from lb.director import live_check
         sys.exit(live_check.report(cfg, config_file, as_json=as_json))
     if as_json:
         click.echo(json.dumps({"config": config_file, "ok": True,
@@ -140,8 +140,9 @@ def lab() -> None:
 @click.option("--requests", "-n", default=12, show_default=True)
 def demo(xdp_mode: str, requests: int) -> None:
     """Build the lab, balance 12 curl requests 2:1:1, show status, tear down."""
-    from lb import director, demo as demo_mod
-    director.require_root()
+    from lb.director import instances
+    from lb.lab import demo as demo_mod
+    instances.require_root()
     sys.exit(demo_mod.run(xdp_mode=xdp_mode, requests=requests))
 
 

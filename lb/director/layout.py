@@ -1,0 +1,162 @@
+"""The one road from the config to the maps: what every map should hold, in plain Python.
+
+`build()` takes the config, the real servers' MACs and the director's MAC, and returns
+the complete contents of every map the control plane writes: settings (with the
+timeouts), services, VIPs, real servers with their flags (removed ones included), and
+the WRR cycles with their placement in wrr_seq. Field names are those of the C structs
+in bpf/dr_lb_abi.h, and values are ready for the map (network byte order), so that
+lb/director/dataplane.py only copies them. No bcc, no root: tested as plain Python.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from lb import abi
+from lb.director.config import Config, RealServer, Service, limit_problems
+from lb.director.scheduler import wrr_length, wrr_sequence
+
+@dataclass(frozen=True)
+class RealEntry:
+    real_id: int
+    server: RealServer
+    mac: str | None
+
+    @property
+    def flags(self) -> int:
+        if self.mac is None:
+            return 0
+        flags = abi.REAL_F_MAC_KNOWN
+        if self.server.weight > 0:
+            flags |= abi.REAL_F_SCHEDULABLE
+        return flags
+
+
+@dataclass(frozen=True)
+class ServiceEntry:
+    svc_id: int
+    service: Service
+    seq_offset: int              # within the half of wrr_seq in use
+    sequence: tuple[int, ...]    # real_ids, one WRR cycle over schedulable servers
+    reals: tuple[RealEntry, ...]
+
+
+@dataclass
+class Ids:
+    """Map indexes that stay put across reloads, so that live connections (which hold a
+    real_id) keep their real server when the config changes around them.
+
+    Ids are not reused while the process runs: a connection to a removed real server
+    goes on to that server until it expires, as IPVS does with a deleted destination.
+    """
+    services: dict[tuple, int] = field(default_factory=dict)
+    reals: dict[tuple, int] = field(default_factory=dict)
+    servers: dict[int, RealServer] = field(default_factory=dict)   # real_id -> last config
+
+    def service(self, svc: Service) -> int:
+        return self.services.setdefault((svc.vip, svc.port, svc.protocol), len(self.services))
+
+    def real(self, svc: Service, rs: RealServer) -> int:
+        real_id = self.reals.setdefault((svc.vip, svc.port, svc.protocol, rs.address),
+                                        len(self.reals))
+        self.servers[real_id] = rs
+        return real_id
+
+    def room_for(self, config: Config) -> str | None:
+        """Why `config` cannot be loaded without a restart, or None."""
+        new_svcs = {(s.vip, s.port, s.protocol) for s in config.services} - set(self.services)
+        new_reals = {(s.vip, s.port, s.protocol, rs.address) for s in config.services
+                     for rs in s.real_servers} - set(self.reals)
+        if limit_problems(len(self.services) + len(new_svcs),
+                          len(self.reals) + len(new_reals), 0):
+            return ("this instance has used up its service or real-server slots; "
+                    "restart dr-lb to load this config")
+        return None
+
+
+@dataclass(frozen=True)
+class Layout:
+    """Everything the control plane writes, and where."""
+    services: tuple[ServiceEntry, ...]
+    removed_reals: tuple[RealEntry, ...]   # dropped from the config; connections go on
+    half: int                              # the half of wrr_seq the services point at
+    interface_mac: str
+    icmp_echo: bool
+    timeouts_s: dict[int, int]             # enum conn_state -> idle timeout
+
+    @property
+    def reals(self) -> list[RealEntry]:
+        return [r for s in self.services for r in s.reals]
+
+    @property
+    def vips(self) -> dict[str, int]:
+        """VIP -> the number of services on it."""
+        out: dict[str, int] = {}
+        for s in self.services:
+            out[s.service.vip] = out.get(s.service.vip, 0) + 1
+        return out
+
+    # ---- the maps' rows: (key, value), with the C structs' field names ---------------
+    def settings_row(self) -> dict:
+        return {"mac": abi.mac_bytes(self.interface_mac),
+                "flags": abi.SETTINGS_F_ICMP_ECHO if self.icmp_echo else 0,
+                "timeout_ns": [self.timeouts_s.get(state, 0) * 1_000_000_000
+                               for state in range(abi.CONN_STATE_SLOTS)]}
+
+    def real_rows(self) -> list[tuple[int, dict]]:
+        # A removed real server keeps MAC_KNOWN (its connections go on, as IPVS lets
+        # them) but is never SCHEDULABLE, so no persistence template sends it new ones.
+        rows = [(r, r.flags) for r in self.reals] + \
+            [(r, abi.REAL_F_MAC_KNOWN if r.mac else 0) for r in self.removed_reals]
+        return [(r.real_id, {"mac": abi.mac_bytes(r.mac) if r.mac else bytes(6),
+                             "flags": flags, "addr": abi.ip_be32(r.server.address)})
+                for r, flags in rows]
+
+    def wrr_rows(self) -> list[tuple[int, int]]:
+        base = self.half * abi.SEQ_HALF
+        return [(base + s.seq_offset + i, real_id)
+                for s in self.services for i, real_id in enumerate(s.sequence)]
+
+    def service_rows(self) -> list[tuple[dict, dict]]:
+        base = self.half * abi.SEQ_HALF
+        return [({"vip": abi.ip_be32(s.service.vip), "port": abi.port_be16(s.service.port),
+                  "proto": abi.IPPROTO[s.service.protocol]},
+                 {"id": s.svc_id, "seq_offset": base + s.seq_offset,
+                  "seq_len": len(s.sequence), "persist_timeout_s": s.service.persistent,
+                  "persist_mask": abi.ip_be32(s.service.persistent_netmask)})
+                for s in self.services]
+
+    def vip_rows(self) -> list[tuple[int, dict]]:
+        return [(abi.ip_be32(vip), {"services": n}) for vip, n in self.vips.items()]
+
+
+def build(config: Config, macs: dict[str, str | None], interface_mac: str,
+          ids: Ids | None = None, previous: Layout | None = None) -> Layout:
+    """Lay out `config`; `macs` maps real-server addresses to MACs (None: unknown).
+
+    A service's slice of wrr_seq is sized for all its weighted servers, so that the
+    offsets do not move when a MAC comes or goes; only the used length changes. The
+    cycles go to the half of wrr_seq that `previous` did not use.
+    """
+    ids = ids or Ids()
+    services = []
+    offset = 0
+    for svc in config.services:
+        reals = tuple(RealEntry(ids.real(svc, rs), rs, rs.mac or macs.get(rs.address))
+                      for rs in svc.real_servers)
+        weights = svc.scheduling_weights()
+        usable = [w if r.mac else 0 for w, r in zip(weights, reals)]
+        sequence = tuple(reals[i].real_id for i in wrr_sequence(usable))
+        services.append(ServiceEntry(ids.service(svc), svc, offset, sequence, reals))
+        offset += wrr_length(weights)
+    in_use = {r.real_id for s in services for r in s.reals}
+    removed = tuple(RealEntry(real_id, rs, rs.mac or macs.get(rs.address))
+                    for real_id, rs in sorted(ids.servers.items()) if real_id not in in_use)
+    t = config.timeouts
+    return Layout(
+        services=tuple(services), removed_reals=removed,
+        half=0 if previous is None else 1 - previous.half,
+        interface_mac=interface_mac, icmp_echo=config.director.icmp_echo,
+        timeouts_s={abi.STATE["SYN_RECV"]: abi.CONST["SYN_RECV_TIMEOUT_S"],
+                    abi.STATE["ESTABLISHED"]: t.tcp, abi.STATE["FIN_WAIT"]: t.tcpfin,
+                    abi.STATE["CLOSE"]: abi.CONST["CLOSE_TIMEOUT_S"],
+                    abi.STATE["UDP"]: t.udp})
