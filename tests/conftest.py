@@ -20,9 +20,19 @@ def bcc_available() -> bool:
     return True
 
 
-needs_root = pytest.mark.skipif(not IS_ROOT, reason="needs root (XDP, bcc, namespaces)")
-needs_netns = pytest.mark.skipif(not IS_ROOT or shutil.which("ip") is None,
-                                 reason="needs root and iproute2 for network namespaces")
+# The layers, selectable with -m: `pytest -m "not root"` runs the pure layer in seconds.
+needs_root = [pytest.mark.root,
+              pytest.mark.skipif(not IS_ROOT, reason="needs root (XDP, bcc, namespaces)")]
+needs_netns = [pytest.mark.root, pytest.mark.netns,
+               pytest.mark.skipif(not IS_ROOT or shutil.which("ip") is None,
+                                  reason="needs root and iproute2 for network namespaces")]
+
+
+def pytest_collection_modifyitems(items):
+    """A test that loads the program is a root test, wherever it is."""
+    for item in items:
+        if "dataplane" in item.fixturenames and not item.get_closest_marker("root"):
+            item.add_marker(pytest.mark.root)
 
 
 @pytest.fixture(scope="session")

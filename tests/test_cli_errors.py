@@ -66,6 +66,8 @@ def test_missing_interface_is_a_config_error(up):
     assert "nosuch0" in one_line(r) and "does not exist" in r.stderr
 
 
+@pytest.mark.netns
+@pytest.mark.root
 @pytest.mark.skipif(os.geteuid() != 0, reason="needs root for a network namespace")
 def test_an_interface_without_ethernet_address_is_a_config_error(tmp_path):
     """A tun device has no MAC, and DR rewrites MACs: rejected before anything else."""

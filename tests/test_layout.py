@@ -105,3 +105,88 @@ def test_offsets_and_ids_are_stable_when_a_mac_disappears():
     assert [s.seq_offset for s in full.services] == [0, 4, 8]
     assert ends == [4, 8, 10]
     assert [r.real_id for r in full.reals] == list(range(7)), "real ids must be dense"
+
+
+# --- the rows written to each map ------------------------------------------------------------
+
+def test_settings_carry_the_timeouts_the_mac_and_icmp_echo():
+    cfg = config.parse('[director]\ninterface = "eth0"\nicmp_echo = false\n'
+                       '[timeouts]\ntcp = 901\ntcpfin = 121\nudp = 301\n'
+                       '[[service]]\nvip = "192.168.0.21"\nport = 80\n'
+                       '[[service.real_server]]\naddress = "192.168.0.12"\n', source="c.toml")
+    row = layout.build(cfg, MACS, DIRECTOR_MAC).settings_row()
+    assert row["mac"] == bytes.fromhex("02000000000b")
+    assert row["flags"] == 0, "icmp_echo = false must clear SETTINGS_F_ICMP_ECHO"
+    seconds = {state: ns // 1_000_000_000 for state, ns in enumerate(row["timeout_ns"])}
+    assert len(row["timeout_ns"]) == abi.CONN_STATE_SLOTS
+    assert seconds[abi.STATE["ESTABLISHED"]] == 901
+    assert seconds[abi.STATE["FIN_WAIT"]] == 121
+    assert seconds[abi.STATE["UDP"]] == 301
+    assert seconds[abi.STATE["SYN_RECV"]] == abi.CONST["SYN_RECV_TIMEOUT_S"]
+    assert seconds[abi.STATE["CLOSE"]] == abi.CONST["CLOSE_TIMEOUT_S"]
+    assert seconds[abi.STATE["NONE"]] == 0
+    on = layout.build(make_config(SEED_SERVICE), MACS, DIRECTOR_MAC).settings_row()
+    assert on["flags"] == abi.SETTINGS_F_ICMP_ECHO, "icmp_echo defaults to on"
+
+
+def test_service_rows_are_in_network_order_and_point_into_the_half_in_use():
+    cfg = make_config(('vip = "192.168.0.21"\nport = 443\npersistent = 300\n'
+                       'persistent_netmask = "255.255.255.0"', [("192.168.0.12", 1)]),
+                      ('vip = "192.168.0.21"\nport = 53\nprotocol = "udp"',
+                       [("192.168.0.13", 1)]))
+    first = layout.build(cfg, MACS, DIRECTOR_MAC)
+    (key, value), (key2, value2) = first.service_rows()
+    assert key == {"vip": abi.ip_be32("192.168.0.21"), "port": abi.port_be16(443), "proto": 6}
+    assert key2["proto"] == 17 and key2["port"] == abi.port_be16(53)
+    assert value == {"id": 0, "seq_offset": 0, "seq_len": 1, "persist_timeout_s": 300,
+                     "persist_mask": abi.ip_be32("255.255.255.0")}
+    assert value2["persist_timeout_s"] == 0 and value2["seq_offset"] == 1
+    second = layout.build(cfg, MACS, DIRECTOR_MAC, previous=first)
+    assert second.half == 1 - first.half
+    assert [v["seq_offset"] for _, v in second.service_rows()] == [abi.SEQ_HALF, abi.SEQ_HALF + 1]
+    assert second.wrr_rows() == [(abi.SEQ_HALF, 0), (abi.SEQ_HALF + 1, 1)], \
+        "the next cycles go to the other half, so no service sees a half-written one"
+    assert layout.build(cfg, MACS, DIRECTOR_MAC, previous=second).half == first.half
+
+
+def test_vip_rows_count_services_per_vip():
+    cfg = make_config(SEED_SERVICE, ('vip = "192.168.0.21"\nport = 443', [("192.168.0.12", 1)]),
+                      ('vip = "192.168.0.22"\nport = 80', [("192.168.0.12", 1)]))
+    rows = dict(layout.build(cfg, MACS, DIRECTOR_MAC).vip_rows())
+    assert rows == {abi.ip_be32("192.168.0.21"): {"services": 2},
+                    abi.ip_be32("192.168.0.22"): {"services": 1}}
+
+
+def test_real_rows_carry_mac_flags_and_address():
+    macs = dict(MACS, **{"192.168.0.13": None})
+    rows = dict(layout.build(make_config(SEED_SERVICE), macs, DIRECTOR_MAC).real_rows())
+    assert rows[0] == {"mac": bytes.fromhex("525400000012"),
+                       "flags": abi.REAL_F_MAC_KNOWN | abi.REAL_F_SCHEDULABLE,
+                       "addr": abi.ip_be32("192.168.0.12")}
+    assert rows[1] == {"mac": bytes(6), "flags": 0, "addr": abi.ip_be32("192.168.0.13")}
+
+
+def test_a_removed_real_server_keeps_its_mac_but_is_never_schedulable():
+    ids = layout.Ids()
+    before = layout.build(make_config(SEED_SERVICE), MACS, DIRECTOR_MAC, ids)
+    fewer = make_config(('vip = "192.168.0.21"\nport = 80',
+                         [("192.168.0.12", 2), ("192.168.0.14", 1)]))
+    after = layout.build(fewer, MACS, DIRECTOR_MAC, ids, before)
+    rows = dict(after.real_rows())
+    assert rows[1]["flags"] == abi.REAL_F_MAC_KNOWN, \
+        "its connections go on (MAC known) but no template may send it new ones"
+    assert rows[1]["addr"] == abi.ip_be32("192.168.0.13")
+    assert [r.real_id for r in after.reals] == [0, 2], "ids stay put across a reload"
+    back = layout.build(make_config(SEED_SERVICE), MACS, DIRECTOR_MAC, ids, after)
+    assert [r.real_id for r in back.reals] == [0, 1, 2] and not back.removed_reals
+
+
+def test_each_limit_is_checked_in_one_place():
+    assert config.limit_problems(abi.CONST["MAX_SERVICES"], abi.CONST["MAX_REALS"],
+                                 abi.SEQ_HALF) == []
+    problems = config.limit_problems(abi.CONST["MAX_SERVICES"] + 1,
+                                     abi.CONST["MAX_REALS"] + 1, abi.SEQ_HALF + 1)
+    assert len(problems) == 3
+    ids = layout.Ids()
+    ids.services = {("10.0.0.1", p, "tcp"): p for p in range(abi.CONST["MAX_SERVICES"])}
+    assert "restart dr-lb" in ids.room_for(make_config(SEED_SERVICE))

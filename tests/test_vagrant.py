@@ -18,7 +18,8 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from lb import cli, config as config_mod, lab, realserver
+from lb import cli, lab, realserver
+from lb.director import config as config_mod
 
 VAGRANT_DIR = Path(__file__).resolve().parent.parent / "vagrant"
 SCENE = json.loads((VAGRANT_DIR / "scene.json").read_text())

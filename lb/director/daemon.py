@@ -7,7 +7,7 @@ import threading
 
 from lb.director import arp, instances, netif
 from lb.director.config import Config
-from lb.director.reconciler import Director
+from lb.director.reconciler import Reconciler
 from lb.errors import UserError
 
 NEIGHBOUR_REFRESH_S = 0.5
@@ -42,7 +42,7 @@ def run(config: Config, config_path: str, replace: bool = False) -> None:
             print(f"dr-lb: {line}", flush=True)
     server = None
     try:
-        director = Director(config, dp, iface)
+        director = Reconciler(config, dp, iface)
         director.resolve_initial()
         director.program()
         director.xdp_mode = dp.attach(iface.index, config.director.xdp_mode)

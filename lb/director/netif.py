@@ -40,15 +40,20 @@ def netns_id() -> int:
     return os.stat("/proc/thread-self/ns/net").st_ino   # thread-self: pushns() is per thread
 
 
+def _network(addr_msg) -> ipaddress.IPv4Interface:
+    """An address message as address/prefix (IFA_LOCAL: a peer address is not ours)."""
+    local = addr_msg.get_attr("IFA_LOCAL") or addr_msg.get_attr("IFA_ADDRESS")
+    return ipaddress.IPv4Interface(f"{local}/{addr_msg['prefixlen']}")
+
+
 def interface(name: str) -> Interface | None:
     with IPRoute() as ipr:
         found = ipr.link_lookup(ifname=name)
         if not found:
             return None
         link = ipr.get_links(found[0])[0]
-        networks = tuple(ipaddress.IPv4Interface(
-            f"{a.get_attr('IFA_LOCAL') or a.get_attr('IFA_ADDRESS')}/{a['prefixlen']}")
-            for a in ipr.get_addr(index=found[0], family=socket.AF_INET))
+        networks = tuple(_network(a) for a in ipr.get_addr(index=found[0],
+                                                            family=socket.AF_INET))
     xdp = link.get_attr("IFLA_XDP")
     mode = XDP_ATTACHED.get(xdp.get_attr("IFLA_XDP_ATTACHED")) if xdp else None
     prog_id = (xdp.get_attr("IFLA_XDP_PROG_ID") or 0) if xdp else 0
@@ -91,8 +96,8 @@ def own_addresses() -> dict[str, str]:
     """Every IPv4 address in this network namespace -> its interface."""
     with IPRoute() as ipr:
         names = {l["index"]: l.get_attr("IFLA_IFNAME") for l in ipr.get_links()}
-        return {a.get_attr("IFA_ADDRESS"): names.get(a["index"], "?")
-                for a in ipr.get_addr(family=2)}
+        return {str(_network(a).ip): names.get(a["index"], "?")
+                for a in ipr.get_addr(family=socket.AF_INET)}
 
 
 def neighbours(ifindex: int) -> dict[str, tuple[int, str | None]]:

@@ -10,7 +10,7 @@ from lb.director.config import Config
 PROBE_EVERY_S = 5.0
 
 
-class Director:
+class Reconciler:
     """The desired layout of the maps, rebuilt and written whenever its inputs change."""
 
     def __init__(self, config: Config, dataplane, interface: netif.Interface):
