@@ -58,6 +58,23 @@ SEQ_HALF = CONST["WRR_SEQ_CAPACITY"] // 2
 IPPROTO = {"tcp": socket.IPPROTO_TCP, "udp": socket.IPPROTO_UDP}
 
 
+def numpy_dtype(struct: str):
+    """A numpy dtype with the layout of `struct <struct>` (for reading a map in bulk)."""
+    import numpy as np
+    fields = ffi.typeof(f"struct {struct}").fields
+    sizes = {1: "u1", 2: "<u2", 4: "<u4", 8: "<u8"}
+    names, formats, offsets = [], [], []
+    for name, f in fields:
+        if f.type.kind == "array":
+            formats.append((sizes[ffi.sizeof(f.type.item)], f.type.length))
+        else:
+            formats.append(sizes[ffi.sizeof(f.type)])
+        names.append(name)
+        offsets.append(f.offset)
+    return np.dtype({"names": names, "formats": formats, "offsets": offsets,
+                     "itemsize": ffi.sizeof(f"struct {struct}")})
+
+
 def ip_be32(address: str) -> int:
     """An IPv4 address as the u32 the program reads from the packet (network order)."""
     return struct.unpack("=I", socket.inet_aton(address))[0]

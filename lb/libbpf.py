@@ -1,6 +1,7 @@
 """The few libbpf calls bcc does not wrap, through cffi: test runs and a bare XDP_PASS."""
 from __future__ import annotations
 
+import errno
 import os
 from dataclasses import dataclass
 from functools import cache
@@ -59,6 +60,13 @@ struct bpf_prog_info_head {     /* the first fields of struct bpf_prog_info */
     char name[16];
 };
 int bpf_obj_get_info_by_fd(int bpf_fd, void *info, uint32_t *info_len);
+struct bpf_map_batch_opts {
+    size_t sz;
+    uint64_t elem_flags;
+    uint64_t flags;
+};
+int bpf_map_lookup_batch(int fd, void *in_batch, void *out_batch, void *keys, void *values,
+                         uint32_t *count, const struct bpf_map_batch_opts *opts);
 """)
 
 XDP_ABORTED, XDP_DROP, XDP_PASS, XDP_TX, XDP_REDIRECT = range(5)
@@ -120,6 +128,32 @@ def test_run(prog_fd: int, packet: bytes, repeat: int = 1, live_ifindex: int = 0
         raise OSError(-err, f"bpf_prog_test_run_opts: {os.strerror(-err)}")
     out = bytes(ffi.buffer(data_out, opts.data_size_out)) if not live_ifindex else b""
     return TestRun(action=opts.retval, data=out, duration_ns=opts.duration)
+
+
+def map_dump(map_fd: int, key_size: int, value_size: int, capacity: int,
+             chunk: int = 262144) -> tuple[memoryview, memoryview, int]:
+    """Every (key, value) of a hash map in a few syscalls (BPF_MAP_LOOKUP_BATCH): the keys
+    and the values as contiguous buffers, and how many there are."""
+    keys = ffi.new("char[]", max(capacity, 1) * key_size)
+    values = ffi.new("char[]", max(capacity, 1) * value_size)
+    opts = ffi.new("struct bpf_map_batch_opts *")
+    opts.sz = ffi.sizeof("struct bpf_map_batch_opts")
+    token = ffi.new("char[]", max(key_size, 8))
+    count = ffi.new("uint32_t *")
+    total, first = 0, True
+    while total < capacity:
+        count[0] = min(chunk, capacity - total)
+        err = _lib().bpf_map_lookup_batch(map_fd, ffi.NULL if first else token, token,
+                                          keys + total * key_size,
+                                          values + total * value_size, count, opts)
+        total += count[0]
+        first = False
+        if err == -errno.ENOENT:   # the end of the map
+            break
+        if err:
+            raise OSError(-err, f"bpf_map_lookup_batch: {os.strerror(-err)}")
+    return (memoryview(ffi.buffer(keys, total * key_size)),
+            memoryview(ffi.buffer(values, total * value_size)), total)
 
 
 def load_xdp_return(action: int = XDP_PASS) -> int:

@@ -171,13 +171,13 @@ def test_collect_gives_what_format_table_reads():
                        source="config.toml")
     t = layout.build(cfg, {"192.168.0.12": "52:54:00:00:00:12"}, "02:00:00:00:00:0b")
     fake = SimpleNamespace(
-        conn_counts=lambda: SimpleNamespace(per_real={0: (3, 4)}, entries=7),
         counters=lambda: dict(dict.fromkeys(abi.COUNTERS, 0), conn_table_insert=7),
         service_stats=lambda _i: SimpleNamespace(conns=7, packets=70, bytes=7000),
         real_stats=lambda i: SimpleNamespace(conns=7 - i * 7, packets=70 - i * 70,
                                              bytes=7000 - i * 7000),
     )
-    data = status.collect(cfg, t, fake, "eth0", "generic")
+    data = status.collect(cfg, t, fake, "eth0", "generic",
+                          SimpleNamespace(per_real={0: (3, 4)}, entries=7))
     json.dumps(data)   # --json must be able to print it
     assert set(data) >= {"interface", "xdp_mode", "timeouts", "services"}
     svc = data["services"][0]

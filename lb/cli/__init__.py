@@ -7,7 +7,9 @@ import sys
 import click
 from pyroute2.netlink.exceptions import NetlinkError
 
+from lb.cli.operate import drain, undrain, weight, zero
 from lb.cli.realserver import realserver_group
+from lb.cli.types import IPV4, SERVICE_OR_VIP
 from lb.director import config as config_mod
 from lb.errors import UserError
 
@@ -66,21 +68,45 @@ def up(config_file: str, replace: bool) -> None:
     daemon.run(cfg, config_path=config_file, replace=replace)
 
 
+INTERFACE = click.option("--interface", "-i",
+                         help="The instance's interface (needed if several run).")
+JSON = click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+
+
 @main.command()
-@click.option("--interface", "-i", help="The instance's interface (needed if several run).")
-@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
-def status(interface: str | None, as_json: bool) -> None:
+@INTERFACE
+@JSON
+@click.option("--rate", is_flag=True, help="Connections, packets and bytes per second "
+              "(ipvsadm -Ln --rate).")
+@click.option("--conns", is_flag=True, help="The connection table (ipvsadm -Lnc).")
+@click.option("--vip", type=SERVICE_OR_VIP, help="With --conns: only this VIP[:PORT].")
+@click.option("--real", type=IPV4, metavar="RIP", help="With --conns: only this real server.")
+@click.option("--limit", type=click.IntRange(1), default=1000, show_default=True,
+              help="With --conns: show at most this many.")
+@click.option("--timeout", is_flag=True, help="The timeouts (ipvsadm -L --timeout).")
+def status(interface, as_json, rate, conns, vip, real, limit, timeout) -> None:
     """Show the running instance like `ipvsadm -Ln --stats`."""
     from lb.director import instances, status as status_mod
+    if (vip or real) and not conns:
+        raise click.UsageError("--vip and --real go with --conns")
+    if conns:
+        data = instances.request(interface, "conns", vip=vip and vip["vip"],
+                                 port=vip and vip["port"], real=real, limit=limit)
+        click.echo(json.dumps(data, indent=2) if as_json else status_mod.format_conns(data))
+        return
     data = instances.request(interface, "status")
     if as_json:
-        click.echo(json.dumps(data, indent=2))
+        click.echo(json.dumps({"timeouts": data["timeouts"]} if timeout else data, indent=2))
+    elif timeout:
+        click.echo(status_mod.format_timeout(data))
+    elif rate:
+        click.echo(status_mod.format_rate(data))
     else:
         click.echo(status_mod.format_table(data))
 
 
 @main.command()
-@click.option("--interface", "-i", help="The instance's interface (needed if several run).")
+@INTERFACE
 def reload(interface: str | None) -> None:
     """Re-read the running instance's config; connections stay (also on SIGHUP)."""
     from lb.director import instances
@@ -93,7 +119,7 @@ def reload(interface: str | None) -> None:
 
 
 @main.command()
-@click.option("--interface", "-i", help="The instance's interface (needed if several run).")
+@INTERFACE
 def down(interface: str | None) -> None:
     """Stop the running instance, or remove a leftover XDP program."""
     from lb.director import instances
@@ -147,3 +173,5 @@ def demo(xdp_mode: str, requests: int) -> None:
 
 
 main.add_command(realserver_group)
+for command in (zero, weight, drain, undrain):
+    main.add_command(command)

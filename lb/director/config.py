@@ -25,7 +25,7 @@ DIRECTOR_KEYS = {"interface", "xdp_mode", "icmp_echo", "conn_table_size"}
 TIMEOUT_KEYS = {"tcp", "tcpfin", "udp"}
 SERVICE_KEYS = {"vip", "port", "protocol", "scheduler", "persistent",
                 "persistent_netmask", "real_server"}
-REAL_SERVER_KEYS = {"address", "port", "weight", "mac"}
+REAL_SERVER_KEYS = {"address", "port", "weight", "mac", "drained"}
 TOP_KEYS = {"director", "timeouts", "service"}
 
 
@@ -43,6 +43,11 @@ class RealServer:
     port: int
     weight: int = 1
     mac: str | None = None
+    drained: bool = False     # `dr-lb drain`: no new connections, weight kept for undrain
+
+    @property
+    def effective_weight(self) -> int:
+        return 0 if self.drained else self.weight
 
 
 @dataclass(frozen=True)
@@ -62,8 +67,8 @@ class Service:
     def scheduling_weights(self) -> list[int]:
         """Weights as the scheduler sees them: rr is wrr with every live weight 1."""
         if self.scheduler == "rr":
-            return [1 if rs.weight > 0 else 0 for rs in self.real_servers]
-        return [rs.weight for rs in self.real_servers]
+            return [1 if rs.effective_weight > 0 else 0 for rs in self.real_servers]
+        return [rs.effective_weight for rs in self.real_servers]
 
 
 @dataclass(frozen=True)
@@ -301,6 +306,10 @@ def _service(c: _Checker, n: int, s) -> Service | None:
             if rport is not None and port is not None and rport != port:
                 c.fail(rwhere, f"DR cannot change ports; use port {port} (or leave port out)")
         weight = c.integer(rwhere, r, "weight", 1, 0, 65535)
+        drained = r.get("drained", False)
+        if not isinstance(drained, bool):
+            c.fail(rwhere, f"drained = {drained!r} must be true or false")
+            drained = False
         mac = r.get("mac")
         if mac is not None and not _unicast_mac(mac):
             c.fail(rwhere, f"mac = {mac!r} is not a unicast MAC address; write it as "
@@ -316,7 +325,7 @@ def _service(c: _Checker, n: int, s) -> Service | None:
             continue
         seen.add(addr)
         reals.append(RealServer(address=addr, port=port or 0, weight=weight,
-                                mac=mac.lower() if mac else None))
+                                mac=mac.lower() if mac else None, drained=drained))
     if vip is None or port is None:
         return None
     return Service(vip=vip, port=port, protocol=protocol, scheduler=scheduler,

@@ -4,6 +4,7 @@ from __future__ import annotations
 import os
 import signal
 import threading
+from pathlib import Path
 
 from lb.director import arp, instances, netif
 from lb.director.config import Config
@@ -40,16 +41,14 @@ def run(config: Config, config_path: str, replace: bool = False) -> None:
     if replace:
         for line in instances.take_over(name):
             print(f"dr-lb: {line}", flush=True)
-    server = None
+    server = director = None
     try:
-        director = Reconciler(config, dp, iface)
+        director = Reconciler(config, dp, iface, config_path, Path(config_path).read_text())
         director.resolve_initial()
         director.program()
         director.xdp_mode = dp.attach(iface.index, config.director.xdp_mode)
-        server = instances.ControlServer(name, {
-            "status": director.status,
-            "reload": lambda: director.reload(config_path),
-        })
+        director.start_monitor()
+        server = instances.ControlServer(name, director.handlers())
         instances.write_state(name, {"pid": os.getpid(), "interface": name,
                                      "ifindex": iface.index, "xdp_mode": director.xdp_mode,
                                      "config": os.path.abspath(config_path)})
@@ -71,7 +70,7 @@ def run(config: Config, config_path: str, replace: bool = False) -> None:
             try:
                 if reload_asked.is_set():
                     reload_asked.clear()
-                    result = director.reload(config_path)
+                    result = director.reload()
                     for line in result.get("problems", [result.get("message", "")]):
                         print(f"dr-lb: {'' if result['ok'] else 'reload refused: '}{line}",
                               flush=True)
@@ -81,6 +80,8 @@ def run(config: Config, config_path: str, replace: bool = False) -> None:
     finally:
         if server:
             server.close()
+        if director and director.monitor:
+            director.monitor.stop()
         try:
             dp.close()
         finally:

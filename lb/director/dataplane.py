@@ -184,29 +184,46 @@ class Dataplane:
         return self._stats("real_stats", real_id)
 
     def connections(self):
-        """(key, value) of conn_table, expired entries included; batched where the
-        kernel allows (much faster on a big table)."""
+        """The connection table as two numpy record arrays (keys, values) with the
+        layouts of struct conn_key and conn_value; expired entries included."""
+        import numpy as np
         table = self.map("conn_table")
-        try:
-            return list(table.items_lookup_batch())
-        except Exception:   # bcc raises bare Exception when batch ops are unsupported
-            return list(table.items())
+        keys, values, n = libbpf.map_dump(table.map_fd, ct.sizeof(table.Key),
+                                          ct.sizeof(table.Leaf), self.conn_table_slots)
+        return (np.frombuffer(keys, abi.numpy_dtype("conn_key"), n),
+                np.frombuffer(values, abi.numpy_dtype("conn_value"), n))
+
+    def live_timeouts(self):
+        """The idle timeout of each connection state, in ns, as the program reads them."""
+        import numpy as np
+        return np.array(self.map("settings")[ct.c_uint32(0)].timeout_ns, dtype=np.int64)
+
+    def live(self, values):
+        """Which of `values` (from connections()) have not passed their state's timeout."""
+        import numpy as np
+        idle = monotonic_coarse_ns() - values["last_seen_ns"].astype(np.int64)
+        return idle <= self.live_timeouts()[values["state"] & (abi.CONN_STATE_SLOTS - 1)]
 
     def conn_counts(self) -> ConnCounts:
         """(active, inactive) per real_id among live entries, as ipvsadm counts them
         (ESTABLISHED is active, every other live state inactive), and the number of
         entries the table holds, expired ones included."""
-        now = monotonic_coarse_ns()
-        timeouts = self.map("settings")[ct.c_uint32(0)].timeout_ns
-        counts: dict[int, list[int]] = {}
-        entries = 0
-        for _key, value in self.connections():
-            entries += 1
-            if now - value.last_seen_ns > timeouts[value.state & 7]:
-                continue
-            c = counts.setdefault(value.real_id, [0, 0])
-            c[0 if value.state == abi.STATE["ESTABLISHED"] else 1] += 1
-        return ConnCounts({k: (v[0], v[1]) for k, v in counts.items()}, entries)
+        import numpy as np
+        _, values = self.connections()
+        live = self.live(values)
+        established = values["state"] == abi.STATE["ESTABLISHED"]
+        ids = values["real_id"]
+        active = np.bincount(ids[live & established], minlength=abi.CONST["MAX_REALS"])
+        inactive = np.bincount(ids[live & ~established], minlength=abi.CONST["MAX_REALS"])
+        return ConnCounts({int(i): (int(active[i]), int(inactive[i]))
+                           for i in np.flatnonzero(active + inactive)}, len(values))
+
+    def zero_stats(self, svc_ids: list[int], real_ids: list[int]) -> None:
+        """Packet, byte and connection counters of these services and real servers to 0."""
+        for name, ids in (("svc_stats", svc_ids), ("real_stats", real_ids)):
+            table = self.map(name)
+            for i in ids:
+                table[ct.c_uint32(i)] = table.Leaf()   # per-CPU: every CPU's slot zeroed
 
     # ---- running packets without a network -----------------------------------------------
     def test_run(self, packet: bytes, repeat: int = 1) -> libbpf.TestRun:

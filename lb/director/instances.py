@@ -89,7 +89,8 @@ def pick_interface(interface: str | None, not_running: str = NOT_RUNNING) -> str
 
 
 class ControlServer:
-    """Answers one JSON request per connection: {"cmd": NAME} -> handler()."""
+    """Answers one JSON request per connection: {"cmd": NAME, "args": {...}} ->
+    handler(**args)."""
 
     def __init__(self, interface: str, handlers: dict[str, Callable[[], dict]]):
         RUN_DIR.mkdir(parents=True, exist_ok=True)
@@ -100,11 +101,12 @@ class ControlServer:
         class Handler(socketserver.StreamRequestHandler):
             def handle(self):
                 try:
-                    cmd = json.loads(self.rfile.readline() or b"{}").get("cmd")
+                    req = json.loads(self.rfile.readline() or b"{}")
+                    cmd = req.get("cmd")
                     if cmd not in handlers_:
                         reply = {"error": f"unknown command {cmd!r}"}
                     else:
-                        reply = handlers_[cmd]()
+                        reply = handlers_[cmd](**req.get("args", {}))
                 except Exception as e:  # a bad request must not stop the balancer
                     reply = {"error": f"{type(e).__name__}: {e}"}
                 self.wfile.write(json.dumps(reply).encode() + b"\n")
@@ -120,14 +122,14 @@ class ControlServer:
         self.server.server_close()
 
 
-def request(interface: str | None, cmd: str, timeout: float = 30) -> dict:
+def request(interface: str | None, cmd: str, timeout: float = 30, **args) -> dict:
     interface = pick_interface(interface)
     path = socket_path(interface)
     try:
         with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
             s.settimeout(timeout)
             s.connect(str(path))
-            s.sendall(json.dumps({"cmd": cmd}).encode() + b"\n")
+            s.sendall(json.dumps({"cmd": cmd, "args": args}).encode() + b"\n")
             data = b""
             while not data.endswith(b"\n"):
                 chunk = s.recv(65536)

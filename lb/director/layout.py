@@ -26,7 +26,7 @@ class RealEntry:
         if self.mac is None:
             return 0
         flags = abi.REAL_F_MAC_KNOWN
-        if self.server.weight > 0:
+        if self.server.effective_weight > 0:
             flags |= abi.REAL_F_SCHEDULABLE
         return flags
 

@@ -6,9 +6,14 @@ from lb.director.config import Config
 from lb.director.layout import Layout
 
 
-def collect(config: Config, layout: Layout, dataplane, interface: str, xdp_mode: str) -> dict:
-    """The status document (the `--json` output) read from the live maps."""
-    conns = dataplane.conn_counts()
+NO_RATE = {"cps": 0, "inpps": 0, "inbps": 0}
+
+
+def collect(config: Config, layout: Layout, dataplane, interface: str, xdp_mode: str,
+            conns, conns_age_s: float = 0.0, rates: dict | None = None) -> dict:
+    """The status document (the `--json` output): counters read from the live maps,
+    connection counts and rates from lb/director/monitor.py."""
+    rates = rates or {}
     counters = dataplane.counters()
     services = []
     for s in layout.services:
@@ -19,10 +24,12 @@ def collect(config: Config, layout: Layout, dataplane, interface: str, xdp_mode:
             active, inactive = conns.per_real.get(r.real_id, (0, 0))
             reals.append({
                 "address": r.server.address, "port": r.server.port,
-                "weight": r.server.weight, "mac": r.mac,
+                "weight": r.server.effective_weight, "mac": r.mac,
+                "drained": r.server.drained,
                 "schedulable": bool(r.flags & abi.REAL_F_SCHEDULABLE),
                 "active_conns": active, "inactive_conns": inactive,
                 "conns": rst.conns, "in_packets": rst.packets, "in_bytes": rst.bytes,
+                "rate": rates.get(("real", r.real_id), NO_RATE),
             })
         svc = s.service
         services.append({
@@ -30,6 +37,7 @@ def collect(config: Config, layout: Layout, dataplane, interface: str, xdp_mode:
             "scheduler": svc.scheduler, "persistent": svc.persistent,
             "persistent_netmask": svc.persistent_netmask,
             "counters": {"conns": st.conns, "in_packets": st.packets, "in_bytes": st.bytes},
+            "rate": rates.get(("svc", s.svc_id), NO_RATE),
             "real_servers": reals,
         })
     inserts = counters["conn_table_insert"]
@@ -43,6 +51,7 @@ def collect(config: Config, layout: Layout, dataplane, interface: str, xdp_mode:
         "conn_table": {
             "size": config.director.conn_table_size,
             "entries": conns.entries,
+            "counted_s_ago": round(conns_age_s, 3),
             "inserts": inserts,
             # Nothing deletes entries but the LRU, so every missing insert was evicted.
             "evicted": max(0, inserts - conns.entries),
@@ -93,4 +102,39 @@ def format_table(data: dict) -> str:
     ct = data["conn_table"]
     lines.append(f"Connection table: {ct['size']} slots, {ct.get('entries', 0)} entries, "
                  f"{ct['inserts']} inserts, {ct['evicted']} evicted")
+    return "\n".join(lines)
+
+
+def format_rate(data: dict) -> str:
+    """As `ipvsadm -Ln --rate`: connections, packets and bytes per second over the last
+    two seconds. In DR the replies bypass the director, so there are no Out columns."""
+    rows = [("Prot LocalAddress:Port", "CPS", "InPPS", "InBPS"),
+            ("  -> RemoteAddress:Port", "", "", "")]
+    for s in data["services"]:
+        rows.append((f"{s['protocol'].upper():<4} {s['vip']}:{s['port']}",
+                     *(str(s["rate"][k]) for k in ("cps", "inpps", "inbps"))))
+        rows += [(f"  -> {r['address']}:{r['port']}",
+                  *(str(r["rate"][k]) for k in ("cps", "inpps", "inbps")))
+                 for r in s["real_servers"]]
+    widths = [max(len(row[i]) for row in rows) for i in range(4)]
+    return "\n".join(f"{row[0]:<{widths[0]}}  " + " ".join(c.rjust(w) for c, w in
+                                                          zip(row[1:], widths[1:]))
+                     for row in rows).rstrip()
+
+
+def format_timeout(data: dict) -> str:
+    """As `ipvsadm -L --timeout`."""
+    t = data["timeouts"]
+    return f"Timeout (tcp tcpfin udp): {t['tcp']} {t['tcpfin']} {t['udp']}"
+
+
+def format_conns(data: dict) -> str:
+    """As `ipvsadm -Lnc`: one connection a line, then how many more there were."""
+    lines = ["pro expire state       source                virtual               destination"]
+    for c in data["connections"]:
+        m, s = divmod(c["expire_s"], 60)
+        lines.append(f"{c['protocol'].upper():<3} {m:02d}:{s:02d}  {c['state']:<11} "
+                     f"{c['source']:<21} {c['virtual']:<21} {c['destination']}")
+    if data["more"]:
+        lines.append(f"... and {data['more']} more (raise --limit to see them)")
     return "\n".join(lines)
