@@ -5,7 +5,7 @@
  * and drop has a reason that `dr-lb status` shows.
  *
  * Built by bcc from lb/dataplane.py; the structs come from dr_lb_abi.h, the sizes from
- * dr_lb_consts.h (overridable with -D).
+ * dr_lb_consts.h (overridable with -D), the maps from dr_lb_maps.h.
  */
 #include <uapi/linux/bpf.h>
 #include <uapi/linux/if_ether.h>
@@ -23,6 +23,7 @@ typedef __u64 uint64_t;
 
 #include "dr_lb_consts.h"
 #include "dr_lb_abi.h"
+#include "dr_lb_maps.h"
 
 #ifndef IP_MF
 #define IP_MF 0x2000
@@ -41,34 +42,6 @@ typedef __u64 uint64_t;
 
 #define CONTINUE -1
 #define NS_PER_S 1000000000ULL
-
-/* Only the program touches it: the WRR position every CPU shares, under a lock, so that
- * consecutive new connections follow the sequence exactly. */
-struct wrr_pos {
-	struct bpf_spin_lock lock;
-	__u32 pos;
-};
-
-/* (VIP, port, protocol) -> service. */
-BPF_HASH(services, struct svc_key, struct svc_info, MAX_SERVICES);
-/* VIP -> info: ARP and ping companion, and telling "VIP, other port" from "not a VIP". */
-BPF_HASH(vips, __u32, struct vip_info, MAX_SERVICES);
-/* real_id -> MAC and flags; one id per (service, real server). */
-BPF_ARRAY(reals, struct real_info, MAX_REALS);
-/* Every service's WRR cycle (lb/scheduler.py), as real_ids, at svc_info.seq_offset. */
-BPF_ARRAY(wrr_seq, __u32, WRR_SEQ_CAPACITY);
-/* service id -> position in its WRR cycle. */
-BPF_ARRAY(wrr_pos, struct wrr_pos, MAX_SERVICES);
-/* 5-tuple -> real server and TCP state; least recently used entries go first when full. */
-BPF_F_TABLE("lru_hash", struct conn_key, struct conn_value, conn_table, CONN_TABLE_SIZE, 0);
-/* (client network, VIP, port, protocol) -> real server, for `persistent` services. */
-BPF_F_TABLE("lru_hash", struct persist_key, struct persist_value, persist_table,
-	    PERSIST_TABLE_SIZE, 0);
-/* [0]: interface MAC, flags and timeouts. */
-BPF_ARRAY(settings, struct settings, 1);
-BPF_PERCPU_ARRAY(svc_stats, struct stats, MAX_SERVICES);
-BPF_PERCPU_ARRAY(real_stats, struct stats, MAX_REALS);
-BPF_PERCPU_ARRAY(counters, __u64, COUNTER_COUNT);
 
 static __always_inline int finish(int action, __u32 counter)
 {
