@@ -16,6 +16,8 @@
 #include <uapi/linux/udp.h>
 #include <uapi/linux/icmp.h>
 
+#include "parsing.h"
+
 typedef __u8 uint8_t;
 typedef __u16 uint16_t;
 typedef __u32 uint32_t;
@@ -24,21 +26,6 @@ typedef __u64 uint64_t;
 #include "dr_lb_consts.h"
 #include "dr_lb_abi.h"
 #include "dr_lb_maps.h"
-
-#ifndef IP_MF
-#define IP_MF 0x2000
-#define IP_OFFSET 0x1FFF
-#endif
-
-#if __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
-#define bpf_htons(x) ((__be16)__builtin_bswap16(x))
-#define bpf_ntohs(x) ((__u16)__builtin_bswap16(x))
-#else
-#define bpf_htons(x) ((__be16)(x))
-#define bpf_ntohs(x) ((__u16)(x))
-#endif
-
-#include "parsing.h"
 
 #define CONTINUE -1
 #define NS_PER_S 1000000000ULL

@@ -148,6 +148,38 @@ def test_abi_layout_matches_compiled_program(dataplane, map_name, side, struct):
             f"{getattr(ctype, name).offset} in the program")
 
 
+PARSING_ALONE = r"""
+#include "parsing.h"
+
+static __always_inline int parse_all(void *data, void *data_end)
+{
+	struct hdr_cursor c = { .pos = data, .end = data_end };
+	struct ethhdr *eth = parse_ethhdr(&c);
+	struct arp_ipv4 *arp = parse_arp(&c);
+	struct iphdr *iph = parse_iphdr(&c);
+	struct tcphdr *th = parse_tcphdr(&c);
+	struct udphdr *uh = parse_udphdr(&c);
+	struct icmphdr *icmp = parse_icmphdr(&c);
+
+	if (!eth || !arp || !iph || !th || !uh || !icmp)
+		return 0;
+	return eth->h_proto == bpf_htons(0x0800) && bpf_ntohs(iph->tot_len) > 20 &&
+	       !is_fragment(iph) && arp->hlen == ETH_ALEN;
+}
+
+int parsing_alone(void *ctx)
+{
+	return parse_all(ctx, ctx + 64);
+}
+"""
+
+
+def test_parsing_header_is_self_contained():
+    """bpf/parsing.h includes or defines all it uses: a file including only it compiles."""
+    from bcc import BPF
+    BPF(text=PARSING_ALONE.encode(), cflags=[f"-I{abi.BPF_DIR}", "-Werror"]).cleanup()
+
+
 # ---- ARP companion ------------------------------------------------------------------------
 
 def test_arp_request_for_vip_gets_reply_with_director_mac(lb):
