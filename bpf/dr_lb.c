@@ -1,8 +1,9 @@
 /* dr-lb's XDP program: LVS direct routing plus the director's ARP and ping companion.
  *
- * One entry point, xdp_main. Helpers return an XDP action, or CONTINUE when the caller
- * should go on. Every exit bumps one per-CPU counter (enum drlb_counter), so each pass
- * and drop has a reason that `dr-lb status` shows.
+ * One entry point, xdp_main. Each handle_*() decides the frame's fate and returns its XDP
+ * action through finish(), which bumps the one per-CPU counter (enum drlb_counter) that
+ * names the reason, so each send, pass and drop has a reason that `dr-lb status` shows.
+ * count() alone records an event (a new conn_table key, a persistence hit), not an exit.
  *
  * Built by bcc from lb/dataplane.py; the structs come from dr_lb_abi.h, the sizes from
  * dr_lb_consts.h (overridable with -D), the maps from dr_lb_maps.h.
@@ -27,15 +28,20 @@ typedef __u64 uint64_t;
 #include "dr_lb_abi.h"
 #include "dr_lb_maps.h"
 
-#define CONTINUE -1
 #define NS_PER_S 1000000000ULL
 
-static __always_inline int finish(int action, __u32 counter)
+static __always_inline void count(__u32 counter)
 {
 	__u64 *value = counters.lookup(&counter);
 
 	if (value)
 		*value += 1;
+}
+
+/* Every exit of the program goes through here, with the reason for it. */
+static __always_inline int finish(int action, __u32 counter)
+{
+	count(counter);
 	return action;
 }
 
@@ -167,7 +173,7 @@ static __always_inline long pick_real(struct svc_info *svc, struct persist_key *
 			real = reals.lookup(&slot);
 			if (real && (real->flags & REAL_F_SCHEDULABLE)) {
 				pv->last_seen_ns = now;
-				finish(0, COUNTER_PERSIST_HIT);
+				count(COUNTER_PERSIST_HIT);
 				return slot;
 			}
 		}
@@ -357,7 +363,7 @@ static __always_inline int handle_l4(struct hdr_cursor *c, struct ethhdr *eth,
 	if (!real || !(real->flags & REAL_F_MAC_KNOWN))
 		return finish(XDP_DROP, COUNTER_DROP_REAL_MAC_UNKNOWN);
 	if (!cv)
-		finish(0, COUNTER_CONN_TABLE_INSERT);
+		count(COUNTER_CONN_TABLE_INSERT);
 	if (conn_table.update(&ck, &fresh))
 		return finish(XDP_DROP, COUNTER_DROP_CONN_TABLE_ERROR);
 	return forward(eth, iph, cfg, real, real_id, fresh.svc_id, 1);
