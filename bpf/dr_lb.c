@@ -52,6 +52,23 @@ static __always_inline struct settings *get_settings(void)
 	return settings.lookup(&zero);
 }
 
+/* Whether the control plane has written settings. It writes them before any other map
+ * and always with the interface's MAC, so an all-zero MAC (an array entry exists from the
+ * start, zeroed) means a director that knows no VIP yet: it decides nothing and passes
+ * the frame to the kernel. Not needed on the established path: a connection exists only
+ * once the director is programmed. */
+static __always_inline int programmed(const struct settings *cfg)
+{
+	__u32 head;
+	__u16 tail;
+
+	if (!cfg)
+		return 0;
+	__builtin_memcpy(&head, cfg->mac, sizeof(head));
+	__builtin_memcpy(&tail, cfg->mac + sizeof(head), sizeof(tail));
+	return (head | tail) != 0;
+}
+
 static __always_inline int handle_arp(struct hdr_cursor *c, struct ethhdr *eth)
 {
 	struct arp_ipv4 *arp = parse_arp(c);
@@ -65,10 +82,12 @@ static __always_inline int handle_arp(struct hdr_cursor *c, struct ethhdr *eth)
 		return finish(XDP_PASS, COUNTER_PASS_ARP_OTHER);
 	vip = arp->tpa;
 	/* spa == tpa is another host announcing the address, not asking for it. */
-	if (arp->spa == vip || !vips.lookup(&vip))
+	if (arp->spa == vip)
 		return finish(XDP_PASS, COUNTER_PASS_ARP_OTHER);
 	cfg = get_settings();
-	if (!cfg)
+	if (!programmed(cfg))
+		return finish(XDP_PASS, COUNTER_PASS_NOT_PROGRAMMED);
+	if (!vips.lookup(&vip))
 		return finish(XDP_PASS, COUNTER_PASS_ARP_OTHER);
 
 	arp->op = bpf_htons(ARPOP_REPLY);
@@ -109,11 +128,12 @@ static __always_inline int handle_icmp(struct hdr_cursor *c, struct ethhdr *eth,
 
 	if (!icmp)
 		return finish(XDP_PASS, COUNTER_PASS_MALFORMED);
+	cfg = get_settings();
+	if (!programmed(cfg))
+		return finish(XDP_PASS, COUNTER_PASS_NOT_PROGRAMMED);
 	if (!vips.lookup(&daddr))
 		return finish(XDP_PASS, COUNTER_PASS_NOT_VIP);
-	cfg = get_settings();
-	if (!cfg || !(cfg->flags & SETTINGS_F_ICMP_ECHO) || icmp->type != ICMP_ECHO ||
-	    icmp->code != 0)
+	if (!(cfg->flags & SETTINGS_F_ICMP_ECHO) || icmp->type != ICMP_ECHO || icmp->code != 0)
 		return finish(XDP_PASS, COUNTER_PASS_ICMP_OTHER);
 
 	/* Type 8 -> 0 lowers the checksummed word by 0x0800 (RFC 1624 update). */
@@ -156,7 +176,8 @@ static __always_inline int expired(__u64 now, __u64 last_seen, __u64 timeout)
 
 /* A new connection's real server: the persistence template if one is live and its
  * server still takes connections, else the next slot of the service's WRR cycle.
- * Returns a real_id or -1. */
+ * Returns a real_id, or -1 when no server can be chosen: an empty cycle, or (never with
+ * lb/config.py's limits) a service whose id or cycle lies outside wrr_pos or wrr_seq. */
 static __always_inline long pick_real(struct svc_info *svc, struct persist_key *pk,
 				     __u64 now)
 {
@@ -312,8 +333,8 @@ static __always_inline int handle_l4(struct hdr_cursor *c, struct ethhdr *eth,
 	ck.proto = iph->protocol;
 
 	cfg = get_settings();
-	if (!cfg)
-		return finish(XDP_DROP, COUNTER_DROP_CONN_TABLE_ERROR);
+	if (!cfg)   /* never (an array entry), but the established path reads it */
+		return finish(XDP_PASS, COUNTER_PASS_NOT_PROGRAMMED);
 
 	cv = conn_table.lookup(&ck);
 	if (cv) {
@@ -336,6 +357,9 @@ static __always_inline int handle_l4(struct hdr_cursor *c, struct ethhdr *eth,
 		}
 	}
 
+	/* No live connection to follow: from here on the frame needs the services. */
+	if (!programmed(cfg))
+		return finish(XDP_PASS, COUNTER_PASS_NOT_PROGRAMMED);
 	fill_svc_key(&sk, &ck);
 	svc = services.lookup(&sk);
 	if (!svc) {
@@ -362,10 +386,10 @@ static __always_inline int handle_l4(struct hdr_cursor *c, struct ethhdr *eth,
 	real = reals.lookup(&real_id);
 	if (!real || !(real->flags & REAL_F_MAC_KNOWN))
 		return finish(XDP_DROP, COUNTER_DROP_REAL_MAC_UNKNOWN);
-	if (!cv)
-		count(COUNTER_CONN_TABLE_INSERT);
 	if (conn_table.update(&ck, &fresh))
 		return finish(XDP_DROP, COUNTER_DROP_CONN_TABLE_ERROR);
+	if (!cv)
+		count(COUNTER_CONN_TABLE_INSERT);
 	return forward(eth, iph, cfg, real, real_id, fresh.svc_id, 1);
 }
 
@@ -389,6 +413,8 @@ static __always_inline int handle_ipv4(struct hdr_cursor *c, struct ethhdr *eth)
 	default: {
 		__be32 daddr = iph->daddr;
 
+		if (!programmed(get_settings()))
+			return finish(XDP_PASS, COUNTER_PASS_NOT_PROGRAMMED);
 		if (vips.lookup(&daddr))
 			return finish(XDP_PASS, COUNTER_PASS_VIP_OTHER_PORT);
 		return finish(XDP_PASS, COUNTER_PASS_NOT_VIP);
