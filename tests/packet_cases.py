@@ -72,7 +72,8 @@ address = "10.0.0.13"
 [[service.real_server]]
 address = "10.0.0.14"
 """
-CONFIG_NO_ICMP_ECHO = CONFIG.replace('interface = "eth0"', 'interface = "eth0"\nicmp_echo = false')
+CONFIG_NO_ICMP_ECHO = CONFIG.replace('interface = "eth0"',
+                                     'interface = "eth0"\nicmp_echo = false')
 
 
 # ---- builders ---------------------------------------------------------------------------
