@@ -16,12 +16,10 @@ import json
 import time
 from pathlib import Path
 
-from scapy.layers.inet import IP, TCP, UDP
-from scapy.layers.l2 import Ether
-
 from lb import lab as lab_mod, libbpf
 from lb.director import config as config_mod, layout as layout_mod
 from lb.director.dataplane import Dataplane
+from tests import packet_cases   # the packet tests' frame builders
 
 HERE = Path(__file__).resolve().parent
 CLIENT_MAC = "02:00:00:00:00:0a"
@@ -35,14 +33,14 @@ def reflector():
 
 
 def frames(director_mac: str = DIRECTOR_MAC) -> dict[str, bytes]:
-    eth = Ether(src=CLIENT_MAC, dst=director_mac)
-    ip = IP(src=lab_mod.CLIENT_IP, dst=lab_mod.VIP)
+    """The lab's flows, built by tests/packet_cases.py's builders."""
+    flow = {"src": lab_mod.CLIENT_IP, "src_mac": CLIENT_MAC, "dst_mac": director_mac}
     return {
-        "syn": bytes(eth / ip / TCP(sport=50000, dport=lab_mod.HTTP_PORT, flags="S")),
-        "ack": bytes(eth / ip / TCP(sport=50000, dport=lab_mod.HTTP_PORT, flags="A")),
-        "udp": bytes(eth / ip / UDP(sport=50001, dport=lab_mod.UDP_PORT) / (b"x" * 18)),
-        "other": bytes(eth / IP(src=lab_mod.CLIENT_IP, dst=lab_mod.DIRECTOR_IP)
-                       / TCP(dport=22, flags="A")),
+        "syn": packet_cases.tcp("S", 50000, lab_mod.HTTP_PORT, dst=lab_mod.VIP, **flow),
+        "ack": packet_cases.tcp("A", 50000, lab_mod.HTTP_PORT, dst=lab_mod.VIP, **flow),
+        "udp": packet_cases.udp(50001, lab_mod.UDP_PORT, payload=b"x" * 18, dst=lab_mod.VIP,
+                                **flow),
+        "other": packet_cases.tcp("A", 50002, 22, dst=lab_mod.DIRECTOR_IP, **flow),
     }
 
 

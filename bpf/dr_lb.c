@@ -1,11 +1,12 @@
 /* dr-lb's XDP program: LVS direct routing plus the director's ARP and ping companion.
  *
- * One entry point, xdp_main. Helpers return an XDP action, or CONTINUE when the caller
- * should go on. Every exit bumps one per-CPU counter (enum drlb_counter), so each pass
- * and drop has a reason that `dr-lb status` shows.
+ * One entry point, xdp_main. Each handle_*() decides the frame's fate and returns its XDP
+ * action through finish(), which bumps the one per-CPU counter (enum drlb_counter) that
+ * names the reason, so each send, pass and drop has a reason that `dr-lb status` shows.
+ * count() alone records an event (a new conn_table key, a persistence hit), not an exit.
  *
  * Built by bcc from lb/dataplane.py; the structs come from dr_lb_abi.h, the sizes from
- * dr_lb_consts.h (overridable with -D).
+ * dr_lb_consts.h (overridable with -D), the maps from dr_lb_maps.h.
  */
 #include <uapi/linux/bpf.h>
 #include <uapi/linux/if_ether.h>
@@ -16,6 +17,8 @@
 #include <uapi/linux/udp.h>
 #include <uapi/linux/icmp.h>
 
+#include "parsing.h"
+
 typedef __u8 uint8_t;
 typedef __u16 uint16_t;
 typedef __u32 uint32_t;
@@ -23,59 +26,22 @@ typedef __u64 uint64_t;
 
 #include "dr_lb_consts.h"
 #include "dr_lb_abi.h"
+#include "dr_lb_maps.h"
 
-#ifndef IP_MF
-#define IP_MF 0x2000
-#define IP_OFFSET 0x1FFF
-#endif
-
-#if __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
-#define bpf_htons(x) ((__be16)__builtin_bswap16(x))
-#define bpf_ntohs(x) ((__u16)__builtin_bswap16(x))
-#else
-#define bpf_htons(x) ((__be16)(x))
-#define bpf_ntohs(x) ((__u16)(x))
-#endif
-
-#include "parsing.h"
-
-#define CONTINUE -1
 #define NS_PER_S 1000000000ULL
 
-/* Only the program touches it: the WRR position every CPU shares, under a lock, so that
- * consecutive new connections follow the sequence exactly. */
-struct wrr_pos {
-	struct bpf_spin_lock lock;
-	__u32 pos;
-};
-
-/* (VIP, port, protocol) -> service. */
-BPF_HASH(services, struct svc_key, struct svc_info, MAX_SERVICES);
-/* VIP -> info: ARP and ping companion, and telling "VIP, other port" from "not a VIP". */
-BPF_HASH(vips, __u32, struct vip_info, MAX_SERVICES);
-/* real_id -> MAC and flags; one id per (service, real server). */
-BPF_ARRAY(reals, struct real_info, MAX_REALS);
-/* Every service's WRR cycle (lb/scheduler.py), as real_ids, at svc_info.seq_offset. */
-BPF_ARRAY(wrr_seq, __u32, WRR_SEQ_CAPACITY);
-/* service id -> position in its WRR cycle. */
-BPF_ARRAY(wrr_pos, struct wrr_pos, MAX_SERVICES);
-/* 5-tuple -> real server and TCP state; least recently used entries go first when full. */
-BPF_F_TABLE("lru_hash", struct conn_key, struct conn_value, conn_table, CONN_TABLE_SIZE, 0);
-/* (client network, VIP, port, protocol) -> real server, for `persistent` services. */
-BPF_F_TABLE("lru_hash", struct persist_key, struct persist_value, persist_table,
-	    PERSIST_TABLE_SIZE, 0);
-/* [0]: interface MAC, flags and timeouts. */
-BPF_ARRAY(settings, struct settings, 1);
-BPF_PERCPU_ARRAY(svc_stats, struct stats, MAX_SERVICES);
-BPF_PERCPU_ARRAY(real_stats, struct stats, MAX_REALS);
-BPF_PERCPU_ARRAY(counters, __u64, COUNTER_COUNT);
-
-static __always_inline int finish(int action, __u32 counter)
+static __always_inline void count(__u32 counter)
 {
 	__u64 *value = counters.lookup(&counter);
 
 	if (value)
 		*value += 1;
+}
+
+/* Every exit of the program goes through here, with the reason for it. */
+static __always_inline int finish(int action, __u32 counter)
+{
+	count(counter);
 	return action;
 }
 
@@ -84,6 +50,23 @@ static __always_inline struct settings *get_settings(void)
 	__u32 zero = 0;
 
 	return settings.lookup(&zero);
+}
+
+/* Whether the control plane has written settings. It writes them before any other map
+ * and always with the interface's MAC, so an all-zero MAC (an array entry exists from the
+ * start, zeroed) means a director that knows no VIP yet: it decides nothing and passes
+ * the frame to the kernel. Not needed on the established path: a connection exists only
+ * once the director is programmed. */
+static __always_inline int programmed(const struct settings *cfg)
+{
+	__u32 head;
+	__u16 tail;
+
+	if (!cfg)
+		return 0;
+	__builtin_memcpy(&head, cfg->mac, sizeof(head));
+	__builtin_memcpy(&tail, cfg->mac + sizeof(head), sizeof(tail));
+	return (head | tail) != 0;
 }
 
 static __always_inline int handle_arp(struct hdr_cursor *c, struct ethhdr *eth)
@@ -99,10 +82,12 @@ static __always_inline int handle_arp(struct hdr_cursor *c, struct ethhdr *eth)
 		return finish(XDP_PASS, COUNTER_PASS_ARP_OTHER);
 	vip = arp->tpa;
 	/* spa == tpa is another host announcing the address, not asking for it. */
-	if (arp->spa == vip || !vips.lookup(&vip))
+	if (arp->spa == vip)
 		return finish(XDP_PASS, COUNTER_PASS_ARP_OTHER);
 	cfg = get_settings();
-	if (!cfg)
+	if (!programmed(cfg))
+		return finish(XDP_PASS, COUNTER_PASS_NOT_PROGRAMMED);
+	if (!vips.lookup(&vip))
 		return finish(XDP_PASS, COUNTER_PASS_ARP_OTHER);
 
 	arp->op = bpf_htons(ARPOP_REPLY);
@@ -143,11 +128,12 @@ static __always_inline int handle_icmp(struct hdr_cursor *c, struct ethhdr *eth,
 
 	if (!icmp)
 		return finish(XDP_PASS, COUNTER_PASS_MALFORMED);
+	cfg = get_settings();
+	if (!programmed(cfg))
+		return finish(XDP_PASS, COUNTER_PASS_NOT_PROGRAMMED);
 	if (!vips.lookup(&daddr))
 		return finish(XDP_PASS, COUNTER_PASS_NOT_VIP);
-	cfg = get_settings();
-	if (!cfg || !(cfg->flags & SETTINGS_F_ICMP_ECHO) || icmp->type != ICMP_ECHO ||
-	    icmp->code != 0)
+	if (!(cfg->flags & SETTINGS_F_ICMP_ECHO) || icmp->type != ICMP_ECHO || icmp->code != 0)
 		return finish(XDP_PASS, COUNTER_PASS_ICMP_OTHER);
 
 	/* Type 8 -> 0 lowers the checksummed word by 0x0800 (RFC 1624 update). */
@@ -190,7 +176,8 @@ static __always_inline int expired(__u64 now, __u64 last_seen, __u64 timeout)
 
 /* A new connection's real server: the persistence template if one is live and its
  * server still takes connections, else the next slot of the service's WRR cycle.
- * Returns a real_id or -1. */
+ * Returns a real_id, or -1 when no server can be chosen: an empty cycle, or (never with
+ * lb/config.py's limits) a service whose id or cycle lies outside wrr_pos or wrr_seq. */
 static __always_inline long pick_real(struct svc_info *svc, struct persist_key *pk,
 				     __u64 now)
 {
@@ -207,7 +194,7 @@ static __always_inline long pick_real(struct svc_info *svc, struct persist_key *
 			real = reals.lookup(&slot);
 			if (real && (real->flags & REAL_F_SCHEDULABLE)) {
 				pv->last_seen_ns = now;
-				finish(0, COUNTER_PERSIST_HIT);
+				count(COUNTER_PERSIST_HIT);
 				return slot;
 			}
 		}
@@ -346,8 +333,8 @@ static __always_inline int handle_l4(struct hdr_cursor *c, struct ethhdr *eth,
 	ck.proto = iph->protocol;
 
 	cfg = get_settings();
-	if (!cfg)
-		return finish(XDP_DROP, COUNTER_DROP_CONN_TABLE_ERROR);
+	if (!cfg)   /* never (an array entry), but the established path reads it */
+		return finish(XDP_PASS, COUNTER_PASS_NOT_PROGRAMMED);
 
 	cv = conn_table.lookup(&ck);
 	if (cv) {
@@ -370,6 +357,9 @@ static __always_inline int handle_l4(struct hdr_cursor *c, struct ethhdr *eth,
 		}
 	}
 
+	/* No live connection to follow: from here on the frame needs the services. */
+	if (!programmed(cfg))
+		return finish(XDP_PASS, COUNTER_PASS_NOT_PROGRAMMED);
 	fill_svc_key(&sk, &ck);
 	svc = services.lookup(&sk);
 	if (!svc) {
@@ -396,10 +386,10 @@ static __always_inline int handle_l4(struct hdr_cursor *c, struct ethhdr *eth,
 	real = reals.lookup(&real_id);
 	if (!real || !(real->flags & REAL_F_MAC_KNOWN))
 		return finish(XDP_DROP, COUNTER_DROP_REAL_MAC_UNKNOWN);
-	if (!cv)
-		finish(0, COUNTER_CONN_TABLE_INSERT);
 	if (conn_table.update(&ck, &fresh))
 		return finish(XDP_DROP, COUNTER_DROP_CONN_TABLE_ERROR);
+	if (!cv)
+		count(COUNTER_CONN_TABLE_INSERT);
 	return forward(eth, iph, cfg, real, real_id, fresh.svc_id, 1);
 }
 
@@ -423,6 +413,8 @@ static __always_inline int handle_ipv4(struct hdr_cursor *c, struct ethhdr *eth)
 	default: {
 		__be32 daddr = iph->daddr;
 
+		if (!programmed(get_settings()))
+			return finish(XDP_PASS, COUNTER_PASS_NOT_PROGRAMMED);
 		if (vips.lookup(&daddr))
 			return finish(XDP_PASS, COUNTER_PASS_VIP_OTHER_PORT);
 		return finish(XDP_PASS, COUNTER_PASS_NOT_VIP);

@@ -27,6 +27,7 @@ enum drlb_counter {
 	COUNTER_DROP_NO_REAL_SERVER,   /* new connection, but no real server can take it */
 	COUNTER_DROP_REAL_MAC_UNKNOWN, /* the connection's real server has no MAC now */
 	COUNTER_DROP_CONN_TABLE_ERROR, /* the connection could not be stored */
+	COUNTER_PASS_NOT_PROGRAMMED,   /* the control plane has not written settings yet */
 	COUNTER_CONN_TABLE_INSERT,     /* event: a new key entered conn_table */
 	COUNTER_PERSIST_HIT,           /* event: a persistence template chose the server */
 	COUNTER_COUNT
@@ -113,7 +114,8 @@ struct persist_value {
 };
 
 struct settings {
-	uint8_t mac[6];                /* the interface's MAC: source of every frame we send */
+	uint8_t mac[6];                /* the interface's MAC: source of every frame we send;
+	                                  all zero: not written yet (not programmed) */
 	uint16_t flags;                /* enum settings_flags */
 	uint32_t pad;
 	uint64_t timeout_ns[8];        /* idle timeout per enum conn_state (CONN_STATE_SLOTS) */

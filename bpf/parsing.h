@@ -1,8 +1,40 @@
 /* Bounds-checked header parsing with a cursor (after xdp-tools' parsing_helpers.h).
  * Each parse_*() checks that the whole header lies inside the frame, advances the
- * cursor and returns a pointer to the header, or NULL when the frame is too short. */
+ * cursor and returns a pointer to the header, or NULL when the frame is too short.
+ *
+ * Self-contained: it includes or defines everything it uses, so a file may include it
+ * alone. The include paths are bcc's (the kernel tree's uapi/ directory). */
 #ifndef DR_LB_PARSING_H
 #define DR_LB_PARSING_H
+
+#include <uapi/linux/types.h>
+#include <uapi/linux/if_ether.h>
+#include <uapi/linux/ip.h>
+#include <uapi/linux/tcp.h>
+#include <uapi/linux/udp.h>
+#include <uapi/linux/icmp.h>
+
+#ifndef __always_inline
+#define __always_inline inline __attribute__((always_inline))
+#endif
+
+/* Byte order as macros (bcc's helpers have them only as functions), usable in
+ * constant expressions. */
+#ifndef bpf_htons
+#if __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
+#define bpf_htons(x) ((__be16)__builtin_bswap16(x))
+#define bpf_ntohs(x) ((__u16)__builtin_bswap16(x))
+#else
+#define bpf_htons(x) ((__be16)(x))
+#define bpf_ntohs(x) ((__u16)(x))
+#endif
+#endif
+
+/* iphdr.frag_off's flags (the kernel's net/ip.h, which is not UAPI). */
+#ifndef IP_MF
+#define IP_MF 0x2000     /* more fragments follow */
+#define IP_OFFSET 0x1FFF /* fragment offset, in 8-byte units */
+#endif
 
 struct hdr_cursor {
 	void *pos;

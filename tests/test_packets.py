@@ -1,5 +1,6 @@
 """Layer 2: crafted packets through the real program (bpf_prog_test_run_opts), maps filled
-by the real control-plane code. Each test checks the verdict and the exact bytes out."""
+by the real control-plane code. Each test checks the verdict and the exact bytes out; the
+stateless cases (one frame, one verdict, one counter) are a table in tests/packet_cases.py."""
 from __future__ import annotations
 
 import ctypes as ct
@@ -7,89 +8,19 @@ import struct
 import time
 
 import pytest
-from scapy.layers.inet import ICMP, IP, TCP, UDP
-from scapy.layers.inet6 import IPv6
-from scapy.layers.l2 import ARP, Ether
 
 from lb import abi, libbpf
+from tests import packet_cases
 from tests.conftest import needs_root
+from tests.packet_cases import (CLIENT_IP, CONFIG, DIRECTOR_MAC, OTHER_NET_CLIENT_IP, RS1,
+                                RS2, RS3, RS_MACS, VIP, forwarded, tcp, udp)
 
 pytestmark = needs_root
-
-CLIENT_MAC = "02:00:00:00:00:0a"
-DIRECTOR_MAC = "02:00:00:00:00:0b"
-RS_MACS = {"10.0.0.12": "02:00:00:00:00:12", "10.0.0.13": "02:00:00:00:00:13",
-           "10.0.0.14": "02:00:00:00:00:14"}
-RS1, RS2, RS3 = RS_MACS.values()
-CLIENT_IP = "10.0.0.10"
-OTHER_NET_CLIENT_IP = "10.0.1.10"
-VIP = "10.0.0.21"
-OTHER_IP = "10.0.0.99"
-
-CONFIG = f"""
-[director]
-interface = "eth0"
-[timeouts]
-tcp = 900
-tcpfin = 120
-udp = 1
-
-[[service]]
-vip = "{VIP}"
-port = 80
-[[service.real_server]]
-address = "10.0.0.12"
-weight = 2
-[[service.real_server]]
-address = "10.0.0.13"
-[[service.real_server]]
-address = "10.0.0.14"
-
-[[service]]
-vip = "{VIP}"
-port = 53
-protocol = "udp"
-[[service.real_server]]
-address = "10.0.0.12"
-weight = 2
-[[service.real_server]]
-address = "10.0.0.13"
-[[service.real_server]]
-address = "10.0.0.14"
-
-[[service]]
-vip = "{VIP}"
-port = 443
-persistent = 300
-persistent_netmask = "255.255.255.0"
-[[service.real_server]]
-address = "10.0.0.12"
-[[service.real_server]]
-address = "10.0.0.13"
-[[service.real_server]]
-address = "10.0.0.14"
-"""
 
 
 @pytest.fixture
 def lb(program):
     return program(CONFIG, dict(RS_MACS), DIRECTOR_MAC)
-
-
-def tcp(flags: str, sport: int = 40000, dport: int = 80, src: str = CLIENT_IP,
-        payload: bytes = b"") -> bytes:
-    return bytes(Ether(src=CLIENT_MAC, dst=DIRECTOR_MAC) / IP(src=src, dst=VIP)
-                 / TCP(sport=sport, dport=dport, flags=flags, seq=1000) / payload)
-
-
-def udp(sport: int = 40000, dport: int = 53, src: str = CLIENT_IP) -> bytes:
-    return bytes(Ether(src=CLIENT_MAC, dst=DIRECTOR_MAC) / IP(src=src, dst=VIP)
-                 / UDP(sport=sport, dport=dport) / b"query")
-
-
-def forwarded(packet: bytes, rs_mac: str) -> bytes:
-    """What DR makes of a packet: new MACs, not one other byte changed."""
-    return abi.mac_bytes(rs_mac) + abi.mac_bytes(DIRECTOR_MAC) + packet[12:]
 
 
 def run(lb, packet: bytes):
@@ -148,54 +79,71 @@ def test_abi_layout_matches_compiled_program(dataplane, map_name, side, struct):
             f"{getattr(ctype, name).offset} in the program")
 
 
-# ---- ARP companion ------------------------------------------------------------------------
+PARSING_ALONE = r"""
+#include "parsing.h"
 
-def test_arp_request_for_vip_gets_reply_with_director_mac(lb):
-    request = bytes(Ether(src=CLIENT_MAC, dst="ff:ff:ff:ff:ff:ff")
-                    / ARP(op=1, hwsrc=CLIENT_MAC, psrc=CLIENT_IP, pdst=VIP))
-    expected = bytes(Ether(src=DIRECTOR_MAC, dst=CLIENT_MAC)
-                     / ARP(op=2, hwsrc=DIRECTOR_MAC, psrc=VIP, hwdst=CLIENT_MAC,
-                           pdst=CLIENT_IP))
-    r = run(lb, request)
-    assert r.verdict == "XDP_TX", "ARP who-has VIP must be answered"
-    assert r.data == expected.ljust(len(request), b"\x00")[:len(request)], \
-        "the reply must say VIP is-at the director's MAC, addressed to the asker"
+static __always_inline int parse_all(void *data, void *data_end)
+{
+	struct hdr_cursor c = { .pos = data, .end = data_end };
+	struct ethhdr *eth = parse_ethhdr(&c);
+	struct arp_ipv4 *arp = parse_arp(&c);
+	struct iphdr *iph = parse_iphdr(&c);
+	struct tcphdr *th = parse_tcphdr(&c);
+	struct udphdr *uh = parse_udphdr(&c);
+	struct icmphdr *icmp = parse_icmphdr(&c);
 
+	if (!eth || !arp || !iph || !th || !uh || !icmp)
+		return 0;
+	return eth->h_proto == bpf_htons(0x0800) && bpf_ntohs(iph->tot_len) > 20 &&
+	       !is_fragment(iph) && arp->hlen == ETH_ALEN;
+}
 
-def test_arp_for_other_address_is_passed(lb):
-    request = bytes(Ether(src=CLIENT_MAC, dst="ff:ff:ff:ff:ff:ff")
-                    / ARP(op=1, hwsrc=CLIENT_MAC, psrc=CLIENT_IP, pdst=OTHER_IP))
-    assert_passed_untouched(lb, request, "pass_arp_other")
-
-
-def test_arp_reply_and_gratuitous_arp_for_vip_are_passed(lb):
-    reply = bytes(Ether(src=CLIENT_MAC, dst=DIRECTOR_MAC)
-                  / ARP(op=2, hwsrc=CLIENT_MAC, psrc=CLIENT_IP, pdst=VIP))
-    assert_passed_untouched(lb, reply, "pass_arp_other")
-    announce = bytes(Ether(src=CLIENT_MAC, dst="ff:ff:ff:ff:ff:ff")
-                     / ARP(op=1, hwsrc=CLIENT_MAC, psrc=VIP, pdst=VIP))
-    assert_passed_untouched(lb, announce, "pass_arp_other")
+int parsing_alone(void *ctx)
+{
+	return parse_all(ctx, ctx + 64);
+}
+"""
 
 
-# ---- ping ---------------------------------------------------------------------------------
-
-def test_ping_to_vip_gets_echo_reply(lb):
-    request = Ether(src=CLIENT_MAC, dst=DIRECTOR_MAC) / IP(src=CLIENT_IP, dst=VIP, ttl=61, id=7) \
-        / ICMP(type=8, id=0x1234, seq=1) / b"ping-payload"
-    expected = bytes(Ether(src=DIRECTOR_MAC, dst=CLIENT_MAC) / IP(src=VIP, dst=CLIENT_IP,
-                     ttl=abi.CONST["ICMP_ECHO_REPLY_TTL"], id=7)
-                     / ICMP(type=0, id=0x1234, seq=1) / b"ping-payload")
-    r = run(lb, bytes(request))
-    assert r.verdict == "XDP_TX"
-    assert r.data == expected, "echo reply must have swapped addresses and valid checksums"
+def test_parsing_header_is_self_contained():
+    """bpf/parsing.h includes or defines all it uses: a file including only it compiles."""
+    from bcc import BPF
+    BPF(text=PARSING_ALONE.encode(), cflags=[f"-I{abi.BPF_DIR}", "-Werror"]).cleanup()
 
 
-def test_ping_to_vip_is_passed_when_icmp_echo_is_off(program):
-    lb = program(CONFIG.replace('interface = "eth0"', 'interface = "eth0"\nicmp_echo = false'),
-                 dict(RS_MACS), DIRECTOR_MAC)
-    request = bytes(Ether(src=CLIENT_MAC, dst=DIRECTOR_MAC) / IP(src=CLIENT_IP, dst=VIP)
-                    / ICMP(type=8))
-    assert_passed_untouched(lb, request, "pass_icmp_other")
+# ---- stateless cases: one frame, one verdict, one counter (tests/packet_cases.py) ---------
+
+EXIT_PREFIXES = ("tx_", "pass_", "drop_")
+
+
+@pytest.mark.parametrize("case", packet_cases.CASES, ids=[c.name for c in packet_cases.CASES])
+def test_stateless_case(program, case):
+    """From fresh maps, the frame gets its verdict, its exact bytes out (a passed frame
+    leaves unchanged) and exactly one exit counter, its reason, moves, by one."""
+    lb = program(case.config, dict(case.macs), DIRECTOR_MAC)
+    if case.setup:
+        case.setup(lb)
+    before = lb.dp.counters()
+    r = run(lb, case.frame)
+    moved = {k: v - before[k] for k, v in lb.dp.counters().items() if v != before[k]}
+    assert r.verdict == case.verdict, (
+        f"expected {case.verdict} (counted as {case.counter}), got {r.verdict}; "
+        f"counters moved: {moved}")
+    exits = {k: v for k, v in moved.items() if k.startswith(EXIT_PREFIXES)}
+    assert exits == {case.counter: 1}, \
+        f"expected exactly {case.counter} +1 among the exit counters, got {exits}"
+    if case.verdict == "XDP_PASS":
+        assert r.data == case.frame, "a passed packet must leave the program unchanged"
+    elif case.out is not None:
+        assert r.data == case.out, case.why or "unexpected bytes out"
+    if case.counter != "tx_service":
+        assert "conn_table_insert" not in moved and not list(lb.dp.map("conn_table").keys()), \
+            "no connection may be created by a frame that is not sent to a real server"
+
+
+def test_case_names_are_unique():
+    names = [c.name for c in packet_cases.CASES]
+    assert len(names) == len(set(names))
 
 
 # ---- TCP -----------------------------------------------------------------------------------
@@ -223,12 +171,6 @@ def test_rst_closes_the_connection(lb):
     assert_sent_to(lb, tcp("A", sport=40001), RS1)
     assert_sent_to(lb, tcp("R", sport=40001), RS1, "the RST still reaches the server")
     assert conn_state(lb, 40001) == "close"
-
-
-def test_non_syn_without_connection_is_passed_to_kernel(lb):
-    for flags in ("A", "PA", "FA", "R", "SA"):
-        assert_passed_untouched(lb, tcp(flags, sport=41000), "pass_tcp_no_conn")
-    assert conn_state(lb, 41000) is None, "no connection may be created without a SYN"
 
 
 def test_wrr_2_1_1_in_ipvs_order(lb):
@@ -309,64 +251,6 @@ def test_server_without_mac_is_never_chosen(program):
         r = run(lb, tcp("S", sport=47000 + i))
         assert r.verdict == "XDP_TX"
         assert abi.mac_str(r.data[:6]) in (RS2, RS3)
-
-
-def test_no_usable_server_drops_new_connections(program):
-    lb = program(CONFIG, {a: None for a in RS_MACS}, DIRECTOR_MAC)
-    r = run(lb, tcp("S"))
-    assert r.verdict == "XDP_DROP"
-    assert lb.dp.counters()["drop_no_real_server"] == 1
-
-
-# ---- everything else is passed, each with its own counter ------------------------------------
-
-def test_other_traffic_is_passed_with_its_reason(lb):
-    eth = Ether(src=CLIENT_MAC, dst=DIRECTOR_MAC)
-    assert_passed_untouched(lb, bytes(eth / IPv6(dst="fe80::1") / UDP()), "pass_not_ipv4")
-    assert_passed_untouched(lb, bytes(eth / IP(src=CLIENT_IP, dst=OTHER_IP) / TCP(flags="S")),
-                            "pass_not_vip")
-    assert_passed_untouched(lb, tcp("S", dport=22), "pass_vip_other_port")
-    assert_passed_untouched(lb, bytes(eth / IP(src=CLIENT_IP, dst=VIP, proto=47) / b"gre"),
-                            "pass_vip_other_port")
-    assert_passed_untouched(lb, bytes(eth / IP(src=CLIENT_IP, dst=VIP, options=b"\x01\x01\x01\x00")
-                                      / TCP(dport=80, flags="S")), "pass_ip_options")
-    assert_passed_untouched(lb, bytes(eth / IP(src=CLIENT_IP, dst=VIP, flags="MF")
-                                      / TCP(dport=80, flags="S")), "pass_fragment")
-    assert_passed_untouched(lb, bytes(eth / IP(src=CLIENT_IP, dst=VIP, frag=100)
-                                      / (b"x" * 20)), "pass_fragment")
-
-
-@pytest.mark.parametrize("name,packet", [
-    ("tcp syn", lambda: tcp("S")),
-    ("udp", lambda: udp()),
-    ("arp", lambda: bytes(Ether(src=CLIENT_MAC, dst="ff:ff:ff:ff:ff:ff")
-                          / ARP(op=1, hwsrc=CLIENT_MAC, psrc=CLIENT_IP, pdst=VIP))),
-    ("icmp", lambda: bytes(Ether(src=CLIENT_MAC, dst=DIRECTOR_MAC) / IP(src=CLIENT_IP, dst=VIP)
-                           / ICMP(type=8))),
-])
-def test_truncated_at_every_header_boundary_is_never_sent(lb, name, packet):
-    """Cut the frame at every length from the Ethernet header up to one byte short of
-    the last header: never XDP_TX, always counted as malformed."""
-    full = packet()
-    headers_end = {"tcp syn": 14 + 20 + 20, "udp": 14 + 20 + 8, "arp": 14 + 28,
-                   "icmp": 14 + 20 + 8}[name]
-    for length in range(14, headers_end):
-        before = lb.dp.counters()["pass_malformed"]
-        r = run(lb, full[:length])
-        assert r.verdict == "XDP_PASS", f"{name} cut to {length} bytes: got {r.verdict}"
-        assert r.data == full[:length], f"{name} cut to {length} bytes was modified"
-        assert lb.dp.counters()["pass_malformed"] == before + 1, \
-            f"{name} cut to {length} bytes was not counted as malformed"
-    assert conn_state(lb, 40000) is None
-
-
-def test_bad_ip_header_length_is_malformed(lb):
-    good = bytearray(tcp("S"))
-    good[14] = 0x44   # version 4, IHL 4 (< 5)
-    assert_passed_untouched(lb, bytes(good), "pass_malformed")
-    bad_doff = bytearray(tcp("S"))
-    bad_doff[14 + 20 + 12] = 0x40   # TCP data offset 4 (< 5)
-    assert_passed_untouched(lb, bytes(bad_doff), "pass_malformed")
 
 
 # ---- timeouts: an expired entry counts as absent -----------------------------------------

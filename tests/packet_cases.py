@@ -1,0 +1,259 @@
+"""The frames the packet tests and the benchmarks feed to the XDP program, and the table
+of stateless cases: one frame in, one verdict, the exact bytes out (or the frame left as
+it came) and the one exit counter it bumps.
+
+Frames are built with scapy from symbolic addresses; the builders take the addresses
+and MACs as parameters, so bench/ builds its flows with the same code.
+tests/test_packets.py runs CASES, one test each.
+"""
+from __future__ import annotations
+
+import ctypes as ct
+from dataclasses import dataclass
+from typing import Callable
+
+from scapy.layers.inet import ICMP, IP, TCP, UDP
+from scapy.layers.inet6 import IPv6
+from scapy.layers.l2 import ARP, Dot1Q, Ether
+
+from lb import abi
+
+CLIENT_MAC = "02:00:00:00:00:0a"
+DIRECTOR_MAC = "02:00:00:00:00:0b"
+BROADCAST = "ff:ff:ff:ff:ff:ff"
+RS_MACS = {"10.0.0.12": "02:00:00:00:00:12", "10.0.0.13": "02:00:00:00:00:13",
+           "10.0.0.14": "02:00:00:00:00:14"}
+RS1, RS2, RS3 = RS_MACS.values()
+CLIENT_IP = "10.0.0.10"
+OTHER_NET_CLIENT_IP = "10.0.1.10"
+VIP = "10.0.0.21"
+OTHER_IP = "10.0.0.99"
+
+CONFIG = f"""
+[director]
+interface = "eth0"
+[timeouts]
+tcp = 900
+tcpfin = 120
+udp = 1
+
+[[service]]
+vip = "{VIP}"
+port = 80
+[[service.real_server]]
+address = "10.0.0.12"
+weight = 2
+[[service.real_server]]
+address = "10.0.0.13"
+[[service.real_server]]
+address = "10.0.0.14"
+
+[[service]]
+vip = "{VIP}"
+port = 53
+protocol = "udp"
+[[service.real_server]]
+address = "10.0.0.12"
+weight = 2
+[[service.real_server]]
+address = "10.0.0.13"
+[[service.real_server]]
+address = "10.0.0.14"
+
+[[service]]
+vip = "{VIP}"
+port = 443
+persistent = 300
+persistent_netmask = "255.255.255.0"
+[[service.real_server]]
+address = "10.0.0.12"
+[[service.real_server]]
+address = "10.0.0.13"
+[[service.real_server]]
+address = "10.0.0.14"
+"""
+CONFIG_NO_ICMP_ECHO = CONFIG.replace('interface = "eth0"',
+                                     'interface = "eth0"\nicmp_echo = false')
+
+
+# ---- builders ---------------------------------------------------------------------------
+
+def ether(src_mac: str = CLIENT_MAC, dst_mac: str = DIRECTOR_MAC) -> Ether:
+    return Ether(src=src_mac, dst=dst_mac)
+
+
+def tcp(flags: str, sport: int = 40000, dport: int = 80, src: str = CLIENT_IP,
+        payload: bytes = b"", dst: str = VIP, src_mac: str = CLIENT_MAC,
+        dst_mac: str = DIRECTOR_MAC) -> bytes:
+    return bytes(ether(src_mac, dst_mac) / IP(src=src, dst=dst)
+                 / TCP(sport=sport, dport=dport, flags=flags, seq=1000) / payload)
+
+
+def udp(sport: int = 40000, dport: int = 53, src: str = CLIENT_IP, payload: bytes = b"query",
+        dst: str = VIP, src_mac: str = CLIENT_MAC, dst_mac: str = DIRECTOR_MAC) -> bytes:
+    return bytes(ether(src_mac, dst_mac) / IP(src=src, dst=dst)
+                 / UDP(sport=sport, dport=dport) / payload)
+
+
+def ip(dst: str = VIP, src: str = CLIENT_IP, **fields) -> Ether:
+    """An IPv4 frame to be completed with `/`: ip(proto=47) / b"gre"."""
+    return ether() / IP(src=src, dst=dst, **fields)
+
+
+def arp(op: int = 1, psrc: str = CLIENT_IP, pdst: str = VIP, dst_mac: str = BROADCAST) -> bytes:
+    """who-has pdst (op 1), or an is-at (op 2), from the client."""
+    return bytes(Ether(src=CLIENT_MAC, dst=dst_mac)
+                 / ARP(op=op, hwsrc=CLIENT_MAC, psrc=psrc, pdst=pdst))
+
+
+def arp_reply_from_director(request: bytes) -> bytes:
+    """The director's answer to the client's who-has VIP: VIP is-at the director's MAC."""
+    reply = bytes(Ether(src=DIRECTOR_MAC, dst=CLIENT_MAC)
+                  / ARP(op=2, hwsrc=DIRECTOR_MAC, psrc=VIP, hwdst=CLIENT_MAC, pdst=CLIENT_IP))
+    return reply.ljust(len(request), b"\x00")[:len(request)]
+
+
+def ping(dst: str = VIP, **icmp) -> bytes:
+    return bytes(ip(dst) / ICMP(**{"type": 8, **icmp}))
+
+
+PING_PAYLOAD = b"ping-payload"
+
+
+def echo_request() -> bytes:
+    return bytes(ip(ttl=61, id=7) / ICMP(type=8, id=0x1234, seq=1) / PING_PAYLOAD)
+
+
+def echo_reply() -> bytes:
+    """What the director answers to echo_request(): addresses swapped, valid checksums."""
+    return bytes(Ether(src=DIRECTOR_MAC, dst=CLIENT_MAC)
+                 / IP(src=VIP, dst=CLIENT_IP, ttl=abi.CONST["ICMP_ECHO_REPLY_TTL"], id=7)
+                 / ICMP(type=0, id=0x1234, seq=1) / PING_PAYLOAD)
+
+
+def forwarded(packet: bytes, rs_mac: str, director_mac: str = DIRECTOR_MAC) -> bytes:
+    """What DR makes of a packet: new MACs, not one other byte changed."""
+    return abi.mac_bytes(rs_mac) + abi.mac_bytes(director_mac) + packet[12:]
+
+
+def patched(frame: bytes, offset: int, value: int) -> bytes:
+    out = bytearray(frame)
+    out[offset] = value
+    return bytes(out)
+
+
+# ---- states other than "programmed with CONFIG" -------------------------------------------
+
+def fresh(lb) -> None:
+    """The maps as the program finds them before the control plane's first write:
+    settings all zero (an array entry always exists), no service, no VIP."""
+    zero_settings(lb)
+    lb.dp.map("services").clear()
+    lb.dp.map("vips").clear()
+
+
+def zero_settings(lb) -> None:
+    """Settings unwritten while the other maps are programmed: the program must not
+    send a frame (it has no source MAC) nor decide on the VIPs it would otherwise see."""
+    settings = lb.dp.map("settings")
+    settings[ct.c_uint32(0)] = settings.Leaf()
+
+
+# ---- the table ------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Case:
+    name: str
+    frame: bytes
+    verdict: str                         # XDP_TX, XDP_PASS or XDP_DROP
+    counter: str                         # the one tx_/pass_/drop_ counter it bumps by one
+    out: bytes | None = None             # exact bytes out of XDP_TX; a pass leaves the frame
+    why: str = ""
+    config: str = CONFIG
+    macs: tuple[tuple[str, str | None], ...] = tuple(RS_MACS.items())
+    setup: Callable | None = None        # run on the programmed maps before the frame
+
+
+def passed(name: str, frame: bytes, counter: str, **kw) -> Case:
+    return Case(name, frame, "XDP_PASS", counter, **kw)
+
+
+def _truncated() -> list[Case]:
+    """Every frame cut at every length from the Ethernet header up to one byte short of
+    its last header: never sent, never changed, always counted as malformed."""
+    full = {"tcp-syn": (tcp("S"), 14 + 20 + 20), "udp": (udp(), 14 + 20 + 8),
+            "arp": (arp(), 14 + 28), "icmp": (ping(), 14 + 20 + 8)}
+    return [passed(f"truncated-{name}-{length}B", frame[:length], "pass_malformed")
+            for name, (frame, headers_end) in full.items()
+            for length in range(14, headers_end)]
+
+
+def _cases() -> list[Case]:
+    who_has_vip = arp()
+    request = echo_request()
+    syn, first_udp = tcp("S"), udp()
+    no_macs = tuple((address, None) for address in RS_MACS)
+    return [
+        # ARP companion
+        Case("arp-who-has-vip", who_has_vip, "XDP_TX", "tx_arp_reply",
+             out=arp_reply_from_director(who_has_vip),
+             why="the reply must say VIP is-at the director's MAC, addressed to the asker"),
+        passed("arp-who-has-other-address", arp(pdst=OTHER_IP), "pass_arp_other"),
+        passed("arp-reply-for-vip", arp(op=2, dst_mac=DIRECTOR_MAC), "pass_arp_other"),
+        passed("arp-gratuitous-for-vip", arp(psrc=VIP), "pass_arp_other"),
+        # ping
+        Case("ping-vip", request, "XDP_TX", "tx_icmp_echo_reply", out=echo_reply(),
+             why="echo reply must have swapped addresses and valid checksums"),
+        passed("ping-vip-icmp-echo-off", ping(), "pass_icmp_other", config=CONFIG_NO_ICMP_ECHO),
+        passed("icmp-timestamp-to-vip", ping(type=13), "pass_icmp_other"),
+        passed("ping-not-vip", ping(OTHER_IP), "pass_not_vip"),
+        # new flows, first slot of the WRR cycle
+        Case("tcp-syn-vip-80", syn, "XDP_TX", "tx_service", out=forwarded(syn, RS1),
+             why="first SYN, WRR position 0: the frame for rs1 with only the MACs changed"),
+        Case("udp-vip-53", first_udp, "XDP_TX", "tx_service", out=forwarded(first_udp, RS1),
+             why="first datagram, WRR position 0"),
+        Case("tcp-syn-no-usable-server", syn, "XDP_DROP", "drop_no_real_server", macs=no_macs),
+        # TCP that is not a new connection, with no connection: the kernel's business
+        *(passed(f"tcp-{flags}-without-connection", tcp(flags, sport=41000), "pass_tcp_no_conn")
+          for flags in ("A", "PA", "FA", "R", "SA")),
+        # everything else is passed, each with its own counter
+        passed("ipv6", bytes(ether() / IPv6(dst="fe80::1") / UDP()), "pass_not_ipv4"),
+        passed("vlan-tagged", bytes(ether() / Dot1Q(vlan=5) / IP(src=CLIENT_IP, dst=VIP)
+                                    / TCP(dport=80, flags="S")), "pass_not_ipv4"),
+        passed("tcp-not-vip", bytes(ip(OTHER_IP) / TCP(flags="S")), "pass_not_vip"),
+        passed("udp-not-vip", udp(dst=OTHER_IP), "pass_not_vip"),
+        passed("tcp-vip-other-port", tcp("S", dport=22), "pass_vip_other_port"),
+        passed("udp-vip-other-port", udp(dport=54), "pass_vip_other_port"),
+        passed("gre-to-vip", bytes(ip(proto=47) / b"gre"), "pass_vip_other_port"),
+        passed("gre-not-vip", bytes(ip(OTHER_IP, proto=47) / b"gre"), "pass_not_vip"),
+        passed("ip-options", bytes(ip(options=b"\x01\x01\x01\x00") / TCP(dport=80, flags="S")),
+               "pass_ip_options"),
+        passed("fragment-more-fragments", bytes(ip(flags="MF") / TCP(dport=80, flags="S")),
+               "pass_fragment"),
+        passed("fragment-offset", bytes(ip(frag=100) / (b"x" * 20)), "pass_fragment"),
+        # malformed
+        passed("ip-header-length-4", patched(syn, 14, 0x44), "pass_malformed"),
+        passed("tcp-data-offset-4", patched(syn, 14 + 20 + 12, 0x40), "pass_malformed"),
+        *_truncated(),
+        # not programmed yet: pass, whatever the maps would say
+        *(passed(f"fresh-{name}", frame, "pass_not_programmed", setup=fresh)
+          for name, frame in (("arp-who-has-vip", who_has_vip), ("tcp-syn-vip-80", syn),
+                              ("tcp-A-vip-80", tcp("A")), ("udp-vip-53", first_udp),
+                              ("ping-vip", request), ("gre-to-vip", bytes(ip(proto=47) / b"gre")),
+                              ("tcp-syn-not-vip", tcp("S", dst=OTHER_IP)))),
+        *(passed(f"settings-zero-{name}", frame, "pass_not_programmed", setup=zero_settings)
+          for name, frame in (("arp-who-has-vip", who_has_vip), ("tcp-syn-vip-80", syn),
+                              ("udp-vip-53", first_udp), ("ping-vip", request),
+                              ("gre-to-vip", bytes(ip(proto=47) / b"gre")))),
+        # ... but what is decided before the maps are read keeps its own reason
+        passed("fresh-arp-reply-for-vip", arp(op=2, dst_mac=DIRECTOR_MAC), "pass_arp_other",
+               setup=fresh),
+        passed("fresh-ipv6", bytes(ether() / IPv6(dst="fe80::1") / UDP()), "pass_not_ipv4",
+               setup=fresh),
+        passed("fresh-fragment", bytes(ip(flags="MF") / TCP(dport=80, flags="S")),
+               "pass_fragment", setup=fresh),
+        passed("fresh-truncated-tcp-syn", syn[:40], "pass_malformed", setup=fresh),
+    ]
+
+
+CASES = _cases()
