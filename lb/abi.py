@@ -8,11 +8,39 @@ from __future__ import annotations
 import re
 import socket
 import struct
+from importlib import resources
 from pathlib import Path
 
 import cffi
 
-BPF_DIR = Path(__file__).resolve().parent.parent / "bpf"
+
+def _bpf_dir() -> Path:
+    """The directory of the C sources, as a real path (bcc compiles from files and gets
+    this directory as -I).
+
+    The repository keeps them in bpf/, beside lb/. An installed dr-lb (`pip install .`,
+    a wheel) carries them as package data in lb/bpf/: pyproject.toml maps the package
+    lb.bpf to bpf/. An editable install or a checkout on PYTHONPATH imports lb/ from the
+    repository, where they are the bpf/ beside it. The installed copy is looked for
+    first, the repository's second, both from where `lb` itself was imported, so that a
+    worktree on PYTHONPATH compiles its own bpf/ and never another checkout's.
+
+    Assumes lb is installed as files on disk (a wheel or editable install, not a zip):
+    then importlib.resources gives a real pathlib.Path.
+    """
+    lb_dir = resources.files("lb")
+    if not isinstance(lb_dir, Path):
+        raise RuntimeError(f"dr-lb must be installed as files, not in an archive ({lb_dir}): "
+                           "bcc compiles its C sources from a directory")
+    for candidate in (lb_dir / "bpf", lb_dir.parent / "bpf"):
+        if (candidate / "dr_lb.c").is_file():
+            return candidate.resolve()
+    raise RuntimeError(f"dr-lb's C sources are missing: neither {lb_dir / 'bpf'} (an "
+                       f"installed dr-lb) nor {lb_dir.parent / 'bpf'} (a checkout) has "
+                       "dr_lb.c; reinstall dr-lb")
+
+
+BPF_DIR = _bpf_dir()
 ABI_HEADER = BPF_DIR / "dr_lb_abi.h"
 CONSTS_HEADER = BPF_DIR / "dr_lb_consts.h"
 PROGRAM = BPF_DIR / "dr_lb.c"
