@@ -113,17 +113,67 @@ def live_pps(count: int) -> dict:
     return {"frames": count, "pps": results, "dr_lb_tx_service": sent}
 
 
+def status_latency(entries: int) -> dict:
+    """What `dr-lb status` costs with `entries` connections in the table: the sweep that
+    counts ActiveConn/InActConn (a batched read of the whole table, in the background),
+    and the status answer itself (counts from the last sweep, counters read live)."""
+    from lb.director import monitor, status
+    dp = Dataplane()
+    try:
+        program_lab_config(dp, {h.address: f"02:00:00:00:01:{i:02x}"
+                                for i, h in enumerate(lab_mod.HOSTS) if h.role == "real"},
+                           DIRECTOR_MAC)
+        table = dp.map("conn_table")
+        keys, values = (table.Key * entries)(), (table.Leaf * entries)()
+        now = monitor_clock()
+        for i in range(entries):
+            keys[i].saddr, keys[i].dport, keys[i].proto = i + 1, 0x5000, 6
+            values[i].real_id, values[i].state, values[i].last_seen_ns = i % 3, 1 + i % 2, now
+        table.items_update_batch(keys, values)
+        cfg = config_mod.parse(lab_mod.Lab().director_config(), source="bench")
+        layout = layout_mod.build(cfg, {}, DIRECTOR_MAC)
+        mon = monitor.Monitor(dp, lambda: ([], []))
+        sweeps = []
+        for _ in range(3):
+            start = time.perf_counter()
+            mon.sweep_once()
+            sweeps.append(time.perf_counter() - start)
+        answers = []
+        for _ in range(5):
+            start = time.perf_counter()
+            counts, age = mon.conn_counts()
+            status.collect(cfg, layout, dp, "eth0", "native", counts, age, mon.rates())
+            answers.append(time.perf_counter() - start)
+        return {"entries": counts.entries, "sweep_s": round(min(sweeps), 3),
+                "status_s": round(min(answers), 4),
+                "sweep_rest_s": round(max(monitor.SWEEP_MIN_REST_S,
+                                          monitor.SWEEP_REST_FACTOR * min(sweeps)), 2)}
+    finally:
+        dp.close()
+
+
+def monitor_clock() -> int:
+    from lb.director.dataplane import monotonic_coarse_ns
+    return monotonic_coarse_ns()
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(prog="python -m bench", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--repeat", type=int, default=1_000_000)
     ap.add_argument("--frames", type=int, default=2_000_000)
     ap.add_argument("--json", action="store_true")
+    ap.add_argument("--status-entries", type=int, default=1_000_000,
+                    help="connections in the table for the `status` figure")
     args = ap.parse_args()
+    st = status_latency(args.status_entries)
+    print(f"dr-lb status with {st['entries']} connections: answers in {st['status_s']} s; "
+          f"the background count of ActiveConn/InActConn takes {st['sweep_s']} s and "
+          f"rests {st['sweep_rest_s']} s between counts", flush=True)
     ns = ns_per_packet(args.repeat)
     pps = live_pps(args.frames)
     if args.json:
-        print(json.dumps({"ns_per_packet": ns, "live": pps}, indent=2))
+        print(json.dumps({"ns_per_packet": ns, "live": pps, "status": st}, indent=2))
         return
     base = ns["ns_per_packet"]["mac_swap_reflector"]
     print(f"ns/packet (bpf_prog_test_run_opts, repeat={args.repeat}, same run):")

@@ -3,7 +3,7 @@ two background threads.
 
 - Connection counts (ActiveConn/InActConn): reading 1,000,000 entries takes about 0.6 s
   (one batched copy out of the kernel, counted with numpy), too long for every `status`.
-  A sweeper reads the table again and again, resting 4 times as long as a read took
+  A sweeper reads the table again and again, resting 8 times as long as a read took
   (at least 0.2 s), so a small table is at most ~0.2 s old and a full one a few seconds;
   `status` counts afresh when a read is cheap (under CHEAP_SWEEP_S: tens of thousands
   of entries), and otherwise shows the counts of the last complete read and its age.
@@ -20,7 +20,7 @@ import time
 
 RATE_SAMPLE_S = 0.5
 RATE_WINDOW_S = 2.0
-SWEEP_REST_FACTOR = 4
+SWEEP_REST_FACTOR = 8
 SWEEP_MIN_REST_S = 0.2
 CHEAP_SWEEP_S = 0.05
 
