@@ -7,6 +7,7 @@ import sys
 import click
 from pyroute2.netlink.exceptions import NetlinkError
 
+from lb.cli.ipvsadm import ipvsadm_group
 from lb.cli.realserver import realserver_group
 from lb.director import config as config_mod
 from lb.errors import UserError
@@ -147,3 +148,4 @@ def demo(xdp_mode: str, requests: int) -> None:
 
 
 main.add_command(realserver_group)
+main.add_command(ipvsadm_group)
