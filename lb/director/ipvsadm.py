@@ -20,6 +20,7 @@ service that is not persistent do not (see expressible()).
 from __future__ import annotations
 
 import dataclasses
+import functools
 import ipaddress
 import re
 import shlex
@@ -29,7 +30,7 @@ from dataclasses import dataclass, field
 import tomlkit
 
 from lb.director import config as config_mod
-from lb.director.config import SCHEDULERS, ConfigError
+from lb.director.config import ConfigError
 
 MAX_TIMEOUT = 31 * 86400        # ipvsadm's limit for -p and --set (MAX_TIMEOUT)
 # `-p` without a value: libipvs's IPVS_SVC_PERSISTENT_TIMEOUT is 6*60. ipvsadm(8) says
@@ -142,13 +143,19 @@ class _Service:
         return (self.kind, self.address, self.port)
 
 
-@dataclass
 class Imported:
-    """The result of import_rules: the validated config, its TOML, and what to tell
-    the operator on stderr (lines skipped or left out)."""
-    config: config_mod.Config
-    toml: str
-    notes: list[str]
+    """The result of import_rules: the validated config, what to tell the operator on
+    stderr (lines skipped or left out), and the config as TOML (rendered when asked
+    for: tomlkit takes most of an import's time)."""
+
+    def __init__(self, config: config_mod.Config, notes: list[str], render) -> None:
+        self.config = config
+        self.notes = notes
+        self._render = render
+
+    @functools.cached_property
+    def toml(self) -> str:
+        return self._render()
 
 
 # ---------------------------------------------------------------- reading the input
@@ -180,12 +187,16 @@ def _continued(line: str) -> bool:
 
 _SEPARATORS = {";", "&&", "||", "|", "&", ";;"}
 _REDIRECTS = {">", ">>", "<", ">&", "&>", "<&", ">|", "<<", "<<<", "&>>"}
+_SHELL_SPECIAL = re.compile(r"[\"'\\$;&|<>#`()]")
 _VAR = re.compile(r"\$(?:\{(\w+)\}|(\w+))")
 
 
 def _commands(text: str) -> list[list[str]]:
     """The simple commands of one shell line, redirections dropped. Raises ValueError
     if the line is not readable as shell (an unclosed quote)."""
+    if not _SHELL_SPECIAL.search(text):        # ipvsadm-save's lines: no shell needed
+        words = text.split()
+        return [words] if words else []
     text = re.sub(r"(?<!\S)\d+(?=[<>])", "", text)      # 2>/dev/null: drop the fd
     lexer = shlex.shlex(text, posix=True, punctuation_chars=True)
     lexer.whitespace_split = True
@@ -203,9 +214,12 @@ def _commands(text: str) -> list[list[str]]:
     return [c for c in commands if c]
 
 
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+
 def _printable(text: str) -> str:
-    return "".join(ch if ch == "\t" or ord(ch) >= 0x20 and ord(ch) != 0x7f else "?"
-                   for ch in " ".join(text.split()))
+    """One line of text as it can be shown (and put in a TOML comment)."""
+    return _CONTROL.sub("?", " ".join(text.split()))
 
 
 # ---------------------------------------------------------------- one ipvsadm command
@@ -379,12 +393,13 @@ def _service_attributes(args: _Args) -> tuple[str, int, str, list[str]]:
     out takes ipvsadm's default, as ipvsadm replaces every attribute on -E too."""
     opts, reasons = args.options, []
     scheduler = opts.get("scheduler") or DEFAULT_SCHEDULER
-    if scheduler not in SCHEDULERS:
-        have = ", ".join(SCHEDULERS)
+    supported = config_mod.SCHEDULERS       # the one list: new schedulers import too
+    if scheduler not in supported:
+        have = ", ".join(supported)
         reasons.append(f"scheduler '{scheduler}' is not in dr-lb (it has {have})"
                        if "scheduler" in opts else
                        f"no -s: ipvsadm's default scheduler {DEFAULT_SCHEDULER} is not in "
-                       f"dr-lb (it has {have}); add -s {SCHEDULERS[0]}")
+                       f"dr-lb (it has {have}); add -s {supported[0]}")
     persistent = 0
     if "persistent" in opts:
         persistent = (PERSISTENT_DEFAULT if opts["persistent"] is None
@@ -401,8 +416,8 @@ def _service_attributes(args: _Args) -> tuple[str, int, str, list[str]]:
                 ipaddress.IPv4Address(value)
             except ValueError:
                 raise _Refused(f"-M {value}: not a netmask such as 255.255.255.0") from None
-            netmask = config_mod._netmask(value) or value
-            if netmask != value:
+            netmask = value
+            if config_mod._netmask(value) != value:
                 reasons.append(f"-M {value} is not a contiguous netmask; dr-lb takes one "
                                "such as 255.255.255.0")
     for name, why in (("sched-flags", "scheduler flags"), ("pe", "persistence engines"),
@@ -510,7 +525,7 @@ class _Table:
         name = f"{kind} {address}:{port}" if kind != "fwmark" else f"fwmark {address}"
         if command == "add-service":
             if svc is not None:
-                raise _Refused(f"service {name} already exists ({svc.origins[0].where});"
+                raise _Refused(f"service {name} already exists (line {svc.origins[0].line});"
                                " use -E to change it")
             scheduler, persistent, netmask, reasons = _service_attributes(args)
             self.services[key] = _Service(kind, address, port, scheduler, persistent,
@@ -536,7 +551,7 @@ class _Table:
         if command == "add-server":
             if real is not None:
                 raise _Refused(f"real server {rname} is already in service {name} "
-                               f"({real.origins[0].where}); use -e to change it")
+                               f"(line {real.origins[0].line}); use -e to change it")
             forward, weight, reasons = _real_attributes(args, port, kind, written)
             svc.reals[rkey] = _Real(r_addr, r_port, forward, weight, r_reasons + reasons,
                                     [origin])
@@ -622,8 +637,8 @@ def import_rules(text: str, source: str = "<stdin>", interface: str | None = Non
 
     data = _config_dict(table, kept, interface or DEFAULT_INTERFACE)
     cfg = config_mod.from_dict(data, source)        # the checks `dr-lb check` makes
-    toml = _render(data, table, kept, source, interface is None)
-    return Imported(cfg, toml, [m for _, m in sorted(notes, key=lambda p: p[0])])
+    return Imported(cfg, [m for _, m in sorted(notes, key=lambda p: p[0])],
+                    lambda: _render(data, table, kept, source, interface is None))
 
 
 def _ipvsadm_argv(words: list[str], variables: dict[str, str | None]
