@@ -162,7 +162,8 @@ class Imported:
 
 
 def _logical_lines(text: str, source: str):
-    """(Origin-ish where, first line number, text) per line, \\ continuations joined."""
+    """(where, first line number, text) per logical line: \\ continuations joined,
+    where is `source:3` or `source:3-4`."""
     lines = text.splitlines()
     i = 0
     while i < len(lines):
@@ -181,8 +182,8 @@ def _logical_lines(text: str, source: str):
 
 
 def _continued(line: str) -> bool:
-    stripped = line.rstrip("\n")
-    return (len(stripped) - len(stripped.rstrip("\\"))) % 2 == 1
+    """Does the line end in an unescaped backslash?"""
+    return (len(line) - len(line.rstrip("\\"))) % 2 == 1
 
 
 _SEPARATORS = {";", "&&", "||", "|", "&", ";;"}
@@ -297,7 +298,8 @@ def _parse_argv(argv: list[str]) -> _Args:
         group = ("service" if name in _SERVICE_OPTIONS
                  else "forward" if name in _FORWARD_OPTIONS else name)
         if group in spelled:
-            raise _Refused(f"'{spelled[group]}' and '{spelling}' given together")
+            raise _Refused(f"'{spelling}' given twice" if spelled[group] == spelling
+                           else f"'{spelled[group]}' and '{spelling}' given together")
         spelled[group] = spelling
         options[name] = value
         spelled[name] = spelling
@@ -348,7 +350,7 @@ def _address(text: str, proto: str, what: str) -> tuple[str, int | None, list[st
     if re.fullmatch(r"[A-Za-z0-9]([A-Za-z0-9.-]*[A-Za-z0-9])?", host) and \
             not re.fullmatch(r"[0-9.]+", host):
         reasons.append(f"'{host}' is a host name and dr-lb does not resolve names; "
-                       "write its IPv4 address")
+                       "write its IPv4 address (ipvsadm-save -n prints addresses)")
         return host, port, reasons
     raise _Refused(f"'{host}' is not a {what} address")
 
