@@ -193,8 +193,9 @@ SPELLINGS = {
     "default-weight-is-1": (f"-A -t {V}:80 -s wrr\n-a -t {V}:80 -r {R1}:80 -g\n", conf(svc())),
     "weight-0": (f"-A -t {V}:80 -s wrr\n-a -t {V}:80 -r {R1}:80 -g -w 0\n",
                  conf(svc(reals=((R1, 0),)))),
-    "clear-forgets-before": (f"ipvsadm -A -t 10.0.0.1:80 -s rr\nipvsadm -a -t 10.0.0.1:80 -r {R2}\n"
-                             f"ipvsadm -C\nipvsadm -A -t {V}:80 -s wrr\nipvsadm -a -t {V}:80 -r {R1}\n",
+    "clear-forgets-before": (f"ipvsadm -A -t 10.0.0.1:80 -s rr\n"
+                             f"ipvsadm -a -t 10.0.0.1:80 -r {R2}\nipvsadm -C\n"
+                             f"ipvsadm -A -t {V}:80 -s wrr\nipvsadm -a -t {V}:80 -r {R1}\n",
                              conf(svc())),
     "clear-long": (f"ipvsadm -A -t 10.0.0.1:80 -s rr\nipvsadm -a -t 10.0.0.1:80 -r {R2}\n"
                    f"ipvsadm --clear\nipvsadm -A -t {V}:80 -s wrr\nipvsadm -a -t {V}:80 -r {R1}\n",

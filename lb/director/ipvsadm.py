@@ -668,6 +668,9 @@ def _ipvsadm_argv(words: list[str], variables: dict[str, str | None]
 
 
 def _expand(word: str, variables: dict[str, str | None]) -> str:
+    if "$" not in word:
+        return word
+
     def value(m: re.Match) -> str:
         name = m.group(1) or m.group(2)
         if variables.get(name) is None:
