@@ -705,3 +705,12 @@ def test_round_trip_through_the_cli(runner, tmp_path):
         exported = run(runner, "ipvsadm", "export", str(out))
         assert exported.exit_code == 0
         assert exported.stdout == rules.read_text()
+
+
+def test_a_drained_server_is_exported_with_weight_0():
+    from lb.director import config as config_mod, ipvsadm
+    cfg = config_mod.parse('[director]\ninterface = "eth0"\n[[service]]\nvip = "192.168.0.21"\n'
+                           'port = 80\n[[service.real_server]]\naddress = "192.168.0.12"\n'
+                           'weight = 3\ndrained = true\n', source="c.toml")
+    rules, _ = ipvsadm.export_rules(cfg)
+    assert "-a -t 192.168.0.21:80 -r 192.168.0.12:80 -g -w 0" in rules.splitlines()

@@ -785,11 +785,12 @@ def _comment_above(previous, lines: list[str]) -> None:
 def expressible(cfg: config_mod.Config, interface: str = DEFAULT_INTERFACE
                 ) -> config_mod.Config:
     """The part of cfg that ipvsadm rules can hold, as import would give it back:
-    no MACs, a default [director] on `interface`, and the netmask of a service that is
-    not persistent dropped (ipvsadm-save does not write it)."""
+    no MACs, a default [director] on `interface`, the netmask of a service that is not
+    persistent dropped (ipvsadm-save does not write it), and a drained server as weight 0."""
     services = tuple(dataclasses.replace(
         s, persistent_netmask=s.persistent_netmask if s.persistent else HOST_MASK,
-        real_servers=tuple(dataclasses.replace(r, mac=None) for r in s.real_servers))
+        real_servers=tuple(dataclasses.replace(r, mac=None, weight=r.effective_weight,
+                                               drained=False) for r in s.real_servers))
         for s in cfg.services)
     return config_mod.Config(director=config_mod.Director(interface=interface),
                              timeouts=cfg.timeouts, services=services, source=cfg.source)
@@ -827,7 +828,8 @@ def export_rules(cfg: config_mod.Config) -> tuple[str, list[str]]:
                 line += f" -M {s.persistent_netmask}"
         lines.append(line)
         for r in s.real_servers:
-            lines.append(f"-a {svc} -r {r.address}:{s.port} -g -w {r.weight}")
+            # A drained server is weight 0 to IPVS (quiesced), as `dr-lb drain` makes it.
+            lines.append(f"-a {svc} -r {r.address}:{s.port} -g -w {r.effective_weight}")
             macs += r.mac is not None
     notes = []
     if macs:
