@@ -59,7 +59,9 @@ def test_rate_is_within_20_percent_of_what_the_client_sends(scene):
         "for i in range(400):\n"
         f"    s.sendto(b'x' * 100, ('{VIP}', {UDP_PORT}))\n"
         "    time.sleep(max(0, t + (i + 1) / 100 - time.monotonic()))\n"))
-    time.sleep(3)
+    time.sleep(1.5)
+    dr_lb(lab, "reload")           # the rate must stay right across a reload
+    time.sleep(1.5)
     data = status(lab, "--rate")
     sender.wait(timeout=10)
     svc = next(s for s in data["services"] if s["port"] == UDP_PORT)
