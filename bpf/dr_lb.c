@@ -69,6 +69,39 @@ static __always_inline int programmed(const struct settings *cfg)
 	return (head | tail) != 0;
 }
 
+/* Group (broadcast, multicast) or all-zero: no host has this MAC, so no answer to it. */
+static __always_inline int group_or_zero_mac(const __u8 *mac)
+{
+	__u32 head;
+	__u16 tail;
+
+	__builtin_memcpy(&head, mac, sizeof(head));
+	__builtin_memcpy(&tail, mac + sizeof(head), sizeof(tail));
+	return (mac[0] & 1) || (head | tail) == 0;
+}
+
+static __always_inline int same_mac(const __u8 *a, const __u8 *b)
+{
+	__u32 ha, hb;
+	__u16 ta, tb;
+
+	__builtin_memcpy(&ha, a, sizeof(ha));
+	__builtin_memcpy(&hb, b, sizeof(hb));
+	__builtin_memcpy(&ta, a + sizeof(ha), sizeof(ta));
+	__builtin_memcpy(&tb, b + sizeof(hb), sizeof(tb));
+	return ((ha ^ hb) | (ta ^ tb)) == 0;
+}
+
+static __always_inline int broadcast_mac(const __u8 *mac)
+{
+	__u32 head;
+	__u16 tail;
+
+	__builtin_memcpy(&head, mac, sizeof(head));
+	__builtin_memcpy(&tail, mac + sizeof(head), sizeof(tail));
+	return head == 0xffffffff && tail == 0xffff;
+}
+
 static __always_inline int handle_arp(struct hdr_cursor *c, struct ethhdr *eth)
 {
 	struct arp_ipv4 *arp = parse_arp(c);
@@ -89,6 +122,11 @@ static __always_inline int handle_arp(struct hdr_cursor *c, struct ethhdr *eth)
 		return finish(XDP_PASS, COUNTER_PASS_NOT_PROGRAMMED);
 	if (!vips.lookup(&vip))
 		return finish(XDP_PASS, COUNTER_PASS_ARP_OTHER);
+	/* An answer to a group address would go to every host, or loop between directors. */
+	if (group_or_zero_mac(eth->h_source) || group_or_zero_mac(arp->sha))
+		return finish(XDP_PASS, COUNTER_PASS_ARP_BAD_SOURCE);
+	if (!broadcast_mac(eth->h_dest) && !same_mac(eth->h_dest, cfg->mac))
+		return finish(XDP_PASS, COUNTER_PASS_NOT_OUR_MAC);
 
 	arp->op = bpf_htons(ARPOP_REPLY);
 	__builtin_memcpy(arp->tha, arp->sha, ETH_ALEN);
@@ -396,6 +434,7 @@ static __always_inline int handle_l4(struct hdr_cursor *c, struct ethhdr *eth,
 static __always_inline int handle_ipv4(struct hdr_cursor *c, struct ethhdr *eth)
 {
 	struct iphdr *iph = parse_iphdr(c);
+	struct settings *cfg;
 
 	if (!iph || iph->version != 4 || iph->ihl < 5)
 		return finish(XDP_PASS, COUNTER_PASS_MALFORMED);
@@ -403,6 +442,11 @@ static __always_inline int handle_ipv4(struct hdr_cursor *c, struct ethhdr *eth)
 		return finish(XDP_PASS, COUNTER_PASS_FRAGMENT);
 	if (iph->ihl != 5)
 		return finish(XDP_PASS, COUNTER_PASS_IP_OPTIONS);
+	/* Only frames sent to the director are balanced: what a flooding switch, a
+	 * broadcast or another director's forward shows us is not ours to send on. */
+	cfg = get_settings();
+	if (programmed(cfg) && !same_mac(eth->h_dest, cfg->mac))
+		return finish(XDP_PASS, COUNTER_PASS_NOT_OUR_MAC);
 
 	switch (iph->protocol) {
 	case IPPROTO_TCP:

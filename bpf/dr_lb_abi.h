@@ -30,6 +30,11 @@ enum drlb_counter {
 	COUNTER_PASS_NOT_PROGRAMMED,   /* the control plane has not written settings yet */
 	COUNTER_CONN_TABLE_INSERT,     /* event: a new key entered conn_table */
 	COUNTER_PERSIST_HIT,           /* event: a persistence template chose the server */
+	COUNTER_PASS_NOT_OUR_MAC,      /* IPv4, or an ARP request, sent to another MAC than the
+	                                  director's (a flooding switch, broadcast, multicast,
+	                                  a frame already on its way to a real server) */
+	COUNTER_PASS_ARP_BAD_SOURCE,   /* ARP request for a VIP from a broadcast, multicast or
+	                                  zero Ethernet or ARP sender: never answered */
 	COUNTER_COUNT
 };
 

@@ -79,6 +79,12 @@ def fresh(lb) -> None:
     lb.dp.map("vips").clear()
 
 
+def arp_from(eth_src: str, sender_hw: str) -> bytes:
+    """A broadcast who-has VIP with this Ethernet source and ARP sender MAC."""
+    return bytes(Ether(src=eth_src, dst=BROADCAST)
+                 / ARP(op=1, hwsrc=sender_hw, psrc=CLIENT_IP, pdst=VIP))
+
+
 def zero_settings(lb) -> None:
     """Settings unwritten while the other maps are programmed: the program must not
     send a frame (it has no source MAC) nor decide on the VIPs it would otherwise see."""
@@ -128,6 +134,32 @@ def _cases() -> list[Case]:
         passed("arp-who-has-other-address", arp(pdst=OTHER_IP), "pass_arp_other"),
         passed("arp-reply-for-vip", arp(op=2, dst_mac=DIRECTOR_MAC), "pass_arp_other"),
         passed("arp-gratuitous-for-vip", arp(psrc=VIP), "pass_arp_other"),
+        # only what is sent to the director's MAC is answered (a flooding switch shows us
+        # the rest); an ARP request to the director's own MAC is a unicast refresh
+        Case("arp-who-has-vip-unicast-to-director", arp(dst_mac=DIRECTOR_MAC), "XDP_TX",
+             "tx_arp_reply", out=arp_reply_from_director(arp(dst_mac=DIRECTOR_MAC))),
+        passed("arp-who-has-vip-unicast-to-another-host", arp(dst_mac=RS1),
+               "pass_not_our_mac"),
+        passed("arp-who-has-vip-from-broadcast-source",
+               arp_from(BROADCAST, CLIENT_MAC), "pass_arp_bad_source"),
+        passed("arp-who-has-vip-from-multicast-source",
+               arp_from("01:00:5e:00:00:01", CLIENT_MAC), "pass_arp_bad_source"),
+        passed("arp-who-has-vip-from-zero-source",
+               arp_from("00:00:00:00:00:00", CLIENT_MAC), "pass_arp_bad_source"),
+        passed("arp-who-has-vip-broadcast-sender-hw", arp_from(CLIENT_MAC, BROADCAST),
+               "pass_arp_bad_source"),
+        passed("arp-who-has-vip-multicast-sender-hw",
+               arp_from(CLIENT_MAC, "33:33:00:00:00:01"), "pass_arp_bad_source"),
+        *(passed(f"{name}-to-{to}", frame(dst_mac), "pass_not_our_mac")
+          for name, frame in (("tcp-syn-vip-80", lambda m: tcp("S", dst_mac=m)),
+                              ("udp-vip-53", lambda m: udp(dst_mac=m)),
+                              ("ping-vip", lambda m: bytes(Ether(src=CLIENT_MAC, dst=m)
+                                                          / IP(src=CLIENT_IP, dst=VIP)
+                                                          / ICMP(type=8))))
+          for to, dst_mac in (("another-host", "02:00:00:00:00:99"), ("broadcast", BROADCAST),
+                              ("multicast", "01:00:5e:00:00:01"), ("real-server", RS1))),
+        passed("tcp-syn-forwarded-by-another-director",
+               tcp("S", src_mac="02:00:00:00:00:0c", dst_mac=RS2), "pass_not_our_mac"),
         # ping
         Case("ping-vip", request, "XDP_TX", "tx_icmp_echo_reply", out=echo_reply(),
              why="echo reply must have swapped addresses and valid checksums"),

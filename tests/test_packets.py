@@ -192,6 +192,16 @@ def test_syn_on_closed_connection_is_rescheduled(lb):
     assert_sent_to(lb, tcp("S", sport=43001), RS2, "the reuse consumed a WRR slot")
 
 
+def test_established_frames_for_other_macs_are_not_forwarded_again(lb):
+    """On a flooding segment the director sees its own forwards, another director's,
+    and copies addressed to other hosts: sending any of them on would loop."""
+    assert_sent_to(lb, tcp("S", sport=43500), RS1)
+    assert_sent_to(lb, tcp("A", sport=43500), RS1)
+    for dst_mac in (RS1, RS2, "02:00:00:00:00:99", "ff:ff:ff:ff:ff:ff", "01:00:5e:00:00:01"):
+        assert_passed_untouched(lb, tcp("A", sport=43500, dst_mac=dst_mac), "pass_not_our_mac")
+    assert_sent_to(lb, tcp("A", sport=43500), RS1, "the director's own frames still go on")
+
+
 def test_counts_packets_and_ip_bytes(lb):
     syn = tcp("S", sport=44000)
     data = tcp("PA", sport=44000, payload=b"x" * 100)

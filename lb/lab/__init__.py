@@ -59,6 +59,7 @@ class Lab:
     prefix: str = "drlb"
     xdp_mode: str = "generic"
     hosts: tuple[Host, ...] = HOSTS
+    flooding: bool = False   # the bridge learns no MAC (ageing time 0): a hub
     _procs: list[subprocess.Popen] = field(default_factory=list)
     macs: dict[str, str] = field(default_factory=dict)
 
@@ -97,7 +98,8 @@ class Lab:
         for name in self.namespaces():
             netns.create(name)
         with NetNS(self.switch) as sw:
-            sw.link("add", ifname="br0", kind="bridge", br_forward_delay=0)
+            sw.link("add", ifname="br0", kind="bridge", br_forward_delay=0,
+                    **({"br_ageing_time": 0} if self.flooding else {}))
             br = sw.link_lookup(ifname="br0")[0]
             sw.link("set", index=br, state="up")
             for h in self.hosts:
