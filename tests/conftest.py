@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import subprocess
 
 import pytest
 
@@ -33,6 +34,39 @@ def pytest_collection_modifyitems(items):
     for item in items:
         if "dataplane" in item.fixturenames and not item.get_closest_marker("root"):
             item.add_marker(pytest.mark.root)
+
+
+SCRATCH_IFACE, SCRATCH_MAC, SCRATCH_ADDRESS = "drlb0", "02:00:00:00:aa:01", "198.51.100.1"
+
+
+@pytest.fixture
+def scratch_netns():
+    """This thread in a fresh network namespace holding `drlb0`, an Ethernet
+    interface (a veth: SCRATCH_MAC, 198.51.100.1/24), and `tun0`, a tun device (no MAC): the
+    machine checks of `dr-lb check` run against them and touch nothing of the host's."""
+    if not IS_ROOT:
+        pytest.skip("needs root (a network namespace)")
+    from pyroute2 import NetNS, netns
+    name = f"drlb-hdcheck-{os.getpid()}"
+    if name in netns.listnetns():
+        netns.remove(name)
+    netns.create(name)
+    try:
+        with NetNS(name) as ns:
+            ns.link("add", ifname=SCRATCH_IFACE, kind="veth", address=SCRATCH_MAC,
+                    peer={"ifname": "drlb1"})
+            idx = ns.link_lookup(ifname=SCRATCH_IFACE)[0]
+            ns.addr("add", index=idx, address=SCRATCH_ADDRESS, prefixlen=24)
+            ns.link("set", index=idx, state="up")
+        subprocess.run(["ip", "-n", name, "tuntap", "add", "mode", "tun", "name", "tun0"],
+                       check=True)
+        netns.pushns(name)
+        try:
+            yield name
+        finally:
+            netns.popns()
+    finally:
+        netns.remove(name)
 
 
 @pytest.fixture(scope="session")

@@ -12,6 +12,7 @@ import pytest
 from click.testing import CliRunner
 
 from lb import cli
+from tests.conftest import SCRATCH_ADDRESS, SCRATCH_IFACE
 
 GOOD = '''
 [director]
@@ -91,14 +92,6 @@ def assert_one_line_failure(result, status: int, *expected: str) -> str:
     return lines[0]
 
 
-def require_loopback_address() -> None:
-    """The VIP check is tested with 127.0.0.1 on lo, which a fresh netns does not have."""
-    from lb.director import netif
-    lo = netif.interface("lo")
-    if lo is None or "127.0.0.1" not in lo.addresses:
-        pytest.skip("lo has no 127.0.0.1 in this network namespace")
-
-
 def local_config(interface: str, vip: str = "198.51.100.77") -> str:
     return f'''
 [director]
@@ -154,17 +147,41 @@ def test_check_system_missing_interface(runner, write):
                             "use one of:")
 
 
-def test_check_system_vip_is_the_directors_address(runner, write):
-    require_loopback_address()
-    result = runner.invoke(cli.main, ["check", write(local_config("lo", vip="127.0.0.1"))])
-    assert_one_line_failure(result, 2, "service 127.0.0.1:80/tcp", "director's own address")
+def test_check_system_vip_is_the_directors_address(runner, write, scratch_netns):
+    result = runner.invoke(cli.main, ["check", write(local_config(SCRATCH_IFACE,
+                                                                  vip=SCRATCH_ADDRESS))])
+    assert_one_line_failure(result, 2, f"service {SCRATCH_ADDRESS}:80/tcp",
+                            "director's own address")
 
 
-def test_check_system_good(runner, write):
-    path = write(local_config("lo"))
+def test_check_system_good(runner, write, scratch_netns):
+    path = write(local_config(SCRATCH_IFACE))
     result = runner.invoke(cli.main, ["check", path])
     assert result.exit_code == 0, result.output
-    assert "OK" in result.output and "on lo" in result.output, result.output
+    assert "OK" in result.output and f"on {SCRATCH_IFACE}" in result.output, result.output
+
+
+@pytest.mark.parametrize("vip,why", [
+    ("127.0.0.1", "loopback"), ("0.0.0.0", "unicast"), ("224.0.0.5", "unicast"),
+    ("255.255.255.255", "unicast")])
+def test_check_refuses_a_vip_no_host_can_own(runner, write, vip, why):
+    result = runner.invoke(cli.main, ["check", "--offline", write(local_config("eth0", vip))])
+    line = assert_one_line_failure(result, 2, f"vip = {vip}", why)
+    assert "ip addr del" not in line, f"no advice to remove {vip} from the host: {line}"
+
+
+def test_check_refuses_lo_as_the_interface(runner, write):
+    result = runner.invoke(cli.main, ["check", "--offline", write(local_config("lo"))])
+    assert_one_line_failure(result, 2, 'interface = "lo"', "loopback", "Ethernet")
+
+
+@pytest.mark.parametrize("vip,which", [("198.51.100.0", "network"),
+                                        ("198.51.100.255", "broadcast")])
+def test_check_system_vip_at_the_edge_of_a_connected_subnet(runner, write, scratch_netns,
+                                                            vip, which):
+    result = runner.invoke(cli.main, ["check", write(local_config(SCRATCH_IFACE, vip))])
+    assert_one_line_failure(result, 2, f"service {vip}:80/tcp",
+                            f"{which} address of 198.51.100.0/24")
 
 
 def test_check_offline_does_not_look_at_interfaces(runner, write, tripwire):

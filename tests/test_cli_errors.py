@@ -1,5 +1,6 @@
 """Errors a user can hit at `dr-lb up`: one line that says what to do, no traceback,
-and nothing attached. No root needed: the checks fail before the kernel is touched."""
+and nothing attached. The checks fail before the kernel is touched; those that need an
+Ethernet interface to get that far run in a scratch network namespace (root)."""
 from __future__ import annotations
 
 import os
@@ -14,7 +15,7 @@ from lb import cli
 
 CONFIG = """
 [director]
-interface = "lo"
+interface = "drlb0"
 [[service]]
 vip = "198.18.0.21"
 port = 80
@@ -43,7 +44,7 @@ def one_line(result) -> str:
     return lines[0]
 
 
-def test_missing_kernel_headers_say_how_to_fix(up, monkeypatch):
+def test_missing_kernel_headers_say_how_to_fix(up, monkeypatch, scratch_netns):
     monkeypatch.setattr("lb.director.dataplane.headers_problem",
                         lambda: "kernel headers not found at /lib/modules/x/build: run "
                                 "`sudo scripts/setup.sh`")
@@ -52,7 +53,7 @@ def test_missing_kernel_headers_say_how_to_fix(up, monkeypatch):
     assert "setup.sh" in one_line(r)
 
 
-def test_missing_bcc_says_which_package(up, monkeypatch):
+def test_missing_bcc_says_which_package(up, monkeypatch, scratch_netns):
     monkeypatch.setitem(sys.modules, "bcc", None)   # import bcc now raises ImportError
     r = up()
     assert r.exit_code == 1
@@ -61,7 +62,7 @@ def test_missing_bcc_says_which_package(up, monkeypatch):
 
 
 def test_missing_interface_is_a_config_error(up):
-    r = up(CONFIG.replace('interface = "lo"', 'interface = "nosuch0"'))
+    r = up(CONFIG.replace('interface = "drlb0"', 'interface = "nosuch0"'))
     assert r.exit_code == 2
     assert "nosuch0" in one_line(r) and "does not exist" in r.stderr
 
@@ -76,7 +77,7 @@ def test_an_interface_without_ethernet_address_is_a_config_error(tmp_path):
     try:
         subprocess.run(["ip", "-n", ns, "tuntap", "add", "dev", "t0", "mode", "tun"], check=True)
         cfg = tmp_path / "config.toml"
-        cfg.write_text(CONFIG.replace('interface = "lo"', 'interface = "t0"'))
+        cfg.write_text(CONFIG.replace('interface = "drlb0"', 'interface = "t0"'))
         r = subprocess.run(["ip", "netns", "exec", ns, sys.executable, "-m", "lb", "check",
                             str(cfg)], capture_output=True, text=True)
         assert r.returncode == 2, r.stderr

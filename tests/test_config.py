@@ -1,7 +1,8 @@
 """Layer 1: config validation, pure Python. Every error names the entry at fault and the fix.
 
-The system checks (interface exists, VIP is not the director's address) read the current
-network namespace read-only and are tested against loopback, so no root is needed.
+The system checks (interface exists and is Ethernet, VIP is not the director's address,
+real servers are not the director) read a scratch network namespace with a dummy
+interface (root), so nothing of the host's is read or touched.
 """
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import pytest
 
 from lb.director import config
 from lb.director.config import ConfigError
+from tests.conftest import SCRATCH_ADDRESS, SCRATCH_IFACE, SCRATCH_MAC
 
 SOURCE = "config.toml"
 DIRECTOR = '[director]\ninterface = "eth0"\n'
@@ -462,45 +464,106 @@ def test_too_many_real_servers():
         problem
 
 
-# --- checks against this machine (lb/netif.py), read-only, on loopback ------------------
+# --- checks against this machine (lb/netif.py), in a scratch namespace -------------------
 
-def require_loopback_address() -> None:
-    """The VIP check is tested with 127.0.0.1 on lo, which a fresh netns does not have."""
-    from lb.director import netif
-    lo = netif.interface("lo")
-    if lo is None or "127.0.0.1" not in lo.addresses:
-        pytest.skip("lo has no 127.0.0.1 in this network namespace")
-
-
-def lo_config(vip: str, interface: str = "lo"):
+def scratch_config(vip: str, interface: str = SCRATCH_IFACE, *reals: str):
     return config.parse(f'[director]\ninterface = "{interface}"\n'
-                        + service(f'vip = "{vip}"\nport = 80', 'address = "192.0.2.12"'),
+                        + service(f'vip = "{vip}"\nport = 80',
+                                  *(reals or ('address = "192.0.2.12"',))),
                         source=SOURCE)
 
 
-def test_system_check_passes_for_a_vip_the_director_does_not_own():
+def test_system_check_passes_for_a_vip_the_director_does_not_own(scratch_netns):
     from lb.director import netif
-    assert netif.config_problems(lo_config("198.51.100.77")) == []
+    assert netif.config_problems(scratch_config("198.51.100.77")) == []
 
 
-def test_system_check_rejects_a_vip_equal_to_the_directors_address():
+def test_system_check_rejects_a_vip_equal_to_the_directors_address(scratch_netns):
     from lb.director import netif
-    require_loopback_address()
-    problems = netif.config_problems(lo_config("127.0.0.1"))
+    problems = netif.config_problems(scratch_config(SCRATCH_ADDRESS))
     assert len(problems) == 1, problems
     problem = problems[0]
-    assert problem.startswith(f"{SOURCE}: service 127.0.0.1:80/tcp"), \
+    assert problem.startswith(f"{SOURCE}: service {SCRATCH_ADDRESS}:80/tcp"), \
         f"the message should name the service: {problem!r}"
-    assert "director's own address" in problem and "lo" in problem, problem
+    assert "director's own address" in problem and SCRATCH_IFACE in problem, problem
     assert "give the VIP its own address" in problem, f"no fix given: {problem!r}"
 
 
-def test_system_check_rejects_a_missing_interface_and_lists_existing_ones():
+def test_system_check_rejects_a_missing_interface_and_lists_existing_ones(scratch_netns):
     from lb.director import netif
-    problems = netif.config_problems(lo_config("198.51.100.77", interface="drlb-nosuch0"))
+    problems = netif.config_problems(scratch_config("198.51.100.77", interface="drlb-nosuch0"))
     assert len(problems) == 1, problems
     problem = problems[0]
     assert problem.startswith(f"{SOURCE}: [director]"), problem
     assert 'interface = "drlb-nosuch0" does not exist' in problem, problem
-    assert "use one of:" in problem and "lo" in problem.split("use one of:")[1], \
+    assert "use one of:" in problem and SCRATCH_IFACE in problem.split("use one of:")[1], \
         f"the message should list the interfaces that exist: {problem!r}"
+
+
+@pytest.mark.parametrize("name", ["lo", "tun0"])
+def test_system_check_rejects_an_interface_without_an_ethernet_mac(scratch_netns, name):
+    from lb.director import netif
+    cfg = scratch_config("198.51.100.77")
+    # "lo" is refused by the parser already; the machine check must refuse it too.
+    cfg = config.Config(director=config.Director(interface=name), services=cfg.services,
+                        source=SOURCE)
+    (problem,) = netif.config_problems(cfg)
+    assert f'interface = "{name}" has no Ethernet address' in problem, problem
+
+
+@pytest.mark.parametrize("vip,which", [("198.51.100.0", "network"),
+                                        ("198.51.100.255", "broadcast")])
+def test_system_check_rejects_a_vip_at_the_edge_of_a_connected_subnet(scratch_netns, vip,
+                                                                     which):
+    from lb.director import netif
+    (problem,) = netif.config_problems(scratch_config(vip))
+    assert f"the VIP is the {which} address of 198.51.100.0/24" in problem, problem
+
+
+def test_system_check_rejects_a_real_server_that_is_the_director(scratch_netns):
+    from lb.director import netif
+    (problem,) = netif.config_problems(
+        scratch_config("198.51.100.77", SCRATCH_IFACE, f'address = "{SCRATCH_ADDRESS}"'))
+    assert f"real server {SCRATCH_ADDRESS}:80" in problem and \
+        "the director's own address" in problem, problem
+
+
+def test_system_check_rejects_a_real_server_mac_that_is_the_directors(scratch_netns):
+    from lb.director import netif
+    (problem,) = netif.config_problems(scratch_config(
+        "198.51.100.77", SCRATCH_IFACE, f'address = "198.51.100.12"\nmac = "{SCRATCH_MAC}"'))
+    assert f'mac = "{SCRATCH_MAC}" is the MAC of the director' in problem, problem
+
+
+def test_system_check_advice_removes_the_address_with_its_own_prefix(scratch_netns):
+    from pyroute2 import IPRoute
+    from lb.director import netif
+    with IPRoute() as ipr:
+        idx = ipr.link_lookup(ifname="drlb1")[0]     # another interface of the director
+        ipr.addr("add", index=idx, address="203.0.113.5", prefixlen=24)
+    (problem,) = netif.config_problems(scratch_config("203.0.113.5"))
+    assert "`ip addr del 203.0.113.5/24 dev drlb1`" in problem, problem
+
+
+# --- addresses that can never work, pure ------------------------------------------------
+
+def test_vip_that_is_another_services_real_server_is_rejected():
+    text = (DIRECTOR + service(VIP_SERVICE, RS12)
+            + service('vip = "192.168.0.12"\nport = 443', RS13))
+    problem = only_problem(text)
+    assert "service 192.168.0.21:80/tcp, real server 192.168.0.12:80" in problem, problem
+    assert "also a VIP (192.168.0.12:443/tcp)" in problem and "answers ARP" in problem, problem
+
+
+@pytest.mark.parametrize("key,value", [("vip", "127.0.0.1"), ("vip", "127.1.2.3"),
+                                       ("address", "127.0.0.1")])
+def test_loopback_addresses_are_rejected(key, value):
+    body = VIP_SERVICE.replace("192.168.0.21", value) if key == "vip" else VIP_SERVICE
+    real = f'address = "{value}"' if key == "address" else RS12
+    problem = only_problem(DIRECTOR + service(body, real))
+    assert f"{key} = {value} is a loopback address" in problem, problem
+
+
+def test_lo_is_rejected_as_the_interface():
+    problem = only_problem('[director]\ninterface = "lo"\n' + service())
+    assert 'interface = "lo" is the loopback interface' in problem, problem

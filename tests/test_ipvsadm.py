@@ -620,7 +620,7 @@ def _weights(rng: random.Random, n: int) -> list[int]:
 def _address(rng: random.Random) -> str:
     while True:
         addr = ipaddress.IPv4Address(rng.randint(0x01000001, 0xDFFFFFFE))
-        if not addr.is_multicast:
+        if not addr.is_multicast and not addr.is_loopback:   # config refuses both
             return str(addr)
 
 

@@ -182,6 +182,10 @@ class _Checker:
         if addr.is_multicast or addr.is_unspecified or str(addr) == "255.255.255.255":
             self.fail(where, f"{key} = {value} cannot be used; give a unicast address")
             return None
+        if addr.is_loopback:
+            self.fail(where, f"{key} = {value} is a loopback address (127.0.0.0/8), which "
+                             "never leaves a host; give an address on the director's segment")
+            return None
         return str(addr)
 
     def table(self, where: str, data: dict, key: str) -> dict:
@@ -213,6 +217,10 @@ def from_dict(data: dict, source: str = "config") -> Config:
                              "name of the director's network interface, e.g. "
                              "interface = \"eth0\"")
         interface = "?"
+    elif interface == "lo":
+        c.fail("[director]", "interface = \"lo\" is the loopback interface, which has no "
+                             "Ethernet address and no neighbours; give the Ethernet interface "
+                             "on the real servers' segment, e.g. interface = \"eth0\"")
     icmp_echo = d.get("icmp_echo", True)
     if not isinstance(icmp_echo, bool):
         c.fail("[director]", f"icmp_echo = {icmp_echo!r} must be true or false")
@@ -252,6 +260,7 @@ def from_dict(data: dict, source: str = "config") -> Config:
         seen_services[key] = n
         services.append(svc)
 
+    _vips_that_are_real_servers(c, services)
     for problem in limit_problems(
             len(services), sum(len(s.real_servers) for s in services),
             sum(wrr_length(s.scheduling_weights()) for s in services)):
@@ -261,6 +270,23 @@ def from_dict(data: dict, source: str = "config") -> Config:
         raise ConfigError(c.problems)
     return Config(director=director, timeouts=timeouts, services=tuple(services),
                   source=source)
+
+
+def _vips_that_are_real_servers(c: _Checker, services: list[Service]) -> None:
+    """The director answers ARP for every VIP, so a VIP that is also a real server's
+    address would pull that server's traffic (and its health) to the director."""
+    vips = {s.vip for s in services}
+    reported = set()
+    for svc in services:
+        for rs in svc.real_servers:
+            if rs.address in vips and rs.address != svc.vip \
+                    and (svc.name, rs.address) not in reported:
+                reported.add((svc.name, rs.address))
+                users = ", ".join(s.name for s in services if s.vip == rs.address)
+                c.fail(f"service {svc.name}, real server {rs.address}:{rs.port}",
+                       f"this address is also a VIP ({users}): the director answers ARP for "
+                       "every VIP, so its frames would come to the director instead of the "
+                       "real server; give the VIP or the real server another address")
 
 
 def _service(c: _Checker, n: int, s) -> Service | None:

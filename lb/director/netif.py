@@ -17,6 +17,7 @@ XDP_ATTACHED = {"xdp": "native", "xdpgeneric": "generic", "xdpoffload": "offload
 # Neighbour states whose lladdr is usable (include/uapi/linux/neighbour.h).
 NUD_INCOMPLETE, NUD_REACHABLE, NUD_STALE, NUD_DELAY, NUD_PROBE, NUD_FAILED, \
     NUD_NOARP, NUD_PERMANENT = 0x01, 0x02, 0x04, 0x08, 0x10, 0x20, 0x40, 0x80
+ARPHRD_ETHER = 1   # include/uapi/linux/if_arp.h: the link types of IFLA ifi_type
 NUD_VALID = NUD_REACHABLE | NUD_STALE | NUD_DELAY | NUD_PROBE | NUD_NOARP | NUD_PERMANENT
 
 
@@ -29,6 +30,13 @@ class Interface:
     xdp_mode: str | None
     xdp_prog_id: int
     kind: str | None = None    # "veth", "bridge"...; None for a physical NIC
+    link_type: int = ARPHRD_ETHER
+
+    @property
+    def ethernet(self) -> bool:
+        """An Ethernet link with a real MAC: what LVS-DR can rewrite and send to."""
+        return (self.link_type == ARPHRD_ETHER and bool(self.mac)
+                and self.mac != "00:00:00:00:00:00" and not int(self.mac[:2], 16) & 1)
 
     @property
     def addresses(self) -> tuple[str, ...]:
@@ -60,43 +68,69 @@ def interface(name: str) -> Interface | None:
     info = link.get_attr("IFLA_LINKINFO")
     kind = info.get_attr("IFLA_INFO_KIND") if info else None
     return Interface(name=name, index=found[0], mac=link.get_attr("IFLA_ADDRESS"),
-                     networks=networks, xdp_mode=mode, xdp_prog_id=prog_id, kind=kind)
+                     networks=networks, xdp_mode=mode, xdp_prog_id=prog_id, kind=kind,
+                     link_type=link["ifi_type"])
 
 
 def config_problems(cfg: Config) -> list[str]:
-    """The checks that need this machine: the interface exists, no VIP is its address."""
+    """The checks that need this machine: the interface exists and is Ethernet, no VIP
+    is one of its addresses nor its subnets' network or broadcast address, no real server
+    is the director itself."""
     iface = interface(cfg.director.interface)
     if iface is None:
         with IPRoute() as ipr:
             names = sorted(l.get_attr("IFLA_IFNAME") for l in ipr.get_links())
         return [f"{cfg.source}: [director]: interface = \"{cfg.director.interface}\" does not "
                 f"exist in this network namespace; use one of: {', '.join(names)}"]
-    if not iface.mac:
+    if not iface.ethernet:
         return [f"{cfg.source}: [director]: interface = \"{iface.name}\" has no Ethernet "
-                "address (a tun or WireGuard device?); LVS-DR rewrites MAC addresses, so give "
-                "the Ethernet interface on the real servers' segment"]
+                f"address ({iface.mac or 'none'}; a loopback, tun or WireGuard device?); "
+                "LVS-DR rewrites MAC addresses, so give the Ethernet interface on the real "
+                "servers' segment"]
     own = own_addresses()
     problems = []
     for svc in cfg.services:
+        vip = ipaddress.IPv4Address(svc.vip)
+        edge = next((n for n in iface.networks if n.network.prefixlen < 31
+                     and vip in (n.network.network_address, n.network.broadcast_address)),
+                    None)
         if svc.vip in iface.addresses:
             problems.append(
                 f"{cfg.source}: service {svc.name}: the VIP is the director's own address on "
                 f"{iface.name}; give the VIP its own address (dr-lb answers ARP for it, "
                 "the director needs no VIP on any interface)")
+        elif edge is not None:
+            which = "network" if vip == edge.network.network_address else "broadcast"
+            problems.append(
+                f"{cfg.source}: service {svc.name}: the VIP is the {which} address of "
+                f"{edge.network}, a subnet of {iface.name}; hosts there never send to it as "
+                "one host; give the VIP a host address of the subnet")
         elif svc.vip in own:
+            name, prefix = own[svc.vip]
             problems.append(
                 f"{cfg.source}: service {svc.name}: the VIP is configured on this director "
-                f"({own[svc.vip]}); remove it with `ip addr del {svc.vip}/32 dev "
-                f"{own[svc.vip]}`: dr-lb answers ARP for it, and a local VIP makes the kernel "
-                "reset the connections dr-lb passes to it")
+                f"({name}); remove it with `ip addr del {svc.vip}/{prefix} dev {name}`: "
+                "dr-lb answers ARP for it, and a local VIP makes the kernel reset the "
+                "connections dr-lb passes to it")
+        for rs in svc.real_servers:
+            where = f"{cfg.source}: service {svc.name}, real server {rs.address}:{rs.port}"
+            if rs.address in own:
+                problems.append(
+                    f"{where}: this is the director's own address (on {own[rs.address][0]}); "
+                    "a director cannot be its own real server in LVS-DR; give a real "
+                    "server's address")
+            elif rs.mac and rs.mac == iface.mac.lower():
+                problems.append(
+                    f"{where}: mac = \"{rs.mac}\" is the MAC of the director's {iface.name}; "
+                    "give the real server's MAC, or leave mac out to use the neighbour table")
     return problems
 
 
-def own_addresses() -> dict[str, str]:
-    """Every IPv4 address in this network namespace -> its interface."""
+def own_addresses() -> dict[str, tuple[str, int]]:
+    """Every IPv4 address in this network namespace -> (its interface, its prefix)."""
     with IPRoute() as ipr:
         names = {l["index"]: l.get_attr("IFLA_IFNAME") for l in ipr.get_links()}
-        return {str(_network(a).ip): names.get(a["index"], "?")
+        return {str(_network(a).ip): (names.get(a["index"], "?"), a["prefixlen"])
                 for a in ipr.get_addr(family=socket.AF_INET)}
 
 
