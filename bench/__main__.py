@@ -55,8 +55,10 @@ def ns_per_packet(repeat: int) -> dict:
     dp = Dataplane(conn_table_size=65536)
     refl_bpf, refl = reflector()
     try:
-        macs = {h.address: f"02:00:00:00:01:{i:02x}"
-                for i, h in enumerate(lab_mod.HOSTS) if h.role == "real"}
+        # The real servers get the director's own MAC here: a repeat runs on the frame the
+        # previous one sent (KERNEL-NOTES), and only a frame addressed to the director is
+        # balanced, so this keeps every repeat on the path being measured.
+        macs = {h.address: DIRECTOR_MAC for h in lab_mod.HOSTS if h.role == "real"}
         program_lab_config(dp, macs, DIRECTOR_MAC)
         f = frames()
         dp.test_run(f["syn"])                      # the flow exists from here on

@@ -336,6 +336,48 @@ static __always_inline void touch_template(const struct conn_key *ck, __u32 real
 		pv->last_seen_ns = now;
 }
 
+/* A TCP connection between its SYN and the client's next packet lives in syn_table, so
+ * that spoofed SYNs, however many and however often repeated, evict only half-open
+ * entries and never an established connection. That next packet (an ACK, data, a FIN)
+ * moves it to conn_table; a repeated SYN or a RST leaves it where it is.
+ * Returns an XDP action, or -1 when no live half-open connection has this key. */
+static __always_inline int follow_half_open(struct conn_key *ck, const struct tcphdr *th,
+					    struct ethhdr *eth, struct iphdr *iph,
+					    struct settings *cfg)
+{
+	struct conn_value *hv = syn_table.lookup(ck);
+	struct conn_value established;
+	struct real_info *real;
+	__u32 real_id;
+	__u64 now;
+
+	if (!hv)
+		return -1;
+	now = bpf_ktime_get_coarse_ns();
+	if (!conn_is_live(hv, th, cfg, now))
+		return -1;
+	real_id = hv->real_id;
+	real = reals.lookup(&real_id);
+	if (!real || !(real->flags & REAL_F_MAC_KNOWN))
+		return is_new_tcp(th) ? -1 : finish(XDP_DROP, COUNTER_DROP_REAL_MAC_UNKNOWN);
+	hv->last_seen_ns = now;
+	if (hv->flags & CONN_F_PERSISTENT)
+		touch_template(ck, real_id, now);
+	if (th->syn || th->rst) {
+		hv->state = tcp_next_state(hv->state, th);
+		return forward(eth, iph, cfg, real, real_id, hv->svc_id, 0);
+	}
+	established = *hv;
+	established.state = tcp_next_state(hv->state, th);
+	/* On failure it stays half-open, and the next packet tries again. */
+	if (!conn_table.update(ck, &established)) {
+		syn_table.delete(ck);
+		count(COUNTER_CONN_TABLE_INSERT);
+		count(COUNTER_CONN_PROMOTED);
+	}
+	return forward(eth, iph, cfg, real, real_id, established.svc_id, 0);
+}
+
 /* TCP/UDP: the connection table first (the established path), then the services. */
 static __always_inline int handle_l4(struct hdr_cursor *c, struct ethhdr *eth,
 				     struct iphdr *iph)
@@ -405,6 +447,13 @@ static __always_inline int handle_l4(struct hdr_cursor *c, struct ethhdr *eth,
 			return finish(XDP_PASS, COUNTER_PASS_VIP_OTHER_PORT);
 		return finish(XDP_PASS, COUNTER_PASS_NOT_VIP);
 	}
+	/* After the services, so that traffic to the director itself pays nothing for it. */
+	if (th && !cv) {
+		int act = follow_half_open(&ck, th, eth, iph, cfg);
+
+		if (act >= 0)
+			return act;
+	}
 	if (th && !is_new_tcp(th))
 		return finish(XDP_PASS, COUNTER_PASS_TCP_NO_CONN);
 	if (svc->persist_timeout_s)
@@ -424,10 +473,19 @@ static __always_inline int handle_l4(struct hdr_cursor *c, struct ethhdr *eth,
 	real = reals.lookup(&real_id);
 	if (!real || !(real->flags & REAL_F_MAC_KNOWN))
 		return finish(XDP_DROP, COUNTER_DROP_REAL_MAC_UNKNOWN);
-	if (conn_table.update(&ck, &fresh))
-		return finish(XDP_DROP, COUNTER_DROP_CONN_TABLE_ERROR);
-	if (!cv)
+	if (cv) {
+		/* The key's slot in conn_table is reused in place (port reuse, or a datagram
+		 * after the flow expired): nothing else is evicted for it. */
+		*cv = fresh;
+	} else if (th) {
+		if (syn_table.update(&ck, &fresh))
+			return finish(XDP_DROP, COUNTER_DROP_CONN_TABLE_ERROR);
+		count(COUNTER_SYN_TABLE_INSERT);
+	} else {
+		if (conn_table.update(&ck, &fresh))
+			return finish(XDP_DROP, COUNTER_DROP_CONN_TABLE_ERROR);
 		count(COUNTER_CONN_TABLE_INSERT);
+	}
 	return forward(eth, iph, cfg, real, real_id, fresh.svc_id, 1);
 }
 

@@ -35,6 +35,9 @@ enum drlb_counter {
 	                                  a frame already on its way to a real server) */
 	COUNTER_PASS_ARP_BAD_SOURCE,   /* ARP request for a VIP from a broadcast, multicast or
 	                                  zero Ethernet or ARP sender: never answered */
+	COUNTER_SYN_TABLE_INSERT,      /* event: a new half-open connection entered syn_table */
+	COUNTER_CONN_PROMOTED,         /* event: a half-open connection was established: it
+	                                  moved from syn_table to conn_table */
 	COUNTER_COUNT
 };
 

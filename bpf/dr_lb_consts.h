@@ -21,6 +21,12 @@
 #define CONN_TABLE_SIZE 1000000
 #endif
 
+/* Half-open (SYN_RECV) connections, kept apart so that a SYN flood evicts only its own
+ * kind; the control plane passes a quarter of conn_table_size (at least 1024). */
+#ifndef SYN_TABLE_SIZE
+#define SYN_TABLE_SIZE 262144
+#endif
+
 /* Extra conn_table slots per possible CPU (used by lb/dataplane.py when it sizes the
  * table): the LRU keeps free slots on per-CPU lists and starts evicting a little before
  * it is full; measured: 64 of 1,000,000 lost on 2 CPUs without headroom. */

@@ -30,6 +30,9 @@ BPF_ARRAY(wrr_seq, __u32, WRR_SEQ_CAPACITY);
 BPF_ARRAY(wrr_pos, struct wrr_pos, MAX_SERVICES);
 /* conn_key (5-tuple) -> conn_value (real, service, TCP state, last seen); program. */
 BPF_F_TABLE("lru_hash", struct conn_key, struct conn_value, conn_table, CONN_TABLE_SIZE, 0);
+/* conn_key -> conn_value of a TCP connection between its SYN and the packet that
+ * establishes it (then it moves to conn_table): spoofed SYNs evict only these; program. */
+BPF_F_TABLE("lru_hash", struct conn_key, struct conn_value, syn_table, SYN_TABLE_SIZE, 0);
 /* persist_key (client net, VIP, port, proto) -> persist_value (real, last seen); program. */
 BPF_F_TABLE("lru_hash", struct persist_key, struct persist_value, persist_table,
 	    PERSIST_TABLE_SIZE, 0);

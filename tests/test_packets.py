@@ -44,17 +44,27 @@ def assert_passed_untouched(lb, packet: bytes, counter: str) -> None:
 
 
 def conn_state(lb, sport: int, dport: int = 80, proto: int = 6) -> str | None:
-    table = lb.dp.map("conn_table")
-    key = table.Key()
-    key.saddr = abi.ip_be32(CLIENT_IP)
-    key.daddr = abi.ip_be32(VIP)
-    key.sport = abi.port_be16(sport)
-    key.dport = abi.port_be16(dport)
-    key.proto = proto
-    try:
-        return abi.CONN_STATES[table[key].state]
-    except KeyError:
-        return None
+    """The connection's state, from whichever table holds it (half-open ones wait in
+    syn_table until the client's ACK)."""
+    found = find_conn(lb, sport, dport, proto)
+    return abi.CONN_STATES[found[1].state] if found else None
+
+
+def find_conn(lb, sport: int, dport: int = 80, proto: int = 6, src: str = CLIENT_IP):
+    """(table name, value) of the connection, or None."""
+    for name in ("conn_table", "syn_table"):
+        table = lb.dp.map(name)
+        key = table.Key()
+        key.saddr = abi.ip_be32(src)
+        key.daddr = abi.ip_be32(VIP)
+        key.sport = abi.port_be16(sport)
+        key.dport = abi.port_be16(dport)
+        key.proto = proto
+        try:
+            return name, table[key]
+        except KeyError:
+            continue
+    return None
 
 
 # ---- ABI: one definition, two readers ------------------------------------------------
@@ -137,7 +147,9 @@ def test_stateless_case(program, case):
     elif case.out is not None:
         assert r.data == case.out, case.why or "unexpected bytes out"
     if case.counter != "tx_service":
-        assert "conn_table_insert" not in moved and not list(lb.dp.map("conn_table").keys()), \
+        assert "conn_table_insert" not in moved and "syn_table_insert" not in moved \
+            and not list(lb.dp.map("conn_table").keys()) \
+            and not list(lb.dp.map("syn_table").keys()), \
             "no connection may be created by a frame that is not sent to a real server"
 
 
@@ -266,7 +278,9 @@ def test_server_without_mac_is_never_chosen(program):
 # ---- timeouts: an expired entry counts as absent -----------------------------------------
 
 def conn_key(lb, sport: int, dport: int = 80, proto: int = 6, src: str = CLIENT_IP):
-    table = lb.dp.map("conn_table")
+    """(table, key) of the connection, in whichever table holds it."""
+    name = (find_conn(lb, sport, dport, proto, src) or ("conn_table",))[0]
+    table = lb.dp.map(name)
     key = table.Key()
     key.saddr = abi.ip_be32(src)
     key.daddr = abi.ip_be32(VIP)
@@ -384,12 +398,18 @@ def syn_from(i: int) -> bytes:
     return bytes(frame)
 
 
+def ack_from(i: int) -> bytes:
+    syn = syn_from(i)
+    return syn[:47] + b"\x10" + syn[48:]
+
+
 def test_conn_table_holds_a_million_connections_then_evicts_the_oldest(lb):
     size = lb.config.director.conn_table_size
     assert size == 1_000_000, "the default must be at least a million connections"
     slots = lb.dp.conn_table_slots
-    for i in range(size):
+    for i in range(size):   # established: SYN, then the ACK that moves it to conn_table
         assert lb.dp.test_run(syn_from(i)).action == libbpf.XDP_TX, f"connection {i} not sent"
+        lb.dp.test_run(ack_from(i))
     counts = lb.dp.conn_counts()
     assert counts.entries == size, f"{size - counts.entries} of {size} connections were lost"
     assert lb.dp.test_run(syn_from(0)[:47] + b"\x10" + syn_from(0)[48:]).verdict == "XDP_TX", \
@@ -397,6 +417,7 @@ def test_conn_table_holds_a_million_connections_then_evicts_the_oldest(lb):
     extra = slots - size + 1000
     for i in range(size, size + extra):
         lb.dp.test_run(syn_from(i))
+        lb.dp.test_run(ack_from(i))
     counts = lb.dp.conn_counts()
     inserts = lb.dp.counters()["conn_table_insert"]
     assert inserts == size + extra

@@ -78,6 +78,13 @@ class Timeouts:
     udp: int = 300
 
 
+def syn_table_size(conn_table_size: int) -> int:
+    """Half-open TCP connections are kept apart from conn_table, so that a SYN flood
+    evicts only its own kind: a quarter of conn_table_size, at least 1024. An entry waits
+    there only for the client's ACK, one round trip in the common case."""
+    return max(1024, conn_table_size // 4)
+
+
 @dataclass(frozen=True)
 class Director:
     interface: str

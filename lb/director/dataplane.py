@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from lb import abi, libbpf
+from lb.director.config import syn_table_size
 from lb.director.layout import Layout
 from lb.errors import UserError
 
@@ -74,7 +75,8 @@ class Stats:
 @dataclass
 class ConnCounts:
     per_real: dict[int, tuple[int, int]]   # real_id -> (active, inactive)
-    entries: int
+    entries: int                           # in conn_table
+    half_open: int = 0                     # in syn_table
 
 
 class Dataplane:
@@ -88,8 +90,11 @@ class Dataplane:
         # The LRU keeps some free slots on each CPU's list and may evict before it is
         # full, so it gets headroom: it then holds at least conn_table_size connections.
         cpus = len(bcc.utils.get_possible_cpus())
-        self.conn_table_slots = conn_table_size + cpus * abi.CONST["LRU_HEADROOM_PER_CPU"]
-        cflags = [f"-I{abi.BPF_DIR}", f"-DCONN_TABLE_SIZE={self.conn_table_slots}"]
+        headroom = cpus * abi.CONST["LRU_HEADROOM_PER_CPU"]
+        self.conn_table_slots = conn_table_size + headroom
+        self.syn_table_slots = syn_table_size(conn_table_size) + headroom
+        cflags = [f"-I{abi.BPF_DIR}", f"-DCONN_TABLE_SIZE={self.conn_table_slots}",
+                  f"-DSYN_TABLE_SIZE={self.syn_table_slots}"]
         try:
             self.bpf = bcc.BPF(src_file=str(abi.PROGRAM).encode(), cflags=cflags)
             self.fn = self.bpf.load_func(abi.PROGRAM_NAME.encode(), bcc.BPF.XDP)
@@ -161,7 +166,7 @@ class Dataplane:
 
     def clear_state(self) -> None:
         """Forget connections, persistence and counters (tests start from zero)."""
-        for name in ("conn_table", "persist_table"):
+        for name in ("conn_table", "syn_table", "persist_table"):
             self.map(name).clear()
         for name in ("svc_stats", "real_stats", "counters", "wrr_pos"):
             self.map(name).clear()   # arrays: zeroes every slot
@@ -183,13 +188,21 @@ class Dataplane:
     def real_stats(self, real_id: int) -> Stats:
         return self._stats("real_stats", real_id)
 
-    def connections(self):
-        """The connection table as two numpy record arrays (keys, values) with the
-        layouts of struct conn_key and conn_value; expired entries included."""
+    def connections(self, half_open: bool = True):
+        """The connections as two numpy record arrays (keys, values) with the layouts of
+        struct conn_key and conn_value, expired entries included: conn_table's, then
+        (with half_open) syn_table's."""
         import numpy as np
-        table = self.map("conn_table")
+        parts = [self._dump("conn_table", self.conn_table_slots)]
+        if half_open:
+            parts.append(self._dump("syn_table", self.syn_table_slots))
+        return (np.concatenate([k for k, _ in parts]), np.concatenate([v for _, v in parts]))
+
+    def _dump(self, name: str, capacity: int):
+        import numpy as np
+        table = self.map(name)
         keys, values, n = libbpf.map_dump(table.map_fd, ct.sizeof(table.Key),
-                                          ct.sizeof(table.Leaf), self.conn_table_slots)
+                                          ct.sizeof(table.Leaf), capacity)
         return (np.frombuffer(keys, abi.numpy_dtype("conn_key"), n),
                 np.frombuffer(values, abi.numpy_dtype("conn_value"), n))
 
@@ -209,14 +222,17 @@ class Dataplane:
         (ESTABLISHED is active, every other live state inactive), and the number of
         entries the table holds, expired ones included."""
         import numpy as np
-        _, values = self.connections()
+        _, main = self._dump("conn_table", self.conn_table_slots)
+        _, half_open = self._dump("syn_table", self.syn_table_slots)
+        values = np.concatenate([main, half_open])
         live = self.live(values)
         established = values["state"] == abi.STATE["ESTABLISHED"]
         ids = values["real_id"]
         active = np.bincount(ids[live & established], minlength=abi.CONST["MAX_REALS"])
         inactive = np.bincount(ids[live & ~established], minlength=abi.CONST["MAX_REALS"])
         return ConnCounts({int(i): (int(active[i]), int(inactive[i]))
-                           for i in np.flatnonzero(active + inactive)}, len(values))
+                           for i in np.flatnonzero(active + inactive)}, len(main),
+                          len(half_open))
 
     def zero_stats(self, svc_ids: list[int], real_ids: list[int]) -> None:
         """Packet, byte and connection counters of these services and real servers to 0."""

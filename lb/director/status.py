@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from lb import abi
-from lb.director.config import Config
+from lb.director.config import Config, syn_table_size
 from lb.director.layout import Layout
 
 
@@ -41,6 +41,8 @@ def collect(config: Config, layout: Layout, dataplane, interface: str, xdp_mode:
             "real_servers": reals,
         })
     inserts = counters["conn_table_insert"]
+    half_open = getattr(conns, "half_open", 0)
+    syn_inserts, promoted = counters["syn_table_insert"], counters["conn_promoted"]
     return {
         "interface": interface,
         "xdp_mode": xdp_mode,
@@ -55,6 +57,15 @@ def collect(config: Config, layout: Layout, dataplane, interface: str, xdp_mode:
             "inserts": inserts,
             # Nothing deletes entries but the LRU, so every missing insert was evicted.
             "evicted": max(0, inserts - conns.entries),
+        },
+        # Half-open TCP connections (SYN seen, not yet the client's ACK), kept apart so
+        # that a SYN flood evicts only these: what the flood pushed out shows as evicted.
+        "syn_table": {
+            "size": syn_table_size(config.director.conn_table_size),
+            "entries": half_open,
+            "inserts": syn_inserts,
+            "established": promoted,
+            "evicted": max(0, syn_inserts - promoted - half_open),
         },
     }
 
@@ -102,6 +113,11 @@ def format_table(data: dict) -> str:
     ct = data["conn_table"]
     lines.append(f"Connection table: {ct['size']} slots, {ct.get('entries', 0)} entries, "
                  f"{ct['inserts']} inserts, {ct['evicted']} evicted")
+    st = data.get("syn_table")
+    if st and st["inserts"]:
+        lines.append(f"Half-open table: {st['size']} slots, {st['entries']} entries, "
+                     f"{st['inserts']} SYNs, {st['established']} established, "
+                     f"{st['evicted']} evicted")
     return "\n".join(lines)
 
 

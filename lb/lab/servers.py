@@ -1,5 +1,6 @@
 """The tiny servers the lab runs on its real servers: HTTP answering with the host's
-name, and a UDP echo bound to the VIP. `python -m lb.lab.servers NAME VIP PORT... UDP`."""
+name (HTTP/1.1, so a client may keep its connection; /big answers BIG_BYTES), and a UDP
+echo bound to the VIP. `python -m lb.lab.servers NAME VIP PORT... UDP`."""
 from __future__ import annotations
 
 import socket
@@ -8,10 +9,17 @@ import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 
+BIG_BYTES = 200_000   # several full-size segments: what path-MTU discovery is tested with
+
+
 def serve(name: str, vip: str, http_ports: list[int], udp_port: int) -> None:
     class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
         def do_GET(self):  # noqa: N802 (http.server's naming)
             body = f"{name}\n".encode()
+            if self.path == "/big":
+                body = body + b"x" * (BIG_BYTES - len(body))
             self.send_response(200)
             self.send_header("Content-Length", str(len(body)))
             self.end_headers()

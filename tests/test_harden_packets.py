@@ -1,0 +1,126 @@
+"""Issue 11 in the packet layer: the defences of the data plane, frame by frame through
+bpf_prog_test_run_opts, maps filled by the real control-plane code."""
+from __future__ import annotations
+
+import struct
+
+import pytest
+
+from lb import abi, libbpf
+from lb.director import config as config_mod, layout as layout_mod
+from tests.conftest import Programmed, needs_root
+from tests.packet_cases import CONFIG, DIRECTOR_MAC, RS1, RS_MACS, tcp
+
+pytestmark = needs_root
+
+SMALL_TABLE = 1024   # conn_table_size: the smallest allowed, so a flood is quick to send
+
+
+@pytest.fixture(scope="module")
+def small_dp():
+    """The program with the smallest tables (its own compile, once for the module)."""
+    from lb.director.dataplane import Dataplane
+    dp = Dataplane(conn_table_size=SMALL_TABLE)
+    yield dp
+    dp.close()
+
+
+@pytest.fixture
+def small(small_dp):
+    small_dp.clear_state()
+    return Programmed(small_dp, config_mod.parse(CONFIG, source="test.toml"), dict(RS_MACS),
+                      DIRECTOR_MAC)
+
+
+def frame_of(template: bytes, saddr: int, sport: int, flags: int | None = None) -> bytes:
+    """`template` from another client address and port (and TCP flags)."""
+    f = bytearray(template)
+    f[26:30] = struct.pack("!I", saddr)
+    f[34:36] = struct.pack("!H", sport)
+    if flags is not None:
+        f[47] = flags
+    return bytes(f)
+
+
+def tables_holding(lb, sport: int, src: str = "10.0.0.10") -> list[str]:
+    out = []
+    for name in ("conn_table", "syn_table"):
+        table = lb.dp.map(name)
+        key = table.Key()
+        key.saddr, key.daddr = abi.ip_be32(src), abi.ip_be32("10.0.0.21")
+        key.sport, key.dport, key.proto = abi.port_be16(sport), abi.port_be16(80), 6
+        if table.get(key) is not None:
+            out.append(name)
+    return out
+
+
+# ---- half-open connections live apart ------------------------------------------------------
+
+def test_a_syn_waits_in_syn_table_and_its_ack_moves_it_to_conn_table(small):
+    before = small.dp.counters()
+    r = small.dp.test_run(tcp("S", sport=50000))
+    assert r.verdict == "XDP_TX" and abi.mac_str(r.data[:6]) == RS1
+    assert tables_holding(small, 50000) == ["syn_table"], \
+        "a half-open connection must not take a conn_table slot"
+    again = small.dp.test_run(tcp("S", sport=50000))
+    assert abi.mac_str(again.data[:6]) == RS1, "a repeated SYN must go to the same server"
+    assert tables_holding(small, 50000) == ["syn_table"]
+    r = small.dp.test_run(tcp("A", sport=50000))
+    assert r.verdict == "XDP_TX" and abi.mac_str(r.data[:6]) == RS1
+    assert tables_holding(small, 50000) == ["conn_table"], "the ACK must establish it"
+    moved = {k: v - before[k] for k, v in small.dp.counters().items() if v != before[k]}
+    assert moved == {"tx_service": 3, "syn_table_insert": 1, "conn_promoted": 1,
+                     "conn_table_insert": 1}, moved
+
+
+def test_a_reset_half_open_connection_stays_out_of_conn_table(small):
+    small.dp.test_run(tcp("S", sport=50001))
+    assert small.dp.test_run(tcp("R", sport=50001)).verdict == "XDP_TX"
+    assert tables_holding(small, 50001) == ["syn_table"]
+
+
+def test_spoofed_syns_sent_twice_evict_no_established_connection(small):
+    """Twenty times the table of spoofed SYNs, each twice (the LRU's second chance):
+    every established connection, busy or idle, keeps its real server."""
+    syn, ack = tcp("S"), tcp("A")
+    held = {}
+    for i in range(200):                      # established before the flood
+        saddr, sport = 0x0A000000 + 10, 20000 + i
+        first = small.dp.test_run(frame_of(syn, saddr, sport))
+        small.dp.test_run(frame_of(ack, saddr, sport))
+        held[sport] = first.data[:6]
+    flood = 20 * small.dp.conn_table_slots
+    for i in range(0, flood, 256):
+        burst = [frame_of(syn, 0x0B000000 + i + j, 1024 + (i + j) % 60000)
+                 for j in range(256)]
+        for _ in range(2):
+            for f in burst:
+                small.dp.test_run(f)
+        if i % 4096 == 0:                     # the busy half talks during the flood
+            for sport in list(held)[100:]:
+                small.dp.test_run(frame_of(ack, 0x0A000000 + 10, sport))
+    moved = {}
+    for sport, mac in held.items():
+        r = small.dp.test_run(frame_of(ack, 0x0A000000 + 10, sport))
+        if r.verdict != "XDP_TX" or r.data[:6] != mac:
+            moved[sport] = r.verdict
+    assert not moved, f"{len(moved)} of {len(held)} established connections lost: {moved}"
+    c = small.dp.counters()
+    assert c["syn_table_insert"] >= flood and c["conn_promoted"] == len(held)
+
+
+def test_the_established_path_is_one_lookup(small):
+    """An established connection's packet never looks at syn_table: it is forwarded even
+    while syn_table holds the same key with another server (which cannot happen, but
+    shows which table was read)."""
+    small.dp.test_run(tcp("S", sport=50002))
+    small.dp.test_run(tcp("A", sport=50002))
+    syn_table, conn_table = small.dp.map("syn_table"), small.dp.map("conn_table")
+    (key, value), = conn_table.items()
+    decoy = syn_table.Leaf()
+    decoy.real_id = value.real_id + 1
+    decoy.state = abi.STATE["SYN_RECV"]
+    decoy.last_seen_ns = value.last_seen_ns
+    syn_table[key] = decoy
+    r = small.dp.test_run(tcp("A", sport=50002))
+    assert abi.mac_str(r.data[:6]) == RS1
