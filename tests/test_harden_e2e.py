@@ -3,9 +3,11 @@ wrongly or lose its connections. Each test builds its own lab (prefix drlb-hd*).
 from __future__ import annotations
 
 import json
+import queue
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 
 from lb.lab import HOSTS, HTTP_PORT, VIP, Host, Lab, python_cmd
@@ -154,3 +156,104 @@ def test_syn_flood_keeps_every_established_connection():
               f"syn_table {json.dumps(data['syn_table'])}")
         lost = {i: (first[i], after_flood[i]) for i in range(HELD) if i not in kept}
         assert not lost, f"connections lost or moved under the flood: {lost}"
+
+
+# ---- the interface deleted and recreated under `up` -----------------------------------------
+
+class Output:
+    """`dr-lb up`'s output lines as they come, with the time each was read."""
+
+    def __init__(self, proc):
+        self.lines: queue.Queue = queue.Queue()
+        self.all: list[str] = []
+        threading.Thread(target=self._read, args=(proc,), daemon=True).start()
+
+    def _read(self, proc) -> None:
+        for line in proc.stdout:
+            self.lines.put((time.monotonic(), line.rstrip()))
+
+    def wait_for(self, text: str, timeout: float = 10) -> float:
+        deadline = time.monotonic() + timeout
+        while (left := deadline - time.monotonic()) > 0:
+            try:
+                at, line = self.lines.get(timeout=left)
+            except queue.Empty:
+                break
+            self.all.append(line)
+            if text in line:
+                return at
+        raise AssertionError(f"no line with {text!r} within {timeout} s; got {self.all}")
+
+
+def delete_director_link(lab: Lab) -> float:
+    """Delete the director's eth0; the time just before (an upper bound on the delay)."""
+    before = time.monotonic()
+    lab.run("director", "ip", "link", "del", "eth0")
+    return before
+
+
+def recreate_director_link(lab: Lab) -> float:
+    """A new veth named eth0 (a new index and MAC) on the bridge, with the old address."""
+    sw = ["ip", "netns", "exec", lab.switch]
+    created = time.monotonic()
+    subprocess.run(sw + ["ip", "link", "add", "p-director", "type", "veth", "peer", "name",
+                         "eth0", "netns", lab.ns("director")], check=True)
+    subprocess.run(sw + ["ip", "link", "set", "p-director", "master", "br0", "up"], check=True)
+    lab.run("director", "ip", "addr", "add", f"{lab.host('director').address}/24",
+            "dev", "eth0")
+    lab.run("director", "ip", "link", "set", "eth0", "up")
+    return created
+
+
+def test_interface_deleted_and_recreated_is_noticed_and_attached_again():
+    with Lab(prefix="drlb-hdi") as lab:
+        lab.prepare_real_servers()
+        lab.start_servers()
+        director = start_director(lab, lab.director_config())
+        out = Output(director)
+        holder = lab.popen("client", sys.executable, "-c", HOLDER, VIP, "4", "4",
+                           stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        first = json.loads(holder.stdout.readline())
+        assert lab.curl(f"http://{VIP}:{HTTP_PORT}/") in ("rs1", "rs2", "rs3")
+
+        deleted = delete_director_link(lab)
+        noticed = out.wait_for("is gone") - deleted
+        data = status(lab)
+        assert data["link"]["state"] == "gone", data["link"]
+        table = lab.run("director", *python_cmd("lb", "status")).stdout
+        assert "IS GONE" in table, table
+
+        created = recreate_director_link(lab)
+        attached = out.wait_for("is back") - created
+        data = status(lab)
+        assert data["link"]["state"] == "up" and data["link"]["mac"] != lab.macs["director"]
+        assert lab.curl(f"http://{VIP}:{HTTP_PORT}/") in ("rs1", "rs2", "rs3"), \
+            "the new interface must balance again"
+        holder.stdin.write("done\n")
+        holder.stdin.flush()
+        after = json.loads(holder.stdout.readline())
+        print(f"interface deleted: noticed within {noticed:.3f} s; recreated: attached "
+              f"again within {attached:.3f} s; held connections kept: "
+              f"{sum(a == b for a, b in zip(first, after))} of {len(first)}")
+        assert noticed < 1, f"the deletion was noticed only after {noticed:.2f} s"
+        assert after == first, f"the held connections must survive: {first} -> {after}"
+
+
+def test_exit_on_link_loss_exits_3_at_once():
+    with Lab(prefix="drlb-hdx") as lab:
+        lab.prepare_real_servers()
+        director = start_director(lab, lab.director_config(), "--exit-on-link-loss")
+        deleted = delete_director_link(lab)
+        out, _ = director.communicate(timeout=10)
+        took = time.monotonic() - deleted
+        assert director.returncode == 3, (director.returncode, out)
+        assert "was deleted" in out and "Traceback" not in out, out
+        print(f"--exit-on-link-loss: exited 3 {took:.3f} s after the deletion")
+        assert not list(instances_files(lab)), "the state files must be removed"
+
+
+def instances_files(lab: Lab):
+    from lb.director import instances
+    with lab.inside("director"):
+        prefix = instances._prefix()
+    return instances.RUN_DIR.glob(f"{prefix}eth0.*")

@@ -61,12 +61,16 @@ def load_config(path: str, system: bool = True) -> config_mod.Config:
 @click.argument("config_file", metavar="CONFIG", type=click.Path(dir_okay=False))
 @click.option("--replace", is_flag=True,
               help="Take over the interface even if an XDP program is attached.")
-def up(config_file: str, replace: bool) -> None:
+@click.option("--exit-on-link-loss", is_flag=True,
+              help="Exit (status 3) when the interface is deleted, instead of waiting for "
+                   "an interface of that name and attaching to it again.")
+def up(config_file: str, replace: bool, exit_on_link_loss: bool) -> None:
     """Validate CONFIG, attach XDP and balance until SIGINT/SIGTERM."""
     from lb.director import daemon, instances
     instances.require_root()
     cfg = load_config(config_file)
-    daemon.run(cfg, config_path=config_file, replace=replace)
+    daemon.run(cfg, config_path=config_file, replace=replace,
+               exit_on_link_loss=exit_on_link_loss)
 
 
 INTERFACE = click.option("--interface", "-i",

@@ -2,19 +2,26 @@
 from __future__ import annotations
 
 import os
+import queue
 import signal
 import threading
+import time
 from pathlib import Path
 
 from lb.director import arp, instances, netif
 from lb.director.config import Config
+from lb.director.linkwatch import LinkEvent, LinkWatch
 from lb.director.reconciler import Reconciler
 from lb.errors import UserError
 
 NEIGHBOUR_REFRESH_S = 0.5
 
 
-def run(config: Config, config_path: str, replace: bool = False) -> None:
+EXIT_LINK_LOST = 3   # --exit-on-link-loss: the interface was deleted
+
+
+def run(config: Config, config_path: str, replace: bool = False,
+        exit_on_link_loss: bool = False) -> None:
     from lb.director.dataplane import Dataplane   # bcc: keep `check` and `status` free of it
 
     name = config.director.interface
@@ -36,18 +43,24 @@ def run(config: Config, config_path: str, replace: bool = False) -> None:
 
     for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
         signal.signal(sig, on_signal)
+    link_events: queue.SimpleQueue = queue.SimpleQueue()
+
+    def on_link(event) -> None:
+        link_events.put(event)
+        wake.set()
 
     dp = Dataplane(config.director.conn_table_size)   # compiled before anything is touched
     if replace:
         for line in instances.take_over(name):
             print(f"dr-lb: {line}", flush=True)
-    server = director = None
+    server = director = watch = None
     try:
         director = Reconciler(config, dp, iface, config_path, Path(config_path).read_text())
         director.resolve_initial()
         director.program()
         director.xdp_mode = dp.attach(iface.index, config.director.xdp_mode)
         director.start_monitor()
+        watch = LinkWatch(name, iface.index, on_link).start()
         server = instances.ControlServer(name, director.handlers())
         instances.write_state(name, {"pid": os.getpid(), "interface": name,
                                      "ifindex": iface.index, "xdp_mode": director.xdp_mode,
@@ -67,6 +80,20 @@ def run(config: Config, config_path: str, replace: bool = False) -> None:
             wake.clear()
             if stop.is_set():
                 break
+            while not link_events.empty():
+                event = link_events.get()
+                try:
+                    on_link_event(event, director, dp, config_path, exit_on_link_loss)
+                except UserError as e:
+                    if event.kind == "gone":
+                        raise    # --exit-on-link-loss
+                    print(f"dr-lb: warning: attaching to the new {name}: {e}", flush=True)
+                except Exception as e:   # keep running; the next event tries again
+                    print(f"dr-lb: warning: {type(e).__name__}: {e}", flush=True)
+            if director.link_gone_since is not None:
+                continue   # nothing to refresh on an interface that is not there
+            if director.announce_pending:
+                director.announce_pending = not announce_vips(director)
             try:
                 if reload_asked.is_set():
                     reload_asked.clear()
@@ -78,6 +105,8 @@ def run(config: Config, config_path: str, replace: bool = False) -> None:
             except Exception as e:   # keep balancing; the next round tries again
                 print(f"dr-lb: warning: {type(e).__name__}: {e}", flush=True)
     finally:
+        if watch:
+            watch.stop()
         if server:
             server.close()
         if director and director.monitor:
@@ -87,3 +116,51 @@ def run(config: Config, config_path: str, replace: bool = False) -> None:
         finally:
             instances.remove_state(name)
     print(f"dr-lb: detached from {name}", flush=True)
+
+
+def on_link_event(event: LinkEvent, director: Reconciler, dp, config_path: str,
+                  exit_on_link_loss: bool) -> None:
+    """The interface was deleted (the kernel detached the program with it), or an
+    interface of its name appeared: attach to it and carry on with the same tables."""
+    name = director.interface.name
+    if event.kind == "gone":
+        director.link_lost(event.at)
+        dp.attached = None
+        print(f"dr-lb: interface {name} is gone (index {event.index} deleted): nothing is "
+              "balanced " + ("; exiting (--exit-on-link-loss)" if exit_on_link_loss else
+                             "until an interface of that name comes back"), flush=True)
+        if exit_on_link_loss:
+            raise UserError(f"interface {name} was deleted", exit_code=EXIT_LINK_LOST)
+        return
+    iface = netif.interface(name)
+    if iface is None or iface.index != event.index:
+        return   # gone again already; its own event follows
+    if not iface.ethernet:
+        print(f"dr-lb: warning: the new {name} has no Ethernet address; not attaching",
+              flush=True)
+        return
+    try:
+        mode = dp.attach(iface.index, director.config.director.xdp_mode)
+    except UserError as e:
+        print(f"dr-lb: warning: the new {name} (index {iface.index}): {e}", flush=True)
+        return
+    director.link_back(iface, mode)
+    # A new interface is often still down: the main loop announces once it is up.
+    director.announce_pending = not announce_vips(director)
+    instances.write_state(name, {"pid": os.getpid(), "interface": name,
+                                 "ifindex": iface.index, "xdp_mode": mode,
+                                 "config": os.path.abspath(config_path)})
+    print(f"dr-lb: interface {name} is back (index {iface.index}, MAC {iface.mac}): attached "
+          f"again (xdp {mode}) {time.monotonic() - event.at:.2f} s after it appeared; "
+          "connections kept", flush=True)
+
+
+def announce_vips(director: Reconciler) -> bool:
+    """Gratuitous ARP for every VIP from the interface's MAC; False if it cannot be
+    sent yet (the interface is down)."""
+    try:
+        arp.announce(director.interface.name, director.interface.mac,
+                     list(director.config.vips))
+    except OSError:
+        return False
+    return True

@@ -35,6 +35,9 @@ class Reconciler:
         self.xdp_mode = ""
         self.monitor: monitor.Monitor | None = None
         self._last_probe = 0.0
+        self.link_gone_since: float | None = None   # time.monotonic() it was deleted
+        self.link_changes = 0
+        self.announce_pending = False               # VIPs to announce once the link is up
 
     @property
     def dynamic_addresses(self) -> list[str]:
@@ -74,6 +77,29 @@ class Reconciler:
                 not self.macs.get(a) for a in self.dynamic_addresses):
             time.sleep(0.1)
             self.refresh_neighbours(probe_missing=False)
+
+    # ---- the interface going and coming back (lb/director/linkwatch.py) ---------------
+    def link_lost(self, at: float) -> None:
+        self.link_gone_since = at
+        self.link_changes += 1
+
+    def link_back(self, iface: netif.Interface, xdp_mode: str) -> None:
+        """A new interface of the same name, with the program attached: its MAC is the
+        source of every frame from now on, and its neighbours are asked again."""
+        with self.lock:
+            self.interface, self.xdp_mode = iface, xdp_mode
+            self.link_gone_since = None
+            self.link_changes += 1
+        self.program()
+        self._last_probe = 0.0
+        self.refresh_neighbours()
+
+    def link_status(self) -> dict:
+        gone = self.link_gone_since
+        return {"state": "gone" if gone is not None else "up",
+                "gone_for_s": round(time.monotonic() - gone, 1) if gone is not None else 0,
+                "ifindex": self.interface.index, "mac": self.interface.mac,
+                "changes": self.link_changes}
 
     def program(self) -> None:
         with self.lock:
@@ -155,8 +181,10 @@ class Reconciler:
         with self.lock:   # a consistent pair; the maps are read without holding up updates
             config, layout = self.config, self.layout
         counts, age = self.monitor.conn_counts()
-        return status.collect(config, layout, self.dp, self.interface.name, self.xdp_mode,
+        data = status.collect(config, layout, self.dp, self.interface.name, self.xdp_mode,
                               counts, age, self.monitor.rates())
+        data["link"] = self.link_status()
+        return data
 
     def connections(self, vip: str | None = None, port: int | None = None,
                     real: str | None = None, limit: int = 1000) -> dict:

@@ -104,6 +104,10 @@ def format_table(data: dict) -> str:
 
     lines = [f"dr-lb on {data['interface']} (xdp {data['xdp_mode']}), "
              f"timeouts tcp {t['tcp']} tcpfin {t['tcpfin']} udp {t['udp']}"]
+    link = data.get("link") or {}
+    if link.get("state") == "gone":
+        lines.append(f"INTERFACE {data['interface']} IS GONE (deleted {link['gone_for_s']} s "
+                     "ago): nothing is balanced; dr-lb attaches again when it comes back")
     for address, method, numbers, tail in rows:
         cells = " ".join(n.rjust(w) for n, w in zip(numbers, number_w))
         lines.append(f"{address:<{address_w}}  {method:<{method_w}} {cells}  {tail}".rstrip())
