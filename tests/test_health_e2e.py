@@ -61,11 +61,12 @@ def health(**keys) -> str:
         f"{k} = {json.dumps(v)}\n" for k, v in base.items() if v is not None)
 
 
-def config(sorry: bool = True, sorry_check_port: int | None = 9) -> str:
+def config(sorry: bool = True, sorry_check_port: int | None = 9,
+           xdp_mode: str = "generic") -> str:
     """A: http checks of the test's web servers; B: every real server checked on a port
     where nothing listens (so all are down) with a sorry server; C: reschedule."""
     return (
-        '[director]\ninterface = "eth0"\nxdp_mode = "generic"\n\n'
+        f'[director]\ninterface = "eth0"\nxdp_mode = "{xdp_mode}"\n\n'
         f'[[service]]\nvip = "{VIP}"\nport = {CHECKED_PORT}\n'
         + health(type="http", path="/") + reals()
         + f'\n[[service]]\nvip = "{VIP}"\nport = {SORRY_PORT}\n'
@@ -126,6 +127,9 @@ class Scene:
     def dr_lb(self, *args: str, check: bool = True) -> subprocess.CompletedProcess:
         return self.lab.run("director", *python_cmd("lb", *args), check=check)
 
+    def config(self, **kw) -> str:
+        return config(xdp_mode=self.lab.xdp_mode, **kw)
+
     def reload(self, text: str) -> None:
         self.director.config_path.write_text(text)
         self.dr_lb("reload")
@@ -144,9 +148,10 @@ def record_time(what: str, seconds: float) -> None:
     path.write_text(json.dumps(times, indent=1))
 
 
-@pytest.fixture(scope="module")
-def scene():
-    with Lab(prefix="drlb-hc", xdp_mode="generic", hosts=HOSTS + (SORRY,)) as lab:
+@pytest.fixture(scope="module", params=["generic", "native"])
+def scene(request):
+    with Lab(prefix=f"drlb-hc{request.param[0]}", xdp_mode=request.param,
+             hosts=HOSTS + (SORRY,)) as lab:
         lab.prepare_real_servers()
         lab.start_servers()
         web = {}
@@ -155,7 +160,7 @@ def scene():
                 web[h.name] = lab.popen(h.name, sys.executable, "-c", WEB, h.name,
                                         str(CHECKED_PORT))
                 lab.wait_port(h.name, CHECKED_PORT)
-        director = start_director(lab, config())
+        director = start_director(lab, config(xdp_mode=lab.xdp_mode))
         s = Scene(lab, director)
         s.web = web
         for name in web:
@@ -170,7 +175,7 @@ def test_a_stopped_web_server_is_out_in_time_and_back_after_rise(scene):
 
     scene.stop_web("rs1")
     out = scene.wait_state(CHECKED_PORT, "rs1", "down", OUT_WITHIN + 2)
-    record_time("out_stopped_web_server", out)
+    record_time(f"out_stopped_web_server_{scene.lab.xdp_mode}", out)
     assert out <= OUT_WITHIN, f"rs1 went out after {out:.2f} s, later than {OUT_WITHIN} s"
     h = scene.server(CHECKED_PORT, "rs1")
     assert not h["schedulable"] and "refused" in h["health"]["last"], h
@@ -181,7 +186,7 @@ def test_a_stopped_web_server_is_out_in_time_and_back_after_rise(scene):
 
     scene.start_web("rs1")
     back = scene.wait_state(CHECKED_PORT, "rs1", "up", BACK_WITHIN + 2)
-    record_time("back_after_restart", back)
+    record_time(f"back_after_restart_{scene.lab.xdp_mode}", back)
     assert back <= BACK_WITHIN, f"rs1 came back after {back:.2f} s, later than {BACK_WITHIN}"
     assert "rs1" in {scene.curl(CHECKED_PORT)[1] for _ in range(6)}
     time.sleep(0.2)
@@ -202,7 +207,7 @@ def test_a_vip_gone_from_lo_is_caught_by_the_dr_path_check(scene):
                     f"http://{rs2}:{CHECKED_PORT}/")
         assert r.stdout.strip() == "rs2", "its own address must still answer"
         out = scene.wait_state(CHECKED_PORT, "rs2", "down", OUT_WITHIN + 2)
-        record_time("out_vip_removed", out)
+        record_time(f"out_vip_removed_{scene.lab.xdp_mode}", out)
         assert out <= OUT_WITHIN, f"rs2 went out after {out:.2f} s"
         last = scene.server(CHECKED_PORT, "rs2")["health"]["last"]
         assert last.startswith("DR path: no answer to a SYN for") and "lo" in last, last
@@ -225,25 +230,25 @@ def test_every_server_down_sends_new_connections_to_the_sorry_server(scene):
 
 def test_without_a_sorry_server_new_connections_are_dropped_and_counted(scene):
     try:
-        scene.reload(config(sorry=False))
+        scene.reload(scene.config(sorry=False))
         before = scene.status()["counters"]["drop_no_real_server"]
         rc, _ = scene.curl(SORRY_PORT, max_time=1)
         assert rc == 28, "the SYN must be dropped (curl times out)"
         assert scene.status()["counters"]["drop_no_real_server"] > before
     finally:
-        scene.reload(config())
+        scene.reload(scene.config())
 
 
 def test_reload_with_a_working_check_brings_the_servers_back(scene):
     try:
-        scene.reload(config(sorry_check_port=None))
+        scene.reload(scene.config(sorry_check_port=None))
         for name in ("rs1", "rs2", "rs3"):
             scene.wait_state(SORRY_PORT, name, "up", INTERVAL + 2)
         assert {scene.curl(SORRY_PORT)[1] for _ in range(6)} == {"rs1", "rs2", "rs3"}
         svc = next(s for s in scene.status()["services"] if s["port"] == SORRY_PORT)
         assert not svc["sorry_server"]["in_use"]
     finally:
-        scene.reload(config())
+        scene.reload(scene.config())
     scene.wait_state(SORRY_PORT, "rs1", "down", OUT_WITHIN + 2)
 
 
