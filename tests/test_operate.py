@@ -100,6 +100,25 @@ def test_conns_lists_exactly_the_clients_connections_with_their_states(scene):
         holder.communicate("\n", timeout=10)
 
 
+def test_counts_are_fresh_right_after_connections_open(scene):
+    # The demo's scenario: curl, then status at once. The counts must already include
+    # the new connections, not those of the last background sweep.
+    lab, _ = scene
+    code = ("import socket, sys\n"
+            f"c = [socket.create_connection(('{VIP}', {HTTP_PORT}), 3) for _ in range(3)]\n"
+            "print('open', flush=True)\n"
+            "sys.stdin.readline()\n")
+    holder = lab.popen("client", "python3", "-c", code, stdin=subprocess.PIPE,
+                       stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "open"
+        svc = next(s for s in status(lab)["services"]
+                   if s["port"] == HTTP_PORT and s["protocol"] == "tcp")
+        assert sum(r["active_conns"] for r in svc["real_servers"]) == 3, svc
+    finally:
+        holder.communicate("\n", timeout=10)
+
+
 def test_zero_resets_the_counters_and_connections_go_on(scene):
     lab, _ = scene
     for _ in range(4):
