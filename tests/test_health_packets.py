@@ -166,3 +166,35 @@ def test_other_frames_are_not_taken_for_probe_answers(lb, frame, counter):
     r = lb.dp.test_run(frame)
     assert r.verdict == "XDP_PASS" and r.data == frame
     assert moved(lb, before) == {counter: 1}
+
+
+def test_reschedule_moves_a_half_open_connection_too(lb):
+    """A connection still in syn_table (SYN seen, no ACK yet) of a server that fails its
+    check moves like an established one: its next SYN is placed anew in syn_table, its
+    ACK goes to a healthy server and into conn_table."""
+    lb = lb("reschedule")
+    assert mac_of(lb.dp.test_run(tcp("S", sport=50400))) == RS1
+    lb.reprogram(lb.config, dict(RS_MACS), health=down("10.0.0.12"))
+    before = lb.dp.counters()
+    r = lb.dp.test_run(tcp("S", sport=50400))
+    assert r.verdict == "XDP_TX" and mac_of(r) in (RS2, RS3), "the repeated SYN must move"
+    assert moved(lb, before) == {"tx_service": 1, "conn_rescheduled": 1,
+                                 "syn_table_insert": 1}
+    home = mac_of(r)
+    r = lb.dp.test_run(tcp("A", sport=50400))
+    assert mac_of(r) == home, "its ACK follows the new placement (promoted, not moved again)"
+    assert mac_of(lb.dp.test_run(tcp("S", sport=50401))) in (RS2, RS3)
+    lb.dp.test_run(tcp("S", sport=50402))  # a third placement, cycling past RS1
+    # A half-open connection whose server failed, seen next with its ACK: moved at once.
+    lb.reprogram(lb.config, dict(RS_MACS), health={})
+    for sport in range(50410, 50420):
+        if mac_of(lb.dp.test_run(tcp("S", sport=sport))) == RS1:
+            break
+    lb.reprogram(lb.config, dict(RS_MACS), health=down("10.0.0.12"))
+    before = lb.dp.counters()
+    r = lb.dp.test_run(tcp("A", sport=sport))
+    assert r.verdict == "XDP_TX" and mac_of(r) in (RS2, RS3)
+    assert moved(lb, before) == {"tx_service": 1, "conn_rescheduled": 1,
+                                 "conn_table_insert": 1}
+    assert [k.sport for k, _ in lb.dp.map("syn_table").items()
+            if k.sport == abi.port_be16(sport)] == [], "it must leave syn_table"
