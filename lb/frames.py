@@ -39,6 +39,20 @@ def parse_arp_reply(frame: bytes) -> tuple[str, str] | None:
     return socket.inet_ntoa(frame[28:32]), mac_str(frame[22:28])
 
 
+def parse_arp_sender(frame: bytes) -> tuple[str, str] | None:
+    """(sender IP, sender MAC) of any Ethernet/IPv4 ARP request or reply whose sender
+    MAC is a host's (not group, not zero) and agrees with the frame's source; else None."""
+    if len(frame) < 42 or frame[12:14] != b"\x08\x06":
+        return None
+    htype, ptype, hlen, plen, op = struct.unpack("!HHBBH", frame[14:22])
+    sha = frame[22:28]
+    if (htype, ptype, hlen, plen) != (1, ETH_P_IP, 6, 4) or op not in (1, 2):
+        return None
+    if sha[0] & 1 or sha == b"\x00" * 6 or sha != frame[6:12]:
+        return None
+    return socket.inet_ntoa(frame[28:32]), mac_str(sha)
+
+
 def checksum(data: bytes) -> int:
     if len(data) % 2:
         data += b"\x00"

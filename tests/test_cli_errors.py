@@ -84,3 +84,20 @@ def test_an_interface_without_ethernet_address_is_a_config_error(tmp_path):
         assert "no Ethernet address" in r.stderr and "Traceback" not in r.stderr, r.stderr
     finally:
         subprocess.run(["ip", "netns", "del", ns], check=False)
+
+
+@pytest.mark.parametrize("command", ["check", "up"])
+@pytest.mark.parametrize("content,says", [
+    (CONFIG.encode("utf-8").replace(b"drlb0", b"drlb\xe90"), "not UTF-8"),
+    (b"x = " + b"[" * 100_000 + b"]" * 100_000 + b"\n", "nested too deep"),
+    (b"x = " + b"{a = " * 100_000 + b"1" + b"}" * 100_000 + b"\n", "nested too deep"),
+], ids=["latin-1", "deep-array", "deep-table"])
+def test_a_file_that_is_not_utf8_or_nests_too_deep_is_one_line_exit_2(
+        tmp_path, monkeypatch, command, content, says):
+    monkeypatch.setattr("os.geteuid", lambda: 0)
+    monkeypatch.setattr(signal, "signal", lambda *a: None)
+    path = tmp_path / "config.toml"
+    path.write_bytes(content)
+    result = CliRunner(mix_stderr=False).invoke(cli.main, [command, str(path)])
+    line = one_line(result)
+    assert result.exit_code == 2 and says in line, (result.exit_code, line)

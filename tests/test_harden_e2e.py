@@ -257,3 +257,145 @@ def instances_files(lab: Lab):
     with lab.inside("director"):
         prefix = instances._prefix()
     return instances.RUN_DIR.glob(f"{prefix}eth0.*")
+
+
+def test_interface_renamed_away_and_back():
+    """Renamed away, the interface keeps no dr-lb program (it is not the one the config
+    names); renamed back, it is attached again and balances."""
+    with Lab(prefix="drlb-hdr") as lab:
+        lab.prepare_real_servers()
+        lab.start_servers()
+        director = start_director(lab, lab.director_config())
+        out = Output(director)
+        assert lab.curl(f"http://{VIP}:{HTTP_PORT}/") in ("rs1", "rs2", "rs3")
+        lab.run("director", "ip", "link", "set", "eth0", "down")
+        renamed = time.monotonic()
+        lab.run("director", "ip", "link", "set", "eth0", "name", "eth7")
+        noticed = out.wait_for("is gone") - renamed
+        link = lab.run("director", "ip", "-d", "link", "show", "eth7").stdout
+        assert "xdp" not in link.split("\n", 1)[0] and "prog/xdp" not in link, link
+        assert status(lab)["link"]["state"] == "gone"
+        lab.run("director", "ip", "link", "set", "eth7", "name", "eth0")
+        lab.run("director", "ip", "link", "set", "eth0", "up")
+        out.wait_for("is back")
+        assert status(lab)["link"]["state"] == "up"
+        assert lab.curl(f"http://{VIP}:{HTTP_PORT}/") in ("rs1", "rs2", "rs3")
+        print(f"interface renamed: noticed within {noticed:.3f} s")
+        assert noticed < 1
+
+
+# ---- a real server's MAC changes -------------------------------------------------------------
+
+def test_a_real_servers_new_mac_is_used_within_2_s():
+    """rs1 gets a new MAC (a new NIC, a failover) and says nothing: the director's active
+    ARP finds it, and new connections reach rs1 at its new MAC."""
+    new_mac = "02:aa:00:00:00:01"
+    with Lab(prefix="drlb-hdm") as lab:
+        lab.prepare_real_servers()
+        lab.start_servers()
+        start_director(lab, lab.director_config())
+        rs1 = lab.host("rs1").address
+
+        def mac_in_use() -> str:   # through the control socket: a quick poll
+            from lb.director import instances
+            with lab.inside("director"):
+                svc = instances.request("eth0", "status")["services"][0]
+            return next(r["mac"] for r in svc["real_servers"] if r["address"] == rs1)
+
+        assert mac_in_use() == lab.macs["rs1"]
+        changed = time.monotonic()
+        lab.run("rs1", "ip", "link", "set", "dev", "eth0", "address", new_mac)
+        took = None
+        while time.monotonic() - changed < 10:
+            if mac_in_use() == new_mac:
+                took = time.monotonic() - changed
+                break
+            time.sleep(0.05)
+        answers = [lab.curl(f"http://{VIP}:{HTTP_PORT}/", timeout=3) for _ in range(12)]
+        print(f"a real server's new MAC in use {took} s after the change; answers {answers}")
+        assert took is not None, "the director never learnt rs1's new MAC"
+        assert took < 2, f"the new MAC took {took:.2f} s"
+        assert "rs1" in answers
+
+
+# ---- one owner per interface -----------------------------------------------------------------
+
+def dr_lb(lab: Lab, *args: str):
+    return lab.run("director", *python_cmd("lb", *args), check=False)
+
+
+def state_file(lab: Lab):
+    from lb.director import instances
+    with lab.inside("director"):
+        return instances.state_path("eth0")
+
+
+def test_two_ups_at_once_one_owner_and_down_stops_the_real_one():
+    with Lab(prefix="drlb-hdo") as lab:
+        lab.prepare_real_servers()
+        lab.start_servers()
+        config = lab.director_config()
+        racers = [start_director(lab, config, wait=False) for _ in range(2)]
+        outs = {}
+        deadline = time.monotonic() + 60
+        while len(outs) < 2 and time.monotonic() < deadline:
+            for i, p in enumerate(racers):
+                if i in outs:
+                    continue
+                line = p.stdout.readline()
+                if line.startswith("dr-lb: ready on ") or p.poll() is not None:
+                    outs[i] = line + (p.stdout.read() if p.poll() is not None else "")
+        winners = [i for i, text in outs.items() if text.startswith("dr-lb: ready on ")]
+        losers = [i for i in outs if i not in winners]
+        assert len(winners) == 1 and len(losers) == 1, outs
+        loser, winner = racers[losers[0]], racers[winners[0]]
+        loser.wait(timeout=10)
+        assert loser.returncode != 0 and "already runs on eth0" in outs[losers[0]], outs
+        assert "Traceback" not in outs[losers[0]]
+        # The winner's files survived the loser.
+        assert status(lab)["interface"] == "eth0"
+        assert lab.curl(f"http://{VIP}:{HTTP_PORT}/") in ("rs1", "rs2", "rs3")
+        r = dr_lb(lab, "down")
+        assert r.returncode == 0, r.stdout + r.stderr
+        winner.wait(timeout=10)
+        assert winner.poll() is not None, "down must stop the instance that owns eth0"
+        assert "xdp" not in lab.run("director", "ip", "link", "show", "eth0").stdout
+        assert not state_file(lab).exists()
+
+
+def test_a_tampered_state_file_is_never_acted_on():
+    sleeper = subprocess.Popen(["sleep", "600"])   # "another process's pid"
+    try:
+        with Lab(prefix="drlb-hdt") as lab:
+            lab.prepare_real_servers()
+            lab.start_servers()
+            director = start_director(lab, lab.director_config())
+            path = state_file(lab)
+            good = path.read_text()
+            for text in ("[]", '{"pid": 1}', json.dumps({"pid": sleeper.pid,
+                                                          "interface": "eth0"}), "{",
+                         b"\xff\xfe"):
+                if isinstance(text, bytes):
+                    path.write_bytes(text)
+                else:
+                    path.write_text(text)
+                for args in (("status",), ("status", "-i", "eth0")):
+                    r = dr_lb(lab, *args)
+                    assert "Traceback" not in r.stderr + r.stdout, (text, args, r.stderr)
+                    assert len((r.stderr or "").strip().splitlines()) <= 1, (text, r.stderr)
+                assert director.poll() is None and sleeper.poll() is None
+            path.write_text(json.dumps({"pid": sleeper.pid, "interface": "eth0"}))
+            r = dr_lb(lab, "down", "-i", "eth0")
+            assert r.returncode == 0 and "Traceback" not in r.stderr, r.stderr
+            director.wait(timeout=10)
+            assert sleeper.poll() is None, "down must not signal a pid it cannot verify"
+            assert "xdp" not in lab.run("director", "ip", "link", "show", "eth0").stdout
+            # No instance, a stale file naming another process: down signals nothing.
+            path.write_text(json.dumps({"pid": sleeper.pid, "interface": "eth0"}))
+            r = dr_lb(lab, "down", "-i", "eth0")
+            assert r.returncode == 0 and "stale state file" in r.stdout, r.stdout + r.stderr
+            assert sleeper.poll() is None and not path.exists()
+            del good
+    finally:
+        sleeper.kill()
+        sleeper.wait()

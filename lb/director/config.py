@@ -167,9 +167,12 @@ def load(path: str | Path) -> Config:
     """Read and validate a config file; raises ConfigError."""
     path = Path(path)
     try:
-        text = path.read_text()
+        text = path.read_bytes().decode("utf-8")
     except OSError as e:
         raise ConfigError([f"{path}: cannot read: {e.strerror}"]) from None
+    except UnicodeDecodeError as e:
+        raise ConfigError([f"{path.name}: not UTF-8 (byte {e.object[e.start]:#04x} at offset "
+                           f"{e.start}); TOML files are UTF-8: save it as UTF-8"]) from None
     return parse(text, source=path.name)
 
 
@@ -178,6 +181,9 @@ def parse(text: str, source: str = "config") -> Config:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as e:
         raise ConfigError([f"{source}: not valid TOML: {e}; fix the syntax there"]) from None
+    except RecursionError:
+        raise ConfigError([f"{source}: arrays or tables nested too deep to read; a dr-lb "
+                           "config nests at most three levels"]) from None
     return from_dict(data, source)
 
 

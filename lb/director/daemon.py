@@ -28,9 +28,12 @@ def run(config: Config, config_path: str, replace: bool = False,
     iface = netif.interface(name)
     if iface is None:
         raise UserError(f"interface {name} does not exist", exit_code=2)
+    # One owner per interface, taken before anything is touched; held until the process
+    # ends (the kernel drops it however the process dies).
+    lock_fd = None if replace else instances.acquire(name)
     if iface.xdp_mode and not replace:
-        owner = instances.find(name)
-        who = f"dr-lb (pid {owner['pid']})" if owner else f"program id {iface.xdp_prog_id}"
+        owner = instances.live_owner(name)
+        who = f"dr-lb (pid {owner})" if owner else f"program id {iface.xdp_prog_id}"
         raise UserError(f"an XDP program is already attached to {name} ({who}, "
                         f"{iface.xdp_mode}); stop it with `sudo dr-lb down --interface {name}` "
                         "or take over with `dr-lb up --replace`")
@@ -53,6 +56,7 @@ def run(config: Config, config_path: str, replace: bool = False,
     if replace:
         for line in instances.take_over(name):
             print(f"dr-lb: {line}", flush=True)
+        lock_fd = instances.acquire(name, wait_s=5)
     server = director = watch = None
     try:
         director = Reconciler(config, dp, iface, config_path, Path(config_path).read_text())
@@ -117,7 +121,9 @@ def run(config: Config, config_path: str, replace: bool = False,
         try:
             dp.close()
         finally:
-            instances.remove_state(name)
+            instances.remove_state(name)   # ours: we hold the lock
+            if lock_fd is not None:
+                os.close(lock_fd)
     print(f"dr-lb: detached from {name}", flush=True)
 
 
@@ -128,12 +134,19 @@ def on_link_event(event: LinkEvent, director: Reconciler, dp, config_path: str,
     name = director.interface.name
     if event.kind == "gone":
         director.link_lost(event.at)
-        dp.attached = None
-        print(f"dr-lb: interface {name} is gone (index {event.index} deleted): nothing is "
+        # Deleted: the kernel took the program with it. Renamed: it is no longer the
+        # interface the config names, so it balances nothing more.
+        try:
+            dp.detach()
+        except OSError as e:
+            print(f"dr-lb: warning: detaching from index {event.index}: {e}", flush=True)
+        print(f"dr-lb: interface {name} is gone (index {event.index} deleted or renamed): "
+              "nothing is "
               "balanced " + ("; exiting (--exit-on-link-loss)" if exit_on_link_loss else
                              "until an interface of that name comes back"), flush=True)
         if exit_on_link_loss:
-            raise UserError(f"interface {name} was deleted", exit_code=EXIT_LINK_LOST)
+            raise UserError(f"interface {name} was deleted or renamed",
+                            exit_code=EXIT_LINK_LOST)
         return
     iface = netif.interface(name)
     if iface is None or iface.index != event.index:

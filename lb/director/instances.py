@@ -7,6 +7,7 @@ by every `ip netns exec`, while /sys/fs/bpf is not (KERNEL-NOTES), so a separate
 """
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import signal
@@ -37,15 +38,99 @@ def state_path(interface: str) -> Path:
     return RUN_DIR / f"{_prefix()}{interface}.json"
 
 
+def lock_path(interface: str) -> Path:
+    return RUN_DIR / f"{_prefix()}{interface}.lock"
+
+
+# ---- one owner per interface ---------------------------------------------------------------
+#
+# `up` takes an exclusive flock on the interface's lock file before it touches anything
+# and holds it until it exits; the kernel drops it when the process dies, however it
+# dies. So the lock's holder is the one live instance on the interface, and the state file
+# is only a cache of what it wrote: `status`, `down` and `up --replace` believe a state
+# file only when its pid is the holder's. The lock file itself is never removed (removing
+# it would let two processes hold locks on two different files of the same name).
+
+def acquire(interface: str, wait_s: float = 0.0) -> int:
+    """Take the interface's lock (waiting up to `wait_s`); the fd to keep open, or a
+    UserError naming the instance that holds it."""
+    RUN_DIR.mkdir(parents=True, exist_ok=True)
+    fd = os.open(lock_path(interface), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    deadline = time.monotonic() + wait_s
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return fd
+        except BlockingIOError:
+            if time.monotonic() >= deadline:
+                break
+            time.sleep(0.05)
+    os.close(fd)
+    pid = lock_holder(interface)
+    who = f"pid {pid}" if pid else "another process"
+    raise UserError(f"dr-lb already runs on {interface} ({who}); stop it with "
+                    f"`sudo dr-lb down --interface {interface}` or take over with "
+                    "`dr-lb up --replace`")
+
+
+def lock_holder(interface: str) -> int | None:
+    """The pid that holds the interface's lock (the live instance), or None."""
+    path = lock_path(interface)
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:
+        return None
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+            return None           # nobody holds it
+        except BlockingIOError:
+            pass
+        st = os.fstat(fd)
+        return _flock_pid(os.major(st.st_dev), os.minor(st.st_dev), st.st_ino) or -1
+    finally:
+        os.close(fd)
+
+
+def _flock_pid(major: int, minor: int, inode: int) -> int | None:
+    """The pid of a FLOCK lock on that inode, from /proc/locks."""
+    try:
+        lines = Path("/proc/locks").read_text().splitlines()
+    except OSError:
+        return None
+    for line in lines:
+        f = line.split()
+        # "1: FLOCK  ADVISORY  WRITE 1234 00:1a:5678 0 EOF" ("->" marks a waiter)
+        if "->" in f or len(f) < 6 or f[1] != "FLOCK":
+            continue
+        try:
+            maj, mnr, ino = f[5].split(":")
+            if (int(maj, 16), int(mnr, 16), int(ino)) == (major, minor, inode):
+                return int(f[4])
+        except ValueError:
+            continue
+    return None
+
+
+def valid_state(state) -> bool:
+    """A state file as `up` writes it (anything else is ignored, never acted on)."""
+    return (isinstance(state, dict) and isinstance(state.get("pid"), int)
+            and not isinstance(state.get("pid"), bool) and state["pid"] > 0
+            and isinstance(state.get("interface"), str) and state["interface"]
+            and "/" not in state["interface"])
+
+
 def instances() -> list[dict]:
-    """State files of the instances in this network namespace."""
+    """State files of the instances in this network namespace (the well-formed ones)."""
     out = []
     if RUN_DIR.is_dir():
         for p in sorted(RUN_DIR.glob(f"{_prefix()}*.json")):
             try:
-                out.append(json.loads(p.read_text()))
-            except (OSError, ValueError):
+                state = json.loads(p.read_text())
+            except (OSError, ValueError, RecursionError):
                 continue
+            if valid_state(state) and p.name == state_path(state["interface"]).name:
+                out.append(state)
     return out
 
 
@@ -62,6 +147,8 @@ def write_state(interface: str, state: dict) -> None:
 
 
 def remove_state(interface: str) -> None:
+    """Remove the interface's socket and state file: only their owner (the lock's
+    holder) or, with no holder, `down` and `up --replace` clearing leftovers call it."""
     for p in (socket_path(interface), state_path(interface)):
         p.unlink(missing_ok=True)
 
@@ -100,6 +187,7 @@ class ControlServer:
 
         class Handler(socketserver.StreamRequestHandler):
             def handle(self):
+                req = cmd = None
                 try:
                     req = json.loads(self.rfile.readline() or b"{}")
                     cmd = req.get("cmd")
@@ -109,7 +197,12 @@ class ControlServer:
                         reply = handlers_[cmd](**req.get("args", {}))
                 except Exception as e:  # a bad request must not stop the balancer
                     reply = {"error": f"{type(e).__name__}: {e}"}
-                self.wfile.write(json.dumps(reply).encode() + b"\n")
+                try:
+                    self.wfile.write(json.dumps(reply).encode() + b"\n")
+                    self.wfile.flush()
+                except (BrokenPipeError, ConnectionResetError):
+                    print(f"dr-lb: a control client hung up before the answer to "
+                          f"{cmd!r}", flush=True)
 
         self.server = socketserver.ThreadingUnixStreamServer(str(path), Handler)
         self.server.daemon_threads = True
@@ -165,10 +258,19 @@ def detach_any(iface: netif.Interface) -> None:
         libbpf.xdp_detach(iface.index, mode)
 
 
+def live_owner(interface: str) -> int | None:
+    """The pid of the live instance on the interface: the lock's holder, if it is a
+    dr-lb `up` (a pid nobody can verify is never signalled)."""
+    pid = lock_holder(interface)
+    return pid if pid and pid > 0 and _is_dr_lb(pid) else None
+
+
 def stop_instance(state: dict) -> str | None:
-    """SIGTERM a running `up` recorded in `state` and wait for it; what was done."""
-    pid = state["pid"]
-    if not _is_dr_lb(pid):
+    """SIGTERM the live `up` on the state's interface and wait for it; what was done.
+    The pid comes from the lock, not from the state file, which anyone may have
+    rewritten."""
+    pid = live_owner(state["interface"])
+    if pid is None:
         return None
     os.kill(pid, signal.SIGTERM)
     deadline = time.monotonic() + 10
@@ -182,10 +284,9 @@ def stop_instance(state: dict) -> str | None:
 def take_over(interface: str) -> list[str]:
     """--replace: stop the instance that owns the interface, clear what is left."""
     done = []
-    state = find(interface)
-    if state:
-        stopped = stop_instance(state)
-        done += [stopped] if stopped else []
+    stopped = stop_instance({"interface": interface})
+    done += [stopped] if stopped else []
+    if lock_holder(interface) is None:   # nobody owns the files now: clear leftovers
         remove_state(interface)
     iface = netif.interface(interface)
     if iface and iface.xdp_mode:
@@ -199,12 +300,21 @@ def down(interface: str | None) -> list[str]:
     interface = pick_interface(interface, "dr-lb is not running in this network namespace; "
                                           "to remove a leftover XDP program give --interface")
     done = []
+    holder = lock_holder(interface)
+    if holder is not None and live_owner(interface) is None:
+        raise UserError(f"the lock of {interface} is held by pid {holder}, which is not a "
+                        "dr-lb `up` this command can verify; leaving everything as it is")
+    stopped = stop_instance({"interface": interface})
+    done += [stopped] if stopped else []
     state = find(interface)
-    if state:
-        stopped = stop_instance(state)
-        done += [stopped] if stopped else []
+    if holder is None and state:
+        done.append(f"removed a stale state file (pid {state['pid']} does not hold "
+                    f"{interface}; nothing was signalled)")
     iface = netif.interface(interface)
     if iface is None:
+        if state or stopped:
+            remove_state(interface)
+            return done
         raise UserError(f"interface {interface} does not exist")
     if iface.xdp_mode:
         owner = libbpf.prog_name(iface.xdp_prog_id)
@@ -215,7 +325,7 @@ def down(interface: str | None) -> list[str]:
         detach_any(iface)
         done.append(f"removed a leftover XDP program (id {iface.xdp_prog_id}, "
                     f"{iface.xdp_mode}) from {interface}")
-    if state:
+    if lock_holder(interface) is None:
         remove_state(interface)
     return done or [f"nothing to do: no dr-lb and no XDP program on {interface}"]
 

@@ -143,6 +143,12 @@ def neighbours(ifindex: int) -> dict[str, tuple[int, str | None]]:
     return out
 
 
+def set_neighbour(ifindex: int, address: str, mac: str) -> None:
+    """Replace the kernel's entry: what the director heard from the host itself."""
+    with IPRoute() as ipr:
+        ipr.neigh("replace", dst=address, lladdr=mac, ifindex=ifindex, state=NUD_REACHABLE)
+
+
 def usable_mac(entry: tuple[int, str | None] | None) -> str | None:
     if entry and entry[0] & NUD_VALID and entry[1] and entry[1] != "00:00:00:00:00:00":
         return entry[1]

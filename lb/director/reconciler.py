@@ -7,7 +7,7 @@ import time
 from pathlib import Path
 from typing import Callable
 
-from lb import abi
+from lb import abi, frames
 from lb.director import (arp, config as config_mod, edits, health as health_mod,
                          layout as layout_mod, monitor, netif, status)
 from lb.director.dataplane import monotonic_coarse_ns
@@ -15,6 +15,7 @@ from lb.director.config import Config
 from lb.errors import UserError
 
 PROBE_EVERY_S = 5.0
+ARP_REFRESH_S = 0.9   # who-has for every real server with a MAC from the neighbour table
 
 
 class Reconciler:
@@ -36,6 +37,8 @@ class Reconciler:
         self.monitor: monitor.Monitor | None = None
         self.health: health_mod.HealthChecker | None = None
         self._last_probe = 0.0
+        self._last_arp = 0.0
+        self._arp_sock: socket.socket | None = None
         self.link_gone_since: float | None = None   # time.monotonic() it was deleted
         self.link_changes = 0
         self.announce_pending = False               # VIPs to announce once the link is up
@@ -59,6 +62,15 @@ class Reconciler:
     def refresh_neighbours(self, probe_missing: bool = True) -> bool:
         """Read the neighbour table; reprogram the maps if a MAC changed."""
         table = netif.neighbours(self.interface.index)
+        # What the real servers said themselves (answers to ask_macs, gratuitous ARP)
+        # wins over the kernel's entry, which the kernel may keep for a while longer.
+        for addr, mac in self.heard_macs().items():
+            if netif.usable_mac(table.get(addr)) != mac:
+                try:
+                    netif.set_neighbour(self.interface.index, addr, mac)
+                except Exception:
+                    pass
+                table[addr] = (netif.NUD_REACHABLE, mac)
         macs = dict(self.macs)
         missing = []
         for addr in self.dynamic_addresses:
@@ -75,11 +87,63 @@ class Reconciler:
         if missing and probe_missing and now - self._last_probe > PROBE_EVERY_S:
             netif.probe(missing, self.interface.name)
             self._last_probe = now
+        if probe_missing and now - self._last_arp > ARP_REFRESH_S:
+            self._last_arp = now
+            self.ask_macs(sorted(set(self.dynamic_addresses) - set(missing)))
         if macs == self.macs:
             return False
         self.macs = macs
         self.program()
         return True
+
+    def heard_macs(self) -> dict[str, str]:
+        """Sender MACs of the ARP frames heard since the last call from the real servers
+        whose MAC comes from the neighbour table (read from a packet socket)."""
+        wanted = set(self.dynamic_addresses)
+        if not wanted:
+            return {}
+        if self._arp_sock is None:
+            try:
+                sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW,
+                                     socket.htons(frames.ETH_P_ARP))
+                sock.bind((self.interface.name, 0))
+                sock.setblocking(False)
+            except OSError:
+                return {}
+            self._arp_sock = sock
+        heard = {}
+        try:
+            while True:
+                sender = frames.parse_arp_sender(self._arp_sock.recv(128))
+                if sender and sender[0] in wanted:
+                    heard[sender[0]] = sender[1]
+        except BlockingIOError:
+            pass
+        except OSError:   # the interface went away: a new socket next time
+            self.close_arp()
+        return heard
+
+    def close_arp(self) -> None:
+        if self._arp_sock is not None:
+            self._arp_sock.close()
+            self._arp_sock = None
+
+    def ask_macs(self, addresses: list[str]) -> None:
+        """Broadcast who-has for each address. The director's kernel never talks to the
+        real servers (the XDP program does), so its entries would never be confirmed and
+        a server whose MAC changed (a new NIC, a failover) would keep getting frames at
+        its old one for good. The answers, and any gratuitous ARP, update the kernel's
+        entries (the XDP program passes ARP that is not a request for a VIP), and the
+        next refresh reads them: a new MAC is in use within ARP_REFRESH_S + one refresh."""
+        if not addresses:
+            return
+        iface = self.interface
+        try:
+            frames.send(iface.name, frames.ETH_P_ARP,
+                        [frames.arp_request(iface.mac, arp.source_for(iface, a), a)
+                         for a in addresses])
+        except OSError:
+            pass   # the interface is down or gone: the link watch reports it
 
     def resolve_initial(self, wait_s: float = 3.5) -> None:
         self.refresh_neighbours()
@@ -103,6 +167,7 @@ class Reconciler:
             self.interface, self.xdp_mode = iface, xdp_mode
             self.link_gone_since = None
             self.link_changes += 1
+        self.close_arp()
         self.program()
         if self.health:
             self.health.set_interface(iface)
