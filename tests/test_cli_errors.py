@@ -101,3 +101,27 @@ def test_a_file_that_is_not_utf8_or_nests_too_deep_is_one_line_exit_2(
     result = CliRunner(mix_stderr=False).invoke(cli.main, [command, str(path)])
     line = one_line(result)
     assert result.exit_code == 2 and says in line, (result.exit_code, line)
+
+
+def test_check_says_what_the_connection_table_costs(tmp_path):
+    path = tmp_path / "config.toml"
+    path.write_text(CONFIG.replace('interface = "drlb0"',
+                                   'interface = "drlb0"\nconn_table_size = 100000000'))
+    r = CliRunner(mix_stderr=False).invoke(cli.main, ["check", "--offline", str(path)])
+    assert r.exit_code == 0, r.stderr
+    assert "conn_table_size = 100000000: the connection tables take about 11.8 GiB" \
+        in r.stdout, r.stdout
+
+
+def test_up_refuses_a_table_that_does_not_fit_in_available_memory(up, monkeypatch,
+                                                                  scratch_netns):
+    """Before compiling or attaching: one line with the figure and a size that fits."""
+    monkeypatch.setattr("lb.director.netif.mem_available", lambda: 2 * 2**30)
+    monkeypatch.setattr("lb.director.dataplane.Dataplane",
+                        lambda *a: pytest.fail("must be refused before compiling"))
+    r = up(CONFIG.replace('interface = "drlb0"',
+                          'interface = "drlb0"\nconn_table_size = 100000000'))
+    line = one_line(r)
+    assert r.exit_code == 2, line
+    assert "conn_table_size = 100000000 needs about 11.8 GiB" in line and "2,048 MiB" in line
+    assert "for example" in line, line

@@ -124,3 +124,19 @@ def test_the_established_path_is_one_lookup(small):
     syn_table[key] = decoy
     r = small.dp.test_run(tcp("A", sport=50002))
     assert abi.mac_str(r.data[:6]) == RS1
+
+
+def test_the_table_memory_check_says_what_the_kernel_says(small_dp):
+    """`check` and `up` estimate the tables' kernel memory (config.table_memory_bytes);
+    the kernel's own figure for the maps (fdinfo memlock) is within 10 % of it."""
+    def memlock(name: str) -> int:
+        fd = small_dp.map(name).map_fd
+        for line in open(f"/proc/self/fdinfo/{fd}"):
+            if line.startswith("memlock:"):
+                return int(line.split()[1])
+        raise AssertionError("no memlock in fdinfo")
+    kernel = memlock("conn_table") + memlock("syn_table")
+    estimate = config_mod.table_memory_bytes(SMALL_TABLE)
+    print(f"conn_table + syn_table for conn_table_size {SMALL_TABLE}: kernel {kernel} bytes, "
+          f"estimate {estimate}")
+    assert abs(kernel - estimate) <= 0.1 * kernel, (kernel, estimate)

@@ -464,3 +464,24 @@ def test_down_stops_the_unit_after_restoring_and_before_removing_the_script(fx, 
         lines.index("restored net.ipv4.conf.all.arp_ignore = 0")
     assert lines[-1] == "ran systemctl daemon-reload"
     assert snapshot(fx, "rs1") == before
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+@pytest.mark.parametrize("vip", ["127.0.0.1", "0.0.0.0", "224.0.0.5", "255.255.255.255"])
+def test_a_vip_that_would_break_the_host_is_refused_before_anything_changes(
+        lab, impl, vip, tmp_path):
+    """`up 127.0.0.1` used to remove 127.0.0.1/8 from lo (and `down` then left lo with no
+    IPv4 address); `up 0.0.0.0` said "added" and changed the ARP sysctls."""
+    before = snapshot(lab, "rs1")
+    if impl == "cli":
+        runs = (py_rs(lab, "rs1", "up", vip),
+                py_rs(lab, "rs1", "down", vip, "--root", str(tmp_path / "root")))
+    else:   # `script` refuses to print one for it: a printed script given it as argument
+        script = str(write_script(tmp_path / "rs.sh", [VIP]))
+        runs = (sh_rs(lab, "rs1", script, "up", vip),
+                sh_rs(lab, "rs1", script, "down", vip, "--root", str(tmp_path / "root")))
+    for r in runs:
+        assert r.returncode != 0, r.stdout
+        assert "cannot be a VIP" in r.stderr and len(r.stderr.strip().splitlines()) == 1, \
+            r.stderr
+        assert snapshot(lab, "rs1") == before

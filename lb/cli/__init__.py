@@ -148,16 +148,20 @@ def check(config_file: str, offline: bool, live: bool, as_json: bool) -> None:
         raise click.UsageError("--live looks at this machine's network; drop --offline")
     cfg = load_config(config_file, system=not offline)
     n_reals = sum(len(s.real_servers) for s in cfg.services)
+    memory = config_mod.table_memory_bytes(cfg.director.conn_table_size)
     if not as_json:
         click.echo(f"{config_file}: OK: {len(cfg.services)} service(s), {n_reals} real "
                    f"server(s) on {cfg.director.interface}")
+        click.echo(f"conn_table_size = {cfg.director.conn_table_size}: the connection tables "
+                   f"take about {config_mod.mib(memory)} of kernel memory")
     if live:
         from lb.director import live_check
         sys.exit(live_check.report(cfg, config_file, as_json=as_json))
     if as_json:
         click.echo(json.dumps({"config": config_file, "ok": True,
                                "services": len(cfg.services), "real_servers": n_reals,
-                               "interface": cfg.director.interface}))
+                               "interface": cfg.director.interface,
+                               "table_memory_bytes": memory}))
 
 
 @main.group()

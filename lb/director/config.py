@@ -127,6 +127,41 @@ def syn_table_size(conn_table_size: int) -> int:
     return max(1024, conn_table_size // 4)
 
 
+def possible_cpus() -> int:
+    """CPUs the kernel may bring up (per-CPU LRU lists and headroom count these)."""
+    try:
+        text = Path("/sys/devices/system/cpu/possible").read_text().strip()
+        return sum(int(b) - int(a) + 1 if "-" in r else 1
+                   for r in text.split(",") for a, _, b in [r.partition("-")])
+    except (OSError, ValueError):
+        import os
+        return os.cpu_count() or 1
+
+
+def _lru_hash_bytes(entries: int, key: int, value: int) -> int:
+    """Kernel memory of a preallocated BPF hash of `entries` (kernel/bpf/hashtab.c):
+    one struct htab_elem (48 bytes before the key) plus the key and the value, each
+    rounded up to 8 bytes, per entry; 16 bytes per bucket, a power of two of them."""
+    def r8(n: int) -> int:
+        return (n + 7) // 8 * 8
+    buckets = 1 << max(0, entries - 1).bit_length()
+    return entries * (48 + r8(key) + r8(value)) + buckets * 16
+
+
+def table_memory_bytes(conn_table_size: int, cpus: int | None = None) -> int:
+    """What conn_table and syn_table take in kernel memory for `conn_table_size` (with
+    the per-CPU headroom lb/director/dataplane.py adds). Checked against the kernel's
+    own figure (fdinfo memlock) in tests/test_harden_packets.py."""
+    headroom = (cpus or possible_cpus()) * abi.CONST["LRU_HEADROOM_PER_CPU"]
+    key, value = abi.ffi.sizeof("struct conn_key"), abi.ffi.sizeof("struct conn_value")
+    return (_lru_hash_bytes(conn_table_size + headroom, key, value)
+            + _lru_hash_bytes(syn_table_size(conn_table_size) + headroom, key, value))
+
+
+def mib(n: int) -> str:
+    return f"{n / 2**20:,.0f} MiB" if n < 10 * 2**30 else f"{n / 2**30:,.1f} GiB"
+
+
 @dataclass(frozen=True)
 class Director:
     interface: str

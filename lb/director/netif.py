@@ -6,9 +6,11 @@ import os
 import socket
 import struct
 from dataclasses import dataclass
+from pathlib import Path
 
 from pyroute2 import IPRoute
 
+from lb.director import config as config_mod
 from lb.director.config import Config
 
 # pyroute2 names IFLA_XDP_ATTACHED values as ip-link does; dr-lb uses its config words.
@@ -89,6 +91,17 @@ def config_problems(cfg: Config) -> list[str]:
                 "servers' segment"]
     own = own_addresses()
     problems = []
+    need, available = table_memory(cfg), mem_available()
+    if available is not None and need > available:
+        fits = cfg.director.conn_table_size
+        while fits > 1024 and config_mod.table_memory_bytes(fits) > available // 2:
+            fits //= 2
+        problems.append(
+            f"{cfg.source}: [director]: conn_table_size = {cfg.director.conn_table_size} "
+            f"needs about {config_mod.mib(need)} of kernel memory for the connection tables, "
+            f"and this machine has {config_mod.mib(available)} available; give a smaller "
+            f"conn_table_size (for example {fits}, about "
+            f"{config_mod.mib(config_mod.table_memory_bytes(fits))})")
     for svc in cfg.services:
         vip = ipaddress.IPv4Address(svc.vip)
         edge = next((n for n in iface.networks if n.network.prefixlen < 31
@@ -124,6 +137,21 @@ def config_problems(cfg: Config) -> list[str]:
                     f"{where}: mac = \"{rs.mac}\" is the MAC of the director's {iface.name}; "
                     "give the real server's MAC, or leave mac out to use the neighbour table")
     return problems
+
+
+def table_memory(cfg: Config) -> int:
+    return config_mod.table_memory_bytes(cfg.director.conn_table_size)
+
+
+def mem_available() -> int | None:
+    """MemAvailable from /proc/meminfo, in bytes."""
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
 
 
 def own_addresses() -> dict[str, tuple[str, int]]:

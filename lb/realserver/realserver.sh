@@ -608,6 +608,14 @@ valid_ipv4() {  # ADDR: four decimal numbers 0-255 without leading zeros, as Pyt
         ok = 1 }
         END { exit !ok }'
 }
+bad_vip() {  # VIP (a valid IPv4): why it can never be a VIP, or nothing
+    printf '%s\n' "$1" | awk -F. '{
+        if ($1 == 0) print "the unspecified/\"this network\" range 0.0.0.0/8"
+        else if ($1 == 127) print "loopback (127.0.0.0/8): lo owns it already, and changing it breaks localhost"
+        else if ($1 >= 224 && $1 <= 239) print "multicast (224.0.0.0/4)"
+        else if ($0 == "255.255.255.255") print "the broadcast address"
+        else if ($1 >= 240) print "reserved (240.0.0.0/4)" }'
+}
 bad_arg() { echo "dr-lb: unknown argument for $cmd: $1" >&2; usage; }
 
 cmd=${1:-}
@@ -635,6 +643,10 @@ while [ $# -gt 0 ]; do
     esac
 done
 VIPS=${ARG_VIPS:-$DEFAULT_VIPS}
+for vip in $VIPS; do   # before anything changes: these would break the host, not serve
+    why=$(bad_vip "$vip")
+    [ -z "$why" ] || die "$vip cannot be a VIP: it is $why; give the address the director serves"
+done
 if [ -n "$PORT" ]; then
     p=$(valid_port "$PORT") || die "--port $PORT: give a port number (1-65535)"
     PORT=$p
