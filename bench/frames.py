@@ -36,6 +36,23 @@ def udp(sport: int = 40000, dport: int = 53, src: str = CLIENT_IP, payload: byte
                  / UDP(sport=sport, dport=dport) / payload)
 
 
+def reply(sport: int = 40000, dport: int = 80, flags: str = "PA", proto: str = "tcp",
+          client: str = CLIENT_IP) -> bytes:
+    """The IP packet a real server sends a client from the VIP (to quote in an ICMP error)."""
+    l4 = TCP(sport=dport, dport=sport, flags=flags) if proto == "tcp" else \
+        UDP(sport=dport, dport=sport)
+    return bytes(IP(src=VIP, dst=client) / l4 / (b"x" * 1400))
+
+
+def icmp_error(quoted: bytes, type: int = 3, code: int = 4, mtu: int = 1280,
+               src: str = OTHER_IP, quote: int = 28) -> bytes:
+    """A router's ICMP error to the VIP ("fragmentation needed, next-hop MTU `mtu`" by
+    default) quoting the first `quote` bytes of `quoted` (its IP header and 8 bytes)."""
+    return bytes(ether() / IP(src=src, dst=VIP) /
+                 ICMP(type=type, code=code, nexthopmtu=mtu if (type, code) == (3, 4) else 0)
+                 / quoted[:quote])
+
+
 def ip(dst: str = VIP, src: str = CLIENT_IP, **fields) -> Ether:
     """An IPv4 frame to be completed with `/`: ip(proto=47) / b"gre"."""
     return ether() / IP(src=src, dst=dst, **fields)

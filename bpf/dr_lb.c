@@ -155,6 +155,15 @@ static __always_inline void swap_macs(struct ethhdr *eth)
 }
 
 /* Answer a ping to a VIP, as the director did when it owned the VIP under ipvsadm. */
+static __always_inline int handle_icmp_error(struct hdr_cursor *c, struct ethhdr *eth,
+					     struct iphdr *iph);
+
+static __always_inline int is_icmp_error(__u8 type)
+{
+	return type == ICMP_DEST_UNREACH || type == ICMP_TIME_EXCEEDED ||
+	       type == ICMP_PARAMETERPROB || type == ICMP_SOURCE_QUENCH;
+}
+
 static __always_inline int handle_icmp(struct hdr_cursor *c, struct ethhdr *eth,
 				       struct iphdr *iph)
 {
@@ -171,6 +180,8 @@ static __always_inline int handle_icmp(struct hdr_cursor *c, struct ethhdr *eth,
 		return finish(XDP_PASS, COUNTER_PASS_NOT_PROGRAMMED);
 	if (!vips.lookup(&daddr))
 		return finish(XDP_PASS, COUNTER_PASS_NOT_VIP);
+	if (is_icmp_error(icmp->type))
+		return handle_icmp_error(c, eth, iph);
 	if (!(cfg->flags & SETTINGS_F_ICMP_ECHO) || icmp->type != ICMP_ECHO || icmp->code != 0)
 		return finish(XDP_PASS, COUNTER_PASS_ICMP_OTHER);
 
@@ -529,6 +540,54 @@ static __always_inline int handle_l4(struct hdr_cursor *c, struct ethhdr *eth,
 	if (moved)
 		count(COUNTER_CONN_RESCHEDULED);
 	return forward(eth, iph, cfg, real, real_id, fresh.svc_id, 1);
+}
+
+struct l4ports {
+	__be16 source;
+	__be16 dest;
+};
+DEFINE_PARSER(l4ports, struct l4ports)
+
+/* An ICMP error to a VIP is about a packet a real server sent from the VIP (replies go
+ * straight from the real servers): "fragmentation needed" from a router on the reply
+ * path, most of all. Only that real server can act on it (lower its path MTU), so it
+ * goes there, as IPVS, Katran and vc5 do: the quoted header, reversed, is the
+ * connection's key. The error neither creates nor refreshes a connection. */
+static __always_inline int handle_icmp_error(struct hdr_cursor *c, struct ethhdr *eth,
+					     struct iphdr *iph)
+{
+	struct iphdr *inner = parse_iphdr(c);
+	struct conn_key ck = {};
+	struct conn_value *cv;
+	struct l4ports *ports;
+	struct real_info *real;
+	struct settings *cfg;
+	__u32 real_id;
+
+	if (!inner || inner->ihl != 5 || inner->version != 4 ||
+	    (inner->protocol != IPPROTO_TCP && inner->protocol != IPPROTO_UDP))
+		return finish(XDP_PASS, COUNTER_PASS_ICMP_ERROR_NO_CONN);
+	ports = parse_l4ports(c);
+	if (!ports)
+		return finish(XDP_PASS, COUNTER_PASS_ICMP_ERROR_NO_CONN);
+	ck.saddr = inner->daddr;
+	ck.daddr = inner->saddr;
+	ck.sport = ports->dest;
+	ck.dport = ports->source;
+	ck.proto = inner->protocol;
+	cv = conn_table.lookup(&ck);
+	if (!cv && inner->protocol == IPPROTO_TCP)
+		cv = syn_table.lookup(&ck);
+	cfg = get_settings();
+	if (!cv || !cfg || !conn_is_live(cv, NULL, cfg, bpf_ktime_get_coarse_ns()))
+		return finish(XDP_PASS, COUNTER_PASS_ICMP_ERROR_NO_CONN);
+	real_id = cv->real_id;
+	real = reals.lookup(&real_id);
+	if (!real || !(real->flags & REAL_F_MAC_KNOWN))
+		return finish(XDP_DROP, COUNTER_DROP_REAL_MAC_UNKNOWN);
+	__builtin_memcpy(eth->h_dest, real->mac, ETH_ALEN);
+	__builtin_memcpy(eth->h_source, cfg->mac, ETH_ALEN);
+	return finish(XDP_TX, COUNTER_TX_ICMP_ERROR);
 }
 
 static __always_inline int handle_ipv4(struct hdr_cursor *c, struct ethhdr *eth)

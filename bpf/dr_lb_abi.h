@@ -45,6 +45,11 @@ enum drlb_counter {
 	                                  moved from syn_table to conn_table */
 	COUNTER_CONN_RESCHEDULED,      /* event: a connection of a REAL_F_RESCHEDULE server went
 	                                  to a new one */
+	COUNTER_TX_ICMP_ERROR,         /* an ICMP error to a VIP (fragmentation needed, ...)
+	                                  quoting a known connection: sent to its real server,
+	                                  which sent the quoted packet (path-MTU discovery) */
+	COUNTER_PASS_ICMP_ERROR_NO_CONN, /* an ICMP error to a VIP quoting no known connection
+	                                  (or a quote too short or with IP options) */
 	COUNTER_COUNT
 };
 

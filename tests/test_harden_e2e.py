@@ -399,3 +399,61 @@ def test_a_tampered_state_file_is_never_acted_on():
     finally:
         sleeper.kill()
         sleeper.wait()
+
+
+# ---- path-MTU discovery through the director ------------------------------------------------
+
+FAR = "203.0.113.2"   # a client behind a router whose link to it has a small MTU
+BIG_PORT = 8088
+
+
+def test_fragmentation_needed_reaches_the_real_server_and_a_big_response_completes(tmp_path):
+    """client namespace = a router; behind it, `far` on a link with MTU 1000 on the
+    router's side. rs1's 1448-byte segments (DF) cannot pass: the router sends
+    "fragmentation needed" to the VIP, which reaches the director. Forwarded to rs1, rs1
+    lowers its path MTU and the 300 KB response completes; passed to the director's
+    kernel (before), rs1 never learns, and the transfer black-holes."""
+    big = tmp_path / "big"
+    big.mkdir()
+    (big / "file").write_bytes(b"0123456789abcdef" * 20000)   # 320,000 bytes
+    with Lab(prefix="drlb-hdp") as lab:
+        far = lab.ns("far")
+        subprocess.run(["ip", "netns", "add", far], check=True)
+        try:
+            lab.run("client", "ip", "link", "add", "eth1", "mtu", "1000", "type", "veth",
+                    "peer", "name", "eth0", "netns", far)
+            lab.run("client", "ip", "addr", "add", "203.0.113.1/24", "dev", "eth1")
+            lab.run("client", "ip", "link", "set", "eth1", "up")
+            lab.sysctl("client", "net.ipv4.ip_forward", "1")
+            fx = ["ip", "netns", "exec", far]
+            subprocess.run(fx + ["ip", "addr", "add", f"{FAR}/24", "dev", "eth0"], check=True)
+            subprocess.run(fx + ["ip", "link", "set", "lo", "up"], check=True)
+            subprocess.run(fx + ["ip", "link", "set", "eth0", "up"], check=True)
+            subprocess.run(fx + ["ip", "route", "add", "default", "via", "203.0.113.1"],
+                           check=True)
+            lab.prepare_real_servers()
+            for h in lab.real_servers:
+                lab.run(h.name, "ip", "route", "add", "203.0.113.0/24", "via",
+                        lab.host("client").address)
+            lab.popen("rs1", sys.executable, "-m", "http.server", str(BIG_PORT), "--bind",
+                      "0.0.0.0", "--directory", str(big),
+                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            lab.wait_port("rs1", BIG_PORT)
+            config = lab.director_config() + (
+                f"\n[[service]]\nvip = \"{VIP}\"\nport = {BIG_PORT}\n"
+                f"[[service.real_server]]\naddress = \"{lab.host('rs1').address}\"\n")
+            start_director(lab, config)
+            before = status(lab)["counters"]
+            r = subprocess.run(fx + ["curl", "-sS", "--max-time", "15", "-o", "/dev/null",
+                                     "-w", "%{size_download}",
+                                     f"http://{VIP}:{BIG_PORT}/file"],
+                               capture_output=True, text=True, timeout=30)
+            after = status(lab)["counters"]
+            sent = after.get("tx_icmp_error", 0) - before.get("tx_icmp_error", 0)
+            print(f"PMTU: far client got {r.stdout or 0} of 320000 bytes through a 1000-byte "
+                  f"link; {sent} 'fragmentation needed' forwarded to rs1 ({r.stderr.strip()})")
+            assert sent >= 1, "the router's ICMP error must be forwarded to the real server"
+            assert r.returncode == 0 and r.stdout == "320000", (r.returncode, r.stdout,
+                                                                 r.stderr)
+        finally:
+            subprocess.run(["ip", "netns", "del", far], check=False)

@@ -140,3 +140,41 @@ def test_the_table_memory_check_says_what_the_kernel_says(small_dp):
     print(f"conn_table + syn_table for conn_table_size {SMALL_TABLE}: kernel {kernel} bytes, "
           f"estimate {estimate}")
     assert abs(kernel - estimate) <= 0.1 * kernel, (kernel, estimate)
+
+
+# ---- ICMP errors about connections go to their real server (path-MTU discovery) ------------
+
+def test_fragmentation_needed_goes_to_the_connections_real_server(small):
+    from bench.frames import forwarded, icmp_error, reply
+    small.dp.test_run(tcp("S", sport=50010))
+    small.dp.test_run(tcp("A", sport=50010))
+    error = icmp_error(reply(sport=50010))
+    before = small.dp.counters()
+    r = small.dp.test_run(error)
+    assert r.verdict == "XDP_TX" and r.data == forwarded(error, RS1), \
+        "the router's error must reach the real server that sent the big reply, unchanged"
+    moved = {k: v - before[k] for k, v in small.dp.counters().items() if v != before[k]}
+    assert moved == {"tx_icmp_error": 1}, moved
+    # A half-open connection's SYN-ACK may be the packet that was too big, too.
+    small.dp.test_run(tcp("S", sport=50011))
+    assert small.dp.test_run(icmp_error(reply(sport=50011, flags="SA"))).verdict == "XDP_TX"
+
+
+@pytest.mark.parametrize("case", ["no-connection", "other-client", "short-quote",
+                                  "udp-no-flow", "time-exceeded-no-connection"])
+def test_an_icmp_error_quoting_no_known_connection_is_passed_and_counted(small, case):
+    from bench.frames import icmp_error, reply
+    small.dp.test_run(tcp("S", sport=50020))
+    small.dp.test_run(tcp("A", sport=50020))
+    frame = {
+        "no-connection": icmp_error(reply(sport=50021)),
+        "other-client": icmp_error(reply(sport=50020, client="10.0.0.77")),
+        "short-quote": icmp_error(reply(sport=50020), quote=22),
+        "udp-no-flow": icmp_error(reply(sport=50020, dport=53, proto="udp")),
+        "time-exceeded-no-connection": icmp_error(reply(sport=50022), type=11, code=0),
+    }[case]
+    before = small.dp.counters()
+    r = small.dp.test_run(frame)
+    assert r.verdict == "XDP_PASS" and r.data == frame
+    moved = {k: v - before[k] for k, v in small.dp.counters().items() if v != before[k]}
+    assert moved == {"pass_icmp_error_no_conn": 1}, moved
