@@ -282,7 +282,8 @@ class _Checker:
             self.fail(where, f"{key} = {value!r} is not an IPv4 address; "
                              "write it as \"192.168.0.21\"")
             return None
-        if addr.is_multicast or addr.is_unspecified or str(addr) == "255.255.255.255":
+        if (addr.is_multicast or addr.is_unspecified or addr.is_reserved
+                or addr in ipaddress.IPv4Network("0.0.0.0/8")):
             self.fail(where, f"{key} = {value} cannot be used; give a unicast address")
             return None
         if addr.is_loopback:
