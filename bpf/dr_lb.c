@@ -455,7 +455,8 @@ static __always_inline int handle_l4(struct hdr_cursor *c, struct ethhdr *eth,
 	if (!cfg)   /* never (an array entry), but the established path reads it */
 		return finish(XDP_PASS, COUNTER_PASS_NOT_PROGRAMMED);
 
-	cv = conn_table.lookup(&ck);
+	/* One lookup: TCP in conn_table, UDP in udp_table. */
+	cv = th ? conn_table.lookup(&ck) : udp_table.lookup(&ck);
 	if (cv) {
 		now = bpf_ktime_get_coarse_ns();
 		if (conn_is_live(cv, th, cfg, now)) {
@@ -529,13 +530,16 @@ static __always_inline int handle_l4(struct hdr_cursor *c, struct ethhdr *eth,
 		if (syn_table.update(&ck, &fresh))
 			return finish(XDP_DROP, COUNTER_DROP_CONN_TABLE_ERROR);
 		count(COUNTER_SYN_TABLE_INSERT);
-	} else {
-		/* A datagram, or a half-open connection rescheduled past its SYN. */
+	} else if (th) {
+		/* A half-open connection rescheduled past its SYN. */
 		if (conn_table.update(&ck, &fresh))
 			return finish(XDP_DROP, COUNTER_DROP_CONN_TABLE_ERROR);
-		if (th)
-			syn_table.delete(&ck);
+		syn_table.delete(&ck);
 		count(COUNTER_CONN_TABLE_INSERT);
+	} else {
+		if (udp_table.update(&ck, &fresh))
+			return finish(XDP_DROP, COUNTER_DROP_CONN_TABLE_ERROR);
+		count(COUNTER_UDP_TABLE_INSERT);
 	}
 	if (moved)
 		count(COUNTER_CONN_RESCHEDULED);
@@ -575,9 +579,13 @@ static __always_inline int handle_icmp_error(struct hdr_cursor *c, struct ethhdr
 	ck.sport = ports->dest;
 	ck.dport = ports->source;
 	ck.proto = inner->protocol;
-	cv = conn_table.lookup(&ck);
-	if (!cv && inner->protocol == IPPROTO_TCP)
-		cv = syn_table.lookup(&ck);
+	if (inner->protocol == IPPROTO_TCP) {
+		cv = conn_table.lookup(&ck);
+		if (!cv)
+			cv = syn_table.lookup(&ck);
+	} else {
+		cv = udp_table.lookup(&ck);
+	}
 	cfg = get_settings();
 	if (!cv || !cfg || !conn_is_live(cv, NULL, cfg, bpf_ktime_get_coarse_ns()))
 		return finish(XDP_PASS, COUNTER_PASS_ICMP_ERROR_NO_CONN);

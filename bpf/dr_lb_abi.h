@@ -45,6 +45,7 @@ enum drlb_counter {
 	                                  moved from syn_table to conn_table */
 	COUNTER_CONN_RESCHEDULED,      /* event: a connection of a REAL_F_RESCHEDULE server went
 	                                  to a new one */
+	COUNTER_UDP_TABLE_INSERT,      /* event: a new UDP flow entered udp_table */
 	COUNTER_TX_ICMP_ERROR,         /* an ICMP error to a VIP (fragmentation needed, ...)
 	                                  quoting a known connection: sent to its real server,
 	                                  which sent the quoted packet (path-MTU discovery) */

@@ -27,6 +27,12 @@
 #define SYN_TABLE_SIZE 262144
 #endif
 
+/* UDP flows, kept apart so that a UDP flood evicts only UDP flows, never a TCP
+ * connection; the control plane passes a quarter of conn_table_size (at least 1024). */
+#ifndef UDP_TABLE_SIZE
+#define UDP_TABLE_SIZE 262144
+#endif
+
 /* Extra conn_table slots per possible CPU (used by lb/dataplane.py when it sizes the
  * table): the LRU keeps free slots on per-CPU lists and starts evicting a little before
  * it is full; measured: 64 of 1,000,000 lost on 2 CPUs without headroom. */

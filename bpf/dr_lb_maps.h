@@ -33,6 +33,9 @@ BPF_F_TABLE("lru_hash", struct conn_key, struct conn_value, conn_table, CONN_TAB
 /* conn_key -> conn_value of a TCP connection between its SYN and the packet that
  * establishes it (then it moves to conn_table): spoofed SYNs evict only these; program. */
 BPF_F_TABLE("lru_hash", struct conn_key, struct conn_value, syn_table, SYN_TABLE_SIZE, 0);
+/* UDP flows (a datagram has no handshake to tell a spoofed source from a real one): apart
+ * from the TCP tables, so that a UDP flood cannot push out a TCP connection. */
+BPF_F_TABLE("lru_hash", struct conn_key, struct conn_value, udp_table, UDP_TABLE_SIZE, 0);
 /* persist_key (client net, VIP, port, proto) -> persist_value (real, last seen); program. */
 BPF_F_TABLE("lru_hash", struct persist_key, struct persist_value, persist_table,
 	    PERSIST_TABLE_SIZE, 0);

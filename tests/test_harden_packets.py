@@ -135,9 +135,9 @@ def test_the_table_memory_check_says_what_the_kernel_says(small_dp):
             if line.startswith("memlock:"):
                 return int(line.split()[1])
         raise AssertionError("no memlock in fdinfo")
-    kernel = memlock("conn_table") + memlock("syn_table")
+    kernel = memlock("conn_table") + memlock("syn_table") + memlock("udp_table")
     estimate = config_mod.table_memory_bytes(SMALL_TABLE)
-    print(f"conn_table + syn_table for conn_table_size {SMALL_TABLE}: kernel {kernel} bytes, "
+    print(f"conn_table + syn_table + udp_table for conn_table_size {SMALL_TABLE}: kernel {kernel} bytes, "
           f"estimate {estimate}")
     assert abs(kernel - estimate) <= 0.1 * kernel, (kernel, estimate)
 
@@ -178,3 +178,29 @@ def test_an_icmp_error_quoting_no_known_connection_is_passed_and_counted(small, 
     assert r.verdict == "XDP_PASS" and r.data == frame
     moved = {k: v - before[k] for k, v in small.dp.counters().items() if v != before[k]}
     assert moved == {"pass_icmp_error_no_conn": 1}, moved
+
+
+def test_a_spoofed_udp_flood_evicts_no_tcp_connection(small):
+    """UDP flows have their own table: twenty times it of spoofed datagrams, each twice,
+    leave every established TCP connection with its server; the UDP flows they push out
+    are counted."""
+    from bench.frames import udp
+    syn, ack, dgram = tcp("S"), tcp("A"), udp(dport=53)
+    held = {}
+    for i in range(100):
+        saddr, sport = 0x0A000000 + 10, 21000 + i
+        held[sport] = small.dp.test_run(frame_of(syn, saddr, sport)).data[:6]
+        small.dp.test_run(frame_of(ack, saddr, sport))
+    flood = 20 * small.dp.udp_table_slots
+    for i in range(0, flood, 256):
+        burst = [frame_of(dgram, 0x0B000000 + i + j, 1024 + (i + j) % 60000)
+                 for j in range(256)]
+        for _ in range(2):
+            for f in burst:
+                assert small.dp.test_run(f).verdict == "XDP_TX"
+    moved = {sport: r.verdict for sport, mac in held.items()
+             if (r := small.dp.test_run(frame_of(ack, 0x0A000000 + 10, sport))).data[:6] != mac
+             or r.verdict != "XDP_TX"}
+    assert not moved, f"{len(moved)} of {len(held)} TCP connections lost to a UDP flood"
+    c = small.dp.counters()
+    assert c["udp_table_insert"] >= flood and c["conn_table_insert"] == len(held)

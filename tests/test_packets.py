@@ -52,7 +52,7 @@ def conn_state(lb, sport: int, dport: int = 80, proto: int = 6) -> str | None:
 
 def find_conn(lb, sport: int, dport: int = 80, proto: int = 6, src: str = CLIENT_IP):
     """(table name, value) of the connection, or None."""
-    for name in ("conn_table", "syn_table"):
+    for name in ("conn_table", "syn_table", "udp_table"):
         table = lb.dp.map(name)
         key = table.Key()
         key.saddr = abi.ip_be32(src)
@@ -148,8 +148,10 @@ def test_stateless_case(program, case):
         assert r.data == case.out, case.why or "unexpected bytes out"
     if case.counter != "tx_service":
         assert "conn_table_insert" not in moved and "syn_table_insert" not in moved \
+            and "udp_table_insert" not in moved \
             and not list(lb.dp.map("conn_table").keys()) \
-            and not list(lb.dp.map("syn_table").keys()), \
+            and not list(lb.dp.map("syn_table").keys()) \
+            and not list(lb.dp.map("udp_table").keys()), \
             "no connection may be created by a frame that is not sent to a real server"
 
 

@@ -149,17 +149,25 @@ def _lru_hash_bytes(entries: int, key: int, value: int) -> int:
 
 
 def table_memory_bytes(conn_table_size: int, cpus: int | None = None) -> int:
-    """What conn_table and syn_table take in kernel memory for `conn_table_size` (with
-    the per-CPU headroom lb/director/dataplane.py adds). Checked against the kernel's
-    own figure (fdinfo memlock) in tests/test_harden_packets.py."""
+    """What conn_table, syn_table and udp_table take in kernel memory for
+    `conn_table_size` (with the per-CPU headroom lb/director/dataplane.py adds). Checked
+    against the kernel's own figure (fdinfo memlock) in tests/test_harden_packets.py."""
     headroom = (cpus or possible_cpus()) * abi.CONST["LRU_HEADROOM_PER_CPU"]
     key, value = abi.ffi.sizeof("struct conn_key"), abi.ffi.sizeof("struct conn_value")
     return (_lru_hash_bytes(conn_table_size + headroom, key, value)
-            + _lru_hash_bytes(syn_table_size(conn_table_size) + headroom, key, value))
+            + _lru_hash_bytes(syn_table_size(conn_table_size) + headroom, key, value)
+            + _lru_hash_bytes(udp_table_size(conn_table_size) + headroom, key, value))
 
 
 def mib(n: int) -> str:
     return f"{n / 2**20:,.0f} MiB" if n < 10 * 2**30 else f"{n / 2**30:,.1f} GiB"
+
+
+def udp_table_size(conn_table_size: int) -> int:
+    """UDP flows are kept apart from the TCP tables, so that a UDP flood (spoofed
+    datagrams need no handshake) evicts only UDP flows: a quarter of conn_table_size, at
+    least 1024."""
+    return max(1024, conn_table_size // 4)
 
 
 @dataclass(frozen=True)

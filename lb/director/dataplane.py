@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from lb import abi, libbpf
-from lb.director.config import syn_table_size
+from lb.director.config import syn_table_size, udp_table_size
 from lb.director.layout import Layout
 from lb.errors import UserError
 
@@ -77,6 +77,7 @@ class ConnCounts:
     per_real: dict[int, tuple[int, int]]   # real_id -> (active, inactive)
     entries: int                           # in conn_table
     half_open: int = 0                     # in syn_table
+    udp: int = 0                           # in udp_table
 
 
 class Dataplane:
@@ -93,8 +94,10 @@ class Dataplane:
         headroom = cpus * abi.CONST["LRU_HEADROOM_PER_CPU"]
         self.conn_table_slots = conn_table_size + headroom
         self.syn_table_slots = syn_table_size(conn_table_size) + headroom
+        self.udp_table_slots = udp_table_size(conn_table_size) + headroom
         cflags = [f"-I{abi.BPF_DIR}", f"-DCONN_TABLE_SIZE={self.conn_table_slots}",
-                  f"-DSYN_TABLE_SIZE={self.syn_table_slots}"]
+                  f"-DSYN_TABLE_SIZE={self.syn_table_slots}",
+                  f"-DUDP_TABLE_SIZE={self.udp_table_slots}"]
         try:
             self.bpf = bcc.BPF(src_file=str(abi.PROGRAM).encode(), cflags=cflags)
             self.fn = self.bpf.load_func(abi.PROGRAM_NAME.encode(), bcc.BPF.XDP)
@@ -166,7 +169,7 @@ class Dataplane:
 
     def clear_state(self) -> None:
         """Forget connections, persistence and counters (tests start from zero)."""
-        for name in ("conn_table", "syn_table", "persist_table"):
+        for name in ("conn_table", "syn_table", "udp_table", "persist_table"):
             self.map(name).clear()
         for name in ("svc_stats", "real_stats", "counters", "wrr_pos"):
             self.map(name).clear()   # arrays: zeroes every slot
@@ -191,11 +194,12 @@ class Dataplane:
     def connections(self, half_open: bool = True):
         """The connections as two numpy record arrays (keys, values) with the layouts of
         struct conn_key and conn_value, expired entries included: conn_table's, then
-        (with half_open) syn_table's."""
+        (with half_open) syn_table's, then udp_table's."""
         import numpy as np
         parts = [self._dump("conn_table", self.conn_table_slots)]
         if half_open:
             parts.append(self._dump("syn_table", self.syn_table_slots))
+        parts.append(self._dump("udp_table", self.udp_table_slots))
         return (np.concatenate([k for k, _ in parts]), np.concatenate([v for _, v in parts]))
 
     def _dump(self, name: str, capacity: int):
@@ -224,7 +228,8 @@ class Dataplane:
         import numpy as np
         _, main = self._dump("conn_table", self.conn_table_slots)
         _, half_open = self._dump("syn_table", self.syn_table_slots)
-        values = np.concatenate([main, half_open])
+        _, udp = self._dump("udp_table", self.udp_table_slots)
+        values = np.concatenate([main, half_open, udp])
         live = self.live(values)
         established = values["state"] == abi.STATE["ESTABLISHED"]
         ids = values["real_id"]
@@ -232,7 +237,7 @@ class Dataplane:
         inactive = np.bincount(ids[live & ~established], minlength=abi.CONST["MAX_REALS"])
         return ConnCounts({int(i): (int(active[i]), int(inactive[i]))
                            for i in np.flatnonzero(active + inactive)}, len(main),
-                          len(half_open))
+                          len(half_open), len(udp))
 
     def zero_stats(self, svc_ids: list[int], real_ids: list[int]) -> None:
         """Packet, byte and connection counters of these services and real servers to 0."""

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from lb import abi
-from lb.director.config import Config, syn_table_size
+from lb.director.config import Config, syn_table_size, udp_table_size
 from lb.director.layout import Layout, real_key
 
 
@@ -85,6 +85,13 @@ def collect(config: Config, layout: Layout, dataplane, interface: str, xdp_mode:
             "established": promoted,
             "evicted": max(0, syn_inserts - promoted - half_open),
         },
+        # UDP flows, apart from TCP so that a UDP flood evicts only UDP flows.
+        "udp_table": {
+            "size": udp_table_size(config.director.conn_table_size),
+            "entries": getattr(conns, "udp", 0),
+            "inserts": counters["udp_table_insert"],
+            "evicted": max(0, counters["udp_table_insert"] - getattr(conns, "udp", 0)),
+        },
     }
 
 
@@ -148,6 +155,10 @@ def format_table(data: dict) -> str:
         lines.append(f"Half-open table: {st['size']} slots, {st['entries']} entries, "
                      f"{st['inserts']} SYNs, {st['established']} established, "
                      f"{st['evicted']} evicted")
+    ut = data.get("udp_table")
+    if ut and ut["inserts"]:
+        lines.append(f"UDP flow table: {ut['size']} slots, {ut['entries']} entries, "
+                     f"{ut['inserts']} inserts, {ut['evicted']} evicted")
     return "\n".join(lines)
 
 
