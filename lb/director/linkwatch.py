@@ -39,9 +39,12 @@ class LinkWatch:
         self.thread = threading.Thread(target=self._run, name="linkwatch", daemon=True)
 
     def start(self) -> "LinkWatch":
+        # A change between the caller's lookup and bind() sent no event: look once more,
+        # on a socket of its own (the bound one is read by the thread alone; its events
+        # since bind() wait in its queue).
+        with IPRoute() as ipr:
+            found = ipr.link_lookup(ifname=self.name)
         self.thread.start()
-        # A change between the caller's lookup and bind() sent no event: look once more.
-        found = self.ipr.link_lookup(ifname=self.name)
         if not found:
             self._changed("gone", self.index)
         elif found[0] != self.index:
