@@ -455,8 +455,17 @@ static __always_inline int handle_l4(struct hdr_cursor *c, struct ethhdr *eth,
 	if (!cfg)   /* never (an array entry), but the established path reads it */
 		return finish(XDP_PASS, COUNTER_PASS_NOT_PROGRAMMED);
 
-	/* One lookup: TCP in conn_table, UDP in udp_table. */
-	cv = th ? conn_table.lookup(&ck) : udp_table.lookup(&ck);
+	/* One lookup: TCP in conn_table, UDP in udp_table. Two call sites, each with its
+	 * own map, so that the verifier inlines each hash lookup: a lookup on a map chosen
+	 * at run time (which LLVM makes of a ternary, or of two identical branches) goes
+	 * through the helper instead and costs ~18 ns more per packet (bench). The empty
+	 * asm keeps LLVM from merging the two calls. */
+	if (th) {
+		cv = conn_table.lookup(&ck);
+	} else {
+		cv = udp_table.lookup(&ck);
+		asm volatile("" ::: "memory");
+	}
 	if (cv) {
 		now = bpf_ktime_get_coarse_ns();
 		if (conn_is_live(cv, th, cfg, now)) {

@@ -252,7 +252,8 @@ def test_second_up_on_same_interface_is_refused(scene):
     lab.run("director", "sh", "-c", f"cat > {cfg}", input=lab.director_config())
     r = lab.run("director", *python_cmd("lb", "up", cfg), check=False)
     assert r.returncode == 1
-    assert "already attached" in r.stderr and "Traceback" not in r.stderr, r.stderr
+    # The interface's lock refuses it first, naming the instance that holds it.
+    assert "already runs on eth0 (pid" in r.stderr and "Traceback" not in r.stderr, r.stderr
     assert len(r.stderr.strip().splitlines()) == 1, f"want one line, got {r.stderr!r}"
 
 
