@@ -24,11 +24,17 @@ def hsiphash(data: bytes, key: tuple[int, int]) -> int:
     v = [0x736F6D6570736575 ^ key[0], 0x646F72616E646F6D ^ key[1],
          0x6C7967656E657261 ^ key[0], 0x7465646279746573 ^ key[1]]
 
-    def sipround():
-        v[0] = (v[0] + v[1]) & M64; v[1] = rol64(v[1], 13); v[1] ^= v[0]; v[0] = rol64(v[0], 32)  # noqa: E702,E501
-        v[2] = (v[2] + v[3]) & M64; v[3] = rol64(v[3], 16); v[3] ^= v[2]  # noqa: E702
-        v[0] = (v[0] + v[3]) & M64; v[3] = rol64(v[3], 21); v[3] ^= v[0]  # noqa: E702
-        v[2] = (v[2] + v[1]) & M64; v[1] = rol64(v[1], 17); v[1] ^= v[2]; v[2] = rol64(v[2], 32)  # noqa: E702,E501
+    def sipround():     # SIPHASH_PERMUTATION(v0, v1, v2, v3)
+        v[0] = (v[0] + v[1]) & M64
+        v[1] = rol64(v[1], 13) ^ v[0]
+        v[0] = rol64(v[0], 32)
+        v[2] = (v[2] + v[3]) & M64
+        v[3] = rol64(v[3], 16) ^ v[2]
+        v[0] = (v[0] + v[3]) & M64
+        v[3] = rol64(v[3], 21) ^ v[0]
+        v[2] = (v[2] + v[1]) & M64
+        v[1] = rol64(v[1], 17) ^ v[2]
+        v[2] = rol64(v[2], 32)
 
     b = (len(data) << 56) & M64
     end = len(data) - len(data) % 8
