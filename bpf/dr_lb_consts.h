@@ -73,7 +73,11 @@
 /* Probes of the fallback loops (IPVS walks up to the whole table): sh-fallback walks all
  * 256 buckets as IPVS does; mh-fallback tries MH_FALLBACK_TRIES rehashes, then the
  * service's list. wrr with thresholds skips at most WRR_SKIP_MAX overloaded slots. */
+#ifndef MH_FALLBACK_TRIES
 #define MH_FALLBACK_TRIES 64
+#endif
+#ifndef WRR_SKIP_MAX
 #define WRR_SKIP_MAX 64
+#endif
 
 #endif

@@ -45,6 +45,7 @@ ABI_HEADER = BPF_DIR / "dr_lb_abi.h"
 CONSTS_HEADER = BPF_DIR / "dr_lb_consts.h"
 PROGRAM = BPF_DIR / "dr_lb.c"
 PROGRAM_NAME = "xdp_main"   # dr_lb.c's entry point; the kernel shows it as the program name
+SCHED_PROGRAM_NAME = "xdp_sched"   # tail-called by xdp_main for a new connection (see dr_lb.c)
 
 
 def _read_consts() -> dict[str, int]:

@@ -93,6 +93,10 @@ class Dataplane:
         try:
             self.bpf = bcc.BPF(src_file=str(abi.PROGRAM).encode(), cflags=cflags)
             self.fn = self.bpf.load_func(abi.PROGRAM_NAME.encode(), bcc.BPF.XDP)
+            # The new-connection path of the schedulers other than plain wrr/rr, which
+            # xdp_main reaches by a tail call (bpf/dr_lb.c handle_l4).
+            self.sched_fn = self.bpf.load_func(abi.SCHED_PROGRAM_NAME.encode(), bcc.BPF.XDP)
+            self.bpf[b"sched_prog"][ct.c_int(0)] = ct.c_int(self.sched_fn.fd)
         except Exception as e:  # bcc raises bare Exception
             raise UserError(f"the XDP program did not compile or load: {e}") from None
         self.conn_table_size = conn_table_size
@@ -163,7 +167,7 @@ class Dataplane:
         """Forget connections, persistence and counters (tests start from zero)."""
         for name in ("conn_table", "persist_table"):
             self.map(name).clear()
-        for name in ("svc_stats", "real_stats", "counters", "wrr_pos"):
+        for name in ("svc_stats", "real_stats", "counters", "wrr_pos", "real_conns"):
             self.map(name).clear()   # arrays: zeroes every slot
 
     # ---- reading ---------------------------------------------------------------------
