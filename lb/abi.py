@@ -83,6 +83,10 @@ CONN_STATE_SLOTS = ffi.typeof("enum conn_state").relements["CONN_STATE_SLOTS"]
 # wrr_seq holds the WRR cycles in use and the next ones, a half each, so that a service
 # never points at a half-written cycle (lb/director/layout.py).
 SEQ_HALF = CONST["WRR_SEQ_CAPACITY"] // 2
+# sched_table likewise holds the sh/mh tables and real-server lists in use and the next.
+SCHED_HALF = CONST["SCHED_TABLE_CAPACITY"] // 2
+SCHED = {k: v for k, v in enum_values("sched_kind", "SCHED_").items()}
+SVC_F = {k: v for k, v in enum_values("svc_flags", "SVC_F_").items()}
 
 IPPROTO = {"tcp": socket.IPPROTO_TCP, "udp": socket.IPPROTO_UDP}
 

@@ -113,6 +113,20 @@ def mh_hashkey(addr: int, port: int, key: tuple[int, int], offset: int = 0) -> i
     return hsiphash_u32((offset + port + addr) & M32, key)
 
 
+# ---- the slots of sched_table ----------------------------------------------------------------
+
+def sched_table_slots(scheduler: str, n_reals: int, fallback: bool = False) -> int:
+    """Slots a service takes in (one half of) sched_table: its list of real servers twice
+    over (so that a scan from any place never wraps), then the sh buckets and, with
+    sh-fallback, each bucket's fallback order, or the mh table."""
+    slots = 2 * n_reals
+    if scheduler == "sh":
+        slots += SH_TABLE_SIZE * (1 + (n_reals if fallback else 0))
+    elif scheduler == "mh":
+        slots += MH_TABLE_SIZE
+    return slots
+
+
 # ---- sh -----------------------------------------------------------------------------------
 
 def sh_buckets(weights: Sequence[int]) -> list[int]:
@@ -131,6 +145,23 @@ def sh_buckets(weights: Sequence[int]) -> list[int]:
         if count >= weights[i]:
             i, count = (i + 1) % len(weights), 0
     return buckets
+
+
+def sh_fallback_orders(buckets: Sequence[int]) -> list[list[int]]:
+    """For each bucket, the servers (indices) in the order ip_vs_sh_get_fallback() meets
+    them when its scan starts there: buckets start, start + 1, ... round the table, each
+    server at its first bucket. IPVS starts the scan of a client whose hash is h at
+    bucket 2h % 256 (its offset 0 probe), so the data plane reads order[2h % 256]."""
+    n = len(buckets)
+    orders = []
+    for start in range(n):
+        seen: list[int] = []
+        for k in range(n):
+            server = buckets[(start + k) % n]
+            if server not in seen:
+                seen.append(server)
+        orders.append(seen)
+    return orders
 
 
 # ---- mh -----------------------------------------------------------------------------------
