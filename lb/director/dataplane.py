@@ -171,10 +171,8 @@ class Dataplane:
         rows = list(rows)
         if not prune and len(rows) >= self.BATCH and all(
                 not isinstance(k, dict) and not isinstance(v, dict) for k, v in rows[:8]):
-            keys, values = (table.Key * len(rows))(), (table.Leaf * len(rows))()
-            for i, (k, v) in enumerate(rows):
-                keys[i].value, values[i].value = k, v
-            table.items_update_batch(keys, values)
+            ks, vs = zip(*rows)
+            table.items_update_batch((table.Key * len(rows))(*ks), (table.Leaf * len(rows))(*vs))
             return
         wanted = set()
         for key, value in rows:
