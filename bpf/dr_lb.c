@@ -616,6 +616,28 @@ static __always_inline void touch_template(const struct conn_key *ck, __u32 real
 		pv->last_seen_ns = now;
 }
 
+/* A real server's SYN-ACK or RST to a DR-path probe: from a VIP to a probe port. Nothing
+ * else comes from a VIP to the director (a real server answers clients from the VIP, and
+ * the director is never a client of its own VIPs). */
+static __always_inline int is_probe_reply(const struct conn_key *ck)
+{
+	__u32 saddr = ck->saddr;
+	__u16 dport = bpf_ntohs(ck->dport);
+
+	return dport >= PROBE_PORT_MIN && dport <= PROBE_PORT_MAX && vips.lookup(&saddr);
+}
+
+/* The prober's packet socket must see the reply and the director's kernel must not: it
+ * would answer a SYN-ACK for a connection it never opened with an RST. Packet sockets
+ * tap frames after XDP, so the frame is passed, but to a destination MAC that is not
+ * the interface's: the kernel then takes it as another host's (PACKET_OTHERHOST) and
+ * drops it before IP without a word, while packet sockets still read it. */
+static __always_inline int pass_probe_reply(struct ethhdr *eth)
+{
+	__builtin_memset(eth->h_dest, 0, ETH_ALEN);
+	return finish(XDP_PASS, COUNTER_PASS_PROBE_REPLY);
+}
+
 /* A new connection (a SYN, or a datagram without a live flow) to service `svc`: pick its
  * real server, remember the connection (unless one-packet scheduling) and send the
  * frame. sc->now, sc->replaces, sc->old_real and sc->old_state say what xdp_main found
@@ -652,7 +674,8 @@ static __always_inline int new_connection(struct ethhdr *eth, struct iphdr *iph,
 	fresh.last_seen_ns = sc->now;
 	fresh.real_id = real_id;
 	fresh.svc_id = svc->id;
-	fresh.state = tcp ? CONN_SYN_RECV : CONN_UDP;
+	/* A moved TCP connection past its SYN: its new server will reset it. */
+	fresh.state = !tcp ? CONN_UDP : sc->past_syn ? CONN_CLOSE : CONN_SYN_RECV;
 	fresh.flags = svc->persist_timeout_s ? CONN_F_PERSISTENT : 0;
 	if (conn_table.update(ck, &fresh))
 		return finish(XDP_DROP, COUNTER_DROP_CONN_TABLE_ERROR);
@@ -660,6 +683,8 @@ static __always_inline int new_connection(struct ethhdr *eth, struct iphdr *iph,
 		count_conn(sc->old_real, sc->old_state, -1);
 	else
 		count(COUNTER_CONN_TABLE_INSERT);
+	if (sc->moved)
+		count(COUNTER_CONN_RESCHEDULED);
 	count_conn(real_id, fresh.state, 1);
 	return forward(eth, iph, cfg, real, real_id, fresh.svc_id, 1);
 }
@@ -706,6 +731,7 @@ static __always_inline int handle_l4(struct xdp_md *ctx, struct hdr_cursor *c,
 	struct sched_scratch *sc;
 	__u32 real_id, zero = 0;
 	__u64 now = 0;
+	int moved = 0;
 
 	if (read_flow(c, iph, &th, &ck))
 		return finish(XDP_PASS, COUNTER_PASS_MALFORMED);
@@ -720,18 +746,24 @@ static __always_inline int handle_l4(struct xdp_md *ctx, struct hdr_cursor *c,
 		if (conn_is_live(cv, th, cfg, now)) {
 			real_id = cv->real_id;
 			real = reals.lookup(&real_id);
-			if (real && (real->flags & REAL_F_MAC_KNOWN)) {
+			if (real && (real->flags & REAL_F_RESCHEDULE)) {
+				/* Its server failed a health check, and its service says
+				 * on_failure = "reschedule": the packet goes to a server picked
+				 * below (a TCP connection's new server resets it at once). */
+				moved = 1;
+			} else if (real && (real->flags & REAL_F_MAC_KNOWN)) {
 				cv->last_seen_ns = now;
 				if (th)
 					follow_tcp_state(cv, th);
 				if (cv->flags & CONN_F_PERSISTENT)
 					touch_template(&ck, real_id, now);
 				return forward(eth, iph, cfg, real, real_id, cv->svc_id, 0);
-			}
-			/* Its server is gone from the segment: a SYN or a datagram may start
-			 * over elsewhere; anything else waits, without keeping the entry alive. */
-			if (th && !is_new_tcp(th))
+			} else if (th && !is_new_tcp(th)) {
+				/* Its server is gone from the segment: a SYN or a datagram may
+				 * start over elsewhere; anything else waits, without keeping the
+				 * entry alive. */
 				return finish(XDP_DROP, COUNTER_DROP_REAL_MAC_UNKNOWN);
+			}
 		}
 	}
 
@@ -743,15 +775,19 @@ static __always_inline int handle_l4(struct xdp_md *ctx, struct hdr_cursor *c,
 	if (!svc) {
 		if (vips.lookup(&ck.daddr))
 			return finish(XDP_PASS, COUNTER_PASS_VIP_OTHER_PORT);
+		if (th && is_probe_reply(&ck))
+			return pass_probe_reply(eth);
 		return finish(XDP_PASS, COUNTER_PASS_NOT_VIP);
 	}
-	if (th && !is_new_tcp(th))
+	if (th && !is_new_tcp(th) && !moved)
 		return finish(XDP_PASS, COUNTER_PASS_TCP_NO_CONN);
 	sc = sched_scratch.lookup(&zero);
 	if (!sc)    /* never (an array entry) */
 		return finish(XDP_DROP, COUNTER_DROP_NO_REAL_SERVER);
 	sc->now = cv ? now : bpf_ktime_get_coarse_ns();
 	sc->replaces = cv != NULL;
+	sc->moved = moved;
+	sc->past_syn = th && !is_new_tcp(th);
 	if (cv) {
 		sc->old_real = cv->real_id;
 		sc->old_state = cv->state;

@@ -32,7 +32,9 @@ struct sched_scratch {
 	__u64 now;                     /* the clock read for this frame */
 	__u8 old_state;                /* and its state */
 	__u8 replaces;                 /* an entry (expired, or closing) has this 5-tuple */
-	__u8 pad[6];
+	__u8 moved;                    /* it is live, but its server is REAL_F_RESCHEDULE */
+	__u8 past_syn;                 /* and this TCP segment is not a SYN */
+	__u8 pad[4];
 	struct persist_key pk;         /* the new connection's persistence template key */
 };
 

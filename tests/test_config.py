@@ -296,7 +296,7 @@ UNKNOWN_KEYS = [
     pytest.param(DIRECTOR + service(VIP_SERVICE, RS12 + "\nwieght = 2"),
                  ["service 192.168.0.21:80/tcp, real server 192.168.0.12:80",
                   "unknown key 'wieght'",
-                  "known keys: address, drained, lower, mac, port, upper, weight"],
+                  "known keys: address, drained, health, lower, mac, port, upper, weight"],
                  id="typo-in-real-server"),
 ]
 

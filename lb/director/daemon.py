@@ -48,6 +48,7 @@ def run(config: Config, config_path: str, replace: bool = False) -> None:
         director.program()
         director.xdp_mode = dp.attach(iface.index, config.director.xdp_mode)
         director.start_monitor()
+        director.start_health()
         server = instances.ControlServer(name, director.handlers())
         instances.write_state(name, {"pid": os.getpid(), "interface": name,
                                      "ifindex": iface.index, "xdp_mode": director.xdp_mode,
@@ -80,6 +81,8 @@ def run(config: Config, config_path: str, replace: bool = False) -> None:
     finally:
         if server:
             server.close()
+        if director and director.health:
+            director.health.stop()
         if director and director.monitor:
             director.monitor.stop()
         try:

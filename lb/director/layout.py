@@ -1,10 +1,11 @@
 """The one road from the config to the maps: what every map should hold, in plain Python.
 
-`build()` takes the config, the real servers' MACs and the director's MAC, and returns
-the complete contents of every map the control plane writes: settings (with the
-timeouts), services, VIPs, real servers with their flags (removed ones included), the
-WRR cycles with their placement in wrr_seq, and each service's real-server list and
-sh buckets or mh table in sched_table. Field names are those of the C structs
+`build()` takes the config, the real servers' MACs, the director's MAC and the real
+servers' health, and returns the complete contents of every map the control plane
+writes: settings (with the timeouts), services, VIPs, real servers with their flags
+(removed ones and sorry servers included), the WRR cycles with their placement in
+wrr_seq, and each service's real-server list and sh buckets or mh table in
+sched_table. Field names are those of the C structs
 in bpf/dr_lb_abi.h, and values are ready for the map (network byte order), so that
 lb/director/dataplane.py only copies them. No bcc, no root: tested as plain Python.
 """
@@ -12,24 +13,34 @@ from __future__ import annotations
 
 import ipaddress
 from dataclasses import dataclass, field
+from typing import Mapping
 
 from lb import abi
 from lb.director import scheduler
 from lb.director.config import Config, RealServer, Service, limit_problems
 from lb.director.scheduler import wrr_sequence
 
+DOWN = "down"   # the health state (lb/director/health.py) that takes a server out
+
+
+def real_key(svc: Service, address: str) -> tuple[str, int, str, str]:
+    """A real server of a service, as health states (and Ids) name it."""
+    return (svc.vip, svc.port, svc.protocol, address)
+
+
 @dataclass(frozen=True)
 class RealEntry:
     real_id: int
     server: RealServer
     mac: str | None
+    healthy: bool = True     # False: failing its health check
 
     @property
     def flags(self) -> int:
-        if self.mac is None:
-            return 0
-        flags = abi.REAL_F_MAC_KNOWN
-        if self.server.effective_weight > 0:
+        flags = abi.REAL_F_MAC_KNOWN if self.mac else 0
+        if not self.healthy and self.server.health.on_failure == "reschedule":
+            flags |= abi.REAL_F_RESCHEDULE
+        if self.mac and self.healthy and self.server.effective_weight > 0:
             flags |= abi.REAL_F_SCHEDULABLE
         return flags
 
@@ -44,6 +55,9 @@ class ServiceEntry:
     sched_offset: int = 0        # within the half of sched_table in use
     table: tuple[int, ...] = ()  # real_ids: the sh buckets or the mh lookup table
     orders: tuple[tuple[int, ...], ...] = ()   # sh-fallback: each bucket's order
+    # The sorry server: weight 1 while it is the whole cycle (no real server can take a
+    # new connection), else 0, so that no persistence template keeps clients on it.
+    sorry: RealEntry | None = None
 
     @property
     def real_ids(self) -> tuple[int, ...]:
@@ -55,12 +69,23 @@ class ServiceEntry:
         return self.sched_offset + 2 * len(self.reals)
 
     @property
+    def sorry_in_use(self) -> bool:
+        return self.sorry is not None and self.sorry.server.weight > 0
+
+    @property
+    def sched(self) -> str:
+        """The scheduler the data plane runs: the service's, except that rr is wrr over
+        weights of 1 and that the sorry server, while in use, is a one-slot wrr cycle."""
+        svc = self.service
+        return "wrr" if svc.round_robin or self.sorry_in_use else svc.scheduler
+
+    @property
     def svc_flags(self) -> int:
         svc, f = self.service, abi.SVC_F
         return ((f["sched_fallback"] if svc.fallback else 0)
                 | (f["sched_port"] if svc.hash_port else 0)
                 | (f["ops"] if svc.ops else 0)
-                | (f["thresholds"] if svc.thresholds else 0))
+                | (f["thresholds"] if svc.thresholds and not self.sorry_in_use else 0))
 
 
 @dataclass
@@ -87,8 +112,9 @@ class Ids:
     def room_for(self, config: Config) -> str | None:
         """Why `config` cannot be loaded without a restart, or None."""
         new_svcs = {(s.vip, s.port, s.protocol) for s in config.services} - set(self.services)
-        new_reals = {(s.vip, s.port, s.protocol, rs.address) for s in config.services
-                     for rs in s.real_servers} - set(self.reals)
+        new_reals = {real_key(s, a) for s in config.services
+                     for a in [rs.address for rs in s.real_servers]
+                     + ([s.sorry_server] if s.sorry_server else [])} - set(self.reals)
         if limit_problems(len(self.services) + len(new_svcs),
                           len(self.reals) + len(new_reals), 0):
             return ("this instance has used up its service or real-server slots; "
@@ -108,7 +134,9 @@ class Layout:
 
     @property
     def reals(self) -> list[RealEntry]:
-        return [r for s in self.services for r in s.reals]
+        """Every entry of a configured server: real servers, then sorry servers."""
+        return [r for s in self.services for r in s.reals] + \
+            [s.sorry for s in self.services if s.sorry]
 
     @property
     def vips(self) -> dict[str, int]:
@@ -159,7 +187,7 @@ class Layout:
                  {"id": s.svc_id, "seq_offset": base + s.seq_offset,
                   "seq_len": len(s.sequence), "persist_timeout_s": s.service.persistent,
                   "persist_mask": abi.ip_be32(s.service.persistent_netmask),
-                  "sched": abi.SCHED["wrr" if s.service.round_robin else s.service.scheduler],
+                  "sched": abi.SCHED[s.sched],
                   "flags": s.svc_flags,
                   "reals_offset": sched_base + s.sched_offset, "n_reals": len(s.reals),
                   "table_offset": sched_base + s.table_offset, "table_len": len(s.table),
@@ -171,30 +199,47 @@ class Layout:
 
 
 def build(config: Config, macs: dict[str, str | None], interface_mac: str,
-          ids: Ids | None = None, previous: Layout | None = None) -> Layout:
-    """Lay out `config`; `macs` maps real-server addresses to MACs (None: unknown).
+          ids: Ids | None = None, previous: Layout | None = None,
+          health: Mapping[tuple, str] | None = None) -> Layout:
+    """Lay out `config`; `macs` maps real-server addresses to MACs (None: unknown), and
+    `health` maps real_key()s to health states: a server whose state is "down" leaves
+    every scheduler's choice: the WRR cycle like a weight-0 one, the sh/mh tables, and
+    lc/wlc/sed/nq (not schedulable) (missing: not checked, or not yet).
 
     A service's slice of wrr_seq is sized for all its weighted servers, so that the
     offsets do not move when a MAC comes or goes; only the used length changes. The
     cycles go to the half of wrr_seq that `previous` did not use.
     """
     ids = ids or Ids()
+    health = health or {}
     services = []
     offset = sched_offset = 0
     for svc in config.services:
-        reals = tuple(RealEntry(ids.real(svc, rs), rs, rs.mac or macs.get(rs.address))
+        reals = tuple(RealEntry(ids.real(svc, rs), rs, rs.mac or macs.get(rs.address),
+                                health.get(real_key(svc, rs.address)) != DOWN)
                       for rs in svc.real_servers)
         sequence: tuple[int, ...] = ()
         if svc.round_robin:
             weights = svc.scheduling_weights()
-            usable = [w if r.mac else 0 for w, r in zip(weights, reals)]
+            usable = [w if r.mac and r.healthy else 0 for w, r in zip(weights, reals)]
             sequence = tuple(reals[i].real_id for i in wrr_sequence(usable))
         table, orders = _hash_table(svc, reals)
+        sorry = None
+        if svc.sorry_server:
+            # Whatever the scheduler, while no real server can take a new connection the
+            # service hands over to the sorry server as a one-slot WRR cycle.
+            mac = macs.get(svc.sorry_server)
+            in_use = mac is not None and \
+                not any(r.flags & abi.REAL_F_SCHEDULABLE for r in reals)
+            server = RealServer(svc.sorry_server, svc.port, weight=1 if in_use else 0)
+            sorry = RealEntry(ids.real(svc, server), server, mac)
+            sequence = (sorry.real_id,) if in_use else sequence
         services.append(ServiceEntry(ids.service(svc), svc, offset, sequence, reals,
-                                     sched_offset, table, orders))
+                                     sched_offset, table, orders, sorry))
         offset += svc.seq_slots()
         sched_offset += svc.sched_slots()
-    in_use = {r.real_id for s in services for r in s.reals}
+    in_use = {r.real_id for s in services for r in s.reals} | \
+        {s.sorry.real_id for s in services if s.sorry}
     removed = tuple(RealEntry(real_id, rs, rs.mac or macs.get(rs.address))
                     for real_id, rs in sorted(ids.servers.items()) if real_id not in in_use)
     t = config.timeouts
@@ -223,7 +268,11 @@ def _hash_table(svc: Service, reals: tuple[RealEntry, ...]
       (the weight before it was set to 0); a server whose configured weight is 0 has no
       entry. (IPVS would remember a weight changed to 0 at run time; dr-lb has the
       config only: use drain for that.)
+    A server failing its health check is left out of the table, as keepalived removes
+    it from IPVS: its clients go to the others (mh moves only those), with or without
+    fallback, and come back when it does.
     """
+    reals = tuple(r for r in reals if r.healthy)
     ids = [r.real_id for r in reals]
     if svc.scheduler == "sh":
         buckets = scheduler.sh_buckets([r.server.effective_weight for r in reals])
