@@ -120,65 +120,102 @@ def new_connection_ns(repeat: int = 200_000, rounds: int = 5) -> dict:
                    for s, d in samples.items()}}
 
 
+def wlc_choice(counts: list[tuple[int, int]], weights: list[int]) -> int | None:
+    """ip_vs_wlc_schedule() over (active, inactive) per server: the least
+    (active * 256 + inactive) / weight, ties to the first."""
+    best = None
+    for i, ((a, ia), w) in enumerate(zip(counts, weights)):
+        if w <= 0:
+            continue
+        oh = a * 256 + ia
+        if best is None or oh * best[2] < best[1] * w:
+            best = (i, oh, w)
+    return None if best is None else best[0]
+
+
+def _churn(prog_fd: int, seconds: float) -> None:
+    """New connections through the program for `seconds`: every one a SYN, 80% then an
+    ACK (established), 30% of those a FIN. Run in a child process, so that the monitor's
+    sweeps in the parent do not wait for this loop's interpreter lock (in `dr-lb up` the
+    churn comes from the network, not from Python)."""
+    rng = random.Random(1)
+    f = flow_frames()
+    frames = [bytearray(f["syn"]), bytearray(f["ack"]),
+              bytearray(packet_cases.tcp("F", 50000, lab_mod.HTTP_PORT,
+                                         src=lab_mod.CLIENT_IP, dst=lab_mod.VIP))]
+    end = time.monotonic() + seconds
+    n = 0
+    while time.monotonic() < end:
+        n += 1
+        src = (0x0B000000 + n // 60000).to_bytes(4, "big")
+        port = (1024 + n % 60000).to_bytes(2, "big")
+        for frame in frames:
+            frame[26:30], frame[34:36] = src, port
+        libbpf.test_run(prog_fd, bytes(frames[0]))
+        if rng.random() < 0.8:
+            libbpf.test_run(prog_fd, bytes(frames[1]))
+            if rng.random() < 0.3:
+                libbpf.test_run(prog_fd, bytes(frames[2]))
+
+
 def count_drift(seconds: float = 10.0, table_size: int = 4096, sample_s: float = 0.25,
                 scheduler: str = "wlc") -> dict:
-    """Churn through the real program with the monitor's sweeper running; at each
-    sample, for each real server, (program's count + correction) - live entries of the
-    table. The count the scheduler reads is off by what expired or was evicted since
-    the last sweep."""
+    """Churn through the real program (a child process) with the monitor's sweeper
+    running (this process, as in `dr-lb up`); at each sample, for each real server,
+    (program's count + correction) - live entries of the table, and whether wlc picks
+    the same server from both. The count the scheduler reads is off by what expired or
+    was evicted since the last sweep."""
+    import os
     dp = Dataplane(conn_table_size=table_size)
-    rng = random.Random(1)
     try:
         cfg = lab_config(scheduler, tcp=2, tcpfin=1)
         program(dp, cfg)
         lay = layout_mod.build(cfg, lab_macs(), DIRECTOR_MAC)
         ids = [r.real_id for r in lay.services[0].reals]
+        weights = [r.server.weight for r in lay.services[0].reals]
         mon = monitor.Monitor(dp, lambda: ([], []))
         mon.start()
-        f = flow_frames()
-        syn, ack, fin = (bytearray(f["syn"]), bytearray(f["ack"]),
-                         bytearray(packet_cases.tcp("F", 50000, lab_mod.HTTP_PORT,
-                                                    src=lab_mod.CLIENT_IP, dst=lab_mod.VIP)))
-        drifts, truths, made = [], [], 0
+        child = os.fork()
+        if child == 0:
+            try:
+                _churn(dp.prog_fd, seconds)
+            finally:
+                os._exit(0)
+        drifts, truths, agree, samples = [], [], 0, 0
         end = time.monotonic() + seconds
-        next_sample = time.monotonic() + sample_s
-        n = 0
         while time.monotonic() < end:
-            n += 1
-            src = (0x0B000000 + n // 60000).to_bytes(4, "big")
-            port = (1024 + n % 60000).to_bytes(2, "big")
-            for frame in (syn, ack):
-                frame[26:30], frame[34:36] = src, port
-            dp.test_run(bytes(syn))
-            if rng.random() < 0.8:
-                dp.test_run(bytes(ack))
-                if rng.random() < 0.3:
-                    fin[26:30], fin[34:36] = src, port
-                    dp.test_run(bytes(fin))
-            made += 1
-            if time.monotonic() >= next_sample:
-                next_sample += sample_s
-                counted, fix = dp.counted_conns(), dp.conn_fix()
-                exact = dp.conn_counts().per_real
-                for i in ids:
-                    seen = [c + x for c, x in zip(counted.get(i, (0, 0)), fix.get(i, (0, 0)))]
-                    true = exact.get(i, (0, 0))
-                    drifts.append(sum(seen) - sum(true))
-                    truths.append(sum(true))
+            time.sleep(sample_s)
+            counted, fix = dp.counted_conns(), dp.conn_fix()
+            exact = dp.conn_counts().per_real
+            seen_all, true_all = [], []
+            for i in ids:
+                seen = [c + x for c, x in zip(counted.get(i, (0, 0)), fix.get(i, (0, 0)))]
+                true = exact.get(i, (0, 0))
+                drifts.append(sum(seen) - sum(true))
+                truths.append(sum(true))
+                seen_all.append(tuple(seen))
+                true_all.append(true)
+            samples += 1
+            agree += wlc_choice(seen_all, weights) == wlc_choice(true_all, weights)
+        os.waitpid(child, 0)
         mon.stop()
         inserts = dp.counters()["conn_table_insert"]
     finally:
         dp.close()
     rel = [abs(d) / t for d, t in zip(drifts, truths) if t]
-    return {"scheduler": scheduler, "seconds": seconds, "new_connections": made,
-            "new_per_s": round(made / seconds), "table_size": table_size,
-            "inserts": inserts, "samples": len(drifts),
+    return {"scheduler": scheduler, "seconds": seconds, "new_connections": inserts,
+            "new_per_s": round(inserts / seconds), "table_size": table_size,
+            "samples": len(drifts),
             "mean_live_per_server": round(statistics.mean(truths)),
             "drift_mean_abs": round(statistics.mean(abs(d) for d in drifts), 1),
             "drift_max_abs": max(abs(d) for d in drifts),
             "drift_mean_rel_pct": round(100 * statistics.mean(rel), 2),
             "drift_max_rel_pct": round(100 * max(rel), 2),
-            "sweep_s": round(mon.sweep_s, 4)}
+            "same_choice_pct": round(100 * agree / samples, 1),
+            "sweep_s": round(mon.sweep_s, 4),
+            "sweep_period_s": round(max(monitor.SWEEP_MIN_REST_S,
+                                        monitor.SWEEP_REST_FACTOR * mon.sweep_s)
+                                    + mon.sweep_s, 3)}
 
 
 # Churn scenarios: connections live 2 s (tcp) / 1 s after a FIN; the table holds them
@@ -204,7 +241,8 @@ def report(ns: dict, drifts: dict) -> str:
             f"  {name:<9} {d['new_per_s']} new/s, table {d['table_size']}, "
             f"{d['mean_live_per_server']} live per server: mean |drift| "
             f"{d['drift_mean_abs']} ({d['drift_mean_rel_pct']}%), max {d['drift_max_abs']} "
-            f"({d['drift_max_rel_pct']}%); a sweep takes {d['sweep_s']} s")
+            f"({d['drift_max_rel_pct']}%); wlc's choice the true counts' in "
+            f"{d['same_choice_pct']}% of samples; a sweep every {d['sweep_period_s']} s")
     return "\n".join(lines)
 
 
