@@ -8,7 +8,7 @@ import threading
 import time
 from pathlib import Path
 
-from lb.director import arp, instances, netif
+from lb.director import arp, instances, journal, netif
 from lb.director.config import Config
 from lb.director.linkwatch import LinkEvent, LinkWatch
 from lb.director.reconciler import Reconciler
@@ -23,6 +23,7 @@ EXIT_LINK_LOST = 3   # --exit-on-link-loss: the interface was deleted
 def run(config: Config, config_path: str, replace: bool = False,
         exit_on_link_loss: bool = False) -> None:
     from lb.director.dataplane import Dataplane   # bcc: keep `check` and `status` free of it
+    journal.lines()
 
     name = config.director.interface
     iface = netif.interface(name)
