@@ -275,16 +275,22 @@ def assert_counts_exact(lb, n: int, work: Workload) -> None:
 
 
 def age(lb, client: tuple[str, int], seconds: float, dport: int = 80) -> None:
-    table = lb.dp.map("conn_table")
-    key = table.Key()
-    key.saddr = abi.ip_be32(client[0])
-    key.daddr = abi.ip_be32(VIP)
-    key.sport = abi.port_be16(client[1])
-    key.dport = abi.port_be16(dport)
-    key.proto = 6
-    value = table[key]
-    value.last_seen_ns -= int(seconds * 1e9)
-    table[key] = value
+    """Make a TCP connection `seconds` older, in whichever table holds it (a half-open
+    one waits in syn_table)."""
+    for name in ("conn_table", "syn_table"):
+        table = lb.dp.map(name)
+        key = table.Key()
+        key.saddr = abi.ip_be32(client[0])
+        key.daddr = abi.ip_be32(VIP)
+        key.sport = abi.port_be16(client[1])
+        key.dport = abi.port_be16(dport)
+        key.proto = 6
+        value = table.get(key)
+        if value is not None:
+            value.last_seen_ns -= int(seconds * 1e9)
+            table[key] = value
+            return
+    raise KeyError(client)
 
 
 def correct(lb) -> None:
