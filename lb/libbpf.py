@@ -60,6 +60,7 @@ struct bpf_prog_info_head {     /* the first fields of struct bpf_prog_info */
     char name[16];
 };
 int bpf_obj_get_info_by_fd(int bpf_fd, void *info, uint32_t *info_len);
+int bpf_enable_stats(int type);
 struct bpf_map_batch_opts {
     size_t sz;
     uint64_t elem_flags;
@@ -199,6 +200,32 @@ def prog_fd_by_id(prog_id: int) -> int:
     if fd < 0:
         raise OSError(-fd, f"program id {prog_id}: {os.strerror(-fd)}")
     return fd
+
+
+BPF_STATS_RUN_TIME = 0
+# Offsets in struct bpf_prog_info (uapi/linux/bpf.h, stable ABI): run_time_ns, run_cnt.
+_RUN_TIME_OFFSET, _RUN_CNT_OFFSET, _INFO_LEN = 192, 200, 208
+
+
+def enable_stats() -> int:
+    """Turn on the kernel's per-program run time and count (what sysctl
+    kernel.bpf_stats_enabled does) for as long as the returned fd stays open."""
+    fd = _lib().bpf_enable_stats(BPF_STATS_RUN_TIME)
+    if fd < 0:
+        raise OSError(-fd, f"BPF_ENABLE_STATS: {os.strerror(-fd)}")
+    return fd
+
+
+def run_stats(prog_fd: int) -> tuple[int, int]:
+    """(run_time_ns, run_cnt) of a program: its in-situ cost, counted while stats are on."""
+    info = ffi.new("char[]", 256)
+    size = ffi.new("uint32_t *", _INFO_LEN)
+    err = _lib().bpf_obj_get_info_by_fd(prog_fd, info, size)
+    if err:
+        raise OSError(-err, f"bpf_obj_get_info_by_fd: {os.strerror(-err)}")
+    raw = bytes(ffi.buffer(info, _INFO_LEN))
+    return (int.from_bytes(raw[_RUN_TIME_OFFSET:_RUN_TIME_OFFSET + 8], "little"),
+            int.from_bytes(raw[_RUN_CNT_OFFSET:_RUN_CNT_OFFSET + 8], "little"))
 
 
 def prog_name(prog_id: int) -> str:
