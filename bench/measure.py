@@ -344,8 +344,10 @@ def run(s: Settings, prefix: str = "drlb-bn", progress: Progress | None = None) 
         most = max(s.flows)
         result["populate"] = b.populate(most, 64)
         b.step(f"{most:,} connections made")
+        # New connections last: their SYNs fill the table and evict the flows above.
         result["test_run"] = test_run_figures(b, s)
         result["live"] = live_figures(b, s)
+        result["test_run"].append(new_conn_test_run(b, s))
         result["new_connections"] = new_conn_figures(b, s)
         if s.status_entries:
             from bench.__main__ import status_latency
@@ -377,10 +379,19 @@ def test_run_figures(b: Bench, s: Settings) -> list[dict]:
             figs[(prog, case, flows)].add(res.duration_ns - base)
             if expect:
                 delta = {k: after[k] - before[k] for k in after}
-                checks[(prog, case, flows)] = path_check(delta, expect, s.repeat)
-            b.step(f"test-run {prog} {case} {flows:,} flows")
-    # New connections: every SYN from a new source port/address, never seen before.
-    syn = frame("syn", size, b.client_mac, b.director_mac)
+                c = path_check(delta, expect, s.repeat)
+                key = (prog, case, flows)
+                if key not in checks or not c["ok"]:    # the worst round is kept
+                    checks[key] = c
+            b.step(f"test-run {prog} {case}, {flows:,} flow(s)")
+    return [{"program": p, "case": c, "flows": n, "ns": fig.as_json(),
+             "path": checks.get((p, c, n))} for (p, c, n), fig in figs.items()]
+
+
+def new_conn_test_run(b: Bench, s: Settings) -> dict:
+    """Every SYN from a new source port/address, never seen before."""
+    syn = frame("syn", 64, b.client_mac, b.director_mac)
+    check = None
     new = Figure()
     for r in range(s.rounds):
         b.set_flows("syn", UNBOUNDED, syn)
@@ -390,13 +401,11 @@ def test_run_figures(b: Bench, s: Settings) -> list[dict]:
         res = b.test_run(b.dp.prog_fd, syn, s.repeat)
         after = b.dp.counters()
         new.add(res.duration_ns - base)
-        checks[("dr-lb", "new connection", 0)] = path_check(
-            {k: after[k] - before[k] for k in after}, "tx_service", s.repeat)
+        c = path_check({k: after[k] - before[k] for k in after}, "tx_service", s.repeat)
+        check = c if check is None or c["ok"] is False else check
         b.step("test-run dr-lb new connection")
-    figs[("dr-lb", "new connection", 0)] = new
-    return [{"program": p, "case": c, "flows": n if c != "new connection" else None,
-             "ns": fig.as_json(), "path": checks.get((p, c, n))}
-            for (p, c, n), fig in figs.items()]
+    return {"program": "dr-lb", "case": "new connection", "flows": None, "ns": new.as_json(),
+            "path": check}
 
 
 def live_figures(b: Bench, s: Settings) -> list[dict]:
@@ -426,7 +435,7 @@ def live_figures(b: Bench, s: Settings) -> list[dict]:
                             n = b.live(p, mode, "ack", flows, min(size, 1500),
                                        max(count // 4, 1000), stats=True)
                             figs[p][1].add(n.get("ns"))
-                    b.step(f"live {mode} {size} B {flows:,} flows, round {r + 1}")
+                    b.step(f"live {mode} {size} B {flows:,} flow(s), round {r + 1}")
                 for p in PROGRAMS:
                     if p == "kernel" and (size, flows) in kernel_done:
                         row = dict(kernel_done[(size, flows)], mode=mode)

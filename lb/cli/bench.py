@@ -12,9 +12,9 @@ def _ints(text: str) -> list[int]:
     try:
         values = [int(v.replace("_", "").replace(",", "")) for v in text.split()]
     except ValueError:
-        raise click.BadParameter(f"{text!r}: expected numbers separated by spaces") from None
+        raise UserError(f"{text!r}: expected numbers separated by spaces", 2) from None
     if not values or min(values) < 1:
-        raise click.BadParameter(f"{text!r}: expected positive numbers")
+        raise UserError(f"{text!r}: expected positive numbers", 2)
     return values
 
 
@@ -41,9 +41,8 @@ def bench(quick, rounds, flows, sizes, modes, frames, repeat, syn_frames, status
     """Measure dr-lb against a MAC-swap reflector and the kernel's own forwarding of the
     same frames, in one run: ns/packet in situ, pps, and test-run ns (reset method), over
     flows, frame sizes and XDP modes, and the new-connection rate."""
-    from lb.director import instances
-    instances.require_root()
     from bench import measure, report
+    from lb.director import instances
     s = measure.Settings.quick() if quick else measure.Settings.full()
     if rounds:
         s.rounds = rounds
@@ -53,12 +52,12 @@ def bench(quick, rounds, flows, sizes, modes, frames, repeat, syn_frames, status
         s.sizes = _ints(sizes)
         bad = [v for v in s.sizes if not 64 <= v <= 1500]
         if bad:
-            raise UserError(f"--sizes: {bad[0]} is outside 64-1500 bytes")
+            raise UserError(f"--sizes: {bad[0]} is outside 64-1500 bytes", 2)
     if modes:
         s.modes = modes.split()
         bad = [m for m in s.modes if m not in ("native", "generic")]
         if bad:
-            raise UserError(f"--modes: {bad[0]!r}: use native and/or generic")
+            raise UserError(f"--modes: {bad[0]!r}: use native and/or generic", 2)
     for name, value in (("frames", frames), ("repeat", repeat), ("syn_frames", syn_frames),
                         ("status_entries", status_entries)):
         if value is not None:
@@ -69,6 +68,7 @@ def bench(quick, rounds, flows, sizes, modes, frames, repeat, syn_frames, status
         except ImportError:
             raise UserError("--plot needs matplotlib: `sudo apt-get install "
                             "python3-matplotlib` (or `sudo scripts/setup.sh`)") from None
+    instances.require_root()
     result = measure.run(s, prefix=lab_prefix)
     click.echo(report.table(result))
     if json_file:
