@@ -42,7 +42,7 @@ def table(result: dict) -> str:
         path = r.get("path")
         ok = "" if not path else ("ok" if path["ok"] else
                                   f"WRONG PATH: {path['count']:,} of {path['of']:,} "
-                                  f"{path['expect']}")
+                                  f"{path['expect']} {path.get('counters', '')}")
         ratio = _ratio(r["ns"], refl) if r["program"] != "reflector" else ""
         out.append(f"  {name:<34}{_ns(r['ns']):>14}{ratio:>13}  {ok}")
     out.append("")

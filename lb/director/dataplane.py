@@ -142,6 +142,7 @@ class Dataplane:
         self._put("settings", [(0, layout.settings_row())])
         self._put("reals", layout.real_rows())
         self._put("wrr_seq", layout.wrr_rows())
+        self._set_bits("vip_filter", layout.vip_filter_words())   # before the services
         self._put("services", layout.service_rows(), prune=True)
         self._put("vips", layout.vip_rows(), prune=True)
 
@@ -158,6 +159,15 @@ class Dataplane:
             for k in list(table.keys()):
                 if bytes(k) not in wanted:
                     del table[k]
+
+    def _set_bits(self, name: str, words: dict[int, int]) -> None:
+        """OR bits into an array of u64 words (bits are only ever added)."""
+        table = self.map(name)
+        for word, bits in words.items():
+            key = ct.c_uint32(word)
+            old = table[key].value
+            if old | bits != old:
+                table[key] = ct.c_uint64(old | bits)
 
     def clear_state(self) -> None:
         """Forget connections, persistence and counters (tests start from zero)."""
