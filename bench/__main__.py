@@ -61,8 +61,8 @@ def status_latency(entries: int) -> dict:
 
 
 def monitor_clock() -> int:
-    from lb.director.dataplane import monotonic_coarse_ns
-    return monotonic_coarse_ns()
+    from lb.director.dataplane import program_clock_ns
+    return program_clock_ns()
 
 
 def main() -> None:

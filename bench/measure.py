@@ -238,8 +238,7 @@ class Bench:
         cfg.base_sport = SPORT
         ct.memmove(cfg.frame, frame_bytes, FRAME_HEAD)
         table[ct.c_uint32(0)] = cfg
-        seqs = self.gen[b"gen_seq"]
-        seqs[ct.c_uint32(0)] = seqs.Leaf(*([seq] * seqs.total_cpu))
+        self.gen[b"gen_seq"][ct.c_uint32(0)] = ct.c_uint64(seq)
 
     def sink_count(self) -> int:
         return int(sum(self.gen[b"sink_count"][ct.c_uint32(0)]))
@@ -269,6 +268,9 @@ class Bench:
                 self.set_flows("ack", flows, f, seq=start)
                 self.test_run(self.dp.prog_fd, f, n)
         after = self.dp.counters()
+        made = sum(a for a, _ in self.dp.conn_counts().per_real.values())
+        if made < flows:
+            raise RuntimeError(f"bench: {made:,} of {flows:,} connections established")
         return {k: after[k] - before[k] for k in after if after[k] != before[k]}
 
     # ---- live ------------------------------------------------------------------------

@@ -32,7 +32,9 @@ struct gen_cfg {
 };
 
 BPF_ARRAY(gen_cfg, struct gen_cfg, 1);
-BPF_PERCPU_ARRAY(gen_seq, __u64, 1);
+/* Not per-CPU: a test run may move to another CPU when it yields, and must carry on
+ * with the next flow there. One run at a time, so a plain increment is enough. */
+BPF_ARRAY(gen_seq, __u64, 1);
 BPF_PERCPU_ARRAY(sink_count, __u64, 1);
 BPF_PROG_ARRAY(progs, 1);
 

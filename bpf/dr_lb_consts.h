@@ -37,6 +37,12 @@
 #define VIP_FILTER_WORDS 1024
 #define VIP_FILTER_MULT 2654435761
 
+/* Nanoseconds per jiffy (1e9 / HZ): the program's clock is jiffies x TICK_NS. The control
+ * plane measures it and passes -DTICK_NS (lb/director/dataplane.py tick_ns). */
+#ifndef TICK_NS
+#define TICK_NS 4000000
+#endif
+
 /* IPVS's fixed timeouts for the states `ipvsadm --set` does not cover. */
 #define SYN_RECV_TIMEOUT_S 60
 #define CLOSE_TIMEOUT_S 10
