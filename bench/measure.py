@@ -37,7 +37,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from bench import frames
-from lb import lab as lab_mod, libbpf
+from lb import abi, lab as lab_mod, libbpf
 
 HERE = Path(__file__).resolve().parent
 PROGRAMS = ("kernel", "reflector", "dr-lb")
@@ -218,8 +218,9 @@ class Bench:
         self.stack.callback(self.refl.cleanup)
         self.refl_fd = self.refl.load_func(b"xdp_reflect", BPF.XDP).fd
 
+        # The table `dr-lb up` makes by default (1,000,000), or one that holds every flow.
         most = max([*self.s.flows, 1])
-        self.dp = Dataplane(conn_table_size=max(most, 65536))
+        self.dp = Dataplane(conn_table_size=max(most, abi.CONST["CONN_TABLE_SIZE"]))
         self.stack.callback(self.dp.close)
         cfg = config_mod.parse(lab_mod.Lab().director_config(), source="bench")
         macs = {h.address: f"02:00:00:00:01:{i:02x}"
@@ -272,6 +273,18 @@ class Bench:
         if made < flows:
             raise RuntimeError(f"bench: {made:,} of {flows:,} connections established")
         return {k: after[k] - before[k] for k in after if after[k] != before[k]}
+
+    def fill_table(self) -> int:
+        """New connections until the table is full and evicts; returns how many."""
+        syn = frame("syn", 64, self.client_mac, self.director_mac)
+        need = self.dp.conn_table_slots - self.dp.conn_counts().entries + 4096
+        self.set_flows("syn", UNBOUNDED, syn, seq=self.new_syns(need))
+        done = 0
+        while done < need:
+            n = min(262144, need - done)
+            self.test_run(self.dp.prog_fd, syn, n)
+            done += n
+        return need
 
     # ---- live ------------------------------------------------------------------------
     @contextlib.contextmanager
@@ -327,7 +340,7 @@ def rotate(items, r: int):
 
 def steps(s: Settings) -> int:
     live = len(s.modes) * len(s.sizes) * len(s.flows) * s.rounds
-    tr = s.rounds * (len(s.flows) + 2) + s.rounds
+    tr = s.rounds * (len(s.flows) + 2) + 2 * s.rounds + 1
     syn = s.rounds * len(s.modes)
     return live + tr + syn + 2 + (1 if s.status_entries else 0)
 
@@ -346,14 +359,21 @@ def run(s: Settings, prefix: str = "drlb-bn", progress: Progress | None = None) 
     result: dict = {"date": datetime.datetime.now(datetime.timezone.utc).isoformat(
         timespec="seconds"), "machine": machine(), "settings": asdict(s)}
     with Bench(s, prefix, progress) as b:
+        # A new connection, first in a table with room (then emptied), last in a full one.
+        room = new_conn_test_run(b, s, "new connection", repeat=min(
+            s.repeat, b.dp.conn_table_size // (2 * s.rounds)))
+        b.dp.clear_state()
         most = max(s.flows)
         result["populate"] = b.populate(most, 64)
         b.step(f"{most:,} connections made")
-        # New connections last: their SYNs fill the table and evict the flows above.
         result["test_run"] = test_run_figures(b, s)
+        result["test_run"].append(room)
         result["live"] = live_figures(b, s)
-        result["test_run"].append(new_conn_test_run(b, s))
+        # Last: the live SYNs, then a full table, evict the flows above.
         result["new_connections"] = new_conn_figures(b, s)
+        b.fill_table()
+        b.step("table filled")
+        result["test_run"].append(new_conn_test_run(b, s, "new connection, table full"))
         if s.status_entries:
             from bench.__main__ import status_latency
             result["status"] = status_latency(s.status_entries)
@@ -393,23 +413,24 @@ def test_run_figures(b: Bench, s: Settings) -> list[dict]:
              "path": checks.get((p, c, n))} for (p, c, n), fig in figs.items()]
 
 
-def new_conn_test_run(b: Bench, s: Settings) -> dict:
+def new_conn_test_run(b: Bench, s: Settings, case: str, repeat: int = 0) -> dict:
     """Every SYN from a new source port/address, never seen before."""
+    repeat = repeat or s.repeat
     syn = frame("syn", 64, b.client_mac, b.director_mac)
     check = None
     new = Figure()
     for r in range(s.rounds):
         b.set_flows("syn", UNBOUNDED, syn)
-        base = b.harness_ns(syn, s.repeat)
-        b.set_flows("syn", UNBOUNDED, syn, seq=b.new_syns(s.repeat))
+        base = b.harness_ns(syn, repeat)
+        b.set_flows("syn", UNBOUNDED, syn, seq=b.new_syns(repeat))
         before = b.dp.counters()
-        res = b.test_run(b.dp.prog_fd, syn, s.repeat)
+        res = b.test_run(b.dp.prog_fd, syn, repeat)
         after = b.dp.counters()
         new.add(res.duration_ns - base)
-        c = path_check({k: after[k] - before[k] for k in after}, "tx_service", s.repeat)
+        c = path_check({k: after[k] - before[k] for k in after}, "tx_service", repeat)
         check = c if check is None or c["ok"] is False else check
-        b.step("test-run dr-lb new connection")
-    return {"program": "dr-lb", "case": "new connection", "flows": None, "ns": new.as_json(),
+        b.step(f"test-run dr-lb {case}")
+    return {"program": "dr-lb", "case": case, "flows": None, "ns": new.as_json(),
             "path": check}
 
 

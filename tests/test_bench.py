@@ -85,7 +85,8 @@ class TestTinyRun:
         cases = {(r["program"], r["case"], r["flows"]): r for r in res["test_run"]}
         assert set(cases) == {("reflector", "established", 1), ("dr-lb", "established", 1),
                               ("dr-lb", "established", 1000), ("dr-lb", "not a VIP", 1),
-                              ("dr-lb", "new connection", None)}
+                              ("dr-lb", "new connection", None),
+                              ("dr-lb", "new connection, table full", None)}
         for (prog, case, _), r in cases.items():
             assert len(r["ns"]["rounds"]) == 2
             if prog == "dr-lb":

@@ -191,7 +191,9 @@ class Dataplane:
     def clear_state(self) -> None:
         """Forget connections, persistence and counters (tests start from zero)."""
         for name in ("conn_table", "persist_table"):
-            self.map(name).clear()
+            table = self.map(name)
+            libbpf.map_delete_all(table.map_fd, ct.sizeof(table.Key), ct.sizeof(table.Leaf),
+                                  table.max_entries)
         for name in ("svc_stats", "real_stats", "counters", "wrr_pos"):
             self.map(name).clear()   # arrays: zeroes every slot
 
