@@ -68,8 +68,6 @@ struct bpf_map_batch_opts {
 };
 int bpf_map_lookup_batch(int fd, void *in_batch, void *out_batch, void *keys, void *values,
                          uint32_t *count, const struct bpf_map_batch_opts *opts);
-int bpf_map_delete_batch(int fd, const void *keys, uint32_t *count,
-                         const struct bpf_map_batch_opts *opts);
 """)
 
 XDP_ABORTED, XDP_DROP, XDP_PASS, XDP_TX, XDP_REDIRECT = range(5)
@@ -157,22 +155,6 @@ def map_dump(map_fd: int, key_size: int, value_size: int, capacity: int,
             raise OSError(-err, f"bpf_map_lookup_batch: {os.strerror(-err)}")
     return (memoryview(ffi.buffer(keys, total * key_size)),
             memoryview(ffi.buffer(values, total * value_size)), total)
-
-
-def map_delete_all(map_fd: int, key_size: int, value_size: int, capacity: int) -> int:
-    """Empty a hash map in a few syscalls (a batched read of its keys, a batched delete);
-    returns how many entries went. bcc's clear() deletes while it iterates, and each
-    next-key of a deleted key rescans from the first bucket: quadratic, minutes for a
-    full 1,000,000-entry table."""
-    keys, _, n = map_dump(map_fd, key_size, value_size, capacity)
-    if n:
-        count = ffi.new("uint32_t *", n)
-        opts = ffi.new("struct bpf_map_batch_opts *")
-        opts.sz = ffi.sizeof("struct bpf_map_batch_opts")
-        err = _lib().bpf_map_delete_batch(map_fd, ffi.from_buffer(keys), count, opts)
-        if err and err != -errno.ENOENT:   # ENOENT: the LRU evicted one meanwhile
-            raise OSError(-err, f"bpf_map_delete_batch: {os.strerror(-err)}")
-    return n
 
 
 def load_xdp_return(action: int = XDP_PASS) -> int:
