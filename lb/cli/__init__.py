@@ -7,6 +7,7 @@ import sys
 import click
 from pyroute2.netlink.exceptions import NetlinkError
 
+from lb.cli.bench import bench
 from lb.cli.ipvsadm import ipvsadm_group
 from lb.cli.operate import drain, undrain, weight, zero
 from lb.cli.realserver import realserver_group
@@ -183,5 +184,5 @@ def demo(xdp_mode: str, requests: int) -> None:
 
 main.add_command(realserver_group)
 main.add_command(ipvsadm_group)
-for command in (zero, weight, drain, undrain):
+for command in (zero, weight, drain, undrain, bench):
     main.add_command(command)

@@ -10,7 +10,7 @@ from typing import Callable
 from lb import abi, frames
 from lb.director import (arp, config as config_mod, edits, health as health_mod,
                          layout as layout_mod, monitor, netif, status)
-from lb.director.dataplane import monotonic_coarse_ns
+from lb.director.dataplane import program_clock_ns
 from lb.director.config import Config
 from lb.errors import UserError
 
@@ -287,7 +287,7 @@ class Reconciler:
             layout = self.layout
         keys, values = self.dp.connections()
         timeouts = self.dp.live_timeouts()
-        idle = monotonic_coarse_ns() - values["last_seen_ns"].astype(np.int64)
+        idle = program_clock_ns() - values["last_seen_ns"].astype(np.int64)
         state = values["state"] & (abi.CONN_STATE_SLOTS - 1)
         left = timeouts[state] - idle
         wanted = left >= 0
