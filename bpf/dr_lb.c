@@ -923,6 +923,19 @@ static __always_inline int handle_l4(struct xdp_md *ctx, struct hdr_cursor *c,
 		}
 	}
 
+	/* A half-open TCP connection (syn_table) is followed like an established one, also
+	 * after its VIP left the config (IPVS keeps a removed service's connections).
+	 * Traffic to the director itself never gets here (the VIP pre-filter above). */
+	if (th && !cv) {
+		hv = syn_table.lookup(&ck);
+		if (hv) {
+			int act = follow_half_open(hv, &ck, th, eth, iph, cfg, &moved);
+
+			if (act >= 0)
+				return act;
+		}
+	}
+
 	/* No live connection to follow: from here on the frame needs the services. */
 	if (!programmed(cfg))
 		return finish(XDP_PASS, COUNTER_PASS_NOT_PROGRAMMED);
@@ -934,16 +947,6 @@ static __always_inline int handle_l4(struct xdp_md *ctx, struct hdr_cursor *c,
 		if (th && is_probe_reply(&ck))
 			return pass_probe_reply(eth);
 		return finish(XDP_PASS, COUNTER_PASS_NOT_VIP);
-	}
-	/* After the services, so that traffic to the director itself pays nothing for it. */
-	if (th && !cv) {
-		hv = syn_table.lookup(&ck);
-		if (hv) {
-			int act = follow_half_open(hv, &ck, th, eth, iph, cfg, &moved);
-
-			if (act >= 0)
-				return act;
-		}
 	}
 	if (th && !is_new_tcp(th) && !moved)
 		return finish(XDP_PASS, COUNTER_PASS_TCP_NO_CONN);
