@@ -89,6 +89,8 @@ static __always_inline int handle_arp(struct hdr_cursor *c, struct ethhdr *eth)
 		return finish(XDP_PASS, COUNTER_PASS_NOT_PROGRAMMED);
 	if (!vips.lookup(&vip))
 		return finish(XDP_PASS, COUNTER_PASS_ARP_OTHER);
+	if (cfg->flags & SETTINGS_F_ARP_BACKUP)
+		return finish(XDP_PASS, COUNTER_PASS_ARP_BACKUP);
 
 	arp->op = bpf_htons(ARPOP_REPLY);
 	__builtin_memcpy(arp->tha, arp->sha, ETH_ALEN);

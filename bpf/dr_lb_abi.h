@@ -37,6 +37,8 @@ enum drlb_counter {
 	COUNTER_PERSIST_HIT,           /* event: a persistence template chose the server */
 	COUNTER_CONN_RESCHEDULED,      /* event: a connection of a REAL_F_RESCHEDULE server went
 	                                  to a new one */
+	COUNTER_PASS_ARP_BACKUP,       /* ARP request for a VIP while VRRP says this director
+	                                  is not MASTER ([director] vrrp): the MASTER answers */
 	COUNTER_COUNT
 };
 
@@ -64,7 +66,8 @@ enum real_flags {
 };
 
 enum settings_flags {
-	SETTINGS_F_ICMP_ECHO = 1       /* answer pings to VIPs */
+	SETTINGS_F_ICMP_ECHO = 1,      /* answer pings to VIPs */
+	SETTINGS_F_ARP_BACKUP = 2      /* VRRP backup: leave ARP for the VIPs to the MASTER */
 };
 
 struct svc_key {

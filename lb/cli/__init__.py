@@ -8,7 +8,7 @@ import click
 from pyroute2.netlink.exceptions import NetlinkError
 
 from lb.cli.ipvsadm import ipvsadm_group
-from lb.cli.operate import drain, undrain, weight, zero
+from lb.cli.operate import drain, undrain, vrrp, weight, zero
 from lb.cli.realserver import realserver_group
 from lb.cli.types import IPV4, SERVICE_OR_VIP
 from lb.director import config as config_mod
@@ -175,5 +175,5 @@ def demo(xdp_mode: str, requests: int) -> None:
 
 main.add_command(realserver_group)
 main.add_command(ipvsadm_group)
-for command in (zero, weight, drain, undrain):
+for command in (zero, weight, drain, undrain, vrrp):
     main.add_command(command)

@@ -4,6 +4,7 @@ from __future__ import annotations
 import os
 import signal
 import threading
+import time
 from pathlib import Path
 
 from lb.director import arp, instances, netif
@@ -53,7 +54,12 @@ def run(config: Config, config_path: str, replace: bool = False) -> None:
         instances.write_state(name, {"pid": os.getpid(), "interface": name,
                                      "ifindex": iface.index, "xdp_mode": director.xdp_mode,
                                      "config": os.path.abspath(config_path)})
-        arp.announce(name, iface.mac, list(config.vips))
+        if director.answers_arp:
+            arp.announce(name, iface.mac, list(config.vips))
+        elif config.director.vrrp:
+            print(f"dr-lb: VRRP {director.vrrp_state}: not answering ARP for the VIPs until "
+                  "keepalived makes this director MASTER (`dr-lb vrrp master`)", flush=True)
+        director.start_announcing()
         unresolved = [a for a in director.dynamic_addresses if not director.macs.get(a)]
         if iface.kind == "veth" and director.xdp_mode == "native":
             print(f"dr-lb: note: {name} is a veth: native XDP_TX only works when its peer has "
@@ -79,6 +85,11 @@ def run(config: Config, config_path: str, replace: bool = False) -> None:
             except Exception as e:   # keep balancing; the next round tries again
                 print(f"dr-lb: warning: {type(e).__name__}: {e}", flush=True)
     finally:
+        # Withdraw first, and keep forwarding for `linger` seconds, so that the router
+        # has moved the flows to another director before this one stops taking them.
+        if director and director.announcer:
+            if director.stop_announcing() and director.config.announce:
+                time.sleep(director.config.announce.linger)
         if server:
             server.close()
         if director and director.health:
