@@ -599,7 +599,7 @@ def _scheduler_flags(c: _Checker, where: str, s: dict, scheduler: str) -> tuple[
                 f"scheduler \"{scheduler}\" takes no flags"
             c.fail(where, f"scheduler_flags: \"{flag}\" is not known; {takes} "
                           "(sh takes sh-fallback, sh-port; mh takes mh-fallback, mh-port)")
-    return tuple(good)
+    return tuple(f for f in own if f in good)   # a set: one order, as ipvsadm prints them
 
 
 _UDP_NEEDS_PORT = ("type = \"{type}\" checks a UDP service's real servers over TCP; give the "
