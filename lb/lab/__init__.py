@@ -200,8 +200,9 @@ class Lab:
                 netns.remove(name)
 
     # ---- running things inside ---------------------------------------------------
-    def argv(self, host: str, *argv: str) -> list[str]:
-        return ["ip", "netns", "exec", self.ns(host), *argv]
+    def argv(self, host: str | None, *argv: str) -> list[str]:
+        """`argv` run in `host`'s namespace (None: the switch's)."""
+        return ["ip", "netns", "exec", self.ns(host) if host else self.switch, *argv]
 
     def run(self, host: str, *argv: str, check: bool = True, timeout: float = 60,
             **kw) -> subprocess.CompletedProcess:

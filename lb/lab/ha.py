@@ -85,6 +85,12 @@ class HaLab(Lab):
         self.sysctl("router", "net.ipv4.ip_forward", "1")
         # ECMP over the directors by the 5-tuple, so that one client's flows spread.
         self.sysctl("router", "net.ipv4.fib_multipath_hash_policy", "1")
+        # A NIC drops frames for other MACs before XDP sees them; a veth does not. So
+        # that a director whose link is down does not have its frames flooded to the
+        # other one (which would forward them, hiding the failover), the switch does not
+        # flood unknown unicast to the directors' ports.
+        for d in self.directors:
+            self.run(None, "bridge", "link", "set", "dev", self.port(d.name), "flood", "off")
         for h in self.hosts:
             for key in ("net.ipv4.conf.all.rp_filter", "net.ipv4.conf.default.rp_filter"):
                 self.sysctl(h.name, key, "0")
