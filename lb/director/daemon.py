@@ -82,6 +82,7 @@ def run(config: Config, config_path: str, replace: bool = False) -> None:
                         print(f"dr-lb: {'' if result['ok'] else 'reload refused: '}{line}",
                               flush=True)
                 director.refresh_neighbours()
+                director.follow_vrrp_file()
             except Exception as e:   # keep balancing; the next round tries again
                 print(f"dr-lb: warning: {type(e).__name__}: {e}", flush=True)
     finally:

@@ -127,6 +127,14 @@ class Reconciler:
         self.announcer.withdraw_all("stopping")
         return had
 
+    def follow_vrrp_file(self) -> None:
+        """[director] vrrp: take up a state that `dr-lb vrrp` wrote to /run but could not
+        tell us (keepalived may end a notify script as it stops)."""
+        if self.config.director.vrrp:
+            state = instances.read_vrrp_state(self.interface.name)
+            if state != self.vrrp_state:
+                self.set_vrrp(state)
+
     def set_vrrp(self, state: str) -> dict:
         """keepalived's notify (`dr-lb vrrp STATE`): only the MASTER answers ARP for the
         VIPs, and it sends gratuitous ARP for them at once."""
@@ -138,10 +146,12 @@ class Reconciler:
         self.program()
         if state == "master":
             arp.announce(self.interface.name, self.interface.mac, list(self.config.vips))
-            return {"ok": True, "message": f"VRRP {state} (was {before}): answering ARP for "
-                    f"{', '.join(self.config.vips)}; gratuitous ARP sent"}
-        return {"ok": True, "message": f"VRRP {state} (was {before}): not answering ARP "
-                "for the VIPs"}
+            message = (f"VRRP {state} (was {before}): answering ARP for "
+                       f"{', '.join(self.config.vips)}; gratuitous ARP sent")
+        else:
+            message = f"VRRP {state} (was {before}): not answering ARP for the VIPs"
+        print(f"dr-lb: {message}", flush=True)
+        return {"ok": True, "message": message}
 
     def start_health(self, log=print) -> None:
         """Start checking the real servers' health (after the program is attached: it

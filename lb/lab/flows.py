@@ -2,7 +2,7 @@
 
 Opens N HTTP/1.1 keep-alive connections to VIP:PORT (each its own source port, so that
 the router's ECMP hash spreads them) and asks for / on every one of them every
-`--every` seconds until SECONDS have passed. Prints one JSON document: per connection
+`--every` seconds until SECONDS have passed or SIGTERM comes. Prints one JSON document: per connection
 its source port, the real servers that answered in order of first answer, every error
 (a reset, an end, a timeout) and the longest time between two answers (the pause a
 failover caused). Each connection runs in a thread of its own.
@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import signal
 import socket
 import threading
 import time
@@ -38,6 +39,9 @@ def read_response(sock: socket.socket, buf: bytearray) -> str:
     return rest[:length].decode().strip()
 
 
+STOP = threading.Event()     # SIGTERM: every connection stops after its current request
+
+
 def flow(vip: str, port: int, until: float, every: float, timeout: float,
          out: dict, started: threading.Barrier) -> None:
     names: list[str] = []
@@ -55,7 +59,7 @@ def flow(vip: str, port: int, until: float, every: float, timeout: float,
     buf = bytearray()
     last = time.monotonic()
     try:
-        while time.monotonic() < until:
+        while time.monotonic() < until and not STOP.is_set():
             try:
                 sock.sendall(f"GET / HTTP/1.1\r\nHost: {vip}\r\n\r\n".encode())
                 name = read_response(sock, buf)
@@ -69,7 +73,7 @@ def flow(vip: str, port: int, until: float, every: float, timeout: float,
             answers += 1
             if name not in names:
                 names.append(name)
-            time.sleep(every)
+            STOP.wait(every)
     finally:
         sock.close()
     out.update(names=names, errors=errors, answers=answers, max_gap_s=round(max_gap, 3))
@@ -84,6 +88,7 @@ def main() -> None:
     ap.add_argument("--every", type=float, default=0.05)
     ap.add_argument("--timeout", type=float, default=30)
     a = ap.parse_args()
+    signal.signal(signal.SIGTERM, lambda *_: STOP.set())
     results = [{} for _ in range(a.n)]
     started = threading.Barrier(a.n + 1)
     until = time.monotonic() + a.seconds
@@ -93,7 +98,8 @@ def main() -> None:
     for t in threads:
         t.start()
     started.wait()
-    print("ready", flush=True)    # every connection is open
+    # Every connection is open: their source ports.
+    print("ready " + json.dumps([r.get("sport", 0) for r in results]), flush=True)
     for t in threads:
         t.join()
     print(json.dumps(results), flush=True)

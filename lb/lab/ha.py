@@ -32,6 +32,7 @@ CLIENT_IP = "198.19.0.10"
 ROUTER_AS, DIRECTOR_AS = 65000, 65001
 DIRECTORS = ("dir1", "dir2")
 VRID = 21
+LAB_RUN_DIR = Path("/run/dr-lb-lab")
 
 HA_HOSTS = (
     Host("client", "client", CLIENT_IP, bridge="br1", gateway=ROUTER_CLIENT_IP),
@@ -68,7 +69,11 @@ class HaLab(Lab):
         super().__init__(prefix=prefix, xdp_mode="generic", hosts=HA_HOSTS)
         self.bfd = bfd
         self.hold = hold
-        self.workdir = Path(tempfile.mkdtemp(prefix=f"{prefix}-"))
+        # Under /run (root's alone): keepalived runs notify scripts only from paths no
+        # other user can write to (enable_script_security), which /tmp is not.
+        LAB_RUN_DIR.mkdir(mode=0o755, parents=True, exist_ok=True)
+        self.workdir = Path(tempfile.mkdtemp(prefix=f"{prefix}-", dir=LAB_RUN_DIR))
+        self.workdir.chmod(0o755)
         self.procs: dict[str, dict[str, subprocess.Popen]] = {}
 
     @property
@@ -224,21 +229,37 @@ class HaLab(Lab):
         self.run(host, "ip", "link", "set", "eth0", state)
 
     # ---- keepalived --------------------------------------------------------------------
+    def vrrp_notify_script(self, host: str) -> Path:
+        """`dr-lb vrrp STATE --interface eth0` as one executable file (keepalived runs a
+        notify script with no arguments of ours and from /), here from this checkout."""
+        path = self.dir(host) / "dr-lb-vrrp"
+        root = Path(lab_mod.__file__).resolve().parent.parent.parent
+        path.write_text(f"#!/bin/sh\ncd {root} && exec {' '.join(lab_mod.python_cmd('lb'))} "
+                        f"vrrp \"$1\" --interface eth0 >>{self.dir(host)}/notify.log 2>&1\n")
+        path.chmod(0o755)
+        return path
+
+    def vrrp_notify(self, host: str, state: str) -> str:
+        """The notify line for `state`. notify_stop runs in a session of its own (setsid
+        -f): keepalived ends the scripts it started as it stops, before Python is up."""
+        script = f"{self.vrrp_notify_script(host)} {state}"
+        return f"/usr/bin/setsid -f {script}" if state == "stop" else script
+
     def keepalived_conf(self, host: str, priority: int) -> str:
-        """VRRP between the directors with no virtual_ipaddress: the VIP must never be
-        on a director's interface. The notify scripts tell dr-lb who answers ARP."""
+        """VRRP between the directors. The VIP must never be on a director's interface,
+        but `keepalived -t` refuses an instance without a virtual_ipaddress: it gets a
+        marker address that is no VIP (169.254.0.VRID on lo, host scope), which also
+        shows the MASTER in `ip addr`. The notify scripts tell dr-lb who answers ARP."""
         h = self.host(host)
         peers = "".join(f"\t\t{d.address}\n" for d in self.directors if d.name != host)
-        dr_lb = " ".join(lab_mod.python_cmd("lb"))
         return ("global_defs {\n\trouter_id " + host + "\n\tscript_user root\n"
                 "\tenable_script_security\n}\n"
                 f"vrrp_instance VI_{VRID} {{\n\tstate BACKUP\n\tinterface eth0\n"
                 f"\tvirtual_router_id {VRID}\n\tpriority {priority}\n\tadvert_int 1\n"
                 f"\tunicast_src_ip {h.address}\n\tunicast_peer {{\n{peers}\t}}\n"
-                f"\tnotify_master \"{dr_lb} vrrp master --interface eth0\"\n"
-                f"\tnotify_backup \"{dr_lb} vrrp backup --interface eth0\"\n"
-                f"\tnotify_fault \"{dr_lb} vrrp fault --interface eth0\"\n"
-                f"\tnotify_stop \"{dr_lb} vrrp stop --interface eth0\"\n}}\n")
+                f"\tvirtual_ipaddress {{\n\t\t169.254.0.{VRID}/32 dev lo scope host\n\t}}\n"
+                + "".join(f"\tnotify_{state} \"{self.vrrp_notify(host, state)}\"\n"
+                          for state in ("master", "backup", "fault", "stop")) + "}\n")
 
     def keepalived_args(self, host: str) -> list[str]:
         d = self.dir(host)
