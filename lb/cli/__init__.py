@@ -165,11 +165,15 @@ def lab() -> None:
 @click.option("--xdp-mode", type=click.Choice(["generic", "native"]), default="generic",
               show_default=True)
 @click.option("--requests", "-n", default=12, show_default=True)
-def demo(xdp_mode: str, requests: int) -> None:
+@click.option("--ha", is_flag=True, help="The second demo: two directors behind a router "
+              "(BIRD, ECMP), one killed and brought back under long-lived connections.")
+def demo(xdp_mode: str, requests: int, ha: bool) -> None:
     """Build the lab, balance 12 curl requests 2:1:1, show status, tear down."""
     from lb.director import instances
     from lb.lab import demo as demo_mod
     instances.require_root()
+    if ha:
+        sys.exit(demo_mod.run_ha())
     sys.exit(demo_mod.run(xdp_mode=xdp_mode, requests=requests))
 
 

@@ -17,6 +17,7 @@ SIGINT. An empty protocol (nothing announced) is valid BIRD.
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import tempfile
 import threading
@@ -74,6 +75,17 @@ def reconfigure(socket: str) -> tuple[bool, str]:
                    or "Reconfiguration already in progress" in out), out
 
 
+ROUTE_RE = re.compile(r"^\s*route\s+([0-9.]+)/32\s+blackhole;", re.M)
+
+
+def announced_in(snippet: str) -> list[str]:
+    """The VIPs a snippet on disk announces (a dr-lb that was killed leaves them)."""
+    try:
+        return ROUTE_RE.findall(Path(snippet).read_text())
+    except OSError:
+        return []
+
+
 class Announcer:
     """Keeps the snippet equal to the VIPs that should be announced and BIRD reloaded.
 
@@ -86,6 +98,15 @@ class Announcer:
         self.owner = owner
         self.announced: list[str] | None = None   # None: not written yet, or failed
         self._lock = threading.Lock()
+        self._last_error = ""
+
+    def _fail(self, line: str) -> bool:
+        """Log a failure once (update() is retried every round until it works)."""
+        if line != self._last_error:
+            self.log(line)
+            self._last_error = line
+        self.announced = None
+        return False
 
     def update(self, vips: list[str], why: str = "") -> bool:
         with self._lock:
@@ -97,14 +118,14 @@ class Announcer:
             try:
                 write_atomically(s.snippet, render(vips, s.protocol, self.owner))
             except OSError as e:
-                self.log(f"dr-lb: announce: cannot write {s.snippet}: {e.strerror or e}")
-                self.announced = None
-                return False
+                return self._fail(f"dr-lb: announce: cannot write {s.snippet}: "
+                                  f"{e.strerror or e}")
             ok, out = reconfigure(s.control_socket)
             if not ok:
-                self.log(f"dr-lb: announce: BIRD did not take {s.snippet}: {out}")
-                self.announced = None
-                return False
+                return self._fail(f"dr-lb: announce: BIRD did not take {s.snippet}: {out}")
+            if self._last_error:
+                self.log(f"dr-lb: announce: BIRD took {s.snippet} again")
+                self._last_error = ""
             self.announced = vips
             added = [v for v in vips if v not in before]
             gone = [v for v in before if v not in vips]

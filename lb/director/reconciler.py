@@ -13,6 +13,7 @@ from lb.director import (announce as announce_mod, arp, config as config_mod, ed
                          netif, status)
 from lb.director.dataplane import monotonic_coarse_ns
 from lb.director.config import Config
+from lb.director.journal import say
 from lb.errors import UserError
 
 PROBE_EVERY_S = 5.0
@@ -108,16 +109,23 @@ class Reconciler:
         if self.announcer:
             self.announcer.update(usable, "real servers changed")
 
-    def start_announcing(self, log=print) -> None:
+    def start_announcing(self, log=say) -> None:
         """[announce]: announce the usable VIPs from now on (the program is attached)."""
         if self.config.announce is None:
             return
         self.announcer = announce_mod.Announcer(
-            self.config.announce, lambda line: log(line, flush=True),
+            self.config.announce, log,
             owner=f"dr-lb on {self.interface.name} from {self.path}")
         with self.lock:
             usable = self.layout.usable_vips
         self.announcer.update(usable, "attached")
+
+    def announce_again(self) -> None:
+        """Every round of the daemon's loop: retry a reload BIRD did not take."""
+        if self.announcer and self.announcer.announced is None:
+            with self.lock:
+                usable = self.layout.usable_vips
+            self.announcer.update(usable, "retried")
 
     def stop_announcing(self) -> bool:
         """Withdraw every VIP (down, SIGTERM); True if something had been announced."""
@@ -150,14 +158,14 @@ class Reconciler:
                        f"{', '.join(self.config.vips)}; gratuitous ARP sent")
         else:
             message = f"VRRP {state} (was {before}): not answering ARP for the VIPs"
-        print(f"dr-lb: {message}", flush=True)
+        say(f"dr-lb: {message}")
         return {"ok": True, "message": message}
 
-    def start_health(self, log=print) -> None:
+    def start_health(self, log=say) -> None:
         """Start checking the real servers' health (after the program is attached: it
         hides the DR-path probes' answers from the kernel)."""
         self.health = health_mod.HealthChecker(self.interface, self.mac_of, self.program,
-                                               lambda line: log(line, flush=True))
+                                               log)
         self.health.update(self.config)
         self.health.start()
 

@@ -57,6 +57,17 @@ def python_cmd(*args: str) -> list[str]:
     return [sys.executable, "-m", *args]
 
 
+def wait_ready(proc: subprocess.Popen) -> None:
+    """Read `dr-lb up`'s output until its ready line; raise with the output if it ends."""
+    lines = []
+    for line in proc.stdout:
+        lines.append(line.rstrip())
+        if line.startswith("dr-lb: ready on "):
+            return
+    proc.wait(timeout=30)
+    raise RuntimeError("dr-lb up did not become ready:\n" + "\n".join(lines))
+
+
 @dataclass
 class Lab:
     """Namespaces `<prefix>-sw` (the bridge) and `<prefix>-<host>` for every host.

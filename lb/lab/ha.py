@@ -24,7 +24,7 @@ import time
 from pathlib import Path
 
 from lb import lab as lab_mod
-from lb.lab import VIP, Host, Lab
+from lb.lab import VIP, Host, Lab, wait_ready
 
 ROUTER_IP = "198.18.0.1"
 ROUTER_CLIENT_IP = "198.19.0.1"
@@ -211,7 +211,6 @@ class HaLab(Lab):
 
     def start_director(self, host: str, config_text: str | None = None,
                        *options: str) -> subprocess.Popen:
-        from lb.lab.demo import wait_ready
         cfg = self.dir(host) / "lb.toml"
         cfg.write_text(config_text if config_text is not None else self.director_config(host))
         p = self.popen(host, *lab_mod.python_cmd("lb", "up", *options, str(cfg)),
