@@ -149,3 +149,15 @@ def test_a_failed_reload_is_reported_and_tried_again(tmp_path):
     assert a.announced is None, "not reloaded: the next update tries again"
     assert lines and lines[0].startswith("dr-lb: announce: BIRD did not take"), lines
     assert announce.announced_in(str(tmp_path / "s.conf")) == ["192.168.0.21"]
+
+
+def test_status_and_export_say_sloppy():
+    from lb.director import ipvsadm
+    from lb.director.status import service_flags
+    assert service_flags({"scheduler_flags": ["mh-port"], "persistent": 0, "ops": False,
+                          "sloppy": True}) == "(mh-port) sloppy"
+    cfg = parse(service='scheduler = "mh"\nsloppy = true')
+    rules, notes = ipvsadm.export_rules(cfg)
+    assert "-s mh" in rules
+    assert any("sloppy = true (1 service(s)) left out" in n and "sloppy_tcp" in n
+               for n in notes), notes
