@@ -249,3 +249,15 @@ def test_keepalived_moves_the_arp_answer_and_connections_continue():
         record("vrrp: longest pause of a connection",
                max(r["max_gap_s"] for r in results))
         assert counter(lab, "dir2", "conn_sloppy_pickup") > 0
+
+
+# ---- the second demo ------------------------------------------------------------------------
+
+def test_demo_ha(capsys):
+    from lb.lab import demo
+    assert demo.run_ha(prefix="drlb-ha3") == 0
+    out = capsys.readouterr().out
+    assert "nexthop via 198.18.0.11" in out and "nexthop via 198.18.0.12" in out, out
+    assert "router: the route leaves dir1 after" in out
+    assert "8 of 8 connections unbroken, each on one real server" in out, out
+    assert "conn_sloppy_pickup" in out, "dir2 picked up dir1's connections"
