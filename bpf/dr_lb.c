@@ -681,7 +681,7 @@ static __always_inline int new_connection(struct ethhdr *eth, struct iphdr *iph,
 	fresh.state = !tcp ? CONN_UDP : !sc->past_syn ? CONN_SYN_RECV :
 		      sc->moved ? CONN_CLOSE : sc->pickup_state;
 	fresh.flags = svc->persist_timeout_s ? CONN_F_PERSISTENT : 0;
-	if (conn_table.update(ck, &fresh))
+	if (conn_table.update((struct conn_key *)ck, &fresh))
 		return finish(XDP_DROP, COUNTER_DROP_CONN_TABLE_ERROR);
 	if (sc->replaces)   /* the entry this one replaces leaves its server's count */
 		count_conn(sc->old_real, sc->old_state, -1);

@@ -412,3 +412,160 @@ def test_counts_follow_every_transition(program, scheduler):
         server = picked(lb, syn(*client))
         work.conns[client] = [server, "syn_recv"]
     assert_counts_exact(lb, 3, work)
+
+
+# ---- health checks and the sorry server with every scheduler -------------------------------
+
+HASHED_AND_LEAST = ["sh", "mh", "lc", "wlc", "sed", "nq"]
+SORRY_IP = "10.0.0.19"
+SORRY_MAC = "02:00:00:00:00:19"
+
+
+def down(*indexes: int, port: int = 80, protocol: str = "tcp") -> dict:
+    from lb.director.layout import real_key
+    from lb.director.config import Service
+    svc = Service(VIP, port, protocol)
+    return {real_key(svc, ADDRESSES[i]): "down" for i in indexes}
+
+
+@pytest.mark.parametrize("scheduler", HASHED_AND_LEAST + ["wrr", "rr"])
+def test_a_down_server_leaves_every_schedulers_choice(program, scheduler):
+    """Failing its health check, a server takes no new connection whatever the
+    scheduler, and no client is dropped for it: sh and mh (without fallback) rebuild
+    their tables without it, as IPVS does when keepalived removes the server."""
+    rng = random.Random(11)
+    lb = program(config(scheduler, [2, 1, 1], extra='[service.health]\ntype = "tcp"'),
+                 MACS, DIRECTOR_MAC)
+    clients = [(random_client(rng), rng.randint(1024, 65535)) for _ in range(120)]
+    before = [picked(lb, syn(*c)) for c in clients]
+    assert 0 in before
+    lb.dp.clear_state()
+    lb.reprogram(lb.config, MACS, health=down(0))
+    after = [picked(lb, syn(c, p + 1)) for c, p in clients]
+    assert None not in after, "no client may be dropped while two servers are up"
+    assert 0 not in after, f"{scheduler}: the down server got new connections"
+    if scheduler == "mh":     # Maglev: only the down server's clients move
+        kept = [a == b for a, b, in zip(after, before) if b != 0]
+        assert sum(kept) / len(kept) > 0.9, "mh moved the clients of servers still up"
+
+
+@pytest.mark.parametrize("scheduler", HASHED_AND_LEAST + ["rr"])
+def test_sorry_server_takes_over_with_every_scheduler(program, scheduler):
+    text = config(scheduler, [1, 1], extra=f'sorry_server = "{SORRY_IP}"\n'
+                  '[service.health]\ntype = "tcp"', reals={0: "upper = 5"})
+    macs = dict(MACS, **{SORRY_IP: SORRY_MAC})
+    lb = program(text, macs, DIRECTOR_MAC)
+    rng = random.Random(12)
+    assert {picked(lb, syn(random_client(rng))) for _ in range(8)} <= {0, 1}
+    lb.reprogram(lb.config, macs, health=down(0, 1))
+    for _ in range(8):
+        r = lb.dp.test_run(syn(random_client(rng)))
+        assert r.verdict == "XDP_TX" and abi.mac_str(r.data[:6]) == SORRY_MAC, scheduler
+    lb.reprogram(lb.config, macs, health=down(0))
+    assert {picked(lb, syn(random_client(rng))) for _ in range(8)} == {1}, \
+        "the sorry server leaves as soon as one server is up"
+
+
+def test_rescheduled_connections_move_their_counts(program):
+    """on_failure = "reschedule" with wlc: each moved connection leaves its old server's
+    count and joins its new server's, and the counts stay exact."""
+    lb = program(config("wlc", [1, 1, 1], extra='[service.health]\ntype = "tcp"\n'
+                        'on_failure = "reschedule"'), MACS, DIRECTOR_MAC)
+    work = Workload(lb, random.Random(13))
+    for _ in range(30):
+        work.new()
+    for client in list(work.conns)[:20]:
+        work.step(client, "A", "established")
+    lb.reprogram(lb.config, MACS, health=down(0))
+    before = lb.dp.counters()["conn_rescheduled"]
+    moved = [c for c, (s, _) in work.conns.items() if s == 0]
+    for client in moved:
+        server = picked(lb, syn(*client, flags="PA"))
+        assert server in (1, 2)
+        # Past its SYN: a closing connection now (its new server resets it).
+        work.conns[client] = [server, "close"]
+    assert lb.dp.counters()["conn_rescheduled"] - before == len(moved) > 0
+    assert_counts_exact(lb, 3, work)
+
+
+# ---- a known connection never runs scheduling code ------------------------------------------
+
+@pytest.mark.parametrize("scheduler", ["mh", "wlc", "sh"])
+def test_a_known_connection_never_reaches_the_scheduler(program, scheduler):
+    """With xdp_sched taken out of sched_prog, new connections of a non-wrr service
+    cannot be scheduled (dropped), while the packets of connections made before go on:
+    the established path never gets to the scheduling code."""
+    import ctypes as ct
+    lb = program(config(scheduler, [1, 2, 1]), MACS, DIRECTOR_MAC)
+    work = Workload(lb, random.Random(14))
+    made = [work.new() for _ in range(10)]
+    progs = lb.dp.map("sched_prog")
+    del progs[ct.c_int(0)]
+    try:
+        for server, client in made:
+            for flags, state in (("A", "established"), ("PA", "established"),
+                                 ("F", "fin_wait")):
+                work.step(client, flags, state)
+        before = lb.dp.counters()
+        assert picked(lb, syn("10.55.0.1")) is None
+        assert lb.dp.counters()["drop_no_real_server"] == before["drop_no_real_server"] + 1
+    finally:
+        progs[ct.c_int(0)] = ct.c_int(lb.dp.sched_fn.fd)
+    assert picked(lb, syn("10.55.0.1")) is not None
+
+
+def test_a_known_connection_does_not_move_the_wrr_position(program):
+    lb = program(config("wrr", [1, 1, 1]), MACS, DIRECTOR_MAC)
+    work = Workload(lb, random.Random(15))
+    first, client = work.new()
+    for _ in range(5):
+        work.step(client, "A", "established")
+    assert [work.new()[0] for _ in range(3)] == [(first + k) % 3 for k in (1, 2, 3)]
+
+
+# ---- counts under LRU eviction ----------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def small_table():
+    """The program again, with a connection table of a few hundred entries, so that the
+    LRU evicts (the session's holds 1,000,000)."""
+    from lb.director.dataplane import Dataplane
+    dp = Dataplane(conn_table_size=256)
+    yield dp
+    dp.close()
+
+
+def test_counts_are_right_again_after_lru_eviction(small_table):
+    """The program cannot see the LRU evict an entry; the monitor's correction brings
+    each server's count back to the table's exact count, and lc then picks as IPVS
+    does with the true counts."""
+    from lb.director import config as config_mod
+    from tests.conftest import Programmed
+    small_table.clear_state()
+    lb = Programmed(small_table, config_mod.parse(config("lc", [1, 1, 1]), source="t"), MACS,
+                    DIRECTOR_MAC)
+    work = Workload(lb, random.Random(16))
+    rng = random.Random(17)
+    for _ in range(3 * small_table.conn_table_slots):
+        server, client = work.new()     # the model cannot know which ones are evicted,
+        if rng.random() < 0.5:          # so only the newest connection moves on
+            work.step(client, "A", "established")
+    counts = small_table.conn_counts()
+    inserts = small_table.counters()["conn_table_insert"]
+    assert counts.entries < inserts, "the LRU must have evicted entries"
+    counted = small_table.counted_conns()
+    ids = real_ids(lb)
+    assert sum(sum(counted.get(i, (0, 0))) for i in ids) > counts.entries, \
+        "before the correction the program still counts the evicted connections"
+    correct(lb)
+    fix = small_table.conn_fix()
+    exact = counts.per_real
+    for i in ids:
+        a, ia = counted.get(i, (0, 0))
+        fa, fia = fix.get(i, (0, 0))
+        assert (a + fa, ia + fia) == exact.get(i, (0, 0))
+    # With the corrected counts lc picks what IPVS picks from the table's true counts.
+    choose = ref.LEAST["lc"]
+    want = choose([ref.Dest(weight=1, activeconns=a, inactconns=ia)
+                   for a, ia in (exact.get(i, (0, 0)) for i in ids)])
+    assert work.new()[0] == want

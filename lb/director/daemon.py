@@ -7,7 +7,7 @@ import threading
 import time
 from pathlib import Path
 
-from lb.director import announce, arp, instances, netif
+from lb.director import announce, arp, instances, journal, netif
 from lb.director.journal import say
 from lb.director.config import Config
 from lb.director.reconciler import Reconciler
@@ -18,6 +18,7 @@ NEIGHBOUR_REFRESH_S = 0.5
 
 def run(config: Config, config_path: str, replace: bool = False) -> None:
     from lb.director.dataplane import Dataplane   # bcc: keep `check` and `status` free of it
+    journal.lines()
 
     name = config.director.interface
     iface = netif.interface(name)

@@ -12,6 +12,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import dataclass, field
 
@@ -50,6 +51,9 @@ HOSTS = (
     Host("real", "rs2", "198.18.0.13", weight=1),
     Host("real", "rs3", "198.18.0.14", weight=1),
 )
+# A second director for scenes with two (Lab(hosts=HOSTS + (DIRECTOR2,))): both answer
+# ARP for the VIP, so the client is pointed at one with a static neighbour entry.
+DIRECTOR2 = Host("director", "director2", "198.18.0.16")
 
 
 def python_cmd(*args: str) -> list[str]:
@@ -57,15 +61,28 @@ def python_cmd(*args: str) -> list[str]:
     return [sys.executable, "-m", *args]
 
 
-def wait_ready(proc: subprocess.Popen) -> None:
-    """Read `dr-lb up`'s output until its ready line; raise with the output if it ends."""
-    lines = []
-    for line in proc.stdout:
-        lines.append(line.rstrip())
-        if line.startswith("dr-lb: ready on "):
-            return
+def wait_ready(proc: subprocess.Popen, timeout: float = 120) -> None:
+    """Read `dr-lb up`'s output until its ready line; raise with the output if it ends
+    first or nothing is ready within `timeout` seconds (then the process is killed)."""
+    lines: list[str] = []
+    ready = threading.Event()
+
+    def read() -> None:
+        for line in proc.stdout:
+            lines.append(line.rstrip())
+            if line.startswith("dr-lb: ready on "):
+                ready.set()
+                return
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    reader.join(timeout)
+    if ready.is_set():
+        return
+    if reader.is_alive():
+        proc.kill()
     proc.wait(timeout=30)
-    raise RuntimeError("dr-lb up did not become ready:\n" + "\n".join(lines))
+    raise RuntimeError(f"dr-lb up was not ready within {timeout} s:\n" + "\n".join(lines))
 
 
 @dataclass
@@ -151,7 +168,9 @@ class Lab:
     def _prepare_native(self) -> None:
         """What native XDP_TX on veth needs (KERNEL-NOTES): a program on the peer of the
         director's veth, and complete checksums from the client's local TCP stack."""
-        self.set_peer_program("director", libbpf.XDP_PASS)
+        for h in self.hosts:
+            if h.role == "director":
+                self.set_peer_program(h.name, libbpf.XDP_PASS)
         self.run("client", "ethtool", "-K", "eth0", "tx", "off")
 
     def set_peer_program(self, host: str, action: int) -> None:
