@@ -101,6 +101,16 @@ class HaLab(Lab):
                 self.sysctl(h.name, key, "0")
 
     def destroy(self) -> None:
+        # The VRRP state dr-lb keeps in /run is named by the namespace's inode, which a
+        # later namespace may get again: forget it with the lab.
+        from pyroute2 import netns
+
+        from lb.director import instances
+        existing = set(netns.listnetns())
+        for d in self.directors:
+            if self.ns(d.name) in existing:
+                with self.inside(d.name):
+                    instances.vrrp_path("eth0").unlink(missing_ok=True)
         super().destroy()
         self.procs.clear()
         shutil.rmtree(getattr(self, "workdir", "/nonexistent"), ignore_errors=True)
