@@ -7,6 +7,7 @@ import sys
 import click
 from pyroute2.netlink.exceptions import NetlinkError
 
+from lb.cli.bench import bench
 from lb.cli.ipvsadm import ipvsadm_group
 from lb.cli.operate import drain, undrain, vrrp, weight, zero
 from lb.cli.realserver import realserver_group
@@ -179,5 +180,5 @@ def demo(xdp_mode: str, requests: int, ha: bool) -> None:
 
 main.add_command(realserver_group)
 main.add_command(ipvsadm_group)
-for command in (zero, weight, drain, undrain, vrrp):
+for command in (zero, weight, drain, undrain, vrrp, bench):
     main.add_command(command)

@@ -208,6 +208,20 @@ class Layout:
     def vip_rows(self) -> list[tuple[int, dict]]:
         return [(abi.ip_be32(vip), {"services": n}) for vip, n in self.vips.items()]
 
+    def vip_filter_words(self) -> dict[int, int]:
+        """word -> bits of the VIP pre-filter for these VIPs (bpf/dr_lb.c maybe_vip)."""
+        words: dict[int, int] = {}
+        for vip in self.vips:
+            h = vip_hash(vip)
+            words[h // 64] = words.get(h // 64, 0) | 1 << (h % 64)
+        return words
+
+
+def vip_hash(address: str) -> int:
+    """The VIP pre-filter's bit for an address, as bpf/dr_lb.c's maybe_vip() finds it."""
+    product = (abi.ip_be32(address) * abi.CONST["VIP_FILTER_MULT"]) & 0xFFFFFFFF
+    return product >> (32 - abi.CONST["VIP_FILTER_LOG2"])
+
 
 def build(config: Config, macs: dict[str, str | None], interface_mac: str,
           ids: Ids | None = None, previous: Layout | None = None,

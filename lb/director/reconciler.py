@@ -11,7 +11,7 @@ from lb import abi
 from lb.director import (announce as announce_mod, arp, config as config_mod, edits,
                          health as health_mod, instances, layout as layout_mod, monitor,
                          netif, status)
-from lb.director.dataplane import monotonic_coarse_ns
+from lb.director.dataplane import program_clock_ns
 from lb.director.config import Config
 from lb.director.journal import say
 from lb.errors import UserError
@@ -264,7 +264,7 @@ class Reconciler:
             layout = self.layout
         keys, values = self.dp.connections()
         timeouts = self.dp.live_timeouts()
-        idle = monotonic_coarse_ns() - values["last_seen_ns"].astype(np.int64)
+        idle = program_clock_ns() - values["last_seen_ns"].astype(np.int64)
         state = values["state"] & (abi.CONN_STATE_SLOTS - 1)
         left = timeouts[state] - idle
         wanted = left >= 0

@@ -173,6 +173,22 @@ class Lab:
                 self.set_peer_program(h.name, libbpf.XDP_PASS)
         self.run("client", "ethtool", "-K", "eth0", "tx", "off")
 
+    def link(self, a: str, b: str, ifname: str) -> tuple[int, int]:
+        """A direct veth pair `ifname` between hosts a and b (no bridge in between: the
+        benchmark's wire), up and without addresses; returns the two ifindexes and
+        records the MACs as macs["a/ifname"], macs["b/ifname"]."""
+        with NetNS(self.ns(a)) as ns:
+            ns.link("add", ifname=ifname, kind="veth",
+                    peer={"ifname": ifname, "net_ns_fd": self.ns(b)})
+        out = []
+        for host in (a, b):
+            with NetNS(self.ns(host)) as ns:
+                idx = ns.link_lookup(ifname=ifname)[0]
+                ns.link("set", index=idx, state="up")
+                self.macs[f"{host}/{ifname}"] = ns.get_links(idx)[0].get_attr("IFLA_ADDRESS")
+                out.append(idx)
+        return out[0], out[1]
+
     def set_peer_program(self, host: str, action: int) -> None:
         """Put a one-verdict XDP program (native) on the switch side of `host`'s veth."""
         fd = libbpf.load_xdp_return(action)
