@@ -139,6 +139,8 @@ static __always_inline int handle_arp(struct hdr_cursor *c, struct ethhdr *eth)
 		return finish(XDP_PASS, COUNTER_PASS_ARP_BAD_SOURCE);
 	if (!broadcast_mac(eth->h_dest) && !same_mac(eth->h_dest, cfg->mac))
 		return finish(XDP_PASS, COUNTER_PASS_NOT_OUR_MAC);
+	if (cfg->flags & SETTINGS_F_ARP_BACKUP)
+		return finish(XDP_PASS, COUNTER_PASS_ARP_BACKUP);
 
 	arp->op = bpf_htons(ARPOP_REPLY);
 	__builtin_memcpy(arp->tha, arp->sha, ETH_ALEN);
@@ -784,8 +786,10 @@ static __always_inline int new_connection(struct ethhdr *eth, struct iphdr *iph,
 	fresh.last_seen_ns = sc->now;
 	fresh.real_id = real_id;
 	fresh.svc_id = svc->id;
-	/* A moved TCP connection past its SYN: its new server will reset it. */
-	fresh.state = !tcp ? CONN_UDP : sc->past_syn ? CONN_CLOSE : CONN_SYN_RECV;
+	/* A moved TCP connection past its SYN: its new server will reset it. One picked up
+	 * (sloppy) goes on in the state its flags give (established, closing). */
+	fresh.state = !tcp ? CONN_UDP : !sc->past_syn ? CONN_SYN_RECV :
+		      sc->moved ? CONN_CLOSE : sc->pickup_state;
 	fresh.flags = svc->persist_timeout_s ? CONN_F_PERSISTENT : 0;
 	/* TCP: a SYN waits in syn_table for the client's next packet (so that a SYN flood
 	 * evicts only half-open entries); a key already in conn_table is reused in place
@@ -814,6 +818,8 @@ static __always_inline int new_connection(struct ethhdr *eth, struct iphdr *iph,
 		count_conn(sc->old_real, sc->old_state, -1);
 	if (sc->moved)
 		count(COUNTER_CONN_RESCHEDULED);
+	else if (tcp && sc->past_syn)
+		count(COUNTER_CONN_SLOPPY_PICKUP);
 	count_conn(real_id, fresh.state, 1);
 	return forward(eth, iph, cfg, real, real_id, fresh.svc_id, 1);
 }
@@ -948,7 +954,10 @@ static __always_inline int handle_l4(struct xdp_md *ctx, struct hdr_cursor *c,
 			return pass_probe_reply(eth);
 		return finish(XDP_PASS, COUNTER_PASS_NOT_VIP);
 	}
-	if (th && !is_new_tcp(th) && !moved)
+	/* A TCP segment past the SYN with no connection: passed (IPVS's default), unless
+	 * the service is sloppy (mh, sh), whose hash gives it the real server any director
+	 * would have given it. */
+	if (th && !is_new_tcp(th) && !moved && !(svc->flags & SVC_F_SLOPPY))
 		return finish(XDP_PASS, COUNTER_PASS_TCP_NO_CONN);
 	sc = sched_scratch.lookup(&zero);
 	if (!sc)    /* never (an array entry) */
@@ -959,6 +968,7 @@ static __always_inline int handle_l4(struct xdp_md *ctx, struct hdr_cursor *c,
 	sc->half_open = !cv && hv;
 	sc->moved = moved;
 	sc->past_syn = th && !is_new_tcp(th);
+	sc->pickup_state = th ? tcp_next_state(CONN_ESTABLISHED, th) : 0;
 	if (old) {
 		sc->old_real = old->real_id;
 		sc->old_state = old->state;

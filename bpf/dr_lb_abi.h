@@ -53,6 +53,11 @@ enum drlb_counter {
 	                                  which sent the quoted packet (path-MTU discovery) */
 	COUNTER_PASS_ICMP_ERROR_NO_CONN, /* an ICMP error to a VIP quoting no known connection
 	                                  (or a quote too short or with IP options) */
+	COUNTER_PASS_ARP_BACKUP,       /* ARP request for a VIP while VRRP says this director
+	                                  is not MASTER ([director] vrrp): the MASTER answers */
+	COUNTER_CONN_SLOPPY_PICKUP,    /* event: a TCP non-SYN without a connection was
+	                                  scheduled and forwarded (sloppy = true): ECMP moved
+	                                  it here from another director, or it was evicted */
 	COUNTER_COUNT
 };
 
@@ -95,11 +100,14 @@ enum svc_flags {
 	SVC_F_SCHED_FALLBACK = 1,      /* sh-fallback / mh-fallback (IPVS's SCHED1 flag) */
 	SVC_F_SCHED_PORT = 2,          /* sh-port / mh-port: hash the source port too (SCHED2) */
 	SVC_F_OPS = 4,                 /* one-packet scheduling: UDP, no connection entry */
-	SVC_F_THRESHOLDS = 8           /* a real server has an upper connection threshold */
+	SVC_F_THRESHOLDS = 8,          /* a real server has an upper connection threshold */
+	SVC_F_SLOPPY = 16              /* sloppy pickup: a TCP non-SYN without a connection is
+	                                  scheduled (mh, sh), not passed (IPVS's sloppy_tcp) */
 };
 
 enum settings_flags {
-	SETTINGS_F_ICMP_ECHO = 1       /* answer pings to VIPs */
+	SETTINGS_F_ICMP_ECHO = 1,      /* answer pings to VIPs */
+	SETTINGS_F_ARP_BACKUP = 2      /* VRRP backup: leave ARP for the VIPs to the MASTER */
 };
 
 struct svc_key {

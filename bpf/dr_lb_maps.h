@@ -35,7 +35,8 @@ struct sched_scratch {
 	__u8 moved;                    /* it is live, but its server is REAL_F_RESCHEDULE */
 	__u8 past_syn;                 /* and this TCP segment is not a SYN */
 	__u8 half_open;                /* the entry it replaces is in syn_table */
-	__u8 pad[3];
+	__u8 pickup_state;             /* sloppy pickup: the state its flags give it */
+	__u8 pad[2];
 	struct persist_key pk;         /* the new connection's persistence template key */
 };
 

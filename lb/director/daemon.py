@@ -8,7 +8,8 @@ import threading
 import time
 from pathlib import Path
 
-from lb.director import arp, instances, journal, netif
+from lb.director import announce, arp, instances, journal, netif
+from lb.director.journal import say
 from lb.director.config import Config
 from lb.director.linkwatch import LinkEvent, LinkWatch
 from lb.director.reconciler import Reconciler
@@ -53,10 +54,18 @@ def run(config: Config, config_path: str, replace: bool = False,
         link_events.put(event)
         wake.set()
 
+    leftover = announce.announced_in(config.announce.snippet) if config.announce else []
+    if leftover:
+        # A dr-lb that was killed left its VIPs announced, and its program (if still
+        # attached) forwarding with its last maps. Withdraw them before compiling and
+        # taking over, so that the router has moved the flows elsewhere meanwhile.
+        early = announce.Announcer(config.announce, say)
+        early.announced = leftover
+        early.withdraw_all("left announced by a dr-lb that did not stop cleanly")
     dp = Dataplane(config.director.conn_table_size)   # compiled before anything is touched
     if replace:
         for line in instances.take_over(name):
-            print(f"dr-lb: {line}", flush=True)
+            say(f"dr-lb: {line}")
         lock_fd = instances.acquire(name, wait_s=5)
     server = director = watch = None
     try:
@@ -71,16 +80,20 @@ def run(config: Config, config_path: str, replace: bool = False,
         instances.write_state(name, {"pid": os.getpid(), "interface": name,
                                      "ifindex": iface.index, "xdp_mode": director.xdp_mode,
                                      "config": os.path.abspath(config_path)})
-        arp.announce(name, iface.mac, list(config.vips))
+        if director.answers_arp:
+            arp.announce(name, iface.mac, list(config.vips))
+        elif config.director.vrrp:
+            say(f"dr-lb: VRRP {director.vrrp_state}: not answering ARP for the VIPs until "
+                "keepalived makes this director MASTER (`dr-lb vrrp master`)")
+        director.start_announcing()
         unresolved = [a for a in director.dynamic_addresses if not director.macs.get(a)]
         if iface.kind == "veth" and director.xdp_mode == "native":
-            print(f"dr-lb: note: {name} is a veth: native XDP_TX only works when its peer has "
-                  "an XDP program too (an XDP_PASS one will do); otherwise use "
-                  "xdp_mode = \"generic\"", flush=True)
-        print(f"dr-lb: ready on {name} (xdp {director.xdp_mode}): "
-              f"{len(config.services)} service(s), VIPs {', '.join(config.vips)}"
-              + (f"; MAC not yet known for {', '.join(unresolved)}" if unresolved else ""),
-              flush=True)
+            say(f"dr-lb: note: {name} is a veth: native XDP_TX only works when its peer has "
+                "an XDP program too (an XDP_PASS one will do); otherwise use "
+                "xdp_mode = \"generic\"")
+        say(f"dr-lb: ready on {name} (xdp {director.xdp_mode}): "
+            f"{len(config.services)} service(s), VIPs {', '.join(config.vips)}"
+            + (f"; MAC not yet known for {', '.join(unresolved)}" if unresolved else ""))
         while not stop.is_set():
             wake.wait(NEIGHBOUR_REFRESH_S)
             wake.clear()
@@ -105,14 +118,20 @@ def run(config: Config, config_path: str, replace: bool = False,
                     reload_asked.clear()
                     result = director.reload()
                     for line in result.get("problems", [result.get("message", "")]):
-                        print(f"dr-lb: {'' if result['ok'] else 'reload refused: '}{line}",
-                              flush=True)
+                        say(f"dr-lb: {'' if result['ok'] else 'reload refused: '}{line}")
                 director.refresh_neighbours()
+                director.follow_vrrp_file()
+                director.announce_again()
             except Exception as e:   # keep balancing; the next round tries again
-                print(f"dr-lb: warning: {type(e).__name__}: {e}", flush=True)
+                say(f"dr-lb: warning: {type(e).__name__}: {e}")
     finally:
         if watch:
             watch.stop()
+        # Withdraw first, and keep forwarding for `linger` seconds, so that the router
+        # has moved the flows to another director before this one stops taking them.
+        if director and director.announcer:
+            if director.stop_announcing() and director.config.announce:
+                time.sleep(director.config.announce.linger)
         if server:
             server.close()
         if director and director.health:
@@ -125,7 +144,7 @@ def run(config: Config, config_path: str, replace: bool = False,
             instances.remove_state(name)   # ours: we hold the lock
             if lock_fd is not None:
                 os.close(lock_fd)
-    print(f"dr-lb: detached from {name}", flush=True)
+    say(f"dr-lb: detached from {name}")
 
 
 def on_link_event(event: LinkEvent, director: Reconciler, dp, config_path: str,

@@ -14,7 +14,7 @@ BIG_BYTES = 200_000   # several full-size segments: what path-MTU discovery is t
 
 def serve(name: str, vip: str, http_ports: list[int], udp_port: int) -> None:
     class Handler(BaseHTTPRequestHandler):
-        protocol_version = "HTTP/1.1"
+        protocol_version = "HTTP/1.1"    # keep-alive: the HA lab's long-lived connections
 
         def do_GET(self):  # noqa: N802 (http.server's naming)
             body = f"{name}\n".encode()
