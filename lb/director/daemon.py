@@ -193,7 +193,9 @@ def on_link_event(event: LinkEvent, director: Reconciler, dp, config_path: str,
 
 def announce_vips(director: Reconciler) -> bool:
     """Gratuitous ARP for every VIP from the interface's MAC; False if it cannot be
-    sent yet (the interface is down)."""
+    sent yet (the interface is down). A VRRP backup announces nothing."""
+    if not director.answers_arp:
+        return True
     try:
         arp.announce(director.interface.name, director.interface.mac,
                      list(director.config.vips))
