@@ -60,6 +60,16 @@ struct bpf_prog_info_head {     /* the first fields of struct bpf_prog_info */
     char name[16];
 };
 int bpf_obj_get_info_by_fd(int bpf_fd, void *info, uint32_t *info_len);
+int bpf_obj_get(const char *pathname);
+struct bpf_map_info_head {      /* the first fields of struct bpf_map_info */
+    uint32_t type;
+    uint32_t id;
+    uint32_t key_size;
+    uint32_t value_size;
+    uint32_t max_entries;
+    uint32_t map_flags;
+    char name[16];
+};
 struct bpf_map_batch_opts {
     size_t sz;
     uint64_t elem_flags;
@@ -178,6 +188,17 @@ def xdp_attach(ifindex: int, prog_fd: int, mode: str) -> None:
         raise OSError(-err, os.strerror(-err))
 
 
+def xdp_replace(ifindex: int, prog_fd: int, mode: str, old_prog_fd: int) -> None:
+    """Atomically put prog_fd in place of old_prog_fd, which must be the interface's program
+    in `mode` (otherwise OSError EEXIST): the interface is never without a program."""
+    opts = ffi.new("struct bpf_xdp_attach_opts *")
+    opts.sz = ffi.sizeof("struct bpf_xdp_attach_opts")
+    opts.old_prog_fd = old_prog_fd
+    err = _lib().bpf_xdp_attach(ifindex, prog_fd, MODE_FLAGS[mode] | XDP_FLAGS_REPLACE, opts)
+    if err:
+        raise OSError(-err, os.strerror(-err))
+
+
 def xdp_detach(ifindex: int, mode: str, only_fd: int | None = None) -> None:
     """Detach the interface's program; with only_fd, only if that is the one attached
     (otherwise OSError EEXIST), so that nobody removes a successor's program."""
@@ -211,5 +232,29 @@ def prog_name(prog_id: int) -> str:
         if err:
             raise OSError(-err, f"program id {prog_id}: {os.strerror(-err)}")
         return ffi.string(info.name).decode(errors="replace")
+    finally:
+        os.close(fd)
+
+
+BPF_MAP_TYPES = {1: "hash", 2: "array", 5: "percpu_hash", 6: "percpu_array", 9: "lru_hash"}
+
+
+def pinned_map_info(path: str) -> dict | None:
+    """The attributes of the map pinned at `path` (type, key_size, value_size, max_entries,
+    map_flags), or None if nothing is pinned there."""
+    fd = _lib().bpf_obj_get(os.fsencode(path))
+    if fd < 0:
+        if -fd == errno.ENOENT:
+            return None
+        raise OSError(-fd, f"{path}: {os.strerror(-fd)}")
+    try:
+        info = ffi.new("struct bpf_map_info_head *")
+        size = ffi.new("uint32_t *", ffi.sizeof("struct bpf_map_info_head"))
+        err = _lib().bpf_obj_get_info_by_fd(fd, info, size)
+        if err:
+            raise OSError(-err, f"{path}: {os.strerror(-err)}")
+        return {"type": BPF_MAP_TYPES.get(info.type, str(info.type)),
+                "key_size": info.key_size, "value_size": info.value_size,
+                "max_entries": info.max_entries, "map_flags": info.map_flags}
     finally:
         os.close(fd)

@@ -26,7 +26,8 @@ TIMEOUT_KEYS = {"tcp", "tcpfin", "udp"}
 SERVICE_KEYS = {"vip", "port", "protocol", "scheduler", "persistent",
                 "persistent_netmask", "real_server"}
 REAL_SERVER_KEYS = {"address", "port", "weight", "mac", "drained"}
-TOP_KEYS = {"director", "timeouts", "service"}
+METRICS_KEYS = {"listen"}
+TOP_KEYS = {"director", "timeouts", "service", "metrics"}
 
 
 class ConfigError(Exception):
@@ -87,11 +88,17 @@ class Director:
 
 
 @dataclass(frozen=True)
+class Metrics:
+    listen: tuple[str, int]     # where `up` serves Prometheus' /metrics
+
+
+@dataclass(frozen=True)
 class Config:
     director: Director
     timeouts: Timeouts = field(default_factory=Timeouts)
     services: tuple[Service, ...] = ()
     source: str = "config"
+    metrics: Metrics | None = None   # [metrics]; None: no /metrics
 
     @property
     def vips(self) -> list[str]:
@@ -231,6 +238,18 @@ def from_dict(data: dict, source: str = "config") -> Config:
     timeouts = Timeouts(**{k: c.integer("[timeouts]", t, k, getattr(Timeouts, k), 1, one_year)
                            for k in ("tcp", "tcpfin", "udp")})
 
+    metrics = None
+    if "metrics" in data:
+        m = c.table("", data, "metrics")
+        c.unknown_keys("[metrics]", m, METRICS_KEYS)
+        listen = _listen(m.get("listen"))
+        if listen is None:
+            c.fail("[metrics]", f"listen = {m.get('listen')!r} is not an address:port to "
+                                "serve /metrics on; write it as listen = \"127.0.0.1:9469\" "
+                                "(or remove [metrics] to serve none)")
+        else:
+            metrics = Metrics(listen=listen)
+
     raw_services = data.get("service", [])
     if not isinstance(raw_services, list):
         c.fail("", "service must be written as [[service]] tables")
@@ -260,7 +279,7 @@ def from_dict(data: dict, source: str = "config") -> Config:
     if c.problems:
         raise ConfigError(c.problems)
     return Config(director=director, timeouts=timeouts, services=tuple(services),
-                  source=source)
+                  source=source, metrics=metrics)
 
 
 def _service(c: _Checker, n: int, s) -> Service | None:
@@ -331,6 +350,23 @@ def _service(c: _Checker, n: int, s) -> Service | None:
     return Service(vip=vip, port=port, protocol=protocol, scheduler=scheduler,
                    persistent=persistent, persistent_netmask=netmask,
                    real_servers=tuple(reals))
+
+
+def _listen(value) -> tuple[str, int] | None:
+    """"127.0.0.1:9469", "[::1]:9469" or ":9469" (every address) as (host, port)."""
+    if not isinstance(value, str) or ":" not in value:
+        return None
+    host, _, port = value.rpartition(":")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    if not port.isdigit() or not 1 <= int(port) <= 65535:
+        return None
+    if host:
+        try:
+            ipaddress.ip_address(host)
+        except ValueError:
+            return None
+    return host, int(port)
 
 
 def _netmask(value) -> str | None:

@@ -4,9 +4,10 @@ from __future__ import annotations
 import os
 import signal
 import threading
+import time
 from pathlib import Path
 
-from lb.director import arp, instances, netif
+from lb.director import arp, instances, kept, netif, sdnotify
 from lb.director.config import Config
 from lb.director.reconciler import Reconciler
 from lb.errors import UserError
@@ -14,9 +15,14 @@ from lb.errors import UserError
 NEIGHBOUR_REFRESH_S = 0.5
 
 
-def run(config: Config, config_path: str, replace: bool = False) -> None:
-    from lb.director.dataplane import Dataplane   # bcc: keep `check` and `status` free of it
+def say(line: str) -> None:
+    print(f"dr-lb: {line}", flush=True)
 
+
+def run(config: Config, config_path: str, replace: bool = False) -> None:
+    from lb.director.dataplane import Dataplane, conn_table_slots   # bcc: not for `check`
+
+    started = time.monotonic()
     name = config.director.interface
     iface = netif.interface(name)
     if iface is None:
@@ -37,31 +43,88 @@ def run(config: Config, config_path: str, replace: bool = False) -> None:
     for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
         signal.signal(sig, on_signal)
 
-    dp = Dataplane(config.director.conn_table_size)   # compiled before anything is touched
-    if replace:
-        for line in instances.take_over(name):
-            print(f"dr-lb: {line}", flush=True)
+    metrics = None
+    if config.metrics and not replace:   # a predecessor holds the port until it stops
+        from lb.director import metrics as metrics_mod
+        metrics = metrics_mod.serve(config.metrics.listen)
+
+    slots = conn_table_slots(config.director.conn_table_size)
+    found = kept.prepare(name, slots)
+    for line in found.warnings + [found.notice()]:
+        if line:
+            say(line)
+    dp = Dataplane(config.director.conn_table_size, pin_dir=found.pin_dir)
+    recorder = kept.Recorder(name, slots)
+    predecessor = instances.find(name) if replace else None
+    iface = netif.interface(name)            # what is attached now, a few seconds later
+    old_program = None
+    if iface.xdp_mode == "multi":            # both modes in use: cannot swap in one step
+        instances.detach_any(iface)
+    elif iface.xdp_mode:
+        old_program = (iface.xdp_prog_id, iface.xdp_mode)
     server = director = None
+    handed_over = False
     try:
         director = Reconciler(config, dp, iface, config_path, Path(config_path).read_text())
+        if found.ids is not None:
+            director.ids = found.ids
+            director.macs.update(found.macs)
+            if old_program is None:          # nothing else places connections right now
+                kept.compact(director.ids, config, dp.referenced_ids())
+        director.after_program = recorder.save
         director.resolve_initial()
         director.program()
-        director.xdp_mode = dp.attach(iface.index, config.director.xdp_mode)
+        director.xdp_mode = dp.attach(iface.index, config.director.xdp_mode,
+                                      replace=old_program)
+        if old_program:
+            say(f"replaced the XDP program on {name} (id {old_program[0]}, "
+                f"{old_program[1]}) in one step")
+        for line in instances.stop_predecessor(predecessor):
+            say(line)
+        if config.metrics and metrics is None:
+            from lb.director import metrics as metrics_mod
+            metrics = metrics_mod.serve(config.metrics.listen, must=False)
         director.start_monitor()
-        server = instances.ControlServer(name, director.handlers())
+        recorder.save(director.ids, director.layout)   # ours now, even if nothing changed
+        handlers = director.handlers()
+        reload_counts = {"reloads": 0, "errors": 0}
+
+        def counted_reload() -> dict:
+            sdnotify.reloading()
+            try:
+                result = director.reload()
+            except Exception:
+                reload_counts["errors"] += 1
+                raise
+            finally:
+                sdnotify.ready(f"balancing on {name}")
+            reload_counts["reloads" if result.get("ok") else "errors"] += 1
+            return result
+
+        handlers["reload"] = counted_reload
+        if metrics is not None:
+            metrics.bind(director, reload_counts)
+        server = instances.ControlServer(name, handlers)
         instances.write_state(name, {"pid": os.getpid(), "interface": name,
                                      "ifindex": iface.index, "xdp_mode": director.xdp_mode,
-                                     "config": os.path.abspath(config_path)})
+                                     "config": os.path.abspath(config_path),
+                                     "kept": str(found.pin_dir)})
         arp.announce(name, iface.mac, list(config.vips))
         unresolved = [a for a in director.dynamic_addresses if not director.macs.get(a)]
         if iface.kind == "veth" and director.xdp_mode == "native":
-            print(f"dr-lb: note: {name} is a veth: native XDP_TX only works when its peer has "
-                  "an XDP program too (an XDP_PASS one will do); otherwise use "
-                  "xdp_mode = \"generic\"", flush=True)
-        print(f"dr-lb: ready on {name} (xdp {director.xdp_mode}): "
-              f"{len(config.services)} service(s), VIPs {', '.join(config.vips)}"
-              + (f"; MAC not yet known for {', '.join(unresolved)}" if unresolved else ""),
-              flush=True)
+            say(f"note: {name} is a veth: native XDP_TX only works when its peer has "
+                "an XDP program too (an XDP_PASS one will do); otherwise use "
+                "xdp_mode = \"generic\"")
+        counts, _ = director.monitor.conn_counts()
+        kept_note = (f"; kept {counts.entries} connection table entr"
+                     f"{'y' if counts.entries == 1 else 'ies'}"
+                     if "conn_table" in found.kept else "")
+        say(f"ready on {name} (xdp {director.xdp_mode}) in "
+            f"{time.monotonic() - started:.1f} s: "
+            f"{len(config.services)} service(s), VIPs {', '.join(config.vips)}"
+            + (f"; MAC not yet known for {', '.join(unresolved)}" if unresolved else "")
+            + kept_note)
+        sdnotify.ready(f"balancing on {name} (xdp {director.xdp_mode})")
         while not stop.is_set():
             wake.wait(NEIGHBOUR_REFRESH_S)
             wake.clear()
@@ -70,20 +133,27 @@ def run(config: Config, config_path: str, replace: bool = False) -> None:
             try:
                 if reload_asked.is_set():
                     reload_asked.clear()
-                    result = director.reload()
+                    result = counted_reload()
                     for line in result.get("problems", [result.get("message", "")]):
-                        print(f"dr-lb: {'' if result['ok'] else 'reload refused: '}{line}",
-                              flush=True)
+                        say(f"{'' if result['ok'] else 'reload refused: '}{line}")
                 director.refresh_neighbours()
             except Exception as e:   # keep balancing; the next round tries again
-                print(f"dr-lb: warning: {type(e).__name__}: {e}", flush=True)
+                say(f"warning: {type(e).__name__}: {e}")
     finally:
+        sdnotify.stopping()
+        if metrics is not None:
+            metrics.close()
         if server:
             server.close()
         if director and director.monitor:
             director.monitor.stop()
         try:
-            dp.close()
+            handed_over = not dp.close() and dp.attached is None and director is not None \
+                and director.xdp_mode != ""
         finally:
-            instances.remove_state(name)
-    print(f"dr-lb: detached from {name}", flush=True)
+            instances.remove_state(name, pid=os.getpid())
+    if handed_over:
+        say(f"left {name} to its successor (its XDP program stays); state kept in "
+            f"{found.pin_dir}")
+    else:
+        say(f"detached from {name}; state kept in {found.pin_dir}")

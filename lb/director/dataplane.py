@@ -64,6 +64,14 @@ def _fill(obj, value):
     return obj
 
 
+def conn_table_slots(conn_table_size: int) -> int:
+    """The LRU keeps some free slots on each CPU's list and may evict before it is full,
+    so conn_table gets headroom: it then holds at least conn_table_size connections."""
+    bcc = _import_bcc()
+    cpus = len(bcc.utils.get_possible_cpus())
+    return conn_table_size + cpus * abi.CONST["LRU_HEADROOM_PER_CPU"]
+
+
 @dataclass
 class Stats:
     conns: int = 0
@@ -75,27 +83,34 @@ class Stats:
 class ConnCounts:
     per_real: dict[int, tuple[int, int]]   # real_id -> (active, inactive)
     entries: int
+    kept: int = 0      # entries this program found at its start (lb/director/monitor.py)
+    inserts: int = 0   # conn_table_insert read just before the table was (lb/director/monitor.py)
 
 
 class Dataplane:
     """One compiled, loaded instance of bpf/dr_lb.c and its maps."""
 
-    def __init__(self, conn_table_size: int = abi.CONST["CONN_TABLE_SIZE"]):
+    def __init__(self, conn_table_size: int = abi.CONST["CONN_TABLE_SIZE"],
+                 pin_dir: Path | None = None):
+        """Compile and load. With `pin_dir` (a bpffs directory), the maps that outlive the
+        process (lb/director/kept.py) are pinned there, or reused if already pinned."""
         bcc = _import_bcc()
         problem = headers_problem()
         if problem:
             raise UserError(problem)
-        # The LRU keeps some free slots on each CPU's list and may evict before it is
-        # full, so it gets headroom: it then holds at least conn_table_size connections.
-        cpus = len(bcc.utils.get_possible_cpus())
-        self.conn_table_slots = conn_table_size + cpus * abi.CONST["LRU_HEADROOM_PER_CPU"]
+        self.conn_table_slots = conn_table_slots(conn_table_size)
         cflags = [f"-I{abi.BPF_DIR}", f"-DCONN_TABLE_SIZE={self.conn_table_slots}"]
+        if pin_dir is not None:
+            cflags.append(f'-DDRLB_PIN_DIR="{pin_dir}"')
+        self.pin_dir = pin_dir
         try:
             self.bpf = bcc.BPF(src_file=str(abi.PROGRAM).encode(), cflags=cflags)
             self.fn = self.bpf.load_func(abi.PROGRAM_NAME.encode(), bcc.BPF.XDP)
         except Exception as e:  # bcc raises bare Exception
             raise UserError(f"the XDP program did not compile or load: {e}") from None
         self.conn_table_size = conn_table_size
+        # (map, id) -> what zero_stats() took away, so that totals never go back (metrics).
+        self.zeroed: dict[tuple[str, int], Stats] = {}
         self.attached: tuple[int, str] | None = None   # (ifindex, mode)
 
     @property
@@ -106,8 +121,27 @@ class Dataplane:
         return self.bpf[name.encode()]
 
     # ---- attach ----------------------------------------------------------------------
-    def attach(self, ifindex: int, mode: str) -> str:
-        """Attach in `mode` ("native", "generic" or "auto"); returns the mode obtained."""
+    def attach(self, ifindex: int, mode: str, replace: tuple[int, str] | None = None) -> str:
+        """Attach in `mode` ("native", "generic" or "auto"); returns the mode obtained.
+
+        With `replace` = (program id, its mode), put ours in place of that program in one
+        step (XDP_FLAGS_REPLACE), so that no packet meets the interface without one; "auto"
+        then keeps the old program's mode."""
+        if replace:
+            old_id, old_mode = replace
+            if mode in ("auto", old_mode):
+                old_fd = libbpf.prog_fd_by_id(old_id)
+                try:
+                    libbpf.xdp_replace(ifindex, self.prog_fd, old_mode, old_fd)
+                except OSError as e:
+                    raise UserError(f"cannot replace the XDP program (id {old_id}, "
+                                    f"{old_mode}): {e.strerror}") from None
+                finally:
+                    os.close(old_fd)
+                self.attached = (ifindex, old_mode)
+                return old_mode
+            # Another mode cannot be swapped in one step: remove, then attach.
+            libbpf.xdp_detach(ifindex, old_mode)
         tries = ["native", "generic"] if mode == "auto" else [mode]
         errors = []
         for m in tries:
@@ -120,16 +154,19 @@ class Dataplane:
             return m
         raise UserError(f"cannot attach XDP ({'; '.join(errors)})")
 
-    def detach(self) -> None:
-        """Detach our program, and only ours: after a takeover it is someone else's."""
+    def detach(self) -> bool:
+        """Detach our program, and only ours: after a takeover it is someone else's.
+        Whether ours was still there and is now detached."""
         if self.attached:
             ifindex, mode = self.attached
             self.attached = None
             try:
                 libbpf.xdp_detach(ifindex, mode, only_fd=self.prog_fd)
+                return True
             except OSError as e:
                 if e.errno not in (errno.EEXIST, errno.ENODEV, errno.ENOENT):
                     raise
+        return False
 
     # ---- programming the maps ----------------------------------------------------------
     def write(self, layout: Layout) -> None:
@@ -218,19 +255,41 @@ class Dataplane:
         return ConnCounts({int(i): (int(active[i]), int(inactive[i]))
                            for i in np.flatnonzero(active + inactive)}, len(values))
 
+    def referenced_ids(self) -> tuple[set[int], set[int]]:
+        """(svc_ids, real_ids) that entries of conn_table and persist_table refer to."""
+        import numpy as np
+        _, values = self.connections()
+        table = self.map("persist_table")
+        _, pvalues, n = libbpf.map_dump(table.map_fd, ct.sizeof(table.Key),
+                                        ct.sizeof(table.Leaf), abi.CONST["PERSIST_TABLE_SIZE"])
+        pv = np.frombuffer(pvalues, abi.numpy_dtype("persist_value"), n)
+        return ({int(i) for i in np.unique(values["svc_id"])},
+                {int(i) for i in np.unique(np.concatenate([values["real_id"],
+                                                           pv["real_id"]]))})
+
     def zero_stats(self, svc_ids: list[int], real_ids: list[int]) -> None:
         """Packet, byte and connection counters of these services and real servers to 0."""
         for name, ids in (("svc_stats", svc_ids), ("real_stats", real_ids)):
             table = self.map(name)
             for i in ids:
+                before = self._stats(name, i)
                 table[ct.c_uint32(i)] = table.Leaf()   # per-CPU: every CPU's slot zeroed
+                z = self.zeroed.setdefault((name, i), Stats())
+                z.conns, z.packets, z.bytes = (z.conns + before.conns,
+                                               z.packets + before.packets,
+                                               z.bytes + before.bytes)
+
+    def zeroed_stats(self, name: str, index: int) -> Stats:
+        """What zero_stats() has taken from this entry since the program was loaded."""
+        return self.zeroed.get((name, index), Stats())
 
     # ---- running packets without a network -----------------------------------------------
     def test_run(self, packet: bytes, repeat: int = 1) -> libbpf.TestRun:
         return libbpf.test_run(self.prog_fd, packet, repeat=repeat)
 
-    def close(self) -> None:
+    def close(self) -> bool:
+        """Detach (if ours is still attached) and unload; whether it detached."""
         try:
-            self.detach()
+            return self.detach()
         finally:
             self.bpf.cleanup()

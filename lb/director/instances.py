@@ -29,6 +29,11 @@ def _prefix() -> str:
     return f"{netns_id()}-"
 
 
+def instance_key(interface: str) -> str:
+    """Names everything of the instance on `interface` in this network namespace."""
+    return f"{_prefix()}{interface}"
+
+
 def socket_path(interface: str) -> Path:
     return RUN_DIR / f"{_prefix()}{interface}.sock"
 
@@ -61,7 +66,13 @@ def write_state(interface: str, state: dict) -> None:
     tmp.replace(state_path(interface))
 
 
-def remove_state(interface: str) -> None:
+def remove_state(interface: str, pid: int | None = None) -> None:
+    """Remove the instance's socket and state file; with `pid`, only if they are still
+    that process's (not a successor's, after `up --replace`)."""
+    if pid is not None:
+        state = find(interface)
+        if state and state.get("pid") != pid:
+            return
     for p in (socket_path(interface), state_path(interface)):
         p.unlink(missing_ok=True)
 
@@ -179,20 +190,14 @@ def stop_instance(state: dict) -> str | None:
     return f"stopped dr-lb (pid {pid}) on {state['interface']}"
 
 
-def take_over(interface: str) -> list[str]:
-    """--replace: stop the instance that owns the interface, clear what is left."""
-    done = []
-    state = find(interface)
-    if state:
-        stopped = stop_instance(state)
-        done += [stopped] if stopped else []
-        remove_state(interface)
-    iface = netif.interface(interface)
-    if iface and iface.xdp_mode:
-        detach_any(iface)
-        done.append(f"removed the XDP program that was on {interface} (id "
-                    f"{iface.xdp_prog_id}, {iface.xdp_mode})")
-    return done
+def stop_predecessor(state: dict | None) -> list[str]:
+    """--replace, once the new program is attached in place of the old one: stop the
+    instance that ran it (it exits without detaching its successor's program)."""
+    if not state:
+        return []
+    stopped = stop_instance(state)
+    remove_state(state["interface"], pid=state["pid"])
+    return [stopped] if stopped else []
 
 
 def down(interface: str | None) -> list[str]:

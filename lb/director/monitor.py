@@ -31,6 +31,7 @@ class Monitor:
         self.dp = dataplane
         self.ids = ids
         self.counts = None              # the last ConnCounts
+        self.kept = 0                   # entries the table held when counting started
         self.counted_at = 0.0           # monotonic time that read started
         self.sweep_s = 0.0
         self._samples: collections.deque = collections.deque()
@@ -41,6 +42,10 @@ class Monitor:
 
     def start(self) -> "Monitor":
         self.sweep_once()
+        # Entries a restarted program found (kept from its predecessor) are not inserts of
+        # this run: evictions = inserts + kept - entries.
+        self.kept = max(0, self.counts.entries - self.counts.inserts)
+        self.counts.kept = self.kept
         for t in self._threads:
             t.start()
         return self
@@ -53,7 +58,9 @@ class Monitor:
     # ---- connection counts -------------------------------------------------------------
     def sweep_once(self) -> None:
         start = time.monotonic()
+        inserts = self.dp.counters()["conn_table_insert"]   # before: evictions >= 0
         counts = self.dp.conn_counts()
+        counts.kept, counts.inserts = self.kept, inserts
         with self._lock:
             self.counts, self.counted_at = counts, start
             self.sweep_s = time.monotonic() - start

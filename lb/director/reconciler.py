@@ -35,6 +35,8 @@ class Reconciler:
         self.xdp_mode = ""
         self.monitor: monitor.Monitor | None = None
         self._last_probe = 0.0
+        # Called with (ids, layout) after every write (lb/director/kept.py records them).
+        self.after_program: Callable | None = None
 
     @property
     def dynamic_addresses(self) -> list[str]:
@@ -80,6 +82,8 @@ class Reconciler:
             self.layout = layout_mod.build(self.config, self.macs, self.interface.mac,
                                            self.ids, self.layout)
             self.dp.write(self.layout)
+            if self.after_program:
+                self.after_program(self.ids, self.layout)
 
     def reload(self) -> dict:
         """Load the changed config file without dropping connections, as `ipvsadm
