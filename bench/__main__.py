@@ -19,7 +19,7 @@ from pathlib import Path
 from lb import lab as lab_mod, libbpf
 from lb.director import config as config_mod, layout as layout_mod
 from lb.director.dataplane import Dataplane
-from tests import packet_cases   # the packet tests' frame builders
+from bench import frames as packet_cases   # the packet tests' frame builders
 
 HERE = Path(__file__).resolve().parent
 CLIENT_MAC = "02:00:00:00:00:0a"

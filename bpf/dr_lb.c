@@ -298,6 +298,28 @@ static __always_inline void touch_template(const struct conn_key *ck, __u32 real
 		pv->last_seen_ns = now;
 }
 
+/* A real server's SYN-ACK or RST to a DR-path probe: from a VIP to a probe port. Nothing
+ * else comes from a VIP to the director (a real server answers clients from the VIP, and
+ * the director is never a client of its own VIPs). */
+static __always_inline int is_probe_reply(const struct conn_key *ck)
+{
+	__u32 saddr = ck->saddr;
+	__u16 dport = bpf_ntohs(ck->dport);
+
+	return dport >= PROBE_PORT_MIN && dport <= PROBE_PORT_MAX && vips.lookup(&saddr);
+}
+
+/* The prober's packet socket must see the reply and the director's kernel must not: it
+ * would answer a SYN-ACK for a connection it never opened with an RST. Packet sockets
+ * tap frames after XDP, so the frame is passed, but to a destination MAC that is not
+ * the interface's: the kernel then takes it as another host's (PACKET_OTHERHOST) and
+ * drops it before IP without a word, while packet sockets still read it. */
+static __always_inline int pass_probe_reply(struct ethhdr *eth)
+{
+	__builtin_memset(eth->h_dest, 0, ETH_ALEN);
+	return finish(XDP_PASS, COUNTER_PASS_PROBE_REPLY);
+}
+
 /* TCP/UDP: the connection table first (the established path), then the services. */
 static __always_inline int handle_l4(struct hdr_cursor *c, struct ethhdr *eth,
 				     struct iphdr *iph)
@@ -314,6 +336,7 @@ static __always_inline int handle_l4(struct hdr_cursor *c, struct ethhdr *eth,
 	__u32 real_id;
 	__u64 now = 0;
 	long picked;
+	int moved = 0;
 
 	if (iph->protocol == IPPROTO_TCP) {
 		th = parse_tcphdr(c);
@@ -342,18 +365,24 @@ static __always_inline int handle_l4(struct hdr_cursor *c, struct ethhdr *eth,
 		if (conn_is_live(cv, th, cfg, now)) {
 			real_id = cv->real_id;
 			real = reals.lookup(&real_id);
-			if (real && (real->flags & REAL_F_MAC_KNOWN)) {
+			if (real && (real->flags & REAL_F_RESCHEDULE)) {
+				/* Its server failed a health check, and its service says
+				 * on_failure = "reschedule": the packet goes to a server picked
+				 * below (a TCP connection's new server resets it at once). */
+				moved = 1;
+			} else if (real && (real->flags & REAL_F_MAC_KNOWN)) {
 				cv->last_seen_ns = now;
 				if (th)
 					cv->state = tcp_next_state(cv->state, th);
 				if (cv->flags & CONN_F_PERSISTENT)
 					touch_template(&ck, real_id, now);
 				return forward(eth, iph, cfg, real, real_id, cv->svc_id, 0);
-			}
-			/* Its server is gone from the segment: a SYN or a datagram may start
-			 * over elsewhere; anything else waits, without keeping the entry alive. */
-			if (th && !is_new_tcp(th))
+			} else if (th && !is_new_tcp(th)) {
+				/* Its server is gone from the segment: a SYN or a datagram may
+				 * start over elsewhere; anything else waits, without keeping the
+				 * entry alive. */
 				return finish(XDP_DROP, COUNTER_DROP_REAL_MAC_UNKNOWN);
+			}
 		}
 	}
 
@@ -365,9 +394,11 @@ static __always_inline int handle_l4(struct hdr_cursor *c, struct ethhdr *eth,
 	if (!svc) {
 		if (vips.lookup(&ck.daddr))
 			return finish(XDP_PASS, COUNTER_PASS_VIP_OTHER_PORT);
+		if (th && is_probe_reply(&ck))
+			return pass_probe_reply(eth);
 		return finish(XDP_PASS, COUNTER_PASS_NOT_VIP);
 	}
-	if (th && !is_new_tcp(th))
+	if (th && !is_new_tcp(th) && !moved)
 		return finish(XDP_PASS, COUNTER_PASS_TCP_NO_CONN);
 	if (svc->persist_timeout_s)
 		fill_persist_key(&pk, &ck, svc);
@@ -380,7 +411,8 @@ static __always_inline int handle_l4(struct hdr_cursor *c, struct ethhdr *eth,
 	fresh.last_seen_ns = now;
 	fresh.real_id = picked;
 	fresh.svc_id = svc->id;
-	fresh.state = th ? CONN_SYN_RECV : CONN_UDP;
+	/* A moved TCP connection is past its SYN: its new server will reset it. */
+	fresh.state = !th ? CONN_UDP : is_new_tcp(th) ? CONN_SYN_RECV : CONN_CLOSE;
 	fresh.flags = svc->persist_timeout_s ? CONN_F_PERSISTENT : 0;
 	real_id = fresh.real_id;
 	real = reals.lookup(&real_id);
@@ -390,6 +422,8 @@ static __always_inline int handle_l4(struct hdr_cursor *c, struct ethhdr *eth,
 		return finish(XDP_DROP, COUNTER_DROP_CONN_TABLE_ERROR);
 	if (!cv)
 		count(COUNTER_CONN_TABLE_INSERT);
+	if (moved)
+		count(COUNTER_CONN_RESCHEDULED);
 	return forward(eth, iph, cfg, real, real_id, fresh.svc_id, 1);
 }
 

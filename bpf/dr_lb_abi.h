@@ -24,12 +24,19 @@ enum drlb_counter {
 	COUNTER_PASS_TCP_NO_CONN,      /* TCP non-SYN with no live connection (IPVS default) */
 	COUNTER_PASS_ICMP_OTHER,       /* ICMP to a VIP that is not an answered echo request */
 	COUNTER_PASS_MALFORMED,        /* truncated or invalid header */
-	COUNTER_DROP_NO_REAL_SERVER,   /* new connection, but no real server can take it */
+	COUNTER_DROP_NO_REAL_SERVER,   /* new connection, but no real server can take it (all
+	                                  weight 0, drained, unresolved or failing their health
+	                                  checks, and no sorry server) */
 	COUNTER_DROP_REAL_MAC_UNKNOWN, /* the connection's real server has no MAC now */
 	COUNTER_DROP_CONN_TABLE_ERROR, /* the connection could not be stored */
 	COUNTER_PASS_NOT_PROGRAMMED,   /* the control plane has not written settings yet */
+	COUNTER_PASS_PROBE_REPLY,      /* a real server's answer to a DR-path probe, passed with
+	                                  a foreign destination MAC so that the kernel ignores
+	                                  it and only the prober's packet socket reads it */
 	COUNTER_CONN_TABLE_INSERT,     /* event: a new key entered conn_table */
 	COUNTER_PERSIST_HIT,           /* event: a persistence template chose the server */
+	COUNTER_CONN_RESCHEDULED,      /* event: a connection of a REAL_F_RESCHEDULE server went
+	                                  to a new one */
 	COUNTER_COUNT
 };
 
@@ -49,7 +56,11 @@ enum conn_flags {
 
 enum real_flags {
 	REAL_F_MAC_KNOWN = 1,          /* mac is valid */
-	REAL_F_SCHEDULABLE = 2         /* may take new connections: weight > 0 and MAC known */
+	REAL_F_SCHEDULABLE = 2,        /* may take new connections: weight > 0, MAC known and
+	                                  not failing its health check */
+	REAL_F_RESCHEDULE = 4          /* failed its health check with on_failure = "reschedule":
+	                                  its connections are dead, and the next packet of each
+	                                  is scheduled anew (IPVS's expire_nodest_conn) */
 };
 
 enum settings_flags {

@@ -36,4 +36,10 @@
 
 #define ICMP_ECHO_REPLY_TTL 64
 
+/* The source ports of the director's DR-path probes (lb/director/probe.py), above Linux's
+ * default ephemeral range (32768-60999). A TCP segment from a VIP to one of these ports is
+ * a real server's answer to a probe: the program hides it from the director's kernel. */
+#define PROBE_PORT_MIN 61000
+#define PROBE_PORT_MAX 65535
+
 #endif

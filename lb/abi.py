@@ -76,6 +76,7 @@ CONN_STATES = {v: k for k, v in enum_values("conn_state", "CONN_").items()}
 STATE = {k.upper(): v for v, k in CONN_STATES.items()}
 REAL_F_MAC_KNOWN = ffi.typeof("enum real_flags").relements["REAL_F_MAC_KNOWN"]
 REAL_F_SCHEDULABLE = ffi.typeof("enum real_flags").relements["REAL_F_SCHEDULABLE"]
+REAL_F_RESCHEDULE = ffi.typeof("enum real_flags").relements["REAL_F_RESCHEDULE"]
 SETTINGS_F_ICMP_ECHO = ffi.typeof("enum settings_flags").relements["SETTINGS_F_ICMP_ECHO"]
 
 CONN_STATE_SLOTS = ffi.typeof("enum conn_state").relements["CONN_STATE_SLOTS"]

@@ -1,6 +1,6 @@
 """Findings: what a check found, why it matters and the command that fixes it.
 
-Shared by the director's live check and the real-server doctor: both report a list of
+Shared by the director's live check and the real-server check: both report a list of
 Finding and print it as the same table or JSON.
 """
 from __future__ import annotations

@@ -61,9 +61,11 @@ class Programmed:
         self.layout = layout_mod.build(cfg, macs, interface_mac, self.ids)
         dp.write(self.layout)
 
-    def reprogram(self, cfg: config_mod.Config, macs: dict[str, str | None]) -> None:
+    def reprogram(self, cfg: config_mod.Config, macs: dict[str, str | None],
+                  health: dict | None = None) -> None:
         self.config = cfg
-        self.layout = layout_mod.build(cfg, macs, self.interface_mac, self.ids, self.layout)
+        self.layout = layout_mod.build(cfg, macs, self.interface_mac, self.ids, self.layout,
+                                       health=health)
         self.dp.write(self.layout)
 
 

@@ -3,6 +3,7 @@ import each other, and shared modules that import no product."""
 from __future__ import annotations
 
 import ast
+import functools
 from pathlib import Path
 
 import pytest
@@ -17,6 +18,7 @@ def module_name(path: Path) -> str:
     return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
 
 
+@functools.cache
 def imports() -> dict[str, set[str]]:
     """module -> the lb modules it imports (at any depth: lazy imports count too)."""
     modules = {module_name(p): p for p in LB.rglob("*.py")}

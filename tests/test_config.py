@@ -293,7 +293,7 @@ UNKNOWN_KEYS = [
                  id="typo-in-service"),
     pytest.param(DIRECTOR + service(VIP_SERVICE, RS12 + "\nwieght = 2"),
                  ["service 192.168.0.21:80/tcp, real server 192.168.0.12:80",
-                  "unknown key 'wieght'", "known keys: address, mac, port, weight"],
+                  "unknown key 'wieght'", "known keys: address, drained, health, mac, port, weight"],
                  id="typo-in-real-server"),
 ]
 

@@ -1,9 +1,10 @@
 """`dr-lb realserver check`: every pitfall from the seeds, reproduced in namespaces.
 
 Each test breaks a real server the way a seed did, shows the real symptom where there
-is one, requires the doctor to name it (the Python doctor and the generated script's
-`check` must say exactly the same, see doctor_both), runs the fix it prints, and
-requires the check (and the symptom) to clear.
+is one, requires the check to name it (`dr-lb realserver check --json` and the printed
+script's `check` run the same lb/realserver/realserver.sh and must say exactly the same,
+see check_both), runs the fix it prints, and requires the check (and the symptom) to
+clear.
 """
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ import json
 import pytest
 
 from tests.test_realserver_common import (
-    PY, RIP, VIP, arp_answers, can_ping, codes, doctor_both, forget_state, ip, listen,
+    PY, RIP, VIP, arp_answers, can_ping, check_both, codes, forget_state, ip, listen,
     needs_netns, one, py_rs, small_lab, snapshot, sysctl, write_script)
 
 pytestmark = needs_netns
@@ -41,7 +42,7 @@ def apply_fix(lab, host, finding, **replace):
 
 def test_a_prepared_real_server_passes(lab, script):
     py_rs(lab, "rs1", "up", VIP, check=True)
-    findings, rc = doctor_both(lab, "rs1", script, [VIP], table=True)
+    findings, rc = check_both(lab, "rs1", script, [VIP], table=True)
     assert rc == 0
     assert codes(findings) == ["arp-ok", "vip-ok"]
     assert one(findings, "arp-ok")["what"] == "eth0: effective arp_ignore=1, arp_announce=2"
@@ -49,14 +50,14 @@ def test_a_prepared_real_server_passes(lab, script):
 
 def test_seed_000_vip_on_lo_as_24(lab, script):
     """The VIP on lo:0 with NETMASK=255.255.255.0: other hosts can no longer reach the
-    real server's own address. The doctor says why; its fix brings the host back."""
+    real server's own address. The check says why; its fix brings the host back."""
     py_rs(lab, "rs1", "up", VIP, check=True)
     assert can_ping(lab, "client", RIP["rs1"])
     ip(lab, "rs1", "addr", "del", f"{VIP}/32", "dev", "lo")
     ip(lab, "rs1", "addr", "add", f"{VIP}/24", "dev", "lo", "label", "lo:0")
     assert not can_ping(lab, "client", RIP["rs1"]), "seed 000's symptom did not reproduce"
 
-    findings, rc = doctor_both(lab, "rs1", script, [VIP])
+    findings, rc = check_both(lab, "rs1", script, [VIP])
     assert rc == 1
     f = one(findings, "vip-prefix")
     assert f["severity"] == "error"
@@ -65,7 +66,7 @@ def test_seed_000_vip_on_lo_as_24(lab, script):
     assert f["fix"] == f"ip addr del {VIP}/24 dev lo && ip addr add {VIP}/32 dev lo"
 
     apply_fix(lab, "rs1", f)
-    findings, rc = doctor_both(lab, "rs1", script, [VIP])
+    findings, rc = check_both(lab, "rs1", script, [VIP])
     assert rc == 0 and "vip-ok" in codes(findings)
     assert can_ping(lab, "client", RIP["rs1"])
 
@@ -80,14 +81,14 @@ def test_arp_ignore_0_gives_the_client_two_answers(lab, script):
     assert sorted(arp_answers(lab, "client", VIP)) == sorted([lab.macs["director"],
                                                              lab.macs["rs1"]])
 
-    findings, rc = doctor_both(lab, "rs1", script, [VIP])
+    findings, rc = check_both(lab, "rs1", script, [VIP])
     assert rc == 1
     f = one(findings, "arp-ignore")
     assert f["what"] == "eth0: effective arp_ignore is 0 (all=0, eth0=0)"
     assert f["fix"] == "sysctl -w net.ipv4.conf.all.arp_ignore=1"
     apply_fix(lab, "rs1", f)
     assert arp_answers(lab, "client", VIP) == [lab.macs["director"]]
-    assert doctor_both(lab, "rs1", script, [VIP])[1] == 0
+    assert check_both(lab, "rs1", script, [VIP])[1] == 0
 
 
 @pytest.mark.parametrize("key,all_value,dev_value,fix", [
@@ -104,23 +105,23 @@ def test_effective_value_is_max_of_all_and_interface(lab, script, key, all_value
     py_rs(lab, "rs1", "up", VIP, check=True)
     sysctl(lab, "rs1", f"net.ipv4.conf.all.{key}", all_value)
     sysctl(lab, "rs1", f"net.ipv4.conf.eth0.{key}", dev_value)
-    findings, rc = doctor_both(lab, "rs1", script, [VIP])
+    findings, rc = check_both(lab, "rs1", script, [VIP])
     assert rc == 1
     f = one(findings, key.replace("_", "-"))
     assert f["what"] == (f"eth0: effective {key} is {max(all_value, dev_value)} "
                          f"(all={all_value}, eth0={dev_value})")
     assert f["fix"] == fix
     apply_fix(lab, "rs1", f)
-    assert doctor_both(lab, "rs1", script, [VIP])[1] == 0
+    assert check_both(lab, "rs1", script, [VIP])[1] == 0
 
 
 def test_vip_missing(lab, script):
     py_rs(lab, "rs1", "up", VIP, check=True)
     ip(lab, "rs1", "addr", "del", f"{VIP}/32", "dev", "lo")
-    findings, rc = doctor_both(lab, "rs1", script, [VIP])
+    findings, rc = check_both(lab, "rs1", script, [VIP])
     assert rc == 1
     apply_fix(lab, "rs1", one(findings, "vip-missing"))
-    assert doctor_both(lab, "rs1", script, [VIP])[1] == 0
+    assert check_both(lab, "rs1", script, [VIP])[1] == 0
 
 
 def test_vip_on_a_real_interface_answers_arp(lab, script):
@@ -129,35 +130,35 @@ def test_vip_on_a_real_interface_answers_arp(lab, script):
     ip(lab, "rs1", "addr", "add", f"{VIP}/24", "dev", "eth0")
     assert arp_answers(lab, "client", VIP) == [lab.macs["rs1"]], \
         "with the VIP on eth0 even arp_ignore=1 answers for it"
-    findings, rc = doctor_both(lab, "rs1", script, [VIP])
+    findings, rc = check_both(lab, "rs1", script, [VIP])
     assert rc == 1
     f = one(findings, "vip-not-lo")
     assert f["what"] == f"{VIP} is on eth0 (/24), not on lo"
     assert f["fix"] == f"ip addr del {VIP}/24 dev eth0 && ip addr add {VIP}/32 dev lo"
     apply_fix(lab, "rs1", f)
-    assert doctor_both(lab, "rs1", script, [VIP])[1] == 0
+    assert check_both(lab, "rs1", script, [VIP])[1] == 0
     assert arp_answers(lab, "client", VIP) == []
 
 
 def test_lo_down(lab, script):
     py_rs(lab, "rs1", "up", VIP, check=True)
     ip(lab, "rs1", "link", "set", "lo", "down")
-    findings, rc = doctor_both(lab, "rs1", script, [VIP])
+    findings, rc = check_both(lab, "rs1", script, [VIP])
     assert rc == 1
     apply_fix(lab, "rs1", one(findings, "lo-down"))
-    assert doctor_both(lab, "rs1", script, [VIP])[1] == 0
+    assert check_both(lab, "rs1", script, [VIP])[1] == 0
 
 
 def test_nothing_listens_on_the_port(lab, script):
     py_rs(lab, "rs1", "up", VIP, check=True)
-    findings, rc = doctor_both(lab, "rs1", script, [VIP], "--port", "80")
+    findings, rc = check_both(lab, "rs1", script, [VIP], "--port", "80")
     assert rc == 1
     f = one(findings, "port-closed")
     assert f["what"] == f"nothing listens on TCP port 80 for {VIP}"
 
     # The classic: the service listens on the real address only.
     p = listen(lab, "rs1", RIP["rs1"], 80)
-    findings, rc = doctor_both(lab, "rs1", script, [VIP], "--port", "80")
+    findings, rc = check_both(lab, "rs1", script, [VIP], "--port", "80")
     assert rc == 1
     assert one(findings, "port-wrong-address")["what"] == \
         f"TCP port 80 listens only on {RIP['rs1']}, not on {VIP}"
@@ -166,7 +167,7 @@ def test_nothing_listens_on_the_port(lab, script):
 
     for address in ("0.0.0.0", VIP):
         p = listen(lab, "rs1", address, 80)
-        findings, rc = doctor_both(lab, "rs1", script, [VIP], "--port", "80")
+        findings, rc = check_both(lab, "rs1", script, [VIP], "--port", "80")
         assert rc == 0, findings
         assert one(findings, "port-ok")["what"] == f"TCP port 80 listens for {VIP}"
         p.terminate()
@@ -176,24 +177,24 @@ def test_nothing_listens_on_the_port(lab, script):
 def test_default_route_through_the_director(lab, script):
     py_rs(lab, "rs1", "up", VIP, check=True)
     director = RIP["director"]
-    findings, rc = doctor_both(lab, "rs1", script, [VIP], "--director", director)
+    findings, rc = check_both(lab, "rs1", script, [VIP], "--director", director)
     assert rc == 0, "no default route is a warning, not an error"
     assert one(findings, "no-default-route")["severity"] == "warning"
 
     ip(lab, "rs1", "route", "add", "default", "via", director)
-    findings, rc = doctor_both(lab, "rs1", script, [VIP], "--director", director)
+    findings, rc = check_both(lab, "rs1", script, [VIP], "--director", director)
     assert rc == 1
     f = one(findings, "gateway-director")
     assert "seed 002" in f["why"]
     apply_fix(lab, "rs1", f, ROUTER_ADDRESS="198.18.0.1")
-    findings, rc = doctor_both(lab, "rs1", script, [VIP], "--director", director)
+    findings, rc = check_both(lab, "rs1", script, [VIP], "--director", director)
     assert rc == 0
     assert one(findings, "gateway-ok")["what"] == \
         "the default route goes through 198.18.0.1, not the director"
 
 
 def test_a_fresh_host_gets_every_problem_at_once(lab, script):
-    findings, rc = doctor_both(lab, "rs1", script, [VIP], "--port", "80",
+    findings, rc = check_both(lab, "rs1", script, [VIP], "--port", "80",
                                "--director", RIP["director"], table=True)
     assert rc == 1
     # the ARP fixes first: copied top-down they come before the one that adds the VIP
@@ -216,7 +217,7 @@ def test_json_and_exit_status(lab):
 
 def test_check_changes_nothing(lab, script):
     before = snapshot(lab, "rs1")
-    doctor_both(lab, "rs1", script, [VIP], "--port", "80", "--director", RIP["director"])
+    check_both(lab, "rs1", script, [VIP], "--port", "80", "--director", RIP["director"])
     assert snapshot(lab, "rs1") == before
 
 
@@ -226,14 +227,14 @@ def test_every_interface_is_checked_and_dotted_names_are_written_as_sysctl_wants
     py_rs(lab, "rs1", "up", VIP, check=True)
     ip(lab, "rs1", "link", "add", "v.1", "type", "veth", "peer", "name", "v.2")
     lab.run("rs1", "sh", "-c", "echo 3 > /proc/sys/net/ipv4/conf/v.1/arp_ignore")
-    findings, rc = doctor_both(lab, "rs1", script, [VIP])
+    findings, rc = check_both(lab, "rs1", script, [VIP])
     assert rc == 1
     assert codes(findings) == ["arp-ok", "arp-ignore", "arp-ok", "vip-ok"]
     f = one(findings, "arp-ignore")
     assert f["what"] == "v.1: effective arp_ignore is 3 (all=1, v.1=3)"
     assert f["fix"] == "sysctl -w net.ipv4.conf.v/1.arp_ignore=1"
     apply_fix(lab, "rs1", f)
-    findings, rc = doctor_both(lab, "rs1", script, [VIP])
+    findings, rc = check_both(lab, "rs1", script, [VIP])
     assert rc == 0 and codes(findings) == ["arp-ok", "arp-ok", "arp-ok", "vip-ok"]
     # up also fixes an interface whose own value would win
     lab.run("rs1", "sh", "-c", "echo 5 > /proc/sys/net/ipv4/conf/v.2/arp_announce")
@@ -259,7 +260,7 @@ def test_the_fix_for_a_primary_vip_on_eth0_keeps_the_real_address(fx, script):
     ip(fx, "rs1", "addr", "del", f"{rip}/24", "dev", "eth0")
     ip(fx, "rs1", "addr", "add", f"{VIP}/24", "dev", "eth0")
     ip(fx, "rs1", "addr", "add", f"{rip}/24", "dev", "eth0")
-    findings, rc = doctor_both(fx, "rs1", script, [VIP])
+    findings, rc = check_both(fx, "rs1", script, [VIP])
     assert rc == 1
     f = one(findings, "vip-not-lo")
     assert f["fix"] == ("sysctl -w net.ipv4.conf.eth0.promote_secondaries=1 && "
@@ -268,7 +269,7 @@ def test_the_fix_for_a_primary_vip_on_eth0_keeps_the_real_address(fx, script):
     assert ["eth0", rip, 24, "eth0", 0] in snapshot(fx, "rs1")["addrs"]
     assert can_ping(fx, "client", rip)
     py_rs(fx, "rs1", "up", VIP, check=True)
-    assert doctor_both(fx, "rs1", script, [VIP])[1] == 0
+    assert check_both(fx, "rs1", script, [VIP])[1] == 0
 
 
 @pytest.mark.parametrize("why", ["only-address", "default-route-source"])
@@ -280,7 +281,7 @@ def test_the_real_address_given_as_the_vip_gets_no_removal(fx, tmp_path, why):
         ip(fx, "rs1", "addr", "add", "198.18.0.99/24", "dev", "eth0")
         ip(fx, "rs1", "route", "add", "default", "via", "198.18.0.1")
         reason = "the source address of this host's default route"
-    findings, rc = doctor_both(fx, "rs1", script, [rip], table=True)
+    findings, rc = check_both(fx, "rs1", script, [rip], table=True)
     assert rc == 1
     f = one(findings, "vip-own-address")
     assert f["what"] == f"{rip} is on eth0 (/24) and is {reason}"
@@ -291,13 +292,13 @@ def test_the_real_address_given_as_the_vip_gets_no_removal(fx, tmp_path, why):
 def test_vip_on_lo_as_both_32_and_24(fx, script):
     py_rs(fx, "rs1", "up", VIP, check=True)
     ip(fx, "rs1", "addr", "add", f"{VIP}/24", "dev", "lo", "label", "lo:1")
-    findings, rc = doctor_both(fx, "rs1", script, [VIP])
+    findings, rc = check_both(fx, "rs1", script, [VIP])
     assert rc == 1
     assert codes(findings) == ["arp-ok", "vip-ok", "vip-prefix"]
     f = one(findings, "vip-prefix")
     assert f["fix"] == f"ip addr del {VIP}/24 dev lo"
     apply_fix(fx, "rs1", f)
-    findings, rc = doctor_both(fx, "rs1", script, [VIP])
+    findings, rc = check_both(fx, "rs1", script, [VIP])
     assert rc == 0 and codes(findings) == ["arp-ok", "vip-ok"]
 
 
@@ -307,13 +308,13 @@ def test_only_the_first_removal_adds_the_32(fx, script):
     ip(fx, "rs1", "addr", "del", f"{VIP}/32", "dev", "lo")
     ip(fx, "rs1", "addr", "add", f"{VIP}/24", "dev", "lo", "label", "lo:0")
     ip(fx, "rs1", "addr", "add", f"{VIP}/16", "dev", "lo", "label", "lo:1")
-    findings, rc = doctor_both(fx, "rs1", script, [VIP])
+    findings, rc = check_both(fx, "rs1", script, [VIP])
     fixes = [f["fix"] for f in findings if f["code"] == "vip-prefix"]
     assert fixes == [f"ip addr del {VIP}/24 dev lo && ip addr add {VIP}/32 dev lo",
                      f"ip addr del {VIP}/16 dev lo"]
     for fix in fixes:
         fx.run("rs1", "sh", "-c", fix)
-    assert doctor_both(fx, "rs1", script, [VIP])[1] == 0
+    assert check_both(fx, "rs1", script, [VIP])[1] == 0
 
 
 LISTEN6 = ("import socket, sys, time; s = socket.socket(socket.AF_INET6); "
@@ -334,33 +335,35 @@ def test_a_v6only_wildcard_listener_does_not_serve_the_vip(fx, script):
         assert p.stdout.readline().strip() == "listening"
         served = fx.run("rs1", PY, "-c", connect, VIP, check=False).returncode == 0
         assert served == (not v6only)
-        # without sock_diag the doctor reads /proc/net/tcp6 (which cannot tell v6only)
-        both = fx.run("rs1", PY, "-c", "from lb import doctor; "
-                      "print([l.addr for l in doctor._proc_listeners(80)]); "
-                      "print([l.addr for l in doctor._diag_listeners(80)])").stdout
-        assert both == "['::']\n['::']\n", both
+        # what the check reads: ss (iproute2 >= 4.17) writes [::]:80 for a v6only
+        # socket and *:80 for a dual-stack one
+        local = [line.split()[3] for line in
+                 fx.run("rs1", "ss", "-Hltn", "sport = :80").stdout.splitlines()]
+        assert local == (["[::]:80"] if v6only else ["*:80"]), local
         # a port with a leading zero: the script reads it as the CLI does (80, not octal)
-        findings, rc = doctor_both(fx, "rs1", script, [VIP], "--port", "080")
+        findings, rc = check_both(fx, "rs1", script, [VIP], "--port", "080")
         assert codes(findings)[-1] == code and rc == (1 if v6only else 0)
         if v6only:
             f = one(findings, code)
             assert f["what"] == f"TCP port 80 listens only on [::] with IPV6_V6ONLY, not for {VIP}"
             assert "ipv6only=off" in f["fix"]
+            assert "(nginx: add `listen 80;`)" in f["fix"], "backquotes are printed as such"
+            assert "nginx `listen [::]:80`" in f["why"]
         p.terminate()
         p.wait()
 
 
 def test_fixes_copied_top_down_never_announce_the_vip(fx, script):
     """A stand-in director owns the VIP at L2; rs1 is fresh (arp_ignore 0). Applying the
-    doctor's fixes in the order it prints them, rs1 must never answer ARP for the VIP."""
+    check's fixes in the order it prints them, rs1 must never answer ARP for the VIP."""
     ip(fx, "director", "addr", "add", f"{VIP}/32", "dev", "eth0")
-    findings, rc = doctor_both(fx, "rs1", script, [VIP])
+    findings, rc = check_both(fx, "rs1", script, [VIP])
     assert rc == 1
     assert codes(findings) == ["arp-ignore", "arp-announce", "vip-missing"]
     for f in findings:
         apply_fix(fx, "rs1", f)
         assert arp_answers(fx, "client", VIP) == [fx.macs["director"]], f["code"]
-    assert doctor_both(fx, "rs1", script, [VIP])[1] == 0
+    assert check_both(fx, "rs1", script, [VIP])[1] == 0
     for code in ("arp-ignore", "arp-announce"):
         assert "sysctl -w lasts until the next reboot" in one(findings, code)["why"]
         assert "up --persist" in one(findings, code)["why"]

@@ -82,6 +82,9 @@ def run(cmd: list, cwd: Path, timeout: float = 120) -> subprocess.CompletedProce
     return result
 
 
+pytestmark = pytest.mark.slow   # builds a wheel and a venv
+
+
 @pytest.fixture(scope="module")
 def outside():
     """A scratch directory outside the checkout, removed afterwards."""

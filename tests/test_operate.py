@@ -59,7 +59,9 @@ def test_rate_is_within_20_percent_of_what_the_client_sends(scene):
         "for i in range(400):\n"
         f"    s.sendto(b'x' * 100, ('{VIP}', {UDP_PORT}))\n"
         "    time.sleep(max(0, t + (i + 1) / 100 - time.monotonic()))\n"))
-    time.sleep(3)
+    time.sleep(1.5)
+    dr_lb(lab, "reload")           # the rate must stay right across a reload
+    time.sleep(1.5)
     data = status(lab, "--rate")
     sender.wait(timeout=10)
     svc = next(s for s in data["services"] if s["port"] == UDP_PORT)
@@ -94,6 +96,25 @@ def test_conns_lists_exactly_the_clients_connections_with_their_states(scene):
         assert table[0].split() == ["pro", "expire", "state", "source", "virtual",
                                     "destination"]
         assert "more" in table[-1], table
+    finally:
+        holder.communicate("\n", timeout=10)
+
+
+def test_counts_are_fresh_right_after_connections_open(scene):
+    # The demo's scenario: curl, then status at once. The counts must already include
+    # the new connections, not those of the last background sweep.
+    lab, _ = scene
+    code = ("import socket, sys\n"
+            f"c = [socket.create_connection(('{VIP}', {HTTP_PORT}), 3) for _ in range(3)]\n"
+            "print('open', flush=True)\n"
+            "sys.stdin.readline()\n")
+    holder = lab.popen("client", "python3", "-c", code, stdin=subprocess.PIPE,
+                       stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "open"
+        svc = next(s for s in status(lab)["services"]
+                   if s["port"] == HTTP_PORT and s["protocol"] == "tcp")
+        assert sum(r["active_conns"] for r in svc["real_servers"]) == 3, svc
     finally:
         holder.communicate("\n", timeout=10)
 

@@ -1,18 +1,22 @@
-"""`dr-lb realserver up/down` and the generated script's up/down, in namespaces.
+"""`dr-lb realserver up/down` and the printed script's up/down, in namespaces.
 
 `up` then `down` must leave a namespace exactly as it was (addresses, routes, lo and
-every IPv4 conf sysctl), through Python and through `sh`, and both must do and say the
-same thing.
+every IPv4 conf sysctl), through the CLI and through the printed script run with `sh`
+(both run lb/realserver/realserver.sh), and both must do and say the same thing.
 """
 from __future__ import annotations
 
 import os
+import re
+import shutil
+import subprocess
 
 import pytest
 
 from tests.test_realserver_common import (
-    PY, RIP, VIP, VIP2, can_ping, codes, doctor_both, forget_state, ip, needs_netns, py_rs,
-    sh_rs, small_lab, snapshot, sysctl, write_script)
+    PY, RIP, RS_SH, VIP, VIP2, can_ping, check_both, codes, fake_bin, forget_state, ip,
+    needs_netns, py_rs, sh_rs, small_lab, snapshot, state_file_of, sysctl, with_path,
+    write_script)
 
 pytestmark = needs_netns
 
@@ -26,21 +30,26 @@ def lab():
             forget_state(lab)
 
 
-def run_up(lab, impl, host, vips, tmp_path, *extra):
-    if impl == "python":
-        return py_rs(lab, host, "up", *vips, *extra)
+IMPLS = ["cli", "script"]
+
+
+def run_up(lab, impl, host, vips, tmp_path, *extra, **kw):
+    """The CLI with the VIPs as arguments, or the printed script with them as its
+    defaults (no VIP argument)."""
+    if impl == "cli":
+        return py_rs(lab, host, "up", *vips, *extra, **kw)
     return sh_rs(lab, host, write_script(tmp_path / f"rs-{host}-{'-'.join(vips)}.sh", vips),
-                 "up", *extra)
+                 "up", *extra, **kw)
 
 
-def run_down(lab, impl, host, vips, tmp_path):
-    if impl == "python":
-        return py_rs(lab, host, "down", *vips, "--root", str(tmp_path / "root"))
+def run_down(lab, impl, host, vips, tmp_path, **kw):
+    if impl == "cli":
+        return py_rs(lab, host, "down", *vips, "--root", str(tmp_path / "root"), **kw)
     return sh_rs(lab, host, write_script(tmp_path / f"rs-{host}-{'-'.join(vips)}.sh", vips),
-                 "down")
+                 "down", **kw)
 
 
-@pytest.mark.parametrize("impl", ["python", "sh"])
+@pytest.mark.parametrize("impl", IMPLS)
 def test_up_then_down_leaves_the_namespace_as_it_was(lab, impl, tmp_path):
     # Start from values that are not the kernel defaults, including an interface whose
     # own value would win over `all` in max(all, eth0) (seed 004).
@@ -68,8 +77,8 @@ def test_up_then_down_leaves_the_namespace_as_it_was(lab, impl, tmp_path):
 
 
 @pytest.mark.parametrize("scene", ["fresh", "vip-as-24", "one-already-up"])
-def test_python_and_script_do_and_say_the_same(lab, tmp_path, scene):
-    """rs1 runs the Python path, rs2 the script: same output, same resulting state."""
+def test_cli_and_script_do_and_say_the_same(lab, tmp_path, scene):
+    """rs1 runs the CLI, rs2 the printed script: same output, same resulting state."""
     for host in ("rs1", "rs2"):
         if scene == "vip-as-24":
             ip(lab, host, "addr", "add", f"{VIP}/24", "dev", "lo", "label", "lo:0")
@@ -96,9 +105,10 @@ def test_python_and_script_do_and_say_the_same(lab, tmp_path, scene):
     assert state("rs1") == state("rs2")
 
 
-def test_up_replaces_a_non_32_vip_on_lo(lab):
+@pytest.mark.parametrize("impl", IMPLS)
+def test_up_replaces_a_non_32_vip_on_lo(lab, impl, tmp_path):
     ip(lab, "rs1", "addr", "add", f"{VIP}/24", "dev", "lo", "label", "lo:0")
-    r = py_rs(lab, "rs1", "up", VIP, check=True)
+    r = run_up(lab, impl, "rs1", [VIP], tmp_path, check=True)
     assert r.stdout.splitlines()[-2:] == [
         f"removed {VIP}/24 from lo: a VIP on lo must be /32 (seed 000)",
         f"added {VIP}/32 on lo as lo:0"]
@@ -107,7 +117,7 @@ def test_up_replaces_a_non_32_vip_on_lo(lab):
     assert not [a for a in addrs if a[1] == VIP and a[2] != 32]
 
 
-@pytest.mark.parametrize("impl", ["python", "sh"])
+@pytest.mark.parametrize("impl", IMPLS)
 def test_up_refuses_a_vip_on_another_interface(lab, impl, tmp_path):
     ip(lab, "rs1", "addr", "add", f"{VIP}/24", "dev", "eth0")
     before = snapshot(lab, "rs1")
@@ -119,7 +129,7 @@ def test_up_refuses_a_vip_on_another_interface(lab, impl, tmp_path):
     assert snapshot(lab, "rs1") == before, "a refused up must change nothing"
 
 
-@pytest.mark.parametrize("impl", ["python", "sh"])
+@pytest.mark.parametrize("impl", IMPLS)
 def test_down_keeps_the_sysctls_while_another_vip_is_on_lo(lab, impl, tmp_path):
     before = snapshot(lab, "rs1")
     assert run_up(lab, impl, "rs1", [VIP, VIP2], tmp_path).returncode == 0
@@ -135,72 +145,112 @@ def test_down_keeps_the_sysctls_while_another_vip_is_on_lo(lab, impl, tmp_path):
     assert snapshot(lab, "rs1") == before
 
 
-def test_down_without_a_record_leaves_the_sysctls(lab, tmp_path):
+@pytest.mark.parametrize("impl", IMPLS)
+def test_down_without_a_record_leaves_the_sysctls(lab, impl, tmp_path):
     """As after a reboot with --persist: the sysctls came from sysctl.d, not from up."""
     for key in ("all.arp_ignore", "default.arp_ignore", "lo.arp_ignore"):
         sysctl(lab, "rs1", f"net.ipv4.conf.{key}", 1)
     for key in ("all.arp_announce", "default.arp_announce", "lo.arp_announce"):
         sysctl(lab, "rs1", f"net.ipv4.conf.{key}", 2)
-    py_rs(lab, "rs1", "up", VIP, check=True)
-    r = py_rs(lab, "rs1", "down", VIP, "--root", str(tmp_path), check=True)
+    run_up(lab, impl, "rs1", [VIP], tmp_path, check=True)
+    r = run_down(lab, impl, "rs1", [VIP], tmp_path, check=True)
     assert "no record of the ARP sysctls" in r.stdout
     assert snapshot(lab, "rs1")["sysctl"]["all/arp_ignore"] == "1"
 
 
-def test_a_stale_record_is_not_restored(lab, tmp_path):
+@pytest.mark.parametrize("impl", IMPLS)
+def test_a_stale_record_is_not_restored(lab, impl, tmp_path):
     """A record left by a deleted namespace with the same inode must not be applied."""
-    from tests.test_realserver_common import PY
-    inode = lab.run("rs1", PY, "-c", "from lb import realserver; "
-                    "print(realserver.state_path())").stdout.strip()
-    os.makedirs(os.path.dirname(inode), exist_ok=True)
-    with open(inode, "w") as f:
+    path = state_file_of(lab, "rs1")
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path, "w") as f:
         f.write("all/arp_ignore=5\nall/arp_announce=7\n")
     before = snapshot(lab, "rs1")
-    py_rs(lab, "rs1", "up", VIP, check=True)
-    py_rs(lab, "rs1", "down", VIP, "--root", str(tmp_path), check=True)
+    run_up(lab, impl, "rs1", [VIP], tmp_path, check=True)
+    run_down(lab, impl, "rs1", [VIP], tmp_path, check=True)
     assert snapshot(lab, "rs1") == before
 
 
-def test_up_brings_lo_up(lab, tmp_path):
+@pytest.mark.parametrize("impl", IMPLS)
+def test_up_brings_lo_up(lab, impl, tmp_path):
     ip(lab, "rs1", "link", "set", "lo", "down")
-    r = py_rs(lab, "rs1", "up", VIP, check=True)
+    r = run_up(lab, impl, "rs1", [VIP], tmp_path, check=True)
     assert r.stdout.startswith("brought lo up\n")
-    findings, rc = doctor_both(lab, "rs1", write_script(tmp_path / "rs.sh", [VIP]), [VIP])
+    findings, rc = check_both(lab, "rs1", write_script(tmp_path / "rs.sh", [VIP]), [VIP])
     assert rc == 0 and "lo-down" not in codes(findings)
 
 
-def test_persist_writes_and_down_removes(lab, tmp_path):
+def rs_cmd(lab, impl, tmp_path):
+    """rs(host, ARGS...): `realserver ARGS` through the CLI, or through the printed script
+    with the VIPs given as arguments too."""
+    if impl == "cli":
+        return lambda host, *args, **kw: py_rs(lab, host, *args, **kw)
+    script = write_script(tmp_path / "rs-args.sh", [VIP])
+    return lambda host, *args, **kw: sh_rs(lab, host, script, *args, **kw)
+
+
+DEFAULTS = 'DEFAULT_VIPS="" DEFAULT_PORT="" DEFAULT_DIRECTOR=""'
+
+
+def persisted_vips(root) -> list[str]:
+    text = (root / "etc/dr-lb/realserver.sh").read_text()
+    return re.search(r'^DEFAULT_VIPS="([^"]*)"', text, re.M).group(1).split()
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+def test_persist_writes_and_down_removes(lab, impl, tmp_path):
     """--persist under a scratch root (never the machine's /etc); then the persisted
     script, as the unit runs it at boot, prepares a fresh real server."""
     root = tmp_path / "root"
-    r = py_rs(lab, "rs1", "up", VIP, "--persist", "--root", str(root), check=True)
-    assert "wrote /etc/sysctl.d/90-dr-lb-realserver.conf" in r.stdout
-    assert "wrote /etc/dr-lb/realserver.sh" in r.stdout
-    assert "wrote /etc/systemd/system/dr-lb-realserver.service" in r.stdout
-    assert "systemctl enable dr-lb-realserver.service" in r.stdout
+    rs = rs_cmd(lab, impl, tmp_path)
+    r = rs("rs1", "up", VIP, "--persist", "--root", str(root), check=True)
+    lines = r.stdout.splitlines()
+    assert lines[-4:-1] == [
+        "wrote /etc/sysctl.d/90-dr-lb-realserver.conf (the ARP sysctls, applied at boot)",
+        f"wrote /etc/dr-lb/realserver.sh (puts {VIP} on lo at boot)",
+        "wrote /etc/systemd/system/dr-lb-realserver.service (runs that script at boot)"]
+    assert "systemd is not running here" in lines[-1]
+    assert "systemctl enable dr-lb-realserver.service" in lines[-1]
     conf = (root / "etc/sysctl.d/90-dr-lb-realserver.conf").read_text()
     for scope in ("all", "default", "lo"):
         assert f"net.ipv4.conf.{scope}.arp_ignore = 1" in conf
         assert f"net.ipv4.conf.{scope}.arp_announce = 2" in conf
     unit = (root / "etc/systemd/system/dr-lb-realserver.service").read_text()
     assert "ExecStart=/bin/sh /etc/dr-lb/realserver.sh up" in unit
+    assert "ExecStop=/bin/sh /etc/dr-lb/realserver.sh down" in unit
     assert "WantedBy=multi-user.target" in unit
+    boot = root / "etc/dr-lb/realserver.sh"
+    assert boot.stat().st_mode & 0o777 == 0o755
+    assert subprocess.run(["sh", "-n", str(boot)]).returncode == 0
+    # the persisted script is realserver.sh itself, with its VIPs as the defaults
+    assert DEFAULTS in RS_SH.read_text()
+    assert boot.read_text() == RS_SH.read_text().replace(
+        DEFAULTS, f'DEFAULT_VIPS="{VIP}" DEFAULT_PORT="" DEFAULT_DIRECTOR=""')
+    assert persisted_vips(root) == [VIP]
 
     # The boot path: rs2 has never seen dr-lb; the persisted script prepares it.
-    boot = str(root / "etc/dr-lb/realserver.sh")
-    assert sh_rs(lab, "rs2", boot, "up").returncode == 0
-    findings, rc = doctor_both(lab, "rs2", boot, [VIP])
+    assert sh_rs(lab, "rs2", str(boot), "up").returncode == 0
+    findings, rc = check_both(lab, "rs2", str(boot), [VIP])
     assert rc == 0 and codes(findings) == ["arp-ok", "vip-ok"]
+    # Its down without VIP arguments (the unit's ExecStop) leaves the persisted files.
+    r = sh_rs(lab, "rs2", str(boot), "down", check=True)
+    assert "/etc/" not in r.stdout and boot.exists()
 
-    r = py_rs(lab, "rs1", "up", VIP2, "--persist", "--root", str(root), check=True)
-    assert f'VIPS="{VIP} {VIP2}"' in (root / "etc/dr-lb/realserver.sh").read_text()
-    r = py_rs(lab, "rs1", "down", VIP, "--root", str(root), check=True)
+    rs("rs1", "up", VIP2, VIP, "--persist", "--root", str(root), check=True)
+    assert persisted_vips(root) == [VIP, VIP2]
+    r = rs("rs1", "down", "198.18.0.23", "--root", str(root), check=True)
+    assert "/etc/" not in r.stdout, "a VIP that was never persisted changes no file"
+    r = rs("rs1", "down", VIP, "--root", str(root), check=True)
     assert f"wrote /etc/dr-lb/realserver.sh (puts {VIP2} on lo at boot)" in r.stdout
+    assert persisted_vips(root) == [VIP2]
     assert (root / "etc/sysctl.d/90-dr-lb-realserver.conf").exists()
-    r = py_rs(lab, "rs1", "down", VIP2, "--root", str(root), check=True)
+    r = rs("rs1", "down", VIP2, "--root", str(root), check=True)
+    assert r.stdout.splitlines()[-3:] == [
+        "removed /etc/systemd/system/dr-lb-realserver.service",
+        "removed /etc/dr-lb/realserver.sh",
+        "removed /etc/sysctl.d/90-dr-lb-realserver.conf"]
     for path in ("etc/systemd/system/dr-lb-realserver.service", "etc/dr-lb/realserver.sh",
                  "etc/sysctl.d/90-dr-lb-realserver.conf"):
-        assert f"removed /{path}" in r.stdout
         assert not (root / path).exists()
     assert not (root / "etc/dr-lb").exists()
 
@@ -216,11 +266,6 @@ def fx():
             forget_state(lab)
 
 
-def state_file_of(lab, host) -> str:
-    return lab.run(host, PY, "-c", "from lb import realserver; "
-                   "print(realserver.state_path())").stdout.strip()
-
-
 def vip_first_then_rip(lab, host):
     """The VIP put on eth0 before the real address: the VIP is the primary of the /24,
     the real address its secondary (promote_secondaries is 0 in a new namespace)."""
@@ -232,7 +277,7 @@ def vip_first_then_rip(lab, host):
                    "net.ipv4.conf.all.promote_secondaries").stdout.split() == ["0", "0"]
 
 
-@pytest.mark.parametrize("impl", ["python", "sh"])
+@pytest.mark.parametrize("impl", IMPLS)
 def test_the_removal_up_suggests_keeps_the_real_address(fx, impl, tmp_path):
     """A VIP that is eth0's primary address: a bare `ip addr del` would take the real
     address (its secondary) with it; the command up prints turns promotion on first."""
@@ -249,7 +294,7 @@ def test_the_removal_up_suggests_keeps_the_real_address(fx, impl, tmp_path):
     assert run_up(fx, impl, "rs1", [VIP], tmp_path).returncode == 0
 
 
-@pytest.mark.parametrize("impl", ["python", "sh"])
+@pytest.mark.parametrize("impl", IMPLS)
 @pytest.mark.parametrize("why", ["only-address", "default-route-source"])
 def test_up_refuses_the_real_address_given_as_the_vip(fx, impl, why, tmp_path):
     rip = RIP["rs1"]
@@ -267,7 +312,7 @@ def test_up_refuses_the_real_address_given_as_the_vip(fx, impl, why, tmp_path):
     assert snapshot(fx, "rs1") == before
 
 
-@pytest.mark.parametrize("impl", ["python", "sh"])
+@pytest.mark.parametrize("impl", IMPLS)
 def test_an_address_on_lo_that_up_did_not_add_does_not_keep_the_sysctls(fx, impl, tmp_path):
     """An anycast /32 on lo is not a VIP of ours: down still restores the sysctls."""
     ip(fx, "rs1", "addr", "add", "10.9.9.9/32", "dev", "lo")
@@ -280,7 +325,7 @@ def test_an_address_on_lo_that_up_did_not_add_does_not_keep_the_sysctls(fx, impl
     assert snapshot(fx, "rs1") == before
 
 
-@pytest.mark.parametrize("impl", ["python", "sh"])
+@pytest.mark.parametrize("impl", IMPLS)
 def test_a_stale_record_is_dropped_even_when_up_changes_nothing(fx, impl, tmp_path):
     """The sysctls are already right (sysctl.d), and a dead namespace with the same
     inode left a record: up must not adopt it, and down must not apply it."""
@@ -301,7 +346,7 @@ def test_a_stale_record_is_dropped_even_when_up_changes_nothing(fx, impl, tmp_pa
     assert snapshot(fx, "rs1") == before
 
 
-@pytest.mark.parametrize("impl", ["python", "sh"])
+@pytest.mark.parametrize("impl", IMPLS)
 def test_a_record_none_of_whose_vips_is_on_lo_is_not_applied_by_down(fx, impl, tmp_path):
     path = state_file_of(fx, "rs1")
     os.makedirs(os.path.dirname(path), exist_ok=True)
@@ -318,7 +363,7 @@ def test_a_record_none_of_whose_vips_is_on_lo_is_not_applied_by_down(fx, impl, t
     assert not os.path.exists(path)
 
 
-@pytest.mark.parametrize("impl", ["python", "sh"])
+@pytest.mark.parametrize("impl", IMPLS)
 def test_up_with_the_vip_on_lo_as_both_32_and_24(fx, impl, tmp_path):
     ip(fx, "rs1", "addr", "add", f"{VIP}/24", "dev", "lo", "label", "lo:0")
     ip(fx, "rs1", "addr", "add", f"{VIP}/32", "dev", "lo", "label", "lo:1")
@@ -336,76 +381,86 @@ def test_up_with_the_vip_on_lo_as_both_32_and_24(fx, impl, tmp_path):
     assert not [a for a in snapshot(fx, "rs1")["addrs"] if a[1] == VIP]
 
 
-FAIL_ADDR_ADD_PY = r"""
-import sys
-from pyroute2 import IPRoute
-from pyroute2.netlink.exceptions import NetlinkError
-real = IPRoute.addr
-def addr(self, command, *args, **kw):
-    if command == "add":
-        raise NetlinkError(1, "Operation not permitted")
-    return real(self, command, *args, **kw)
-IPRoute.addr = addr
-from lb import cli
-cli.main(["realserver", "up", *sys.argv[1:]])
-"""
-
-FAIL_ADDR_ADD_SH = r"""
-ip() {
-    case "$1 $2" in
-        "addr add") echo "RTNETLINK answers: Operation not permitted" >&2; return 2;;
-    esac
-    command ip "$@"
-}
-. "$0"
+# A stand-in `ip` that refuses to add an address, once the test has seen the earlier
+# steps (so they must have been printed as they were done, not at the end).
+FAIL_ADDR_ADD = r"""
+if [ "$1 $2" = "addr add" ]; then
+    i=0
+    while [ ! -e "$SEEN" ] && [ $i -lt 100 ]; do sleep 0.1; i=$((i + 1)); done
+    [ -e "$SEEN" ] || echo "the steps before it were not printed as they were done" >&2
+    echo "RTNETLINK answers: Operation not permitted" >&2
+    exit 2
+fi
+exec "$REAL_IP" "$@"
 """
 
 
-@pytest.mark.parametrize("impl", ["python", "sh"])
+@pytest.mark.parametrize("impl", IMPLS)
 def test_a_failure_midway_still_shows_what_was_changed(fx, impl, tmp_path):
-    """Adding the VIP fails (a stand-in `ip`/netlink that refuses it): the sysctls
-    already set must have been printed."""
-    if impl == "python":
-        r = fx.run("rs1", PY, "-c", FAIL_ADDR_ADD_PY, VIP, check=False)
+    """Adding the VIP fails: the sysctls already set must have been printed, each as it
+    was done."""
+    seen = tmp_path / "seen"
+    env = with_path(fake_bin(tmp_path, ip=FAIL_ADDR_ADD), SEEN=str(seen),
+                    REAL_IP=shutil.which("ip"))
+    if impl == "cli":
+        argv = [PY, "-m", "lb", "realserver", "up", VIP]
     else:
-        script = write_script(tmp_path / "rs.sh", [VIP])
-        r = fx.run("rs1", "sh", "-c", FAIL_ADDR_ADD_SH, script, "up", check=False)
-    assert r.returncode == 1, (r.stdout, r.stderr)
-    assert "Operation not permitted" in r.stderr
-    assert "set net.ipv4.conf.all.arp_ignore = 1" in r.stdout.splitlines()
-    assert "set net.ipv4.conf.lo.arp_announce = 2" in r.stdout.splitlines()
-    assert "nothing to do" not in r.stdout
+        argv = ["sh", write_script(tmp_path / "rs.sh", [VIP]), "up"]
+    p = fx.popen("rs1", *argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                 env=env)
+    lines = []
+    for line in p.stdout:
+        lines.append(line.rstrip("\n"))
+        if lines[-1] == "set net.ipv4.conf.lo.arp_announce = 2":
+            seen.touch()
+    assert p.wait(timeout=30) == 1, (lines, p.stderr.read())
+    err = p.stderr.read()
+    assert "Operation not permitted" in err
+    assert "not printed as they were done" not in err
+    assert "set net.ipv4.conf.all.arp_ignore = 1" in lines
+    assert "set net.ipv4.conf.lo.arp_announce = 2" in lines
+    assert "nothing to do" not in "\n".join(lines)
 
 
-FAKE_SYSTEMD = r"""
-import os, sys
-from pathlib import Path
-from lb import realserver
-calls = []
-def systemctl(*args):
-    # what systemd's ExecStop (the script's down) would find at this moment
-    calls.append((args, realserver.state_path().exists(),
-                  (Path(sys.argv[1]) / realserver.PERSIST_SCRIPT).exists()))
-    return "ran systemctl " + " ".join(args)
-realserver._systemd = lambda root: True
-realserver._systemctl = systemctl
-lines = realserver.down([sys.argv[2]], root=sys.argv[1])
-print("\n".join(lines))
-print(repr(calls))
+# A stand-in systemctl: logs each call with what systemd's ExecStop (the script's down)
+# would find at that moment: is the record of `up` still there, is the script?
+FAKE_SYSTEMCTL = r"""
+state=False
+[ ! -e "/run/dr-lb/realserver/net-$(stat -L -c %i /proc/self/ns/net)" ] || state=True
+script=False
+[ ! -e "$FAKE_ROOT/etc/dr-lb/realserver.sh" ] || script=True
+echo "$*|$state|$script" >> "$FAKE_LOG"
+if [ "$1" = "${FAKE_FAIL:-}" ]; then echo "Failed to $1 unit: boom" >&2; exit 1; fi
 """
 
 
-def test_down_stops_the_unit_after_restoring_and_before_removing_the_script(fx, tmp_path):
+@pytest.mark.parametrize("impl", IMPLS)
+def test_down_stops_the_unit_after_restoring_and_before_removing_the_script(fx, impl,
+                                                                            tmp_path):
     """`systemctl disable --now`: the unit does not stay active, and its ExecStop runs
     while the script is still there, after down has restored everything itself."""
     root = tmp_path / "root"
+    (root / "run/systemd/system").mkdir(parents=True)   # systemd runs this scratch root
+    log = tmp_path / "systemctl.log"
+    env = with_path(fake_bin(tmp_path, systemctl=FAKE_SYSTEMCTL), FAKE_ROOT=str(root),
+                    FAKE_LOG=str(log))
+    rs = rs_cmd(fx, impl, tmp_path)
     before = snapshot(fx, "rs1")
-    py_rs(fx, "rs1", "up", VIP, "--persist", "--root", str(root), check=True)
-    r = fx.run("rs1", PY, "-c", FAKE_SYSTEMD, str(root), VIP)
+
+    r = rs("rs1", "up", VIP, "--persist", "--root", str(root),
+           env=dict(env, FAKE_FAIL="enable"))
+    assert r.returncode == 1 and "Traceback" not in r.stderr
+    assert r.stderr == ("dr-lb: `systemctl enable dr-lb-realserver.service` failed: "
+                        "Failed to enable unit: boom\n")
+    r = rs("rs1", "up", VIP, "--persist", "--root", str(root), env=env, check=True)
+    assert r.stdout.splitlines()[-2:] == ["ran systemctl daemon-reload",
+                                          "ran systemctl enable dr-lb-realserver.service"]
+    log.unlink()
+    r = rs("rs1", "down", VIP, "--root", str(root), env=env, check=True)
+    assert log.read_text().splitlines() == [
+        "disable --now dr-lb-realserver.service|False|True", "daemon-reload|False|False"]
     lines = r.stdout.splitlines()
-    calls = eval(lines[-1])
-    assert calls == [(("disable", "--now", "dr-lb-realserver.service"), False, True),
-                     (("daemon-reload",), False, False)]
     assert lines.index("ran systemctl disable --now dr-lb-realserver.service") > \
         lines.index("restored net.ipv4.conf.all.arp_ignore = 0")
+    assert lines[-1] == "ran systemctl daemon-reload"
     assert snapshot(fx, "rs1") == before

@@ -1,7 +1,13 @@
-"""Helpers shared by the real-server, doctor and live-check tests (no tests here).
+"""Helpers shared by the real-server, real-server check and live-check tests (no tests
+here).
 
 Everything runs inside network namespaces built by lb.lab.Lab with the prefixes
 "drlb-rs", "drlb-dr" and "drlb-lc", which the other test files do not use.
+
+lb/realserver/realserver.sh is the one implementation of `realserver up/down/check`; it
+has two entry points, and the tests run both: the CLI (`python -m lb realserver ...`,
+which runs the file with /bin/sh) and the standalone copy `dr-lb realserver script`
+prints, run with `sh` as a real server without Python runs it.
 """
 from __future__ import annotations
 
@@ -12,18 +18,22 @@ import shutil
 import subprocess
 import sys
 
-import pytest
+from pathlib import Path
 
-from lb import rs_script
+import pytest
+from click.testing import CliRunner
+
+from lb import cli
 from lb.lab import HOSTS, VIP, Lab
 
 PY = sys.executable
-IS_ROOT = os.geteuid() == 0
-needs_netns = pytest.mark.skipif(not IS_ROOT or shutil.which("ip") is None,
-                                 reason="needs root and iproute2 for network namespaces")
+from tests.conftest import needs_netns  # noqa: E402  (markers root, netns)
 
 VIP2 = "198.18.0.22"
 RIP = {h.name: h.address for h in HOSTS}
+RS_SH = Path(__file__).resolve().parent.parent / "lb" / "realserver" / "realserver.sh"
+# Where `up` records what it changed, for the namespace the shell runs in.
+STATE_FILE_SH = "/run/dr-lb/realserver/net-$(stat -L -c %i /proc/self/ns/net)"
 
 # Run inside a namespace: its IPv4 addresses, routes, lo's flags and every readable
 # file under /proc/sys/net/ipv4/conf, as JSON.
@@ -63,30 +73,44 @@ def forget_state(lab: Lab) -> None:
     """Remove the sysctl records `up` left in /run for the lab's real servers (a lab torn
     down without `down` would leave them behind)."""
     for h in lab.real_servers:
-        lab.run(h.name, PY, "-c", "from lb import realserver; "
-                "realserver.state_path().unlink(missing_ok=True)", check=False)
+        lab.run(h.name, "sh", "-c", f"rm -f {STATE_FILE_SH}", check=False)
+
+
+def state_file_of(lab: Lab, host: str) -> str:
+    return lab.run(host, "sh", "-c", f"echo {STATE_FILE_SH}").stdout.strip()
 
 
 def snapshot(lab: Lab, host: str) -> dict:
     return json.loads(lab.run(host, PY, "-c", SNAPSHOT).stdout)
 
 
-def py_rs(lab: Lab, host: str, *args: str, check: bool = False):
+def py_rs(lab: Lab, host: str, *args: str, check: bool = False, **kw):
     """`python -m lb realserver ARGS` in host. `down` and `up --persist` read and write
     the --persist files: a test must give them a scratch --root, never this machine's /etc."""
     if args and (args[0] == "down" or "--persist" in args) and "--root" not in args:
         raise AssertionError(f"realserver {' '.join(args)}: pass --root SCRATCH_DIR")
-    return lab.run(host, PY, "-m", "lb", "realserver", *args, check=check)
+    return lab.run(host, PY, "-m", "lb", "realserver", *args, check=check, **kw)
 
 
-def write_script(path, vips: list[str], **kw) -> str:
-    path.write_text(rs_script.generate(vips, **kw))
+def write_script(path, vips: list[str], port: int | None = None,
+                 director: str | None = None) -> str:
+    """What `dr-lb realserver script VIPS [--port] [--director]` prints, as a file."""
+    args = ["realserver", "script", *vips]
+    args += [] if port is None else ["--port", str(port)]
+    args += [] if director is None else ["--director", director]
+    r = CliRunner().invoke(cli.main, args)
+    assert r.exit_code == 0, r.output
+    path.write_text(r.output)
     return str(path)
 
 
-def sh_rs(lab: Lab, host: str, script: str, *args: str, check: bool = False):
-    """The generated script, run with sh (dash on Debian) in host."""
-    return lab.run(host, "sh", script, *args, check=check)
+def sh_rs(lab: Lab, host: str, script: str, *args: str, check: bool = False, **kw):
+    """A script (the printed one, or lb/realserver/realserver.sh), run with sh (dash on
+    Debian) in host. As py_rs: with VIPs, `down` and `up --persist` need a scratch --root."""
+    if (args and ((args[0] == "down" and len(args) > 1) or "--persist" in args)
+            and "--root" not in args):
+        raise AssertionError(f"sh {script} {' '.join(args)}: pass --root SCRATCH_DIR")
+    return lab.run(host, "sh", script, *args, check=check, **kw)
 
 
 def sysctl(lab: Lab, host: str, key: str, value) -> None:
@@ -97,13 +121,14 @@ def ip(lab: Lab, host: str, *args: str) -> None:
     lab.run(host, "ip", *args)
 
 
-# ---- the doctor's two outputs -------------------------------------------------------------
+# ---- check's outputs ----------------------------------------------------------------------
 
 ROW = re.compile(r"^(error|warning|info|ok)\s+(\S+)\s+(.*)$")
 
 
 def parse_table(text: str) -> list[dict]:
-    """Findings from the table the doctor or the script prints (why may be wrapped)."""
+    """Findings from the table `realserver check` or the script prints (why may be
+    wrapped)."""
     out: list[dict] = []
     field = None
     for line in text.splitlines():
@@ -129,10 +154,10 @@ def normalise(findings: list[dict]) -> list[dict]:
     return [{k: " ".join(str(v).split()) for k, v in f.items()} for f in findings]
 
 
-def doctor_both(lab: Lab, host: str, script: str, vips: list[str], *opts: str,
-                table: bool = False):
-    """Run the Python doctor (--json) and the script's check on the same host; require
-    the same findings and exit status; return (findings, exit status)."""
+def check_both(lab: Lab, host: str, script: str, vips: list[str], *opts: str,
+               table: bool = False):
+    """Run `realserver check --json` (the CLI) and the printed script's check on the same
+    host; require the same findings and exit status; return (findings, exit status)."""
     py = py_rs(lab, host, "check", *vips, *opts, "--json")
     assert py.returncode in (0, 1), py.stderr
     findings = json.loads(py.stdout)["findings"]
@@ -140,8 +165,8 @@ def doctor_both(lab: Lab, host: str, script: str, vips: list[str], *opts: str,
     assert sh.returncode == py.returncode, (py.stdout, sh.stdout, sh.stderr)
     assert not sh.stderr, sh.stderr
     assert normalise(parse_table(sh.stdout)) == normalise(findings), \
-        f"python and sh disagree:\n{json.dumps(findings, indent=1)}\n---\n{sh.stdout}"
-    if table:   # the Python table says the same as its JSON
+        f"CLI and script disagree:\n{json.dumps(findings, indent=1)}\n---\n{sh.stdout}"
+    if table:   # the CLI's table says the same as its JSON
         text = py_rs(lab, host, "check", *vips, *opts)
         assert normalise(parse_table(text.stdout)) == normalise(findings)
     return findings, py.returncode
@@ -169,9 +194,10 @@ def can_ping(lab: Lab, src: str, dst: str) -> bool:
     return lab.run(src, "ping", "-c", "1", "-W", "1", dst, check=False).returncode == 0
 
 
-__all__ = ["PY", "VIP", "VIP2", "RIP", "needs_netns", "small_lab", "forget_state", "snapshot", "py_rs",
-           "write_script", "sh_rs", "sysctl", "ip", "parse_table", "normalise",
-           "doctor_both", "codes", "one", "arp_answers", "can_ping"]
+__all__ = ["PY", "VIP", "VIP2", "RIP", "RS_SH", "needs_netns", "small_lab", "forget_state",
+           "state_file_of", "snapshot", "py_rs", "write_script", "sh_rs", "sysctl", "ip",
+           "parse_table", "normalise", "check_both", "codes", "one", "arp_answers", "can_ping",
+           "listen", "fake_bin", "with_path"]
 
 
 LISTEN = ("import socket, sys, time; s = socket.socket(); "
@@ -185,3 +211,18 @@ def listen(lab, host, address, port):
     p = lab.popen(host, PY, "-c", LISTEN, address, str(port), stdout=subprocess.PIPE, text=True)
     assert p.stdout.readline().strip() == "listening"
     return p
+
+
+def fake_bin(tmp_path, **scripts: str) -> Path:
+    """A directory of stand-in commands (name=sh body) to put first in PATH: the script
+    keeps the caller's PATH ahead of the standard directories."""
+    d = tmp_path / "bin"
+    d.mkdir(exist_ok=True)
+    for name, body in scripts.items():
+        (d / name).write_text("#!/bin/sh\n" + body)
+        (d / name).chmod(0o755)
+    return d
+
+
+def with_path(directory: Path, **env: str) -> dict:
+    return dict(os.environ, PATH=f"{directory}:{os.environ['PATH']}", **env)

@@ -1,9 +1,10 @@
 """vagrant/: seed 002's scene on VMs must stay the namespace lab's scene.
 
 vagrant/scene.json is the Vagrantfile's single source of addresses, names and weights;
-these tests hold it to lb/lab.py, hold director.toml and the committed real-server script
-to it, and run `vagrant validate` where vagrant is installed. No VM is started and no
-traffic is sent.
+these tests hold it to lb/lab.py and director.toml to it, require the real servers to run
+lb/realserver/realserver.sh from the synced repository (nothing under vagrant/ copies a
+file of lb/), and run `vagrant validate` where vagrant is installed. No VM is started and
+no traffic is sent.
 """
 from __future__ import annotations
 
@@ -16,15 +17,14 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from click.testing import CliRunner
 
-from lb import cli, lab, realserver
+from lb import lab
 from lb.director import config as config_mod
 
-VAGRANT_DIR = Path(__file__).resolve().parent.parent / "vagrant"
+REPO = Path(__file__).resolve().parent.parent
+VAGRANT_DIR = REPO / "vagrant"
 SCENE = json.loads((VAGRANT_DIR / "scene.json").read_text())
 NETWORK = ipaddress.IPv4Network(SCENE["network"])
-RS_SCRIPT = VAGRANT_DIR / "dr-lb-realserver.sh"
 
 
 def last_octet(address: str) -> int:
@@ -38,11 +38,6 @@ def scene_host(role: str) -> dict:
 
 def scene_reals() -> list[tuple[str, int]]:
     return [(h["address"], h["weight"]) for h in SCENE["hosts"] if h["role"] == "real"]
-
-
-def regenerate_command() -> str:
-    return (f".venv/bin/dr-lb realserver script {SCENE['vip']} --port {SCENE['port']} "
-            f"--director {scene_host('director')['address']} > vagrant/dr-lb-realserver.sh")
 
 
 def test_scene_is_the_labs_scene():
@@ -79,22 +74,31 @@ def test_director_toml_validates_and_matches_the_scene():
     assert len(lines) == 1
 
 
-def test_committed_realserver_script_is_what_dr_lb_prints_now():
-    result = CliRunner().invoke(cli.main, [
-        "realserver", "script", SCENE["vip"], "--port", str(SCENE["port"]),
-        "--director", scene_host("director")["address"]])
-    assert result.exit_code == 0, result.output
-    assert RS_SCRIPT.read_text() == result.output, (
-        "vagrant/dr-lb-realserver.sh is stale; regenerate it from the repository root "
-        f"with: {regenerate_command()}")
+def test_real_servers_run_realserver_sh_from_the_synced_repository():
+    """The VMs run the very file `dr-lb realserver ...` runs, and its own `up --persist`
+    writes the boot-time unit."""
+    text = (VAGRANT_DIR / "Vagrantfile").read_text()
+    real = text[text.index('when "real"'):text.index('when "client"')]
+    assert re.search(r'm\.vm\.synced_folder "\.\.", "/dr-lb", type: "rsync"', real)
+    assert 'args: [h["name"], VIP, PORT, DIRECTOR_IP]' in real
+    provision = (VAGRANT_DIR / "provision-realserver.sh").read_text()
+    assert '/bin/sh /dr-lb/lb/realserver/realserver.sh up --persist "$VIP"' in provision
+    assert (REPO / "lb/realserver/realserver.sh").is_file()
+    # the copy `up --persist` writes, with the VIP as its default
+    assert 'sh /etc/dr-lb/realserver.sh check --port "$PORT" --director "$DIRECTOR"' \
+        in provision
 
 
-def test_committed_realserver_unit_is_what_persist_writes():
-    """The VMs boot the real-server script with the very unit `up --persist` writes."""
-    assert (VAGRANT_DIR / "dr-lb-realserver.service").read_text() == realserver.unit_file(), (
-        "vagrant/dr-lb-realserver.service is stale; regenerate it with: .venv/bin/python -c "
-        "\"from lb import realserver; print(realserver.unit_file(), end='')\" "
-        "> vagrant/dr-lb-realserver.service")
+def test_nothing_under_vagrant_copies_a_file_of_lb():
+    lb_texts = {p.read_bytes() for p in (REPO / "lb").rglob("*") if p.is_file()}
+    for path in VAGRANT_DIR.rglob("*"):
+        if not path.is_file() or ".vagrant" in path.parts:
+            continue
+        assert path.read_bytes() not in lb_texts, f"{path} is a copy of a file of lb/"
+        assert path.suffix != ".service", f"{path}: `realserver up --persist` writes the unit"
+        text = path.read_text(errors="replace")
+        assert not re.search(r"^DEFAULT_VIPS=", text, re.M), \
+            f"{path} is a copy of what `dr-lb realserver script` prints"
 
 
 def test_vagrantfile_takes_the_scene_from_scene_json():
@@ -104,7 +108,7 @@ def test_vagrantfile_takes_the_scene_from_scene_json():
     assert not re.search(r"\b\d{1,3}(\.\d{1,3}){3}\b", code), \
         "the Vagrantfile must take every address from scene.json"
     for script in ("provision-director.sh", "provision-realserver.sh",
-                   "provision-client.sh", "dr-lb-realserver.sh"):
+                   "provision-client.sh"):
         assert f'"{script}"' in text
         assert (VAGRANT_DIR / script).is_file()
 
@@ -113,7 +117,6 @@ def test_vagrantfile_takes_the_scene_from_scene_json():
     ("provision-director.sh", "bash"),
     ("provision-realserver.sh", "sh"),
     ("provision-client.sh", "sh"),
-    ("dr-lb-realserver.sh", "sh"),
 ])
 def test_provisioning_scripts_parse(script, shell):
     path = shutil.which(shell)
@@ -124,6 +127,7 @@ def test_provisioning_scripts_parse(script, shell):
     assert r.returncode == 0, r.stderr
 
 
+@pytest.mark.slow
 def test_vagrant_validate(tmp_path):
     vagrant = shutil.which("vagrant")
     if vagrant is None:

@@ -1,28 +1,28 @@
 #!/bin/sh
 # Vagrant provisioning of a real server VM (run as root by `vagrant up`/`vagrant provision`).
-# Usage: provision-realserver.sh NAME PORT
+# Usage: provision-realserver.sh NAME VIP PORT DIRECTOR
 #
-# No Python and no dr-lb here, as on many real servers (issue 3). The preparation is the
-# POSIX sh script that `dr-lb realserver script VIP --port PORT --director DIP` prints,
-# committed as vagrant/dr-lb-realserver.sh and uploaded to /tmp by the Vagrantfile:
-#   - dr-lb-realserver.service (committed; the unit `realserver up --persist` writes) runs
-#     its `up` at every boot, before the network comes up
-#     (VIP on lo as a /32, arp_ignore=1 and arp_announce=2 for all, default and lo);
+# No Python and no dr-lb here, as on many real servers (issue 3). The Vagrantfile syncs
+# the repository to /dr-lb; the preparation is its lb/realserver/realserver.sh, the very
+# file `dr-lb realserver ...` runs, run with /bin/sh:
+#   - its `up --persist VIP` puts the VIP on lo as a /32 and sets arp_ignore=1 and
+#     arp_announce=2 for all, default and lo, and makes that survive a reboot: it writes
+#     /etc/sysctl.d/90-dr-lb-realserver.conf, a copy of itself with the VIP as
+#     /etc/dr-lb/realserver.sh, and dr-lb-realserver.service, which runs that copy's `up`
+#     at every boot before the network comes up, and enables the unit;
 #   - nginx answers every GET on PORT with NAME, as the namespace lab's servers do;
-#   - its `check` (the doctor) must then pass, or provisioning fails with the findings.
+#   - the copy's `check` must then pass, or provisioning fails with the findings.
 set -eu
 
-NAME=${1:?usage: provision-realserver.sh NAME PORT}
-PORT=${2:?usage: provision-realserver.sh NAME PORT}
-# Where `dr-lb realserver up --persist` puts them, so the unit is the same file.
-SCRIPT=/etc/dr-lb/realserver.sh
+USAGE="usage: provision-realserver.sh NAME VIP PORT DIRECTOR"
+NAME=${1:?$USAGE}
+VIP=${2:?$USAGE}
+PORT=${3:?$USAGE}
+DIRECTOR=${4:?$USAGE}
 
-install -D -m 0755 /tmp/dr-lb-realserver.sh "$SCRIPT"
-install -m 0644 /tmp/dr-lb-realserver.service /etc/systemd/system/dr-lb-realserver.service
-rm -f /tmp/dr-lb-realserver.sh /tmp/dr-lb-realserver.service
-systemctl daemon-reload
-systemctl enable dr-lb-realserver.service
-systemctl restart dr-lb-realserver.service
+/bin/sh /dr-lb/lb/realserver/realserver.sh up --persist "$VIP"
+# Active now, as after a boot (its `up` finds nothing left to do).
+systemctl start dr-lb-realserver.service
 
 if ! command -v nginx >/dev/null 2>&1; then
     apt-get update -q
@@ -46,6 +46,6 @@ nginx -t -q
 systemctl enable nginx.service
 systemctl reload-or-restart nginx.service
 
-# The doctor: VIP /32 on lo only, effective ARP sysctls on every interface, something
+# The check: VIP /32 on lo only, effective ARP sysctls on every interface, something
 # listening on PORT for the VIP, default route not through the director.
-sh "$SCRIPT" check --port "$PORT"
+sh /etc/dr-lb/realserver.sh check --port "$PORT" --director "$DIRECTOR"

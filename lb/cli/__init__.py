@@ -7,6 +7,7 @@ import sys
 import click
 from pyroute2.netlink.exceptions import NetlinkError
 
+from lb.cli.ipvsadm import ipvsadm_group
 from lb.cli.operate import drain, undrain, weight, zero
 from lb.cli.realserver import realserver_group
 from lb.cli.types import IPV4, SERVICE_OR_VIP
@@ -204,5 +205,6 @@ def demo(xdp_mode: str, requests: int) -> None:
 
 
 main.add_command(realserver_group)
+main.add_command(ipvsadm_group)
 for command in (zero, weight, drain, undrain):
     main.add_command(command)

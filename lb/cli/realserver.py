@@ -6,7 +6,7 @@ import sys
 
 import click
 
-from lb import realserver
+from lb import findings, realserver
 from lb.cli.types import IPV4
 from lb.errors import UserError
 
@@ -18,6 +18,11 @@ def _require_root(command: str, vips: tuple[str, ...]) -> None:
     if os.geteuid() != 0:
         raise UserError(f"realserver {command} changes lo's addresses and the ARP sysctls: "
                         f"run it as root (sudo dr-lb realserver {command} {' '.join(vips)})")
+
+
+def _exit(status: int) -> None:
+    if status:
+        sys.exit(status)
 
 
 @click.group("realserver")
@@ -37,8 +42,7 @@ def up(vips: tuple[str, ...], persist: bool, root: str) -> None:
     arp_announce=2 for all, default and lo."""
     _require_root("up", vips)
     # Each step is printed as it is done: a failure midway still shows what changed.
-    if not realserver.up(list(vips), persist=persist, root=root, echo=click.echo):
-        click.echo("nothing to do: already prepared")
+    _exit(realserver.up(list(vips), persist=persist, root=root, echo=click.echo))
 
 
 @realserver_group.command("down")
@@ -48,7 +52,7 @@ def down(vips: tuple[str, ...], root: str) -> None:
     """Remove the VIPs from lo and what --persist wrote for them; put the ARP sysctls
     back once none of the VIPs `up` put on lo is left there."""
     _require_root("down", vips)
-    realserver.down(list(vips), root=root, echo=click.echo)
+    _exit(realserver.down(list(vips), root=root, echo=click.echo))
 
 
 @realserver_group.command("check")
@@ -61,10 +65,9 @@ def down(vips: tuple[str, ...], root: str) -> None:
 def check(vips: tuple[str, ...], port: int | None, director: str | None,
           as_json: bool) -> None:
     """Find every LVS-DR pitfall on this real server; exit 1 if any is an error."""
-    from lb import doctor
-    findings = doctor.check(list(vips), port=port, director=director)
-    click.echo(doctor.format_json(findings) if as_json else doctor.format_table(findings))
-    sys.exit(1 if doctor.has_errors(findings) else 0)
+    found = realserver.check(list(vips), port=port, director=director)
+    click.echo(findings.format_json(found) if as_json else findings.format_table(found))
+    _exit(1 if findings.has_errors(found) else 0)
 
 
 @realserver_group.command("script")
@@ -76,5 +79,4 @@ def check(vips: tuple[str, ...], port: int | None, director: str | None,
 def script(vips: tuple[str, ...], port: int | None, director: str | None) -> None:
     """Print a POSIX sh script doing up, down and check for these VIPs
     (`sh script.sh up|down|check`), for real servers without Python."""
-    from lb import rs_script
-    click.echo(rs_script.generate(list(vips), port=port, director=director), nl=False)
+    click.echo(realserver.script(list(vips), port=port, director=director), nl=False)

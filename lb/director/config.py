@@ -24,8 +24,17 @@ MAC_RE = re.compile(r"^[0-9a-fA-F]{2}(:[0-9a-fA-F]{2}){5}$")
 DIRECTOR_KEYS = {"interface", "xdp_mode", "icmp_echo", "conn_table_size"}
 TIMEOUT_KEYS = {"tcp", "tcpfin", "udp"}
 SERVICE_KEYS = {"vip", "port", "protocol", "scheduler", "persistent",
-                "persistent_netmask", "real_server"}
-REAL_SERVER_KEYS = {"address", "port", "weight", "mac", "drained"}
+                "persistent_netmask", "real_server", "health", "sorry_server"}
+REAL_SERVER_KEYS = {"address", "port", "weight", "mac", "drained", "health"}
+HEALTH_TYPES = ("tcp", "http", "none")
+ON_FAILURE = ("keep", "reschedule")
+HEALTH_KEYS = {"type", "interval", "timeout", "rise", "fall", "port", "path", "expect",
+               "host", "on_failure"}
+HTTP_ONLY_KEYS = ("path", "expect", "host")
+HEALTH_INTERVAL_S = (0.1, 3600)
+HEALTH_COUNT = (1, 100)
+URL_PATH_RE = re.compile(r"^/[\x21-\x7e]*$")
+HOST_RE = re.compile(r"^[\x21-\x7e]+$")
 METRICS_KEYS = {"listen"}
 TOP_KEYS = {"director", "timeouts", "service", "metrics"}
 
@@ -39,12 +48,43 @@ class ConfigError(Exception):
 
 
 @dataclass(frozen=True)
+class Health:
+    """How a real server is checked: [service.health], each key of which a real server
+    can override in [service.real_server.health].
+
+    Without any health table a server is not checked (type "none"), as before health
+    checks existed and as keepalived does with no checker; a table without `type` means
+    "tcp". The timings are keepalived's usual ones: its sample config's delay_loop 6 and
+    connect_timeout 3; `fall = 2` is its default `retry 1` (a failure and one more);
+    `rise = 1` is keepalived's single success that brings a server back.
+    """
+    type: str = "none"                  # "tcp" | "http" | "none"
+    interval: float = 6.0               # seconds from the start of a check to the next
+    timeout: float = 3.0                # a check that has not succeeded by then failed
+    rise: int = 1                       # consecutive successes that bring a server back
+    fall: int = 2                       # consecutive failures that take it out
+    port: int | None = None             # own-address check port; None: the server's
+    path: str = "/"                     # http only
+    expect: tuple[int, ...] = ()        # http only: accepted status codes; (): any 2xx
+    host: str | None = None             # http only: Host header; None: the address
+    on_failure: str = "keep"            # "keep" | "reschedule" its connections
+
+    @property
+    def checked(self) -> bool:
+        return self.type != "none"
+
+    def accepts(self, status: int) -> bool:
+        return status in self.expect if self.expect else 200 <= status <= 299
+
+
+@dataclass(frozen=True)
 class RealServer:
     address: str
     port: int
     weight: int = 1
     mac: str | None = None
     drained: bool = False     # `dr-lb drain`: no new connections, weight kept for undrain
+    health: Health = Health()   # the service's [service.health] with this server's overrides
 
     @property
     def effective_weight(self) -> int:
@@ -60,6 +100,8 @@ class Service:
     persistent: int = 0
     persistent_netmask: str = "255.255.255.255"
     real_servers: tuple[RealServer, ...] = ()
+    health: Health = Health()           # [service.health] as written (defaults filled in)
+    sorry_server: str | None = None     # takes new connections when no real server can
 
     @property
     def name(self) -> str:
@@ -152,6 +194,19 @@ class _Checker:
         for key in sorted(set(table) - allowed):
             self.fail(where, f"unknown key '{key}' (a typo?); known keys: "
                              + ", ".join(sorted(allowed)))
+
+    def number(self, where: str, table: dict, key: str, default: float,
+               lo: float, hi: float) -> float:
+        value = table.get(key, default)
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            self.fail(where, f"{key} = {value!r} must be a number of seconds from {lo:g} "
+                             f"to {hi:g}")
+            return default
+        if not lo <= value <= hi:
+            self.fail(where, f"{key} = {value:g} is out of range; use {lo:g} to {hi:g} "
+                             "(seconds)")
+            return default
+        return float(value)
 
     def integer(self, where: str, table: dict, key: str, default: int | None,
                 lo: int, hi: int) -> int | None:
@@ -272,8 +327,9 @@ def from_dict(data: dict, source: str = "config") -> Config:
         services.append(svc)
 
     for problem in limit_problems(
-            len(services), sum(len(s.real_servers) for s in services),
-            sum(wrr_length(s.scheduling_weights()) for s in services)):
+            len(services), sum(len(s.real_servers) + bool(s.sorry_server) for s in services),
+            sum(max(wrr_length(s.scheduling_weights()), 1 if s.sorry_server else 0)
+                for s in services)):
         c.fail("", problem)
 
     if c.problems:
@@ -305,6 +361,10 @@ def _service(c: _Checker, n: int, s) -> Service | None:
         netmask = "255.255.255.255"
     where = (f"service {vip or '?'}:{port if port is not None else s.get('port', '?')}"
              f"/{s.get('protocol', 'tcp')}")
+    raw_health = s.get("health")
+    health = _health(c, f"{where}, [service.health]", raw_health, Health(),
+                     "tcp" if raw_health is not None else "none", "[service.health]")
+    sorry = c.ipv4(where, s, "sorry_server") if "sorry_server" in s else None
 
     raw_reals = s.get("real_server", [])
     if not isinstance(raw_reals, list) or not raw_reals:
@@ -334,6 +394,17 @@ def _service(c: _Checker, n: int, s) -> Service | None:
             c.fail(rwhere, f"mac = {mac!r} is not a unicast MAC address; write it as "
                            "\"52:54:00:12:34:56\" or leave it out to use the neighbour table")
             mac = None
+        rs_raw_health = r.get("health")
+        rs_health = health
+        if rs_raw_health is not None:
+            rs_health = _health(c, f"{rwhere}, [service.real_server.health]", rs_raw_health,
+                                health, health.type if raw_health is not None else "tcp",
+                                "[service.real_server.health]")
+        if (protocol == "udp" and rs_health.checked and rs_health.port is None
+                and isinstance(rs_raw_health, dict)
+                and ("type" in rs_raw_health or raw_health is None)):
+            c.fail(f"{rwhere}, [service.real_server.health]", _UDP_NEEDS_PORT.format(
+                type=rs_health.type))
         if addr is None:
             continue
         if addr == vip:
@@ -344,12 +415,95 @@ def _service(c: _Checker, n: int, s) -> Service | None:
             continue
         seen.add(addr)
         reals.append(RealServer(address=addr, port=port or 0, weight=weight,
-                                mac=mac.lower() if mac else None, drained=drained))
+                                mac=mac.lower() if mac else None, drained=drained,
+                                health=rs_health))
+    if isinstance(raw_health, dict):
+        hwhere = f"{where}, [service.health]"
+        if protocol == "udp" and health.checked and health.port is None and \
+                any(rs.health is health for rs in reals):
+            c.fail(hwhere, _UDP_NEEDS_PORT.format(type=health.type))
+        # An http-only key here is used if some real server's check is http.
+        if health.type != "http" and not any(rs.health.type == "http" for rs in reals):
+            for key in HTTP_ONLY_KEYS:
+                if key in raw_health:
+                    c.fail(hwhere, f"{key} is only used by type = \"http\" checks (here type "
+                                   f"= \"{health.type}\"); remove {key} or set type = \"http\"")
+    if sorry is not None:
+        if sorry == vip:
+            c.fail(where, f"sorry_server = {sorry} is the VIP; give the address of a host on "
+                          "the segment that serves the VIP (prepared like a real server)")
+        elif sorry in seen:
+            c.fail(where, f"sorry_server = {sorry} is a real server of this service; the "
+                          "sorry server takes connections when no real server can, so give "
+                          "another host's address")
     if vip is None or port is None:
         return None
     return Service(vip=vip, port=port, protocol=protocol, scheduler=scheduler,
                    persistent=persistent, persistent_netmask=netmask,
-                   real_servers=tuple(reals))
+                   real_servers=tuple(reals), health=health, sorry_server=sorry)
+
+
+_UDP_NEEDS_PORT = ("type = \"{type}\" checks a UDP service's real servers over TCP; give the "
+                   "TCP port to check, e.g. port = 53 for a DNS server, or type = \"none\"")
+
+
+def _health(c: _Checker, where: str, raw, base: Health, default_type: str,
+            name: str) -> Health:
+    """One health table checked and laid over `base` (the service's, for a real server);
+    `default_type` applies when the table has no type."""
+    if raw is None:
+        return base
+    if not isinstance(raw, dict):
+        c.fail(where, f"health = {raw!r} must be a table; write {name} on a line of its own "
+                      "with its keys (type, interval, ...) below it")
+        return base
+    c.unknown_keys(where, raw, HEALTH_KEYS)
+    values = {
+        "type": c.choice(where, raw, "type", default_type, HEALTH_TYPES),
+        "interval": c.number(where, raw, "interval", base.interval, *HEALTH_INTERVAL_S),
+        "timeout": c.number(where, raw, "timeout", base.timeout, *HEALTH_INTERVAL_S),
+        "rise": c.integer(where, raw, "rise", base.rise, *HEALTH_COUNT),
+        "fall": c.integer(where, raw, "fall", base.fall, *HEALTH_COUNT),
+        "on_failure": c.choice(where, raw, "on_failure", base.on_failure, ON_FAILURE),
+        "port": base.port, "path": base.path, "expect": base.expect, "host": base.host,
+    }
+    if "port" in raw:
+        values["port"] = c.integer(where, raw, "port", base.port, 1, 65535)
+    if values["timeout"] > values["interval"]:
+        if "timeout" in raw:
+            c.fail(where, f"timeout = {values['timeout']:g} is longer than interval = "
+                          f"{values['interval']:g}; a check must end before the next one "
+                          "starts: make timeout at most interval")
+        else:   # a default or inherited timeout follows a shorter interval
+            values["timeout"] = values["interval"]
+    path = raw.get("path", base.path)
+    if not isinstance(path, str) or not URL_PATH_RE.match(path):
+        c.fail(where, f"path = {path!r} is not a URL path; write it as path = \"/healthz\" "
+                      "(starting with /, no spaces)")
+    else:
+        values["path"] = path
+    if "expect" in raw:
+        expect = raw["expect"]
+        codes = expect if isinstance(expect, list) else [expect]
+        if not codes or any(isinstance(x, bool) or not isinstance(x, int)
+                            or not 100 <= x <= 599 for x in codes):
+            c.fail(where, f"expect = {expect!r} is not an HTTP status code or a list of them; "
+                          "write expect = 200 or expect = [200, 301]")
+        else:
+            values["expect"] = tuple(sorted(set(codes)))
+    if "host" in raw:
+        host = raw["host"]
+        if not isinstance(host, str) or not HOST_RE.match(host):
+            c.fail(where, f"host = {host!r} is not a host name; write it as "
+                          "host = \"www.example.com\" (the Host header the check sends)")
+        else:
+            values["host"] = host
+    if values["type"] != "http":
+        for key in HTTP_ONLY_KEYS:
+            if key in raw and name != "[service.health]":
+                c.fail(where, f"{key} is only used by type = \"http\" checks (here type = "
+                              f"\"{values['type']}\"); remove {key} or set type = \"http\"")
+    return Health(**values)
 
 
 def _listen(value) -> tuple[str, int] | None:

@@ -85,6 +85,7 @@ def run(config: Config, config_path: str, replace: bool = False) -> None:
             from lb.director import metrics as metrics_mod
             metrics = metrics_mod.serve(config.metrics.listen, must=False)
         director.start_monitor()
+        director.start_health()
         recorder.save(director.ids, director.layout)   # ours now, even if nothing changed
         handlers = director.handlers()
         reload_counts = {"reloads": 0, "errors": 0}
@@ -145,6 +146,8 @@ def run(config: Config, config_path: str, replace: bool = False) -> None:
             metrics.close()
         if server:
             server.close()
+        if director and director.health:
+            director.health.stop()
         if director and director.monitor:
             director.monitor.stop()
         try:

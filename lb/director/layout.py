@@ -1,32 +1,43 @@
 """The one road from the config to the maps: what every map should hold, in plain Python.
 
-`build()` takes the config, the real servers' MACs and the director's MAC, and returns
-the complete contents of every map the control plane writes: settings (with the
-timeouts), services, VIPs, real servers with their flags (removed ones included), and
-the WRR cycles with their placement in wrr_seq. Field names are those of the C structs
+`build()` takes the config, the real servers' MACs, the director's MAC and the real
+servers' health, and returns the complete contents of every map the control plane
+writes: settings (with the timeouts), services, VIPs, real servers with their flags
+(removed ones and sorry servers included), and the WRR cycles with their placement in
+wrr_seq. Field names are those of the C structs
 in bpf/dr_lb_abi.h, and values are ready for the map (network byte order), so that
 lb/director/dataplane.py only copies them. No bcc, no root: tested as plain Python.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Mapping
 
 from lb import abi
 from lb.director.config import Config, RealServer, Service, limit_problems
 from lb.director.scheduler import wrr_length, wrr_sequence
+
+DOWN = "down"   # the health state (lb/director/health.py) that takes a server out
+
+
+def real_key(svc: Service, address: str) -> tuple[str, int, str, str]:
+    """A real server of a service, as health states (and Ids) name it."""
+    return (svc.vip, svc.port, svc.protocol, address)
+
 
 @dataclass(frozen=True)
 class RealEntry:
     real_id: int
     server: RealServer
     mac: str | None
+    healthy: bool = True     # False: failing its health check
 
     @property
     def flags(self) -> int:
-        if self.mac is None:
-            return 0
-        flags = abi.REAL_F_MAC_KNOWN
-        if self.server.effective_weight > 0:
+        flags = abi.REAL_F_MAC_KNOWN if self.mac else 0
+        if not self.healthy and self.server.health.on_failure == "reschedule":
+            flags |= abi.REAL_F_RESCHEDULE
+        if self.mac and self.healthy and self.server.effective_weight > 0:
             flags |= abi.REAL_F_SCHEDULABLE
         return flags
 
@@ -38,6 +49,9 @@ class ServiceEntry:
     seq_offset: int              # within the half of wrr_seq in use
     sequence: tuple[int, ...]    # real_ids, one WRR cycle over schedulable servers
     reals: tuple[RealEntry, ...]
+    # The sorry server: weight 1 while it is the whole cycle (no real server can take a
+    # new connection), else 0, so that no persistence template keeps clients on it.
+    sorry: RealEntry | None = None
 
 
 def _lowest_free(used) -> int:
@@ -77,8 +91,9 @@ class Ids:
     def room_for(self, config: Config) -> str | None:
         """Why `config` cannot be loaded without a restart, or None."""
         new_svcs = {(s.vip, s.port, s.protocol) for s in config.services} - set(self.services)
-        new_reals = {(s.vip, s.port, s.protocol, rs.address) for s in config.services
-                     for rs in s.real_servers} - set(self.reals)
+        new_reals = {real_key(s, a) for s in config.services
+                     for a in [rs.address for rs in s.real_servers]
+                     + ([s.sorry_server] if s.sorry_server else [])} - set(self.reals)
         if limit_problems(len(self.services) + len(new_svcs),
                           len(self.reals) + len(new_reals), 0):
             return ("this instance has used up its service or real-server slots; "
@@ -98,7 +113,9 @@ class Layout:
 
     @property
     def reals(self) -> list[RealEntry]:
-        return [r for s in self.services for r in s.reals]
+        """Every entry of a configured server: real servers, then sorry servers."""
+        return [r for s in self.services for r in s.reals] + \
+            [s.sorry for s in self.services if s.sorry]
 
     @property
     def vips(self) -> dict[str, int]:
@@ -143,25 +160,38 @@ class Layout:
 
 
 def build(config: Config, macs: dict[str, str | None], interface_mac: str,
-          ids: Ids | None = None, previous: Layout | None = None) -> Layout:
-    """Lay out `config`; `macs` maps real-server addresses to MACs (None: unknown).
+          ids: Ids | None = None, previous: Layout | None = None,
+          health: Mapping[tuple, str] | None = None) -> Layout:
+    """Lay out `config`; `macs` maps real-server addresses to MACs (None: unknown), and
+    `health` maps real_key()s to health states: a server whose state is "down" leaves
+    the WRR cycle like a weight-0 one (missing: not checked, or not yet).
 
     A service's slice of wrr_seq is sized for all its weighted servers, so that the
     offsets do not move when a MAC comes or goes; only the used length changes. The
     cycles go to the half of wrr_seq that `previous` did not use.
     """
     ids = ids or Ids()
+    health = health or {}
     services = []
     offset = 0
     for svc in config.services:
-        reals = tuple(RealEntry(ids.real(svc, rs), rs, rs.mac or macs.get(rs.address))
+        reals = tuple(RealEntry(ids.real(svc, rs), rs, rs.mac or macs.get(rs.address),
+                                health.get(real_key(svc, rs.address)) != DOWN)
                       for rs in svc.real_servers)
         weights = svc.scheduling_weights()
-        usable = [w if r.mac else 0 for w, r in zip(weights, reals)]
+        usable = [w if r.mac and r.healthy else 0 for w, r in zip(weights, reals)]
         sequence = tuple(reals[i].real_id for i in wrr_sequence(usable))
-        services.append(ServiceEntry(ids.service(svc), svc, offset, sequence, reals))
-        offset += wrr_length(weights)
-    in_use = {r.real_id for s in services for r in s.reals}
+        sorry = None
+        if svc.sorry_server:
+            mac = macs.get(svc.sorry_server)
+            in_use = not sequence and mac is not None
+            server = RealServer(svc.sorry_server, svc.port, weight=1 if in_use else 0)
+            sorry = RealEntry(ids.real(svc, server), server, mac)
+            sequence = (sorry.real_id,) if in_use else sequence
+        services.append(ServiceEntry(ids.service(svc), svc, offset, sequence, reals, sorry))
+        offset += max(wrr_length(weights), 1 if sorry else 0)
+    in_use = {r.real_id for s in services for r in s.reals} | \
+        {s.sorry.real_id for s in services if s.sorry}
     removed = tuple(RealEntry(real_id, rs, rs.mac or macs.get(rs.address))
                     for real_id, rs in sorted(ids.servers.items()) if real_id not in in_use)
     t = config.timeouts

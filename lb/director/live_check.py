@@ -13,7 +13,8 @@
   the real server's MAC and the VIP as destination, sent from the director. A SYN-ACK
   proves the VIP on lo and the port end to end; an RST says nothing listens; silence
   says the VIP is not on the real server (or a firewall drops it). The director resets
-  the half-open connection at once.
+  the half-open connection at once. The probe is lb/director/probe.py's, which the
+  health checks of `dr-lb up` use too.
 
 `live_findings(cfg)` returns lb.findings.Finding objects; `dr-lb check --live` prints them.
 """
@@ -21,8 +22,6 @@ from __future__ import annotations
 
 import ipaddress
 import os
-import random
-from dataclasses import dataclass
 from pathlib import Path
 
 from lb import findings, libbpf
@@ -30,9 +29,9 @@ from lb.abi import mac_bytes
 from lb.director.arp import source_for, who_has
 from lb.director.config import Config
 from lb.director.netif import Interface, interface
+from lb.director.probe import Probe, syn_probe
 from lb.findings import Finding, Template
-from lb.frames import (ETH_P_IP, TCP_ACK, TCP_RST, TCP_SYN, arp_request, exchange,
-                       parse_arp_reply, parse_tcp, tcp_frame)
+from lb.frames import arp_request, parse_arp_reply
 
 TEMPLATES: dict[str, Template] = {
     "interface-missing": Template(
@@ -139,54 +138,6 @@ def xdp_arp_answer(iface: Interface, vip: str) -> str | None:
     if not reply or reply[0] != vip or run.data[0:6] != mac_bytes(asker_mac):
         return None
     return reply[1]
-
-
-# ---- the DR-path SYN probe -------------------------------------------------------------------
-
-@dataclass(frozen=True)
-class Probe:
-    rip: str
-    mac: str
-    vip: str
-    port: int
-
-
-def syn_probe(iface: Interface, probes: list[Probe], wait_s: float = 0.7,
-              rounds: int = 2) -> dict[Probe, str]:
-    """Send each probe's SYN to (its MAC, VIP:port); "open" (SYN-ACK, answered with an
-    RST so the real server forgets it), "refused" (RST) or "silent".
-
-    The SYN leaves with TTL 1 and only answers from the probed MAC count: a host that
-    lacks the VIP but forwards (ip_forward=1) must not pass the probe on to whoever
-    owns the VIP and get credit for its answer."""
-    result: dict[Probe, str] = {p: "silent" for p in probes}
-    base = random.randint(20000, 60000 - len(probes))
-    sports = {base + i: p for i, p in enumerate(probes)}
-    seqs = {p: random.randint(0, 2**32 - 1) for p in probes}
-
-    def pending() -> list[bytes]:
-        return [tcp_frame(iface.mac, p.mac, source_for(iface, p.rip), p.vip, sport, p.port,
-                          seqs[p], TCP_SYN, ttl=1)
-                for sport, p in sports.items() if result[p] == "silent"]
-
-    def receive(frame: bytes, send) -> None:
-        t = parse_tcp(frame)
-        if not t or t[3] not in sports:
-            return
-        p = sports[t[3]]
-        src_ip, dst_ip, sport, dport, seq, ack, flags = t
-        if src_ip != p.vip or sport != p.port or result[p] != "silent" \
-                or frame[6:12] != mac_bytes(p.mac):
-            return
-        if flags & TCP_SYN and flags & TCP_ACK:
-            result[p] = "open"
-            send(tcp_frame(iface.mac, p.mac, dst_ip, p.vip, dport, p.port, ack, TCP_RST))
-        elif flags & TCP_RST:
-            result[p] = "refused"
-
-    exchange(iface.name, ETH_P_IP, pending, receive, wait_s, rounds,
-             done=lambda: all(v != "silent" for v in result.values()))
-    return result
 
 
 # ---- the checks --------------------------------------------------------------------------

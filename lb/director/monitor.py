@@ -41,6 +41,9 @@ class Monitor:
                          for f, n in ((self._sweep, "dr-lb-sweep"), (self._sample, "dr-lb-rate"))]
 
     def start(self) -> "Monitor":
+        # The first read pays for importing numpy and sizing buffers; time the second, or
+        # an empty table looks expensive and `status` would wait for the sweeper.
+        self.sweep_once()
         self.sweep_once()
         # Entries a restarted program found (kept from its predecessor) are not inserts of
         # this run: evictions = inserts + kept - entries.

@@ -8,8 +8,8 @@ from pathlib import Path
 from typing import Callable
 
 from lb import abi
-from lb.director import (arp, config as config_mod, edits, layout as layout_mod, monitor,
-                         netif, status)
+from lb.director import (arp, config as config_mod, edits, health as health_mod,
+                         layout as layout_mod, monitor, netif, status)
 from lb.director.dataplane import monotonic_coarse_ns
 from lb.director.config import Config
 from lb.errors import UserError
@@ -34,15 +34,26 @@ class Reconciler:
         self.lock = threading.Lock()
         self.xdp_mode = ""
         self.monitor: monitor.Monitor | None = None
+        self.health: health_mod.HealthChecker | None = None
         self._last_probe = 0.0
         # Called with (ids, layout) after every write (lb/director/kept.py records them).
         self.after_program: Callable | None = None
 
     @property
     def dynamic_addresses(self) -> list[str]:
-        """Real servers whose MAC comes from the neighbour table."""
+        """Real servers (and sorry servers) whose MAC comes from the neighbour table."""
         return sorted({rs.address for s in self.config.services for rs in s.real_servers
-                       if not rs.mac})
+                       if not rs.mac} | {s.sorry_server for s in self.config.services
+                                         if s.sorry_server})
+
+    def mac_of(self, address: str) -> str | None:
+        """A real server's MAC as the maps have it: the config's, else the neighbour's."""
+        config = self.config    # not under the lock: program() holds it while it writes
+        for s in config.services:
+            for rs in s.real_servers:
+                if rs.address == address and rs.mac:
+                    return rs.mac
+        return self.macs.get(address)
 
     def refresh_neighbours(self, probe_missing: bool = True) -> bool:
         """Read the neighbour table; reprogram the maps if a MAC changed."""
@@ -80,10 +91,19 @@ class Reconciler:
     def program(self) -> None:
         with self.lock:
             self.layout = layout_mod.build(self.config, self.macs, self.interface.mac,
-                                           self.ids, self.layout)
+                                           self.ids, self.layout,
+                                           health=self.health.states() if self.health else {})
             self.dp.write(self.layout)
             if self.after_program:
                 self.after_program(self.ids, self.layout)
+
+    def start_health(self, log=print) -> None:
+        """Start checking the real servers' health (after the program is attached: it
+        hides the DR-path probes' answers from the kernel)."""
+        self.health = health_mod.HealthChecker(self.interface, self.mac_of, self.program,
+                                               lambda line: log(line, flush=True))
+        self.health.update(self.config)
+        self.health.start()
 
     def reload(self) -> dict:
         """Load the changed config file without dropping connections, as `ipvsadm
@@ -140,6 +160,8 @@ class Reconciler:
         old = self.config
         with self.lock:
             self.config, self.config_text = new, text
+        if self.health:
+            self.health.update(new)
         self.program()
         self.refresh_neighbours()
         added = [v for v in new.vips if v not in old.vips]
@@ -160,7 +182,8 @@ class Reconciler:
             config, layout = self.config, self.layout
         counts, age = self.monitor.conn_counts()
         return status.collect(config, layout, self.dp, self.interface.name, self.xdp_mode,
-                              counts, age, self.monitor.rates())
+                              counts, age, self.monitor.rates(),
+                              self.health.report(config) if self.health else None)
 
     def connections(self, vip: str | None = None, port: int | None = None,
                     real: str | None = None, limit: int = 1000) -> dict:
@@ -231,7 +254,7 @@ class Reconciler:
         if not chosen:
             return {"ok": False, "problems": [f"no service {spec} is running"]}
         self.dp.zero_stats([s.svc_id for s in chosen],
-                           [r.real_id for s in chosen for r in s.reals])
+                           [r.real_id for s in chosen for r in s.reals + (s.sorry,) if r])
         self.monitor.reset()
         return {"ok": True, "message": "zeroed the counters of "
                 + ", ".join(s.service.name for s in chosen)}

@@ -3,35 +3,52 @@ from __future__ import annotations
 
 from lb import abi
 from lb.director.config import Config
-from lb.director.layout import Layout
+from lb.director.layout import Layout, real_key
 
 
 NO_RATE = {"cps": 0, "inpps": 0, "inbps": 0}
 
 
 def collect(config: Config, layout: Layout, dataplane, interface: str, xdp_mode: str,
-            conns, conns_age_s: float = 0.0, rates: dict | None = None) -> dict:
+            conns, conns_age_s: float = 0.0, rates: dict | None = None,
+            health: dict | None = None) -> dict:
     """The status document (the `--json` output): counters read from the live maps,
-    connection counts and rates from lb/director/monitor.py."""
+    connection counts and rates from lb/director/monitor.py, and each real server's
+    health from lb/director/health.py: {"state": "up" | "down" | "unchecked",
+    "last": the last result in words, "since": the Unix time the state began}."""
     rates = rates or {}
+    health = health or {}
     counters = dataplane.counters()
     services = []
+
+    def server(r) -> dict:
+        rst = dataplane.real_stats(r.real_id)
+        active, inactive = conns.per_real.get(r.real_id, (0, 0))
+        return {
+            "address": r.server.address, "port": r.server.port,
+            "weight": r.server.effective_weight, "mac": r.mac,
+            "drained": r.server.drained,
+            "schedulable": bool(r.flags & abi.REAL_F_SCHEDULABLE),
+            "active_conns": active, "inactive_conns": inactive,
+            "conns": rst.conns, "in_packets": rst.packets, "in_bytes": rst.bytes,
+            "rate": rates.get(("real", r.real_id), NO_RATE),
+        }
+
     for s in layout.services:
         st = dataplane.service_stats(s.svc_id)
+        svc = s.service
         reals = []
         for r in s.reals:
-            rst = dataplane.real_stats(r.real_id)
-            active, inactive = conns.per_real.get(r.real_id, (0, 0))
-            reals.append({
-                "address": r.server.address, "port": r.server.port,
-                "weight": r.server.effective_weight, "mac": r.mac,
-                "drained": r.server.drained,
-                "schedulable": bool(r.flags & abi.REAL_F_SCHEDULABLE),
-                "active_conns": active, "inactive_conns": inactive,
-                "conns": rst.conns, "in_packets": rst.packets, "in_bytes": rst.bytes,
-                "rate": rates.get(("real", r.real_id), NO_RATE),
-            })
-        svc = s.service
+            doc = server(r)
+            if health:
+                doc["health"] = health.get(real_key(svc, r.server.address),
+                                           {"state": "unchecked", "last": "", "since": 0})
+            reals.append(doc)
+        sorry = None
+        if s.sorry:
+            sorry = server(s.sorry)
+            del sorry["drained"]
+            sorry["in_use"] = sorry.pop("schedulable")   # taking new connections now
         services.append({
             "vip": svc.vip, "port": svc.port, "protocol": svc.protocol,
             "scheduler": svc.scheduler, "persistent": svc.persistent,
@@ -39,6 +56,7 @@ def collect(config: Config, layout: Layout, dataplane, interface: str, xdp_mode:
             "counters": {"conns": st.conns, "in_packets": st.packets, "in_bytes": st.bytes},
             "rate": rates.get(("svc", s.svc_id), NO_RATE),
             "real_servers": reals,
+            "sorry_server": sorry,
         })
     inserts = counters["conn_table_insert"]
     return {
@@ -88,7 +106,15 @@ def format_table(data: dict) -> str:
             rows.append((f"  -> {r['address']}:{r['port']}", "Route",
                          tuple(str(r[k]) for k in ("weight", "active_conns", "inactive_conns",
                                                    "conns", "in_packets", "in_bytes")),
-                         r["mac"] or "unresolved"))
+                         (r["mac"] or "unresolved") + _health_text(r.get("health"))))
+        sorry = s.get("sorry_server")
+        if sorry:
+            rows.append((f"  -> {sorry['address']}:{sorry['port']}", "Route",
+                         tuple(str(sorry[k]) for k in ("weight", "active_conns",
+                                                       "inactive_conns", "conns",
+                                                       "in_packets", "in_bytes")),
+                         (sorry["mac"] or "unresolved") + "  sorry server"
+                         + (", in use" if sorry["in_use"] else "")))
     address_w = max(len(row[0]) for row in rows)
     method_w = max(len(row[1]) for row in rows)
     number_w = [max(len(row[2][i]) for row in rows) for i in range(len(NUMBER_COLUMNS))]
@@ -105,6 +131,16 @@ def format_table(data: dict) -> str:
     lines.append(f"Connection table: {ct['size']} slots, {ct.get('entries', 0)} entries, "
                  f"{ct['inserts']} inserts, {ct['evicted']} evicted")
     return "\n".join(lines)
+
+
+def _health_text(health: dict | None) -> str:
+    """After the MAC: a checked server's state and, when down, why (nothing for a server
+    that is not checked, or not yet)."""
+    if not health or health["state"] == "unchecked":
+        return ""
+    if health["state"] == "down":
+        return f"  DOWN: {health['last']}"
+    return f"  {health['state']}"
 
 
 def format_rate(data: dict) -> str:

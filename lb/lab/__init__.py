@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 
 from pyroute2 import IPRoute, NetNS, netns
 
-from lb import libbpf, realserver
+from lb import libbpf
 from lb.director import kept
 from lb.lab.servers import ECHO_PORT
 
@@ -173,10 +173,18 @@ class Lab:
             if h.role == "director" and self.ns(h.name) in existing:
                 with self.inside(h.name):   # a later namespace may get the same id
                     kept.forget("eth0")
-        for h in self.real_servers:
-            if self.ns(h.name) in existing:   # what `realserver up` remembered for `down`
-                with self.inside(h.name):
-                    realserver.state_path().unlink(missing_ok=True)
+        # `realserver down` forgets what `realserver up` remembered in /run (failures
+        # ignored: a host it never prepared has nothing to undo).
+        down = python_cmd("lb", "realserver", "down", VIP)
+        downs = [subprocess.Popen(self.argv(h.name, *down), stdout=subprocess.DEVNULL,
+                                  stderr=subprocess.DEVNULL)
+                 for h in self.real_servers if self.ns(h.name) in existing]
+        for p in downs:
+            try:
+                p.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait()
         for name in self.namespaces():
             if name in existing:
                 netns.remove(name)

@@ -37,8 +37,8 @@ def start_director(lab: Lab, config_text: str, *options: str) -> subprocess.Pope
     return launch_director(lab, cfg, *options)
 
 
-def run(xdp_mode: str = "generic", requests: int = 12) -> int:
-    with Lab(prefix="drlb-demo", xdp_mode=xdp_mode) as lab:
+def run(xdp_mode: str = "generic", requests: int = 12, prefix: str = "drlb-demo") -> int:
+    with Lab(prefix=prefix, xdp_mode=xdp_mode) as lab:
         print(f"lab: client {lab_mod.CLIENT_IP}, director {lab_mod.DIRECTOR_IP}, "
               f"VIP {lab_mod.VIP}, real servers "
               + ", ".join(f"{h.name} {h.address} (weight {h.weight})" for h in lab.real_servers))
