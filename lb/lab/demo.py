@@ -13,6 +13,7 @@ from lb.lab import Lab
 def wait_ready(proc: subprocess.Popen) -> None:
     """Read `dr-lb up`'s output until its ready line; raise with the output if it ends."""
     lines = []
+    proc.early_lines = lines   # what it said up to ready (tests read the notices)
     for line in proc.stdout:
         lines.append(line.rstrip())
         if line.startswith("dr-lb: ready on "):
