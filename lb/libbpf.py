@@ -77,6 +77,8 @@ struct bpf_map_batch_opts {
 };
 int bpf_map_lookup_batch(int fd, void *in_batch, void *out_batch, void *keys, void *values,
                          uint32_t *count, const struct bpf_map_batch_opts *opts);
+int bpf_map_update_batch(int fd, const void *keys, const void *values, uint32_t *count,
+                         const struct bpf_map_batch_opts *opts);
 """)
 
 XDP_ABORTED, XDP_DROP, XDP_PASS, XDP_TX, XDP_REDIRECT = range(5)
@@ -258,3 +260,30 @@ def pinned_map_info(path: str) -> dict | None:
                 "max_entries": info.max_entries, "map_flags": info.map_flags}
     finally:
         os.close(fd)
+
+
+def pinned_fd(path: str) -> int:
+    """An fd for the object pinned at `path` (close it with os.close)."""
+    fd = _lib().bpf_obj_get(os.fsencode(path))
+    if fd < 0:
+        raise OSError(-fd, f"{path}: {os.strerror(-fd)}")
+    return fd
+
+
+def map_update_batch(map_fd: int, keys: bytes, values: bytes, count: int,
+                     chunk: int = 65536) -> None:
+    """Write `count` (key, value) pairs, laid out back to back in `keys` and `values`, in
+    a few syscalls (BPF_MAP_UPDATE_BATCH): how tests and bench/ fill a table."""
+    key_size, value_size = len(keys) // max(count, 1), len(values) // max(count, 1)
+    kbuf, vbuf = ffi.from_buffer(keys), ffi.from_buffer(values)
+    opts = ffi.new("struct bpf_map_batch_opts *")
+    opts.sz = ffi.sizeof("struct bpf_map_batch_opts")
+    n = ffi.new("uint32_t *")
+    done = 0
+    while done < count:
+        n[0] = min(chunk, count - done)
+        err = _lib().bpf_map_update_batch(map_fd, kbuf + done * key_size,
+                                          vbuf + done * value_size, n, opts)
+        if err:
+            raise OSError(-err, f"bpf_map_update_batch: {os.strerror(-err)}")
+        done += n[0]

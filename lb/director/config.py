@@ -298,7 +298,10 @@ def from_dict(data: dict, source: str = "config") -> Config:
         m = c.table("", data, "metrics")
         c.unknown_keys("[metrics]", m, METRICS_KEYS)
         listen = _listen(m.get("listen"))
-        if listen is None:
+        if "listen" not in m:
+            c.fail("[metrics]", "listen is missing: write listen = \"127.0.0.1:9469\" (where "
+                                "to serve /metrics), or remove [metrics] to serve none")
+        elif listen is None:
             c.fail("[metrics]", f"listen = {m.get('listen')!r} is not an address:port to "
                                 "serve /metrics on; write it as listen = \"127.0.0.1:9469\" "
                                 "(or remove [metrics] to serve none)")

@@ -14,7 +14,10 @@ counts (a scrape never walks the connection table), the running layout for weigh
 - dr-lb's own: drlb_packets_total{reason} (every exit of the XDP program),
   drlb_conn_table_{entries,capacity} gauges, drlb_conn_table_{inserts,evictions}_total,
   drlb_persistence_hits_total, drlb_xdp_mode{interface,mode} 1, drlb_reloads_total and
-  drlb_reload_errors_total, drlb_conn_counts_age_seconds.
+  drlb_reload_errors_total, drlb_conn_counts_age_seconds, and drlb_backend_health (the
+  backend labels plus state="up"|"down"|"unchecked": 1 for the current state, 0 for the
+  others, Prometheus' usual way to expose an enum; alert on
+  drlb_backend_health{state="down"} == 1).
 
 Counters never go back while `up` runs: `dr-lb zero` resets what `status` shows, and the
 data plane keeps what it zeroed (Dataplane.zeroed), which is added back here. A restart
@@ -30,10 +33,13 @@ from prometheus_client import CollectorRegistry, make_wsgi_app
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.exposition import ThreadingWSGIServer, _SilentHandler
 
+from lb.director.health import DOWN, UNCHECKED, UP
+from lb.director.layout import real_key
 from lb.errors import UserError
 
 BACKEND_LABELS = ["local_address", "local_port", "remote_address", "remote_port", "proto",
                   "local_mark"]
+HEALTH_STATES = (UP, DOWN, UNCHECKED)
 EVENTS = {"conn_table_insert", "persist_hit"}   # counters that are not a packet's exit
 
 
@@ -54,7 +60,7 @@ class Collector:
             layout, config = d.layout, d.config
             svc_ids = sorted(set(d.ids.services.values()))
         dp = d.dp
-        counts, age = d.monitor.conn_counts()
+        counts, age = d.monitor.last_counts()   # never a table walk here
 
         totals = [0, 0, 0]
         for i in svc_ids:
@@ -80,18 +86,28 @@ class Collector:
         weight = GaugeMetricFamily("node_ipvs_backend_weight",
                                    "The current backend weight by local and remote address.",
                                    labels=BACKEND_LABELS)
+        health_states = d.health.states() if d.health else {}
+        health = GaugeMetricFamily("drlb_backend_health", "Health check state of a real "
+                                   "server: 1 for its current state (up, down or unchecked), "
+                                   "0 for the others.", labels=BACKEND_LABELS + ["state"])
         for s in layout.services:
             svc = s.service
-            for r in s.reals:
+            for r in s.reals + ((s.sorry,) if s.sorry else ()):
                 labels = [svc.vip, str(svc.port), r.server.address, str(r.server.port),
                           svc.protocol.upper(), ""]
                 a, i = counts.per_real.get(r.real_id, (0, 0))
                 active.add_metric(labels, a)
                 inactive.add_metric(labels, i)
                 weight.add_metric(labels, r.server.effective_weight)
+                if r is s.sorry:    # keepalived's sorry server: in IPVS, not checked
+                    continue
+                now = health_states.get(real_key(svc, r.server.address), UNCHECKED)
+                for state in HEALTH_STATES:
+                    health.add_metric(labels + [state], 1 if state == now else 0)
         yield active
         yield inactive
         yield weight
+        yield health
 
         counters = dp.counters()
         packets = CounterMetricFamily("drlb_packets", "Packets seen by the XDP program, by "
