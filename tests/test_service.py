@@ -476,7 +476,10 @@ def test_zero_and_reload_never_take_a_counter_back(running):
 def test_metrics_port_in_use_is_one_line_at_up(running):
     lab = running.lab
     running.down()
+    # SO_REUSEADDR: this test's scrapes left the port in TIME_WAIT; a listening socket
+    # still keeps every other socket off it.
     script = ("import socket, subprocess, sys; s = socket.socket(); "
+              "s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1); "
               f"s.bind(('127.0.0.1', {METRICS_PORT})); s.listen(); "
               "r = subprocess.run(sys.argv[1:], capture_output=True, text=True); "
               "print(r.returncode); print(r.stderr, end='')")
