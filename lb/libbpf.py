@@ -61,6 +61,7 @@ struct bpf_prog_info_head {     /* the first fields of struct bpf_prog_info */
 };
 int bpf_obj_get_info_by_fd(int bpf_fd, void *info, uint32_t *info_len);
 int bpf_obj_get(const char *pathname);
+int bpf_obj_pin(int fd, const char *pathname);
 struct bpf_map_info_head {      /* the first fields of struct bpf_map_info */
     uint32_t type;
     uint32_t id;
@@ -222,6 +223,23 @@ def prog_fd_by_id(prog_id: int) -> int:
     if fd < 0:
         raise OSError(-fd, f"program id {prog_id}: {os.strerror(-fd)}")
     return fd
+
+
+def prog_id(fd: int) -> int:
+    """The id of the program behind `fd`."""
+    info = ffi.new("struct bpf_prog_info_head *")
+    size = ffi.new("uint32_t *", ffi.sizeof("struct bpf_prog_info_head"))
+    err = _lib().bpf_obj_get_info_by_fd(fd, info, size)
+    if err:
+        raise OSError(-err, f"program fd {fd}: {os.strerror(-err)}")
+    return info.id
+
+
+def obj_pin(fd: int, path: str) -> None:
+    """Pin a program or map at `path` on a bpffs."""
+    err = _lib().bpf_obj_pin(fd, os.fsencode(path))
+    if err:
+        raise OSError(-err, f"pinning at {path}: {os.strerror(-err)}")
 
 
 def prog_name(prog_id: int) -> str:

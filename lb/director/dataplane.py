@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from lb import abi, libbpf
+from lb.director import kept
 from lb.director.layout import Layout
 from lb.errors import UserError
 
@@ -130,7 +131,7 @@ class Dataplane:
         if replace:
             old_id, old_mode = replace
             if mode in ("auto", old_mode):
-                old_fd = libbpf.prog_fd_by_id(old_id)
+                old_fd = self._program_fd(old_id)
                 try:
                     libbpf.xdp_replace(ifindex, self.prog_fd, old_mode, old_fd)
                 except OSError as e:
@@ -139,6 +140,7 @@ class Dataplane:
                 finally:
                     os.close(old_fd)
                 self.attached = (ifindex, old_mode)
+                self._pin_program()
                 return old_mode
             # Another mode cannot be swapped in one step: remove, then attach.
             libbpf.xdp_detach(ifindex, old_mode)
@@ -151,8 +153,61 @@ class Dataplane:
                 errors.append(f"{m}: {e.strerror}")
                 continue
             self.attached = (ifindex, m)
+            self._pin_program()
             return m
         raise UserError(f"cannot attach XDP ({'; '.join(errors)})")
+
+    # The attached program is pinned beside the kept maps, so that a successor (`up
+    # --replace`, after a crash too) can take it over by path with CAP_BPF, instead of by
+    # its id, which needs CAP_SYS_ADMIN (BPF_PROG_GET_FD_BY_ID).
+    PROGRAM_PIN = kept.PROGRAM_PIN
+
+    def _pin_program(self) -> None:
+        if self.pin_dir is None:
+            return
+        path = self.pin_dir / self.PROGRAM_PIN
+        try:
+            path.unlink(missing_ok=True)
+            libbpf.obj_pin(self.prog_fd, str(path))
+        except OSError as e:   # a successor then needs CAP_SYS_ADMIN; keep balancing
+            print(f"dr-lb: warning: cannot pin the program at {path}: {e}", flush=True)
+
+    def _program_fd(self, prog_id: int) -> int:
+        """An fd for the attached program `prog_id`: from its pin when the pin is that
+        program, else by its id."""
+        if self.pin_dir is not None:
+            try:
+                fd = libbpf.pinned_fd(str(self.pin_dir / self.PROGRAM_PIN))
+            except OSError:
+                fd = None
+            if fd is not None:
+                if libbpf.prog_id(fd) == prog_id:
+                    return fd
+                os.close(fd)
+        try:
+            return libbpf.prog_fd_by_id(prog_id)
+        except OSError as e:
+            if e.errno != errno.EPERM:
+                raise
+            raise UserError(f"cannot take over the XDP program (id {prog_id}): dr-lb did "
+                            "not pin it, and taking a program by its id needs "
+                            "CAP_SYS_ADMIN; run as full root, or `dr-lb down` it first") \
+                from None
+
+    def _unpin_program(self) -> None:
+        """Remove the program's pin if it is ours (not a successor's)."""
+        if self.pin_dir is None:
+            return
+        path = self.pin_dir / self.PROGRAM_PIN
+        try:
+            fd = libbpf.pinned_fd(str(path))
+        except OSError:
+            return
+        try:
+            if libbpf.prog_id(fd) == libbpf.prog_id(self.prog_fd):
+                path.unlink(missing_ok=True)
+        finally:
+            os.close(fd)
 
     def detach(self) -> bool:
         """Detach our program, and only ours: after a takeover it is someone else's.
@@ -162,6 +217,7 @@ class Dataplane:
             self.attached = None
             try:
                 libbpf.xdp_detach(ifindex, mode, only_fd=self.prog_fd)
+                self._unpin_program()
                 return True
             except OSError as e:
                 if e.errno not in (errno.EEXIST, errno.ENODEV, errno.ENOENT):

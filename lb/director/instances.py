@@ -23,6 +23,7 @@ from lb.director.netif import netns_id
 from lb.errors import UserError
 
 RUN_DIR = Path(os.environ.get("DR_LB_RUN_DIR", "/run/dr-lb"))
+BPFFS = RUN_DIR / "bpffs"        # lb/director/kept.py: the state that outlives `up`
 
 
 def _prefix() -> str:
@@ -32,6 +33,12 @@ def _prefix() -> str:
 def instance_key(interface: str) -> str:
     """Names everything of the instance on `interface` in this network namespace."""
     return f"{_prefix()}{interface}"
+
+
+def program_pin(interface: str) -> Path:
+    """Where `up` pins its attached program, beside the kept maps (lb/director/kept.py),
+    for a successor to take over by path."""
+    return BPFFS / instance_key(interface) / "program"
 
 
 def socket_path(interface: str) -> Path:
@@ -218,6 +225,7 @@ def down(interface: str | None) -> list[str]:
                             f"{owner!r}) is not dr-lb's; leaving it. To remove it anyway: "
                             f"`ip link set dev {interface} xdp off`")
         detach_any(iface)
+        program_pin(interface).unlink(missing_ok=True)   # a pin keeps a program loaded
         done.append(f"removed a leftover XDP program (id {iface.xdp_prog_id}, "
                     f"{iface.xdp_mode}) from {interface}")
     if state:

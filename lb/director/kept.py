@@ -3,7 +3,9 @@ real server.
 
 - The maps a new program needs to send an existing connection where it went before:
   conn_table, persist_table and wrr_pos, pinned on a bpffs at /run/dr-lb/bpffs/<netns>-<if>/
-  (bpf/dr_lb_maps.h pins them when bcc gets -DDRLB_PIN_DIR). bcc opens an existing pin
+  (bpf/dr_lb_maps.h pins them when bcc gets -DDRLB_PIN_DIR), and the attached program
+  (`program`), which a successor takes over by path (CAP_BPF) rather than by id
+  (CAP_SYS_ADMIN). bcc opens an existing pin
   whatever its layout, so prepare() checks each one first and removes it unless it is
   exactly what this build would create.
 - A record beside them, /run/dr-lb/kept/<netns>-<if>.json: each map's layout fingerprint
@@ -27,12 +29,12 @@ from pathlib import Path
 from lb import abi, libbpf
 from lb.director import layout as layout_mod
 from lb.director.config import Config, RealServer
-from lb.director.instances import RUN_DIR, instance_key
+from lb.director.instances import BPFFS, RUN_DIR, instance_key
 from lb.errors import UserError
 
-BPFFS = RUN_DIR / "bpffs"
 RECORDS = RUN_DIR / "kept"
 KEPT_MAPS = ("conn_table", "persist_table", "wrr_pos")
+PROGRAM_PIN = "program"     # the attached program (instances.program_pin)
 RECORD_VERSION = 1
 
 
