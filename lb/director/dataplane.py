@@ -158,8 +158,8 @@ class Dataplane:
         raise UserError(f"cannot attach XDP ({'; '.join(errors)})")
 
     # The attached program is pinned beside the kept maps, so that a successor (`up
-    # --replace`, after a crash too) can take it over by path with CAP_BPF, instead of by
-    # its id, which needs CAP_SYS_ADMIN (BPF_PROG_GET_FD_BY_ID).
+    # --replace`, after a crash too) takes it over by path (`bpftool prog show pinned`
+    # finds it too); by id (BPF_PROG_GET_FD_BY_ID) is the fallback.
     PROGRAM_PIN = kept.PROGRAM_PIN
 
     def _pin_program(self) -> None:

@@ -4,8 +4,7 @@ real server.
 - The maps a new program needs to send an existing connection where it went before:
   conn_table, persist_table and wrr_pos, pinned on a bpffs at /run/dr-lb/bpffs/<netns>-<if>/
   (bpf/dr_lb_maps.h pins them when bcc gets -DDRLB_PIN_DIR), and the attached program
-  (`program`), which a successor takes over by path (CAP_BPF) rather than by id
-  (CAP_SYS_ADMIN). bcc opens an existing pin
+  (`program`), which a successor takes over by path. bcc opens an existing pin
   whatever its layout, so prepare() checks each one first and removes it unless it is
   exactly what this build would create.
 - A record beside them, /run/dr-lb/kept/<netns>-<if>.json: each map's layout fingerprint

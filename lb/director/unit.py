@@ -2,15 +2,14 @@
 
 The capabilities are the measured minimum for what `up` does (tests/test_unit_caps.py runs
 `up --replace` in the lab with exactly this bounding set, and checks that one fewer fails):
-- CAP_BPF: create maps, load the program, pin and open pins (bpf(2)), and take over the
-  running program through its pin (lb/director/dataplane.py pins it beside the maps);
-- CAP_PERFMON: the verifier treats a program without it as untrusted (no pointer
-  arithmetic leaks, Spectre masking) and bcc's dr_lb.c is loaded as a trusted one;
+- CAP_SYS_ADMIN: bcc opens a pinned map (the kept state) by its id after finding it by
+  path (BPF_MAP_GET_FD_BY_ID), which only CAP_SYS_ADMIN may do. It implies CAP_BPF and
+  CAP_PERFMON (maps, loading a trusted program), so those are not listed: measured,
+  `up --replace` works without them when CAP_SYS_ADMIN is there. (The running program is
+  taken over through its pin; by id, that too would need CAP_SYS_ADMIN.)
 - CAP_NET_ADMIN: load an XDP program (a networking program type) and attach it (netlink);
 - CAP_NET_RAW: the gratuitous ARP (AF_PACKET) and the ICMP probes that make the kernel
   resolve real servers' MACs (SOCK_RAW).
-Not CAP_SYS_ADMIN: it would imply CAP_BPF and CAP_PERFMON and much more; it is needed
-only to take over a program by its id (BPF_PROG_GET_FD_BY_ID), which the pin avoids.
 ExecStart runs with --replace, so that a restart after a crash takes over the leftover.
 Not needed: CAP_SYS_RESOURCE (since 5.11 BPF memory is charged to the cgroup, not to
 RLIMIT_MEMLOCK; LimitMEMLOCK=infinity covers older kernels), CAP_DAC_* (root owns every
@@ -33,7 +32,7 @@ from lb.director.kept import BPFFS
 from lb.director.instances import RUN_DIR
 
 UNIT_PATH = Path("/etc/systemd/system/dr-lb.service")
-CAPABILITIES = ("CAP_BPF", "CAP_PERFMON", "CAP_NET_ADMIN", "CAP_NET_RAW")
+CAPABILITIES = ("CAP_SYS_ADMIN", "CAP_NET_ADMIN", "CAP_NET_RAW")
 
 
 def dr_lb_command() -> str:
