@@ -144,16 +144,26 @@ TCP_STREAM = textwrap.dedent("""
 UDP_STREAM = textwrap.dedent("""
     import json, socket, sys, threading, time
     vip, port, duration, rate = sys.argv[1], int(sys.argv[2]), float(sys.argv[3]), float(sys.argv[4])
+    def ranges(xs):
+        out = []
+        for x in xs:
+            if out and out[-1][1] == x - 1:
+                out[-1][1] = x
+            else:
+                out.append([x, x])
+        return out
     s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     s.connect((vip, port))
     s.settimeout(3)
-    seen, servers, errors = set(), {}, []
-    def reader():
+    seen, servers, errors, finished = set(), {}, [], threading.Event()
+    def reader():       # until 3 s of silence after the last datagram went out
         while True:
             try:
                 data = s.recv(2048)
             except socket.timeout:
-                return
+                if finished.is_set():
+                    return
+                continue
             except Exception as e:
                 errors.append(repr(e)); return
             name, seq = data.decode().split()
@@ -179,9 +189,11 @@ UDP_STREAM = textwrap.dedent("""
         if delay > 0:
             time.sleep(delay)
         s.send(str(i).encode())
+    finished.set()
     t.join(timeout=10)
     lost = [i for i in range(1, n + 1) if i not in seen]
     print(json.dumps({"sent": n, "lost": len(lost), "first_lost": lost[:10],
+                      "lost_ranges": ranges(lost),
                       "servers": servers, "errors": errors}))
 """)
 
@@ -209,21 +221,29 @@ def test_tcp_connection_survives_down_and_up(running):
     lab = running.lab
     retrans = retransmissions(lab)
     client = start_stream(lab, TCP_STREAM, ECHO_PORT, "10", "0.05")
+    # A UDP flow too, long enough to outlast the restart: what a restart loses (nothing
+    # balances between down and ready) and that the flow comes back to its server.
+    udp = start_stream(lab, UDP_STREAM, UDP_PORT, "40", "200")
     time.sleep(2)
     t0 = time.monotonic()
     said = running.down()
     assert "stopped" in said, said
     _, ready_s = running.up()
     gap_s = time.monotonic() - t0
-    r = result_of(client)
+    r, u = result_of(client), result_of(udp)
     report("TCP across down + up", lab.xdp_mode, errors=len(r["errors"]),
            lines=f"{r['echoed']}/{r['sent']}", servers=r["servers"],
            retransmissions=retransmissions(lab) - retrans,
            longest_stall_s=r["longest_stall_s"], time_to_ready_s=round(ready_s, 2),
-           down_to_ready_s=round(gap_s, 2))
+           down_to_ready_s=round(gap_s, 2), udp_lost=f"{u['lost']}/{u['sent']}",
+           udp_lost_s=round(u["lost"] / 200, 2), udp_lost_ranges=u["lost_ranges"],
+           udp_servers=u["servers"])
     assert r["errors"] == [], r
     assert r["echoed"] == r["sent"], r
     assert len(r["servers"]) == 1, f"the connection moved between servers: {r['servers']}"
+    assert len(u["servers"]) == 1, f"the UDP flow moved between servers: {u['servers']}"
+    assert not u["lost_ranges"] or u["lost_ranges"][-1][1] < u["sent"], \
+        f"the UDP flow did not come back after the restart: {u['lost_ranges']}"
 
 
 def test_tcp_connection_and_udp_flow_survive_up_replace(running):
@@ -584,3 +604,39 @@ def test_a_scrape_at_a_million_connections_is_fast_and_blocks_nothing(running):
     finally:
         running.down("--forget")
         running.up()
+
+
+def health_of(m: dict, port: int, rip: str) -> str:
+    """The state drlb_backend_health says is current (the one series at 1)."""
+    states = [k for k, v in m.items() if k[0] == "drlb_backend_health" and v == 1
+              and dict(k[1]).get("remote_address") == rip
+              and dict(k[1]).get("local_port") == str(port)]
+    assert len(states) == 1, states
+    return dict(states[0][1])["state"]
+
+
+def test_health_gauge_follows_the_checks(running):
+    lab = running.lab
+    original = running.config.read_text()
+    m = scrape(lab)
+    assert {health_of(m, ECHO_PORT, h.address) for h in lab.real_servers} == {"unchecked"}
+    try:
+        running.config.write_text(original.replace(
+            f"port = {ECHO_PORT}\nprotocol = \"tcp\"\n",
+            f"port = {ECHO_PORT}\nprotocol = \"tcp\"\n[service.health]\ntype = \"tcp\"\n"
+            "interval = 0.5\ntimeout = 0.5\n"))
+        lab.run("director", *python_cmd("lb", "reload"))
+        deadline = time.monotonic() + 15
+        while {health_of(scrape(lab), ECHO_PORT, h.address) for h in lab.real_servers} \
+                != {"up"}:
+            assert time.monotonic() < deadline, "the checks never showed up in the gauge"
+            time.sleep(0.3)
+        m = scrape(lab)
+        assert m[("type", "drlb_backend_health")] == "gauge"
+        # 3 states per server, one of them 1
+        series = [k for k in m if k[0] == "drlb_backend_health"
+                  and dict(k[1])["local_port"] == str(ECHO_PORT)]
+        assert len(series) == 3 * len(lab.real_servers)
+    finally:
+        running.config.write_text(original)
+        lab.run("director", *python_cmd("lb", "reload"))
