@@ -309,8 +309,11 @@ def test_replace_takes_over_from_a_running_instance(scene):
     first = start_director(lab, lab.director_config())
     second = lab.popen("director", *python_cmd("lb", "up", "--replace", str(first.config_path)),
                        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    taking_over = second.stdout.readline()
-    assert taking_over.startswith("dr-lb: stopped dr-lb (pid"), taking_over
+    # The new program goes in place of the old one in one step, then the old process stops.
+    replaced, stopped = second.stdout.readline(), second.stdout.readline()
+    assert replaced.startswith("dr-lb: replaced the XDP program on eth0 (id ") and \
+        replaced.rstrip().endswith(f"{lab.xdp_mode}) in one step"), replaced
+    assert stopped.startswith(f"dr-lb: stopped dr-lb (pid {first.pid})"), stopped
     wait_ready(second)
     assert first.wait(timeout=10) == 0, "the replaced instance must stop cleanly"
     assert lab.curl(f"http://{VIP}:{HTTP_PORT}/") in ("rs1", "rs2", "rs3")
