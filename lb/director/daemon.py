@@ -7,7 +7,7 @@ import threading
 import time
 from pathlib import Path
 
-from lb.director import arp, instances, kept, netif, sdnotify
+from lb.director import arp, instances, journal, kept, netif, sdnotify
 from lb.director.config import Config
 from lb.director.reconciler import Reconciler
 from lb.errors import UserError
@@ -21,6 +21,7 @@ def say(line: str) -> None:
 
 def run(config: Config, config_path: str, replace: bool = False) -> None:
     from lb.director.dataplane import Dataplane, conn_table_slots   # bcc: not for `check`
+    journal.lines()
 
     started = time.monotonic()
     name = config.director.interface
