@@ -60,9 +60,12 @@ def load_config(path: str, system: bool = True) -> config_mod.Config:
 @main.command()
 @click.argument("config_file", metavar="CONFIG", type=click.Path(dir_okay=False))
 @click.option("--replace", is_flag=True,
-              help="Take over the interface even if an XDP program is attached.")
+              help="Take over from the running (or a crashed) instance: the new program "
+                   "goes in place of the old one in one step, then the old process stops; "
+                   "connections continue.")
 def up(config_file: str, replace: bool) -> None:
-    """Validate CONFIG, attach XDP and balance until SIGINT/SIGTERM."""
+    """Validate CONFIG, attach XDP and balance until SIGINT/SIGTERM. Connections, persistence
+    templates and WRR positions kept by a previous instance are reused."""
     from lb.director import daemon, instances
     instances.require_root()
     cfg = load_config(config_file)
