@@ -27,7 +27,7 @@ from pathlib import Path
 
 from lb import abi, libbpf
 from lb.director import layout as layout_mod
-from lb.director.config import Config, RealServer
+from lb.director.config import Config, Health, RealServer
 from lb.director.instances import BPFFS, RUN_DIR, instance_key
 from lb.errors import UserError
 
@@ -142,8 +142,16 @@ def ids_from_json(data: dict) -> layout_mod.Ids:
     ids = layout_mod.Ids()
     ids.services = {(v, p, proto): i for v, p, proto, i in data["services"]}
     ids.reals = {(v, p, proto, rip): i for v, p, proto, rip, i in data["reals"]}
-    ids.servers = {int(i): RealServer(**rs) for i, rs in data["servers"].items()}
+    ids.servers = {int(i): _real_server(rs) for i, rs in data["servers"].items()}
     return ids
+
+
+def _real_server(data: dict) -> RealServer:
+    """A RealServer from asdict() (its Health as a dict, expect as a list)."""
+    health = dict(data.get("health") or {})
+    if "expect" in health:
+        health["expect"] = tuple(health["expect"])
+    return RealServer(**{**data, "health": Health(**health)})
 
 
 def compact(ids: layout_mod.Ids, config: Config, referenced: tuple[set[int], set[int]]) -> int:
