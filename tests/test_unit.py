@@ -165,3 +165,13 @@ def test_bad_metrics_config_exit_2_one_line(tmp_path, table, words):
     lines = r.stderr.splitlines()
     assert len(lines) == 1 and words in lines[0], r.stderr
     assert "Traceback" not in r.stderr
+
+
+def test_metrics_give_every_event_counter_a_series_of_its_own():
+    """Counters bpf/dr_lb_abi.h marks "event:" are not a packet's exit: they stay out of
+    drlb_packets_total{reason} (whose sum is the packets seen)."""
+    import re
+    from lb.director import metrics
+    text = (REPO / "bpf" / "dr_lb_abi.h").read_text()
+    events = {m.lower() for m in re.findall(r"COUNTER_(\w+),\s*/\* event:", text)}
+    assert events and events == metrics.EVENTS

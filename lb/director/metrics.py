@@ -40,7 +40,9 @@ from lb.errors import UserError
 BACKEND_LABELS = ["local_address", "local_port", "remote_address", "remote_port", "proto",
                   "local_mark"]
 HEALTH_STATES = (UP, DOWN, UNCHECKED)
-EVENTS = {"conn_table_insert", "persist_hit"}   # counters that are not a packet's exit
+# Counters that count an event, not a packet's exit (bpf/dr_lb_abi.h marks them "event:");
+# each has a series of its own below.
+EVENTS = {"conn_table_insert", "persist_hit", "conn_rescheduled"}
 
 
 class Collector:
@@ -128,6 +130,9 @@ class Collector:
                                   "evicted by the LRU to make room.", value=self._evictions)
         yield CounterMetricFamily("drlb_persistence_hits", "New connections placed by a "
                                   "persistence template.", value=counters["persist_hit"])
+        yield CounterMetricFamily("drlb_conn_rescheduled", "Connections of a failed real "
+                                  "server (on_failure = \"reschedule\") moved to another.",
+                                  value=counters.get("conn_rescheduled", 0))
         yield GaugeMetricFamily("drlb_conn_table_entries", "Entries in the connection table "
                                 "(expired ones included), as of the last count.",
                                 value=counts.entries)
