@@ -2,7 +2,7 @@
 # The two entry points in README.md. Both set everything up first (idempotent).
 #   sudo scripts/dev.sh demo   - the 12-request LVS-DR demo on the network-namespace lab
 #   sudo scripts/dev.sh test   - the whole test suite
-#   sudo scripts/dev.sh bench  - ns/packet and pps figures
+#   sudo scripts/dev.sh bench  - `dr-lb bench`: dr-lb, a reflector and the kernel (--quick, --json, --plot)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 cmd=${1:-}
@@ -11,6 +11,6 @@ scripts/setup.sh
 case "$cmd" in
     demo)  exec .venv/bin/dr-lb lab demo "$@" ;;
     test)  exec .venv/bin/python -m pytest -ra "$@" tests ;;
-    bench) exec .venv/bin/python -m bench "$@" ;;
+    bench) exec .venv/bin/dr-lb bench "$@" ;;
     *) echo "usage: sudo $0 demo|test|bench" >&2; exit 2 ;;
 esac

@@ -543,7 +543,7 @@ def fill_conn_table(lab: Lab, port: int, count: int) -> dict[str, int]:
     their ids in the kept record); {real server address: established entries}."""
     import numpy as np
     from lb import abi
-    from lb.director.dataplane import monotonic_coarse_ns
+    from lb.director.dataplane import program_clock_ns
     with lab.inside("director"):
         pins, record = kept.pin_dir("eth0"), json.loads(kept.record_path("eth0").read_text())
     svc_id = next(i for v, p, proto, i in record["ids"]["services"]
@@ -558,7 +558,7 @@ def fill_conn_table(lab: Lab, port: int, count: int) -> dict[str, int]:
     keys["dport"] = np.uint16(port).byteswap()
     keys["proto"] = socket.IPPROTO_TCP
     values = np.zeros(count, abi.numpy_dtype("conn_value"))
-    values["last_seen_ns"] = monotonic_coarse_ns()
+    values["last_seen_ns"] = program_clock_ns()
     values["real_id"] = np.array([i for _, i in reals], np.uint32)[n % len(reals)]
     values["svc_id"] = svc_id
     values["state"] = np.where(n % 2 == 0, abi.STATE["ESTABLISHED"], abi.STATE["SYN_RECV"])

@@ -14,6 +14,9 @@ CONFIG=$REPO/vagrant/director.toml
 DRLB=$REPO/.venv/bin/dr-lb
 
 "$REPO/scripts/setup.sh"
+# The kernel's own IPVS, for the side-by-side run in vagrant/bench.sh.
+command -v ipvsadm >/dev/null 2>&1 ||
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends ipvsadm
 
 # The private-network NIC is the one holding the director's address (eth0 is Vagrant's
 # NAT/management NIC). director.toml says eth1; if this box names it otherwise, run with a

@@ -7,7 +7,7 @@ import threading
 import time
 from pathlib import Path
 
-from lb.director import arp, instances, journal, kept, netif, sdnotify
+from lb.director import announce, arp, instances, journal, kept, netif, sdnotify
 from lb.director.config import Config
 from lb.director.reconciler import Reconciler
 from lb.errors import UserError
@@ -16,7 +16,7 @@ NEIGHBOUR_REFRESH_S = 0.5
 
 
 def say(line: str) -> None:
-    print(f"dr-lb: {line}", flush=True)
+    journal.say(f"dr-lb: {line}")
 
 
 def run(config: Config, config_path: str, replace: bool = False) -> None:
@@ -44,6 +44,14 @@ def run(config: Config, config_path: str, replace: bool = False) -> None:
     for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
         signal.signal(sig, on_signal)
 
+    leftover = announce.announced_in(config.announce.snippet) if config.announce else []
+    if leftover:
+        # A dr-lb that was killed left its VIPs announced, and its program (if still
+        # attached) forwarding with its last maps. Withdraw them before compiling and
+        # taking over, so that the router has moved the flows elsewhere meanwhile.
+        early = announce.Announcer(config.announce, journal.say)
+        early.announced = leftover
+        early.withdraw_all("left announced by a dr-lb that did not stop cleanly")
     metrics = None
     if config.metrics and not replace:   # a predecessor holds the port until it stops
         from lb.director import metrics as metrics_mod
@@ -111,7 +119,12 @@ def run(config: Config, config_path: str, replace: bool = False) -> None:
                                      "ifindex": iface.index, "xdp_mode": director.xdp_mode,
                                      "config": os.path.abspath(config_path),
                                      "kept": str(found.pin_dir)})
-        arp.announce(name, iface.mac, list(config.vips))
+        if director.answers_arp:
+            arp.announce(name, iface.mac, list(config.vips))
+        elif config.director.vrrp:
+            say(f"VRRP {director.vrrp_state}: not answering ARP for the VIPs until "
+                "keepalived makes this director MASTER (`dr-lb vrrp master`)")
+        director.start_announcing()
         unresolved = [a for a in director.dynamic_addresses if not director.macs.get(a)]
         if iface.kind == "veth" and director.xdp_mode == "native":
             say(f"note: {name} is a veth: native XDP_TX only works when its peer has "
@@ -139,10 +152,17 @@ def run(config: Config, config_path: str, replace: bool = False) -> None:
                     for line in result.get("problems", [result.get("message", "")]):
                         say(f"{'' if result['ok'] else 'reload refused: '}{line}")
                 director.refresh_neighbours()
+                director.follow_vrrp_file()
+                director.announce_again()
             except Exception as e:   # keep balancing; the next round tries again
                 say(f"warning: {type(e).__name__}: {e}")
     finally:
         sdnotify.stopping()
+        # Withdraw first, and keep forwarding for `linger` seconds, so that the router
+        # has moved the flows to another director before this one stops taking them.
+        if director and director.announcer:
+            if director.stop_announcing() and director.config.announce:
+                time.sleep(director.config.announce.linger)
         if metrics is not None:
             metrics.close()
         if server:

@@ -42,7 +42,7 @@ BACKEND_LABELS = ["local_address", "local_port", "remote_address", "remote_port"
 HEALTH_STATES = (UP, DOWN, UNCHECKED)
 # Counters that count an event, not a packet's exit (bpf/dr_lb_abi.h marks them "event:");
 # each has a series of its own below.
-EVENTS = {"conn_table_insert", "persist_hit", "conn_rescheduled"}
+EVENTS = {"conn_table_insert", "persist_hit", "conn_rescheduled", "conn_sloppy_pickup"}
 
 
 class Collector:
@@ -133,6 +133,10 @@ class Collector:
         yield CounterMetricFamily("drlb_conn_rescheduled", "Connections of a failed real "
                                   "server (on_failure = \"reschedule\") moved to another.",
                                   value=counters.get("conn_rescheduled", 0))
+        yield CounterMetricFamily("drlb_conn_sloppy_pickups", "TCP connections picked up "
+                                  "mid-stream (sloppy = true: ECMP moved them here, or "
+                                  "they were evicted).",
+                                  value=counters.get("conn_sloppy_pickup", 0))
         yield GaugeMetricFamily("drlb_conn_table_entries", "Entries in the connection table "
                                 "(expired ones included), as of the last count.",
                                 value=counts.entries)
