@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import ctypes as ct
 import struct
-import time
 
 import pytest
 
@@ -52,9 +51,10 @@ def conn_state(lb, sport: int, dport: int = 80, proto: int = 6) -> str | None:
     key.dport = abi.port_be16(dport)
     key.proto = proto
     try:
-        return abi.CONN_STATES[table[key].state]
-    except KeyError:
+        value = table[key]
+    except KeyError:   # bcc's "no such key": the connection is not in the table
         return None
+    return abi.CONN_STATES[value.state]   # a state outside enum conn_state is a failure
 
 
 # ---- ABI: one definition, two readers ------------------------------------------------
@@ -136,7 +136,9 @@ def test_stateless_case(program, case):
         assert r.data == case.frame, "a passed packet must leave the program unchanged"
     elif case.out is not None:
         assert r.data == case.out, case.why or "unexpected bytes out"
-    if case.counter != "tx_service":
+    if case.counter == "tx_service":
+        assert moved.get("conn_table_insert") == 1, "a new connection is one new key"
+    else:
         assert "conn_table_insert" not in moved and not list(lb.dp.map("conn_table").keys()), \
             "no connection may be created by a frame that is not sent to a real server"
 
@@ -209,7 +211,7 @@ def test_udp_sticks_to_server_then_expires(lb):
     assert conn_state(lb, 5000, 53, 17) == "udp"
     assert_sent_to(lb, udp(sport=5000), RS1, "same flow, same server")
     assert_sent_to(lb, udp(sport=5001), RS1, "second flow: WRR position 1")
-    time.sleep(1.3)   # udp = 1 in CONFIG
+    age_conn(lb, 1.1, 5000, 53, 17)   # udp = 1 in CONFIG
     assert_sent_to(lb, udp(sport=5000), RS2, "after the udp timeout the flow is new")
 
 
@@ -355,8 +357,10 @@ def test_reprogramming_never_mixes_services_wrr_cycles(lb):
         old_slots = set(range(offset, offset + length))
         assert not old_slots & set(range(new_offset, new_offset + new_length)), \
             "the new cycle overwrote slots the old one was read from"
-    first_slots = [seq[ct.c_uint32(offset)].value for offset, _ in after.values()]
-    assert first_slots.count(lb.layout.services[0].reals[0].real_id) >= 1
+    first_slots = {v.id: seq[ct.c_uint32(v.seq_offset)].value for v in services.values()}
+    assert first_slots == {s.svc_id: s.sequence[0] for s in lb.layout.services}, \
+        "each service's new cycle must start where the layout put it"
+    assert first_slots[0] == lb.layout.services[0].reals[0].real_id, "weight 5 goes first"
 
 
 # ---- capacity (last: it fills the table) -------------------------------------------------

@@ -162,7 +162,11 @@ class Dataplane:
     def clear_state(self) -> None:
         """Forget connections, persistence and counters (tests start from zero)."""
         for name in ("conn_table", "persist_table"):
-            self.map(name).clear()
+            table = self.map(name)
+            # bcc's clear() deletes while walking the keys, and each delete restarts the
+            # walk: quadratic (minutes for 100,000 connections). Keys first, then deletes.
+            for key in list(table.keys()):
+                del table[key]
         for name in ("svc_stats", "real_stats", "counters", "wrr_pos"):
             self.map(name).clear()   # arrays: zeroes every slot
 
