@@ -139,7 +139,6 @@ MUTANTS: list[Mutant] = [
       "\t\tpos = 0;\n\twp->pos = pos + 1 >= svc->seq_len ? 0 : pos + 1;\n"
       "\tbpf_spin_unlock(&wp->lock);",
       "pos = wp->pos;\n\tif (pos >= svc->seq_len)\n\t\tpos = 0;\n"
-      "\tfor (volatile int spin = 0; spin < 8; spin++)\n\t\t;\n"
       "\twp->pos = pos + 1 >= svc->seq_len ? 0 : pos + 1;",
       ("wrr-lock",)),
     M("empty-cycle-picks-slot-0", "if (svc->seq_len == 0)\n\t\treturn -1;", "",

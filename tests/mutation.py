@@ -27,18 +27,15 @@ from tests.mutants import MUTANTS, Mutant, MutantDoesNotApply, check_all
 
 ROOT = Path(__file__).resolve().parent.parent
 MARK = "root and not netns and not slow"
-COPIED = ("bpf", "lb", "bench", "tests", "pyproject.toml")
+SKIPPED = (".git", ".venv", "__pycache__", "*.pyc", ".pytest_cache", "*.egg-info", "build",
+           "dist", ".coverage*")
 FAILED = re.compile(r"^(FAILED|ERROR) (\S+)", re.M)
 
 
-def copy_tree(dest: Path) -> None:
-    ignore = shutil.ignore_patterns("__pycache__", "*.pyc", ".pytest_cache")
-    for name in COPIED:
-        src = ROOT / name
-        if src.is_dir():
-            shutil.copytree(src, dest / name, ignore=ignore)
-        else:
-            shutil.copy2(src, dest / name)
+def copy_tree(dest: Path, source: Path = ROOT) -> None:
+    """The repository as it is on disk (what pytest collects imports vagrant/, ...)."""
+    shutil.copytree(source, dest, dirs_exist_ok=True,
+                    ignore=shutil.ignore_patterns(*SKIPPED))
 
 
 def run_tests(tree: Path, extra: list[str]) -> tuple[int, str]:
@@ -51,12 +48,12 @@ def run_tests(tree: Path, extra: list[str]) -> tuple[int, str]:
     return r.returncode, r.stdout + r.stderr
 
 
-def judge(mutant: Mutant | None, extra: list[str]) -> tuple[str, str, float]:
+def judge(mutant: Mutant | None, extra: list[str], source: Path) -> tuple[str, str, float]:
     """(verdict, detail, seconds): killed/survived/stillborn, and the killing test."""
     start = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="drlb-mutant-") as tmp:
         tree = Path(tmp)
-        copy_tree(tree)
+        copy_tree(tree, source)
         if mutant:
             path = tree / "bpf" / mutant.file
             path.write_text(mutant.apply(path.read_text()))
@@ -99,8 +96,16 @@ def main(argv: list[str] | None = None) -> int:
         print("mutation: the packet tests need root (sudo)", file=sys.stderr)
         return 2
 
+    with tempfile.TemporaryDirectory(prefix="drlb-mutation-src-") as snapshot:
+        # One snapshot of the repository for the whole run: edits made meanwhile don't
+        # mix into it.
+        copy_tree(Path(snapshot))
+        return run_all(args, chosen, Path(snapshot))
+
+
+def run_all(args, chosen: list[Mutant], source: Path) -> int:
     if not args.no_baseline:
-        verdict, detail, took = judge(None, args.pytest_args)
+        verdict, detail, took = judge(None, args.pytest_args, source)
         if verdict != "survived":
             print(f"mutation: the unmutated program fails its tests ({verdict}): {detail}",
                   file=sys.stderr)
@@ -110,7 +115,7 @@ def main(argv: list[str] | None = None) -> int:
     results = []
     for m in chosen:
         try:
-            verdict, detail, took = judge(m, args.pytest_args)
+            verdict, detail, took = judge(m, args.pytest_args, source)
         except MutantDoesNotApply as e:   # the sources changed while we ran
             verdict, detail, took = "error", str(e), 0.0
         results.append((m, verdict))
