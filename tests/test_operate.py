@@ -201,17 +201,24 @@ def test_drain_wait_returns_after_the_last_active_connection_closes(scene):
                        stdout=subprocess.PIPE, text=True)
     try:
         assert holder.stdout.readline().strip() == "open"
-        assert real(status(lab), rs1)["active_conns"] >= 1
+        held = [c for c in status(lab, "--conns", "--real", rs1)["connections"]
+                if c["state"] == "ESTABLISHED"]
+        assert real(status(lab), rs1)["active_conns"] == len(held) >= 1, held
         waiter = lab.popen("director", *python_cmd("lb", "drain", rs1, "--wait",
                                                    "--timeout", "30"),
                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-        time.sleep(1.5)
+        seen = []
+        while not any("active connection(s) left" in line for line in seen):
+            line = waiter.stdout.readline()
+            assert line, f"drain --wait ended before reporting rs1's connections: {seen}"
+            seen.append(line)
         assert waiter.poll() is None, "drain --wait returned while rs1 still had connections"
         answers = collections.Counter(lab.curl(f"http://{VIP}:{HTTP_PORT}/") for _ in range(6))
         assert "rs1" not in answers, f"new connections must avoid the drained server: {answers}"
         assert "drained = true" in director.config_path.read_text()
         holder.communicate("\n", timeout=10)     # the client closes its connections
         out, _ = waiter.communicate(timeout=30)
+        out = "".join(seen) + out
         assert waiter.returncode == 0, out
         assert "active connection(s) left" in out and "no active connection left" in out, out
     finally:
