@@ -78,11 +78,16 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--list", action="store_true", help="list the mutants and stop")
     ap.add_argument("--no-baseline", action="store_true",
                     help="skip the run of the unmutated copy")
+    ap.add_argument("--reverse", action="store_true",
+                    help="from the last mutant to the first (a second run from the other "
+                         "end halves the wait)")
     ap.add_argument("pytest_args", nargs="*", help="passed to pytest (after --)")
     args = ap.parse_args(argv)
 
     problems = check_all()
     chosen = [m for m in MUTANTS if args.pattern in m.name]
+    if args.reverse:
+        chosen.reverse()
     if args.list:
         bad = {p.split(":")[0].removeprefix("mutant ") for p in problems}
         for m in chosen:
