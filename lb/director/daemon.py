@@ -6,7 +6,7 @@ import signal
 import threading
 from pathlib import Path
 
-from lb.director import arp, instances, netif
+from lb.director import arp, instances, journal, netif
 from lb.director.config import Config
 from lb.director.reconciler import Reconciler
 from lb.errors import UserError
@@ -16,6 +16,7 @@ NEIGHBOUR_REFRESH_S = 0.5
 
 def run(config: Config, config_path: str, replace: bool = False) -> None:
     from lb.director.dataplane import Dataplane   # bcc: keep `check` and `status` free of it
+    journal.lines()
 
     name = config.director.interface
     iface = netif.interface(name)

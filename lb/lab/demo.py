@@ -4,21 +4,35 @@ from __future__ import annotations
 import collections
 import subprocess
 import tempfile
+import threading
 from pathlib import Path
 
 from lb import lab as lab_mod
 from lb.lab import Lab
 
 
-def wait_ready(proc: subprocess.Popen) -> None:
-    """Read `dr-lb up`'s output until its ready line; raise with the output if it ends."""
-    lines = []
-    for line in proc.stdout:
-        lines.append(line.rstrip())
-        if line.startswith("dr-lb: ready on "):
-            return
+def wait_ready(proc: subprocess.Popen, timeout: float = 120) -> None:
+    """Read `dr-lb up`'s output until its ready line; raise with the output if it ends
+    first or nothing is ready within `timeout` seconds (then the process is killed)."""
+    lines: list[str] = []
+    ready = threading.Event()
+
+    def read() -> None:
+        for line in proc.stdout:
+            lines.append(line.rstrip())
+            if line.startswith("dr-lb: ready on "):
+                ready.set()
+                return
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    reader.join(timeout)
+    if ready.is_set():
+        return
+    if reader.is_alive():
+        proc.kill()
     proc.wait(timeout=30)
-    raise RuntimeError("dr-lb up did not become ready:\n" + "\n".join(lines))
+    raise RuntimeError(f"dr-lb up was not ready within {timeout} s:\n" + "\n".join(lines))
 
 
 def launch_director(lab: Lab, config: Path, *options: str) -> subprocess.Popen:
