@@ -4,6 +4,7 @@ stateless cases (one frame, one verdict, one counter) are a table in tests/packe
 from __future__ import annotations
 
 import ctypes as ct
+import socket
 import struct
 
 import pytest
@@ -379,15 +380,25 @@ def syn_from(i: int) -> bytes:
 
 
 def test_conn_table_holds_a_million_connections_then_evicts_the_oldest(lb):
+    """Presence is read from the map, not from a packet's verdict: filling the table takes
+    longer than SYN_RECV's 60 s on a loaded machine, and an expired entry is still
+    held (it is the eviction this is about)."""
     size = lb.config.director.conn_table_size
     assert size == 1_000_000, "the default must be at least a million connections"
     slots = lb.dp.conn_table_slots
+    table = lb.dp.map("conn_table")
+
+    def held(i: int) -> bool:
+        frame = syn_from(i)
+        _, key = conn_key(lb, struct.unpack("!H", frame[34:36])[0],
+                          src=socket.inet_ntoa(frame[26:30]))
+        return key in table
+
     for i in range(size):
         assert lb.dp.test_run(syn_from(i)).action == libbpf.XDP_TX, f"connection {i} not sent"
     counts = lb.dp.conn_counts()
     assert counts.entries == size, f"{size - counts.entries} of {size} connections were lost"
-    assert lb.dp.test_run(syn_from(0)[:47] + b"\x10" + syn_from(0)[48:]).verdict == "XDP_TX", \
-        "the oldest connection must still be there"
+    assert held(0), "the oldest connection must still be there"
     extra = slots - size + 1000
     for i in range(size, size + extra):
         lb.dp.test_run(syn_from(i))
@@ -395,9 +406,6 @@ def test_conn_table_holds_a_million_connections_then_evicts_the_oldest(lb):
     inserts = lb.dp.counters()["conn_table_insert"]
     assert inserts == size + extra
     assert inserts - counts.entries >= 1000, "a full table must evict, and the count shows it"
-    newest = syn_from(size + extra - 1)
-    ack = newest[:47] + b"\x10" + newest[48:]
-    assert lb.dp.test_run(ack).verdict == "XDP_TX", "the newest connection must be kept"
-    second = syn_from(1)
-    assert lb.dp.test_run(second[:47] + b"\x10" + second[48:]).verdict == "XDP_PASS", \
-        "one of the least recently used connections should have been evicted"
+    assert held(size + extra - 1), "the newest connection must be kept"
+    assert not all(held(i) for i in range(1, 1001)), \
+        "some of the least recently used connections should have been evicted"
