@@ -17,6 +17,7 @@ import argparse
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -71,6 +72,10 @@ def judge(mutant: Mutant | None, extra: list[str], source: Path) -> tuple[str, s
     return "error", f"pytest exited {code}:\n{tail}", took
 
 
+def _interrupt(*_) -> None:
+    raise KeyboardInterrupt
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m tests.mutation", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -84,6 +89,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("pytest_args", nargs="*", help="passed to pytest (after --)")
     args = ap.parse_args(argv)
 
+    # SIGTERM ends the run as Ctrl-C does: subprocess.run kills its pytest and the
+    # temporary copies are removed.
+    signal.signal(signal.SIGTERM, _interrupt)
     problems = check_all()
     chosen = [m for m in MUTANTS if args.pattern in m.name]
     if args.reverse:
@@ -135,4 +143,8 @@ def run_all(args, chosen: list[Mutant], source: Path) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    try:
+        sys.exit(main())
+    except KeyboardInterrupt:
+        print("mutation: interrupted", file=sys.stderr)
+        sys.exit(130)
