@@ -3,7 +3,9 @@
 1. ns/packet without a network (bpf_prog_test_run_opts, repeat): dr-lb's established
    path and a pass, against a MAC-swap reflector, measured in the same run; and new
    connections, timed one syscall each. (The test run rewrites the frame in place on
-   every repeat, so a reply such as ARP's cannot be timed this way.)
+   every repeat, so a reply such as ARP's cannot be timed this way.) Then bench/sched.py:
+   new connections of wrr, mh and wlc and the established packet under each, through
+   a reset harness, and the lc/wlc connection-count drift under churn.
 2. Packets per second with real transmission (BPF_F_TEST_XDP_LIVE_FRAMES) out of the
    director's veth in the namespace lab (native mode), into an XDP_DROP sink on the
    peer: dr-lb's established path against the reflector, in the same lab.
@@ -20,6 +22,7 @@ from lb import lab as lab_mod, libbpf
 from lb.director import config as config_mod, layout as layout_mod
 from lb.director.dataplane import Dataplane
 from bench import frames as packet_cases   # the packet tests' frame builders
+from bench import sched
 
 HERE = Path(__file__).resolve().parent
 CLIENT_MAC = "02:00:00:00:00:0a"
@@ -171,9 +174,12 @@ def main() -> None:
           f"the background count of ActiveConn/InActConn takes {st['sweep_s']} s and "
           f"rests {st['sweep_rest_s']} s between counts", flush=True)
     ns = ns_per_packet(args.repeat)
+    sched_ns = sched.new_connection_ns(min(args.repeat, 200_000))
+    drifts = sched.drift_scenarios(10.0)
     pps = live_pps(args.frames)
     if args.json:
-        print(json.dumps({"ns_per_packet": ns, "live": pps, "status": st}, indent=2))
+        print(json.dumps({"ns_per_packet": ns, "live": pps, "status": st,
+                          "sched_ns": sched_ns, "count_drift": drifts}, indent=2))
         return
     base = ns["ns_per_packet"]["mac_swap_reflector"]
     print(f"ns/packet (bpf_prog_test_run_opts, repeat={args.repeat}, same run):")
@@ -185,6 +191,7 @@ def main() -> None:
     for k, v in pps["pps"].items():
         print(f"  {k:<30}{v / 1e6:>8.2f} Mpps  ({v / ref:.2f}x reflector)")
     print(f"  dr-lb counted {pps['dr_lb_tx_service']} frames sent to a real server")
+    print(sched.report(sched_ns, drifts))
 
 
 if __name__ == "__main__":

@@ -18,6 +18,7 @@
 #include <uapi/linux/icmp.h>
 
 #include "parsing.h"
+#include "hashing.h"
 
 typedef __u8 uint8_t;
 typedef __u16 uint16_t;
@@ -174,17 +175,305 @@ static __always_inline int expired(__u64 now, __u64 last_seen, __u64 timeout)
 	return (__s64)(now - last_seen) > (__s64)timeout;
 }
 
+/* ---- connection counts (lc, wlc, sed, nq and thresholds) ------------------------------ */
+
+/* +1/-1 to a real server's active (ESTABLISHED) or inactive (any other state) count. */
+static __always_inline void count_conn(__u32 real_id, __u8 state, __s64 delta)
+{
+	struct real_conns *rc = real_conns.lookup(&real_id);
+
+	if (!rc)
+		return;
+	if (state == CONN_ESTABLISHED)
+		__sync_fetch_and_add(&rc->active, delta);
+	else
+		__sync_fetch_and_add(&rc->inactive, delta);
+}
+
+/* x, or 0 if it is negative, without a branch: the verifier's budget goes to the loops. */
+static __always_inline __s64 not_negative(__s64 x)
+{
+	__s64 sign = x >> 63;
+
+	asm volatile("" : "+r"(sign));   /* or clang turns it back into a branch */
+	return x & ~sign;
+}
+
+/* IPVS's OVERLOAD flag, looked at when a new connection is scheduled: set once active +
+ * inactive (the program's count plus the control plane's correction) reach upper,
+ * cleared once they fall below lower, kept in between. */
+static __always_inline int overloaded(const struct real_info *real, __u32 real_id)
+{
+	struct real_conns *rc;
+	__s64 total;
+
+	if (!real->upper)
+		return 0;
+	rc = real_conns.lookup(&real_id);
+	if (!rc)
+		return 0;
+	total = not_negative(rc->active + real->fix_active) +
+		not_negative(rc->inactive + real->fix_inactive);
+	if (total >= real->upper) {
+		rc->overloaded = 1;
+		return 1;
+	}
+	if (total < real->lower)
+		rc->overloaded = 0;
+	return rc->overloaded;
+}
+
+/* ---- scheduling ------------------------------------------------------------------------ */
+
+/* Keeps clang from rewriting a loop's counter (a trip count it computes, code shared
+ * between loops), which the verifier then cannot follow within its budget. Every
+ * scheduling loop starts with it, and carries its running state in sched_scratch. */
+#define LOOP_BARRIER(i) asm volatile("" : "+r"(i))
+
+/* Why pick_real() found no server. */
+#define PICK_NONE (-1)          /* none can take new connections */
+#define PICK_OVERLOADED (-2)    /* those that could are over their upper threshold */
+
+/* Whether real_id may take a new connection (IPVS's !is_unavailable()): weight > 0 and
+ * MAC known and, in a service with thresholds, not overloaded (noted in sc->over). */
+static __always_inline int available(__u32 real_id, const struct svc_info *svc,
+				     struct sched_scratch *sc)
+{
+	struct real_info *real = reals.lookup(&real_id);
+
+	if (!real || !(real->flags & REAL_F_SCHEDULABLE))
+		return 0;
+	if ((svc->flags & SVC_F_THRESHOLDS) && overloaded(real, real_id)) {
+		sc->over = 1;
+		return 0;
+	}
+	return 1;
+}
+
+/* The real_id in slot `slot` of sched_table, or -1. */
+static __always_inline long table_at(__u32 slot)
+{
+	__u32 *real_id = sched_table.lookup(&slot);
+
+	return real_id ? *real_id : -1;
+}
+
+/* The first available server of the service's list from index `start` (< n_reals) on,
+ * going round: the last resort of mh-fallback and of wrr with every nearby slot
+ * overloaded. The list is laid out twice in a row, so the loop never wraps. */
+static __always_inline long first_available(const struct svc_info *svc, __u32 start,
+					    struct sched_scratch *sc)
+{
+	__u32 n = svc->n_reals;
+	long real_id;
+
+	for (__u32 i = 0; i < MAX_REALS_PER_SERVICE; i++) {
+		LOOP_BARRIER(i);
+		if (i >= n)
+			break;
+		real_id = table_at(svc->reals_offset + start + i);
+		if (real_id < 0)
+			break;
+		if (available(real_id, svc, sc))
+			return real_id;
+	}
+	return PICK_NONE;
+}
+
+/* wrr and rr: the next slot of the service's cycle, shared by all CPUs under a lock so
+ * that consecutive connections follow the cycle exactly. With thresholds, an overloaded
+ * server's slots are skipped, as ip_vs_wrr_schedule() skips it, and the position moves
+ * past the slot taken. */
+static __always_inline long pick_wrr(const struct svc_info *svc, struct sched_scratch *sc,
+				     const int thresholds)
+{
+	struct wrr_pos *wp;
+	__u32 pos, next, slot, *real_id, svc_id = svc->id, len = svc->seq_len;
+
+	if (len == 0)
+		return PICK_NONE;
+	wp = wrr_pos.lookup(&svc_id);
+	if (!wp)
+		return PICK_NONE;
+	bpf_spin_lock(&wp->lock);
+	pos = wp->pos;
+	if (pos >= len)
+		pos = 0;
+	wp->pos = pos + 1 >= len ? 0 : pos + 1;
+	bpf_spin_unlock(&wp->lock);
+
+	slot = svc->seq_offset + pos;
+	real_id = wrr_seq.lookup(&slot);
+	if (!real_id)
+		return PICK_NONE;
+	if (!thresholds || available(*real_id, svc, sc))
+		return *real_id;
+	for (__u32 i = 1; i <= WRR_SKIP_MAX; i++) {
+		LOOP_BARRIER(i);
+		if (i >= len)
+			break;
+		next = (pos + i) % len;
+		slot = svc->seq_offset + next;
+		real_id = wrr_seq.lookup(&slot);
+		if (!real_id)
+			break;
+		if (available(*real_id, svc, sc)) {
+			bpf_spin_lock(&wp->lock);
+			wp->pos = next + 1 >= len ? 0 : next + 1;
+			bpf_spin_unlock(&wp->lock);
+			return *real_id;
+		}
+	}
+	return first_available(svc, 0, sc);
+}
+
+/* The host-order value IPVS hashes for sh and mh: source address plus, with sh-port or
+ * mh-port, source port. */
+static __always_inline __u32 hash_input(const struct svc_info *svc, const struct conn_key *ck)
+{
+	__u32 v = bpf_ntohl(ck->saddr);
+
+	if (svc->flags & SVC_F_SCHED_PORT)
+		v += bpf_ntohs(ck->sport);
+	return v;
+}
+
+/* sh: ip_vs_sh_schedule(), with ip_vs_sh_get_fallback() under sh-fallback. IPVS's scan
+ * tries bucket (2 * hash + offset) % 256 for offset 0..255; which server it finds first
+ * depends only on where it starts, so lb/director/scheduler.py lays out, for each
+ * starting bucket, the servers in the order the scan meets them. */
+static __always_inline long pick_sh(const struct svc_info *svc, const struct conn_key *ck,
+				    struct sched_scratch *sc)
+{
+	__u32 h = ipvs_hash_32(hash_input(svc, ck), SH_TAB_BITS) & (SH_TABLE_SIZE - 1);
+	__u32 order;
+	long real_id;
+
+	if (svc->table_len != SH_TABLE_SIZE)
+		return PICK_NONE;
+	real_id = table_at(svc->table_offset + h);
+	if (real_id < 0)
+		return PICK_NONE;
+	if (available(real_id, svc, sc))
+		return real_id;
+	if (!(svc->flags & SVC_F_SCHED_FALLBACK))
+		return PICK_NONE;
+	order = svc->table_offset + SH_TABLE_SIZE + ((2 * h) & (SH_TABLE_SIZE - 1)) * svc->order_len;
+	for (__u32 i = 0; i < MAX_REALS_PER_SERVICE; i++) {
+		LOOP_BARRIER(i);
+		if (i >= svc->order_len)
+			break;
+		real_id = table_at(order + i);
+		if (real_id < 0)
+			break;
+		if (available(real_id, svc, sc))
+			return real_id;
+	}
+	return PICK_NONE;
+}
+
+static __always_inline __u32 mh_hash(__u32 v)
+{
+	return ipvs_hsiphash_u32(v, MH_HASH1_KEY, MH_HASH1_KEY) % MH_TABLE_SIZE;
+}
+
+/* mh: ip_vs_mh_schedule(), with ip_vs_mh_get_fallback() under mh-fallback. IPVS rehashes
+ * up to the table's size; here MH_FALLBACK_TRIES rehashes (the same ones), then the first
+ * available server of the list from a place the hash chooses. */
+static __always_inline long pick_mh(const struct svc_info *svc, const struct conn_key *ck,
+				    struct sched_scratch *sc)
+{
+	__u32 v = hash_input(svc, ck), ihash = mh_hash(v);
+	long real_id;
+
+	if (svc->table_len != MH_TABLE_SIZE)
+		return PICK_NONE;
+	real_id = table_at(svc->table_offset + ihash);
+	if (real_id < 0)
+		return PICK_NONE;
+	if (available(real_id, svc, sc))
+		return real_id;
+	if (!(svc->flags & SVC_F_SCHED_FALLBACK))
+		return PICK_NONE;
+	for (__u32 offset = 0; offset < MH_FALLBACK_TRIES; offset++) {
+		LOOP_BARRIER(offset);
+		real_id = table_at(svc->table_offset +
+				   mh_hash((offset + ihash) % MH_TABLE_SIZE + v));
+		if (real_id < 0)
+			break;
+		if (available(real_id, svc, sc))
+			return real_id;
+	}
+	return first_available(svc, svc->n_reals ? ihash % svc->n_reals : 0, sc);
+}
+
+/* lc, wlc, sed, nq: ip_vs_{lc,wlc,sed,nq}_schedule() over the service's list, in order,
+ * with the program's counts plus the control plane's correction. Ties go to the first,
+ * as in IPVS. `sched` is a constant: each scheduler gets its own copy, without branches
+ * on the kind. The first server that can take the connection always beats best_oh's
+ * start (more than any overhead), as it becomes IPVS's first `least`. */
+#define LEAST_START (1LL << 40)
+
+static __always_inline long pick_least(const struct svc_info *svc, struct sched_scratch *sc,
+				       const __u8 sched)
+{
+	__s64 oh, w, active, inactive;
+	struct real_info *real;
+	struct real_conns *rc;
+	long real_id;
+	__u32 rid;
+
+	sc->best_oh = LEAST_START;
+	sc->best_w = 1;
+	sc->best = PICK_NONE;
+	for (__u32 i = 0; i < MAX_REALS_PER_SERVICE; i++) {
+		LOOP_BARRIER(i);
+		if (i >= svc->n_reals)
+			break;
+		real_id = table_at(svc->reals_offset + i);
+		if (real_id < 0)
+			break;
+		rid = real_id;
+		real = reals.lookup(&rid);
+		if (!real || !(real->flags & REAL_F_SCHEDULABLE) || !real->weight)
+			continue;
+		if ((svc->flags & SVC_F_THRESHOLDS) && overloaded(real, rid)) {
+			sc->over = 1;
+			continue;
+		}
+		rc = real_conns.lookup(&rid);
+		if (!rc)
+			continue;
+		active = not_negative(rc->active + real->fix_active);
+		inactive = not_negative(rc->inactive + real->fix_inactive);
+		w = real->weight;
+		if (sched == SCHED_LC || sched == SCHED_WLC)
+			oh = (active << 8) + inactive;       /* ip_vs_dest_conn_overhead() */
+		else
+			oh = active + 1;                     /* sed, nq */
+		if (sched == SCHED_NQ && active == 0)
+			return real_id;                      /* an idle server, at once */
+		if (sched == SCHED_LC ? oh < sc->best_oh : sc->best_oh * w > oh * sc->best_w) {
+			sc->best = real_id;
+			sc->best_oh = oh;
+			sc->best_w = w;
+		}
+	}
+	return sc->best;
+}
+
 /* A new connection's real server: the persistence template if one is live and its
- * server still takes connections, else the next slot of the service's WRR cycle.
- * Returns a real_id, or -1 when no server can be chosen: an empty cycle, or (never with
- * lb/config.py's limits) a service whose id or cycle lies outside wrr_pos or wrr_seq. */
-static __always_inline long pick_real(struct svc_info *svc, struct persist_key *pk,
-				     __u64 now)
+ * server still takes connections (IPVS ignores thresholds there too), else the service's
+ * scheduler. Returns a real_id, or PICK_NONE / PICK_OVERLOADED. `all` is a constant:
+ * xdp_main only ever schedules plain wrr/rr (all = 0), xdp_sched the rest. */
+static __always_inline long pick_real(const struct svc_info *svc, struct persist_key *pk,
+				     const struct conn_key *ck, __u64 now,
+				     struct sched_scratch *sc, const int all)
 {
 	struct persist_value *pv, fresh = {};
 	struct real_info *real;
-	struct wrr_pos *wp;
-	__u32 pos, slot, *real_id, svc_id = svc->id;
+	__u32 slot;
+	long picked;
 
 	if (svc->persist_timeout_s) {
 		pv = persist_table.lookup(pk);
@@ -199,28 +488,42 @@ static __always_inline long pick_real(struct svc_info *svc, struct persist_key *
 			}
 		}
 	}
-	if (svc->seq_len == 0)
-		return -1;
-	wp = wrr_pos.lookup(&svc_id);
-	if (!wp)
-		return -1;
-	bpf_spin_lock(&wp->lock);
-	pos = wp->pos;
-	if (pos >= svc->seq_len)
-		pos = 0;
-	wp->pos = pos + 1 >= svc->seq_len ? 0 : pos + 1;
-	bpf_spin_unlock(&wp->lock);
-
-	slot = svc->seq_offset + pos;
-	real_id = wrr_seq.lookup(&slot);
-	if (!real_id)
-		return -1;
+	sc->over = 0;
+	if (!all)
+		picked = pick_wrr(svc, sc, 0);
+	else switch (svc->sched) {
+	case SCHED_WRR:
+		picked = pick_wrr(svc, sc, 1);
+		break;
+	case SCHED_SH:
+		picked = pick_sh(svc, ck, sc);
+		break;
+	case SCHED_MH:
+		picked = pick_mh(svc, ck, sc);
+		break;
+	case SCHED_LC:
+		picked = pick_least(svc, sc, SCHED_LC);
+		break;
+	case SCHED_WLC:
+		picked = pick_least(svc, sc, SCHED_WLC);
+		break;
+	case SCHED_SED:
+		picked = pick_least(svc, sc, SCHED_SED);
+		break;
+	case SCHED_NQ:
+		picked = pick_least(svc, sc, SCHED_NQ);
+		break;
+	default:
+		picked = PICK_NONE;
+	}
+	if (picked < 0)
+		return sc->over ? PICK_OVERLOADED : PICK_NONE;
 	if (svc->persist_timeout_s) {
 		fresh.last_seen_ns = now;
-		fresh.real_id = *real_id;
+		fresh.real_id = picked;
 		persist_table.update(pk, &fresh);
 	}
-	return *real_id;
+	return picked;
 }
 
 static __always_inline void add_stats(struct stats *s, int new_conn, __u64 bytes)
@@ -279,6 +582,21 @@ static __always_inline void fill_persist_key(struct persist_key *pk,
 	pk->proto = ck->proto;
 }
 
+/* Follow the client's TCP flags; a move between ESTABLISHED and the other states moves
+ * the connection between its server's active and inactive counts. */
+static __always_inline void follow_tcp_state(struct conn_value *cv, const struct tcphdr *th)
+{
+	__u8 old = cv->state, new = tcp_next_state(old, th);
+
+	if (new == old)
+		return;
+	cv->state = new;
+	if ((old == CONN_ESTABLISHED) != (new == CONN_ESTABLISHED)) {
+		count_conn(cv->real_id, old, -1);
+		count_conn(cv->real_id, new, 1);
+	}
+}
+
 /* Keep a persistence template alive while a connection it placed is in use. */
 static __always_inline void touch_template(const struct conn_key *ck, __u32 real_id,
 					   __u64 now)
@@ -320,40 +638,103 @@ static __always_inline int pass_probe_reply(struct ethhdr *eth)
 	return finish(XDP_PASS, COUNTER_PASS_PROBE_REPLY);
 }
 
-/* TCP/UDP: the connection table first (the established path), then the services. */
-static __always_inline int handle_l4(struct hdr_cursor *c, struct ethhdr *eth,
-				     struct iphdr *iph)
+/* A new connection (a SYN, or a datagram without a live flow) to service `svc`: pick its
+ * real server, remember the connection (unless one-packet scheduling) and send the
+ * frame. sc->now, sc->replaces, sc->old_real and sc->old_state say what xdp_main found
+ * in conn_table. `all`: as for pick_real(). What lives across the scheduling is in
+ * sched_scratch or the packet, not in pointers that differ between TCP and UDP, so that
+ * both reach it in the same verifier state. */
+static __always_inline int new_connection(struct ethhdr *eth, struct iphdr *iph,
+					  const struct conn_key *ck, struct settings *cfg,
+					  const struct svc_info *svc, struct sched_scratch *sc,
+					  const int all)
 {
-	struct svc_key sk = {};
-	struct conn_key ck = {};
-	struct persist_key pk = {};
-	struct conn_value *cv, fresh = {};
-	struct tcphdr *th = NULL;
-	struct udphdr *uh;
-	struct svc_info *svc;
-	struct settings *cfg;
+	struct conn_value fresh = {};
 	struct real_info *real;
+	int tcp = ck->proto == IPPROTO_TCP;
 	__u32 real_id;
-	__u64 now = 0;
 	long picked;
-	int moved = 0;
+
+	if (svc->persist_timeout_s)
+		fill_persist_key(&sc->pk, ck, svc);
+	picked = pick_real(svc, &sc->pk, ck, sc->now, sc, all);
+	if (picked == PICK_OVERLOADED)
+		return finish(XDP_DROP, COUNTER_DROP_OVERLOADED);
+	if (picked < 0)
+		return finish(XDP_DROP, COUNTER_DROP_NO_REAL_SERVER);
+
+	real_id = picked;
+	real = reals.lookup(&real_id);
+	if (!real || !(real->flags & REAL_F_MAC_KNOWN))
+		return finish(XDP_DROP, COUNTER_DROP_REAL_MAC_UNKNOWN);
+	/* One-packet scheduling: each datagram is scheduled on its own, nothing is kept. */
+	if (!tcp && (svc->flags & SVC_F_OPS))
+		return forward(eth, iph, cfg, real, real_id, svc->id, 1);
+
+	fresh.last_seen_ns = sc->now;
+	fresh.real_id = real_id;
+	fresh.svc_id = svc->id;
+	/* A moved TCP connection past its SYN: its new server will reset it. */
+	fresh.state = !tcp ? CONN_UDP : sc->past_syn ? CONN_CLOSE : CONN_SYN_RECV;
+	fresh.flags = svc->persist_timeout_s ? CONN_F_PERSISTENT : 0;
+	if (conn_table.update((struct conn_key *)ck, &fresh))
+		return finish(XDP_DROP, COUNTER_DROP_CONN_TABLE_ERROR);
+	if (sc->replaces)   /* the entry this one replaces leaves its server's count */
+		count_conn(sc->old_real, sc->old_state, -1);
+	else
+		count(COUNTER_CONN_TABLE_INSERT);
+	if (sc->moved)
+		count(COUNTER_CONN_RESCHEDULED);
+	count_conn(real_id, fresh.state, 1);
+	return forward(eth, iph, cfg, real, real_id, fresh.svc_id, 1);
+}
+
+/* The frame's flow: TCP or UDP ports and the addresses, as conn_table's key. */
+static __always_inline int read_flow(struct hdr_cursor *c, const struct iphdr *iph,
+				     struct tcphdr **th, struct conn_key *ck)
+{
+	struct udphdr *uh;
 
 	if (iph->protocol == IPPROTO_TCP) {
-		th = parse_tcphdr(c);
-		if (!th || th->doff < 5)
-			return finish(XDP_PASS, COUNTER_PASS_MALFORMED);
-		ck.sport = th->source;
-		ck.dport = th->dest;
+		*th = parse_tcphdr(c);
+		if (!*th || (*th)->doff < 5)
+			return -1;
+		ck->sport = (*th)->source;
+		ck->dport = (*th)->dest;
 	} else {
 		uh = parse_udphdr(c);
 		if (!uh)
-			return finish(XDP_PASS, COUNTER_PASS_MALFORMED);
-		ck.sport = uh->source;
-		ck.dport = uh->dest;
+			return -1;
+		ck->sport = uh->source;
+		ck->dport = uh->dest;
 	}
-	ck.saddr = iph->saddr;
-	ck.daddr = iph->daddr;
-	ck.proto = iph->protocol;
+	ck->saddr = iph->saddr;
+	ck->daddr = iph->daddr;
+	ck->proto = iph->protocol;
+	return 0;
+}
+
+/* TCP/UDP: the connection table first (the established path), then the services. A new
+ * connection is scheduled here for plain wrr/rr (as ever), and in xdp_sched, reached by
+ * a tail call, for every other scheduler and for wrr/rr with thresholds: their loops
+ * are verified once there, whatever path led to them here. */
+static __always_inline int handle_l4(struct xdp_md *ctx, struct hdr_cursor *c,
+				     struct ethhdr *eth, struct iphdr *iph)
+{
+	struct svc_key sk = {};
+	struct conn_key ck = {};
+	struct conn_value *cv;
+	struct tcphdr *th = NULL;
+	struct svc_info *svc;
+	struct settings *cfg;
+	struct real_info *real;
+	struct sched_scratch *sc;
+	__u32 real_id, zero = 0;
+	__u64 now = 0;
+	int moved = 0;
+
+	if (read_flow(c, iph, &th, &ck))
+		return finish(XDP_PASS, COUNTER_PASS_MALFORMED);
 
 	cfg = get_settings();
 	if (!cfg)   /* never (an array entry), but the established path reads it */
@@ -373,7 +754,7 @@ static __always_inline int handle_l4(struct hdr_cursor *c, struct ethhdr *eth,
 			} else if (real && (real->flags & REAL_F_MAC_KNOWN)) {
 				cv->last_seen_ns = now;
 				if (th)
-					cv->state = tcp_next_state(cv->state, th);
+					follow_tcp_state(cv, th);
 				if (cv->flags & CONN_F_PERSISTENT)
 					touch_template(&ck, real_id, now);
 				return forward(eth, iph, cfg, real, real_id, cv->svc_id, 0);
@@ -400,34 +781,26 @@ static __always_inline int handle_l4(struct hdr_cursor *c, struct ethhdr *eth,
 	}
 	if (th && !is_new_tcp(th) && !moved)
 		return finish(XDP_PASS, COUNTER_PASS_TCP_NO_CONN);
-	if (svc->persist_timeout_s)
-		fill_persist_key(&pk, &ck, svc);
-	if (!cv)
-		now = bpf_ktime_get_coarse_ns();
-	picked = pick_real(svc, &pk, now);
-	if (picked < 0)
+	sc = sched_scratch.lookup(&zero);
+	if (!sc)    /* never (an array entry) */
 		return finish(XDP_DROP, COUNTER_DROP_NO_REAL_SERVER);
-
-	fresh.last_seen_ns = now;
-	fresh.real_id = picked;
-	fresh.svc_id = svc->id;
-	/* A moved TCP connection is past its SYN: its new server will reset it. */
-	fresh.state = !th ? CONN_UDP : is_new_tcp(th) ? CONN_SYN_RECV : CONN_CLOSE;
-	fresh.flags = svc->persist_timeout_s ? CONN_F_PERSISTENT : 0;
-	real_id = fresh.real_id;
-	real = reals.lookup(&real_id);
-	if (!real || !(real->flags & REAL_F_MAC_KNOWN))
-		return finish(XDP_DROP, COUNTER_DROP_REAL_MAC_UNKNOWN);
-	if (conn_table.update(&ck, &fresh))
-		return finish(XDP_DROP, COUNTER_DROP_CONN_TABLE_ERROR);
-	if (!cv)
-		count(COUNTER_CONN_TABLE_INSERT);
-	if (moved)
-		count(COUNTER_CONN_RESCHEDULED);
-	return forward(eth, iph, cfg, real, real_id, fresh.svc_id, 1);
+	sc->now = cv ? now : bpf_ktime_get_coarse_ns();
+	sc->replaces = cv != NULL;
+	sc->moved = moved;
+	sc->past_syn = th && !is_new_tcp(th);
+	if (cv) {
+		sc->old_real = cv->real_id;
+		sc->old_state = cv->state;
+	}
+	if (svc->sched == SCHED_WRR && !(svc->flags & SVC_F_THRESHOLDS))
+		return new_connection(eth, iph, &ck, cfg, svc, sc, 0);
+	sched_prog.call(ctx, 0);
+	/* Only if xdp_sched is missing from sched_prog, which lb/ never lets happen. */
+	return finish(XDP_DROP, COUNTER_DROP_NO_REAL_SERVER);
 }
 
-static __always_inline int handle_ipv4(struct hdr_cursor *c, struct ethhdr *eth)
+static __always_inline int handle_ipv4(struct xdp_md *ctx, struct hdr_cursor *c,
+				       struct ethhdr *eth)
 {
 	struct iphdr *iph = parse_iphdr(c);
 
@@ -441,7 +814,7 @@ static __always_inline int handle_ipv4(struct hdr_cursor *c, struct ethhdr *eth)
 	switch (iph->protocol) {
 	case IPPROTO_TCP:
 	case IPPROTO_UDP:
-		return handle_l4(c, eth, iph);
+		return handle_l4(ctx, c, eth, iph);
 	case IPPROTO_ICMP:
 		return handle_icmp(c, eth, iph);
 	default: {
@@ -467,8 +840,42 @@ int xdp_main(struct xdp_md *ctx)
 	if (!eth)
 		return finish(XDP_PASS, COUNTER_PASS_MALFORMED);
 	if (eth->h_proto == bpf_htons(ETH_P_IP))
-		return handle_ipv4(&c, eth);
+		return handle_ipv4(ctx, &c, eth);
 	if (eth->h_proto == bpf_htons(ETH_P_ARP))
 		return handle_arp(&c, eth);
 	return finish(XDP_PASS, COUNTER_PASS_NOT_IPV4);
+}
+
+/* The new connection of a service whose scheduler is not plain wrr/rr, tail-called from
+ * xdp_main's handle_l4() (sched_prog slot 0, filled by lb/director/dataplane.py) once it
+ * has found no live connection, the service, and a frame that may start one. It reads
+ * the frame again, and what xdp_main found in conn_table from sched_scratch. */
+int xdp_sched(struct xdp_md *ctx)
+{
+	struct hdr_cursor c = {
+		.pos = (void *)(long)ctx->data,
+		.end = (void *)(long)ctx->data_end,
+	};
+	struct ethhdr *eth = parse_ethhdr(&c);
+	struct conn_key ck = {};
+	struct svc_key sk = {};
+	struct tcphdr *th = NULL;
+	struct sched_scratch *sc;
+	struct settings *cfg;
+	struct svc_info *svc;
+	struct iphdr *iph;
+	__u32 zero = 0;
+
+	if (!eth)
+		return finish(XDP_PASS, COUNTER_PASS_MALFORMED);
+	iph = parse_iphdr(&c);
+	if (!iph || read_flow(&c, iph, &th, &ck))
+		return finish(XDP_PASS, COUNTER_PASS_MALFORMED);
+	cfg = get_settings();
+	fill_svc_key(&sk, &ck);
+	svc = services.lookup(&sk);
+	sc = sched_scratch.lookup(&zero);
+	if (!cfg || !svc || !sc)   /* never: xdp_main found them a moment ago */
+		return finish(XDP_DROP, COUNTER_DROP_NO_REAL_SERVER);
+	return new_connection(eth, iph, &ck, cfg, svc, sc, 1);
 }

@@ -35,6 +35,8 @@ enum drlb_counter {
 	                                  it and only the prober's packet socket reads it */
 	COUNTER_CONN_TABLE_INSERT,     /* event: a new key entered conn_table */
 	COUNTER_PERSIST_HIT,           /* event: a persistence template chose the server */
+	COUNTER_DROP_OVERLOADED,       /* new connection, but each server that could take it
+	                                  is over its upper connection threshold */
 	COUNTER_CONN_RESCHEDULED,      /* event: a connection of a REAL_F_RESCHEDULE server went
 	                                  to a new one */
 	COUNTER_COUNT
@@ -63,6 +65,25 @@ enum real_flags {
 	                                  is scheduled anew (IPVS's expire_nodest_conn) */
 };
 
+/* svc_info.sched: how a service picks the real server of a new connection. rr is
+ * SCHED_WRR over weights of 1 (lb/director/layout.py). */
+enum sched_kind {
+	SCHED_WRR = 0,                 /* the WRR cycle in wrr_seq */
+	SCHED_SH = 1,                  /* source hashing: SH_TABLE_SIZE buckets in sched_table */
+	SCHED_MH = 2,                  /* Maglev hashing: MH_TABLE_SIZE entries in sched_table */
+	SCHED_LC = 3,                  /* least connections: min active*256 + inactive */
+	SCHED_WLC = 4,                 /* weighted: min (active*256 + inactive) / weight */
+	SCHED_SED = 5,                 /* shortest expected delay: min (active + 1) / weight */
+	SCHED_NQ = 6                   /* never queue: an idle server, else as sed */
+};
+
+enum svc_flags {
+	SVC_F_SCHED_FALLBACK = 1,      /* sh-fallback / mh-fallback (IPVS's SCHED1 flag) */
+	SVC_F_SCHED_PORT = 2,          /* sh-port / mh-port: hash the source port too (SCHED2) */
+	SVC_F_OPS = 4,                 /* one-packet scheduling: UDP, no connection entry */
+	SVC_F_THRESHOLDS = 8           /* a real server has an upper connection threshold */
+};
+
 enum settings_flags {
 	SETTINGS_F_ICMP_ECHO = 1       /* answer pings to VIPs */
 };
@@ -76,11 +97,21 @@ struct svc_key {
 
 struct svc_info {
 	uint32_t id;                   /* index into svc_stats and wrr_pos */
-	uint32_t seq_offset;           /* this service's slice of wrr_seq */
+	uint32_t seq_offset;           /* this service's slice of wrr_seq (wrr, rr) */
 	uint32_t seq_len;              /* 0: no real server can take new connections */
 	uint32_t persist_timeout_s;    /* 0: no persistence */
 	uint32_t persist_mask;
-	uint32_t pad;
+	uint8_t sched;                 /* enum sched_kind */
+	uint8_t flags;                 /* enum svc_flags */
+	uint16_t pad;
+	uint32_t reals_offset;         /* sched_table: the service's real_ids, in config order */
+	uint32_t n_reals;
+	uint32_t table_offset;         /* sched_table: the sh buckets or the mh lookup table */
+	uint32_t table_len;            /* 0: no server has a weight (sh, mh) */
+	uint32_t order_len;            /* sh-fallback: after the buckets, for each bucket the
+	                                  order_len servers in the order IPVS's scan from it
+	                                  meets them; 0 without sh-fallback */
+	uint32_t pad2;
 };
 
 struct vip_info {
@@ -91,6 +122,13 @@ struct real_info {
 	uint8_t mac[6];
 	uint16_t flags;                /* enum real_flags */
 	uint32_t addr;
+	uint32_t weight;               /* as the schedulers see it: 0 when drained */
+	uint32_t upper;                /* connection thresholds (ipvsadm -x); 0: none */
+	uint32_t lower;                /* below this the overload ends: ipvsadm -y, or
+	                                  ceil(3/4 upper) when -y is 0, as IPVS */
+	int32_t fix_active;            /* added to real_conns: the exact count of live entries
+	                                  (the control plane's table sweep) less what */
+	int32_t fix_inactive;          /* real_conns said then (expired, evicted unseen) */
 };
 
 struct conn_key {
@@ -130,6 +168,16 @@ struct settings {
 	uint16_t flags;                /* enum settings_flags */
 	uint32_t pad;
 	uint64_t timeout_ns[8];        /* idle timeout per enum conn_state (CONN_STATE_SLOTS) */
+};
+
+/* Connections of a real server as the program counts them: +1/-1 as entries are
+ * created, replaced and change between ESTABLISHED (active) and the other states
+ * (inactive). It cannot see an entry expire or be evicted: real_info.fix_* correct it. */
+struct real_conns {
+	int64_t active;
+	int64_t inactive;
+	uint32_t overloaded;           /* set at upper, cleared below lower (IPVS OVERLOAD) */
+	uint32_t pad;
 };
 
 struct stats {

@@ -36,6 +36,49 @@
 
 #define ICMP_ECHO_REPLY_TTL 64
 
+/* ---- schedulers other than wrr/rr (lb/director/scheduler.py builds their tables) ---- */
+
+/* Slots of sched_table shared by all services, in two halves like wrr_seq. Each service
+ * needs its list of real servers, plus SH_TABLE_SIZE slots with sh or MH_TABLE_SIZE
+ * with mh: a half holds 31 mh services and many others. */
+#ifndef SCHED_TABLE_CAPACITY
+#define SCHED_TABLE_CAPACITY 4194304
+#endif
+
+/* Real servers of one service that a new connection looks at: the bounded loop of
+ * lc/wlc/sed/nq, and of the last-resort scans of mh-fallback and of thresholds with wrr.
+ * lb/director/config.py refuses lc/wlc/sed/nq services with more. */
+#ifndef MAX_REALS_PER_SERVICE
+#define MAX_REALS_PER_SERVICE 64
+#endif
+
+/* sh: IPVS's 256-bucket table (CONFIG_IP_VS_SH_TAB_BITS = 8). */
+#define SH_TAB_BITS 8
+#define SH_TABLE_SIZE 256
+
+/* mh: the Maglev lookup table of one service, a prime. IPVS's default is 4093
+ * (CONFIG_IP_VS_MH_TAB_INDEX 12); 65537 is the Maglev paper's, finer-grained for weights.
+ * MH_TAB_BITS caps weight/gcd at 2^MH_TAB_BITS turns per round, as IP_VS_MH_TAB_BITS
+ * (CONFIG_IP_VS_MH_TAB_INDEX / 2) does: 8 is IPVS's value for its 65521 table. */
+#ifndef MH_TABLE_SIZE
+#define MH_TABLE_SIZE 65537
+#endif
+#ifndef MH_TAB_BITS
+#define MH_TAB_BITS 8
+#endif
+/* ip_vs_mh.c generate_hash_secret(): both words of hash1, both words of hash2. */
+#define MH_HASH1_KEY 2654435761
+#define MH_HASH2_KEY 2654446892
+
+/* Probes of the fallback loops (IPVS walks up to the whole table): sh-fallback walks all
+ * 256 buckets as IPVS does; mh-fallback tries MH_FALLBACK_TRIES rehashes, then the
+ * service's list. wrr with thresholds skips at most WRR_SKIP_MAX overloaded slots. */
+#ifndef MH_FALLBACK_TRIES
+#define MH_FALLBACK_TRIES 64
+#endif
+#ifndef WRR_SKIP_MAX
+#define WRR_SKIP_MAX 64
+#endif
 /* The source ports of the director's DR-path probes (lb/director/probe.py), above Linux's
  * default ephemeral range (32768-60999). A TCP segment from a VIP to one of these ports is
  * a real server's answer to a probe: the program hides it from the director's kernel. */

@@ -18,14 +18,48 @@ struct wrr_pos {
 	__u32 pos;
 };
 
-/* svc_key (VIP, port, protocol) -> svc_info (id, WRR slice, persistence); control plane. */
+/* What the scheduling loops carry from one real server to the next. It lives in a map
+ * rather than on the stack so that the verifier sees the same state at each turn of a
+ * loop whatever was found so far (its budget would otherwise grow with the square of
+ * the loop). Only the program uses it, on one CPU within one frame. */
+struct sched_scratch {
+	__s64 best_oh;                 /* lc/wlc/sed/nq: the least overhead so far */
+	__s64 best_w;                  /* and that server's weight */
+	__s64 best;                    /* and its real_id, or -1 */
+	__u32 over;                    /* a server was passed over for its threshold */
+	/* What xdp_main found in conn_table, for the connection it hands to xdp_sched: */
+	__u32 old_real;                /* the entry the new one replaces: its server */
+	__u64 now;                     /* the clock read for this frame */
+	__u8 old_state;                /* and its state */
+	__u8 replaces;                 /* an entry (expired, or closing) has this 5-tuple */
+	__u8 moved;                    /* it is live, but its server is REAL_F_RESCHEDULE */
+	__u8 past_syn;                 /* and this TCP segment is not a SYN */
+	__u8 pad[4];
+	struct persist_key pk;         /* the new connection's persistence template key */
+};
+
+/* svc_key (VIP, port, protocol) -> svc_info (id, scheduler and its tables, persistence);
+ * control plane. */
 BPF_HASH(services, struct svc_key, struct svc_info, MAX_SERVICES);
 /* VIP -> vip_info (its number of services): ARP, ping, "VIP, other port"; control plane. */
 BPF_HASH(vips, __u32, struct vip_info, MAX_SERVICES);
-/* real_id (a service's real server) -> real_info (MAC, flags, address); control plane. */
+/* real_id (a service's real server) -> real_info (MAC, flags, address, weight,
+ * thresholds, correction of its connection count); control plane. */
 BPF_ARRAY(reals, struct real_info, MAX_REALS);
 /* slot -> real_id: every service's WRR cycle, at svc_info.seq_offset; control plane. */
 BPF_ARRAY(wrr_seq, __u32, WRR_SEQ_CAPACITY);
+/* slot -> real_id: every service's list of real servers and sh/mh table (and sh-fallback
+ * orders), at svc_info.reals_offset and table_offset, in halves like wrr_seq; control
+ * plane. */
+BPF_ARRAY(sched_table, __u32, SCHED_TABLE_CAPACITY);
+/* real_id -> real_conns (active, inactive as counted, overload flag); program. */
+BPF_ARRAY(real_conns, struct real_conns, MAX_REALS);
+/* 0 -> per-CPU sched_scratch (the scheduling loops' running state, and what xdp_main
+ * hands to xdp_sched); program. */
+BPF_PERCPU_ARRAY(sched_scratch, struct sched_scratch, 1);
+/* 0 -> xdp_sched, the new-connection path of every scheduler but plain wrr/rr, reached by
+ * a tail call; control plane (at load). */
+BPF_PROG_ARRAY(sched_prog, 1);
 /* service id -> struct wrr_pos (next slot of its WRR cycle); program. */
 BPF_ARRAY(wrr_pos, struct wrr_pos, MAX_SERVICES);
 /* conn_key (5-tuple) -> conn_value (real, service, TCP state, last seen); program. */

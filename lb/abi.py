@@ -45,6 +45,7 @@ ABI_HEADER = BPF_DIR / "dr_lb_abi.h"
 CONSTS_HEADER = BPF_DIR / "dr_lb_consts.h"
 PROGRAM = BPF_DIR / "dr_lb.c"
 PROGRAM_NAME = "xdp_main"   # dr_lb.c's entry point; the kernel shows it as the program name
+SCHED_PROGRAM_NAME = "xdp_sched"   # tail-called by xdp_main for a new connection (see dr_lb.c)
 
 
 def _read_consts() -> dict[str, int]:
@@ -83,6 +84,10 @@ CONN_STATE_SLOTS = ffi.typeof("enum conn_state").relements["CONN_STATE_SLOTS"]
 # wrr_seq holds the WRR cycles in use and the next ones, a half each, so that a service
 # never points at a half-written cycle (lb/director/layout.py).
 SEQ_HALF = CONST["WRR_SEQ_CAPACITY"] // 2
+# sched_table likewise holds the sh/mh tables and real-server lists in use and the next.
+SCHED_HALF = CONST["SCHED_TABLE_CAPACITY"] // 2
+SCHED = {k: v for k, v in enum_values("sched_kind", "SCHED_").items()}
+SVC_F = {k: v for k, v in enum_values("svc_flags", "SVC_F_").items()}
 
 IPPROTO = {"tcp": socket.IPPROTO_TCP, "udp": socket.IPPROTO_UDP}
 

@@ -44,6 +44,7 @@ BEHAVIOURS = {
     "udp-timeout": "UDP lives `udp` seconds",
     "tcp-no-conn-pass": "a TCP non-SYN without a live connection is passed",
     "port-reuse": "a SYN on a FIN_WAIT/CLOSE entry starts a new connection",
+    "sched-tables": "sh, mh, lc/wlc read their service's tables in sched_table",
     "wrr-order": "WRR follows the sequence laid out by the control plane",
     "wrr-lock": "the WRR position is shared by all CPUs under a bpf_spin_lock",
     "unschedulable": "weight 0 or an unknown MAC takes no new connection",
@@ -65,7 +66,7 @@ COUNTERS = ("tx_service", "tx_arp_reply", "tx_icmp_echo_reply", "pass_not_ipv4",
             "pass_ip_options", "pass_tcp_no_conn", "pass_icmp_other", "pass_malformed",
             "drop_no_real_server", "drop_real_mac_unknown", "drop_conn_table_error",
             "pass_not_programmed", "pass_probe_reply", "conn_table_insert", "persist_hit",
-            "conn_rescheduled")
+            "drop_overloaded", "conn_rescheduled")
 
 
 def c(name: str) -> str:
@@ -75,13 +76,13 @@ def c(name: str) -> str:
 M = Mutant
 MUTANTS: list[Mutant] = [
     # ---- connections -------------------------------------------------------------------
-    M("conn-key-ignores-sport", "ck.sport = th->source;", "ck.sport = 0;",
+    M("conn-key-ignores-sport", "ck->sport = (*th)->source;", "ck->sport = 0;",
       ("conn-5-tuple",)),
-    M("conn-key-ignores-udp-sport", "ck.sport = uh->source;", "ck.sport = 0;",
+    M("conn-key-ignores-udp-sport", "ck->sport = uh->source;", "ck->sport = 0;",
       ("conn-5-tuple",)),
-    M("conn-key-ignores-saddr", "ck.saddr = iph->saddr;", "ck.saddr = 0;",
+    M("conn-key-ignores-saddr", "ck->saddr = iph->saddr;", "ck->saddr = 0;",
       ("conn-5-tuple",)),
-    M("conn-key-ignores-proto", "ck.proto = iph->protocol;", "ck.proto = IPPROTO_TCP;",
+    M("conn-key-ignores-proto", "ck->proto = iph->protocol;", "ck->proto = IPPROTO_TCP;",
       ("conn-5-tuple",)),
     # ---- TCP states ----------------------------------------------------------------------
     M("rst-makes-fin-wait", "if (th->rst)\n\t\treturn CONN_CLOSE;",
@@ -96,11 +97,10 @@ MUTANTS: list[Mutant] = [
       "if (0 && th->ack && state == CONN_SYN_RECV)", ("tcp-states",)),
     M("ack-establishes-from-any-state", "if (th->ack && state == CONN_SYN_RECV)",
       "if (th->ack)", ("tcp-states",)),
-    M("state-not-updated", "cv->state = tcp_next_state(cv->state, th);",
-      "cv->state = cv->state;", ("tcp-states",)),
+    M("state-not-updated", "cv->state = new;", "cv->state = old;", ("tcp-states",)),
     M("new-conn-state-established",
-      "is_new_tcp(th) ? CONN_SYN_RECV : CONN_CLOSE;",
-      "is_new_tcp(th) ? CONN_ESTABLISHED : CONN_CLOSE;", ("tcp-states", "tcp-timeouts")),
+      "sc->past_syn ? CONN_CLOSE : CONN_SYN_RECV;",
+      "sc->past_syn ? CONN_CLOSE : CONN_ESTABLISHED;", ("tcp-states", "tcp-timeouts")),
     # ---- timeouts ------------------------------------------------------------------------
     M("one-timeout-for-all-states", "cfg->timeout_ns[state]",
       "cfg->timeout_ns[CONN_ESTABLISHED]", ("tcp-timeouts", "udp-timeout")),
@@ -112,8 +112,8 @@ MUTANTS: list[Mutant] = [
       ("tcp-timeouts", "udp-timeout", "persist-expiry")),
     M("idle-timer-not-restarted", "cv->last_seen_ns = now;\n", "",
       ("idle-restart",)),
-    M("udp-gets-tcp-state", "fresh.state = !th ? CONN_UDP :",
-      "fresh.state = !th ? CONN_ESTABLISHED :", ("udp-timeout",)),
+    M("udp-gets-tcp-state", "fresh.state = !tcp ? CONN_UDP :",
+      "fresh.state = !tcp ? CONN_ESTABLISHED :", ("udp-timeout",)),
     # ---- TCP without a connection, new connections ----------------------------------------
     M("tcp-non-syn-scheduled", "if (th && !is_new_tcp(th) && !moved)\n",
       "if (0 && th && !is_new_tcp(th) && !moved)\n", ("tcp-no-conn-pass",)),
@@ -128,21 +128,28 @@ MUTANTS: list[Mutant] = [
     M("port-reuse-from-any-state",
       "(state == CONN_FIN_WAIT || state == CONN_CLOSE)", "(1)", ("port-reuse",)),
     # ---- WRR -----------------------------------------------------------------------------
-    M("wrr-position-not-advanced", "wp->pos = pos + 1 >= svc->seq_len ? 0 : pos + 1;",
+    M("wrr-position-not-advanced", "wp->pos = pos + 1 >= len ? 0 : pos + 1;",
       "wp->pos = pos;", ("wrr-order",)),
-    M("wrr-skips-last-slot", "wp->pos = pos + 1 >= svc->seq_len ? 0 : pos + 1;",
-      "wp->pos = pos + 2 >= svc->seq_len ? 0 : pos + 1;", ("wrr-order",)),
+    M("wrr-skips-last-slot", "wp->pos = pos + 1 >= len ? 0 : pos + 1;",
+      "wp->pos = pos + 2 >= len ? 0 : pos + 1;", ("wrr-order",)),
     M("wrr-ignores-offset", "slot = svc->seq_offset + pos;", "slot = pos;",
       ("wrr-order",)),
     M("wrr-lock-removed",
-      "bpf_spin_lock(&wp->lock);\n\tpos = wp->pos;\n\tif (pos >= svc->seq_len)\n"
-      "\t\tpos = 0;\n\twp->pos = pos + 1 >= svc->seq_len ? 0 : pos + 1;\n"
+      "bpf_spin_lock(&wp->lock);\n\tpos = wp->pos;\n\tif (pos >= len)\n"
+      "\t\tpos = 0;\n\twp->pos = pos + 1 >= len ? 0 : pos + 1;\n"
       "\tbpf_spin_unlock(&wp->lock);",
-      "pos = wp->pos;\n\tif (pos >= svc->seq_len)\n\t\tpos = 0;\n"
-      "\twp->pos = pos + 1 >= svc->seq_len ? 0 : pos + 1;",
+      "pos = wp->pos;\n\tif (pos >= len)\n\t\tpos = 0;\n"
+      "\twp->pos = pos + 1 >= len ? 0 : pos + 1;",
       ("wrr-lock",)),
-    M("empty-cycle-picks-slot-0", "if (svc->seq_len == 0)\n\t\treturn -1;", "",
+    M("empty-cycle-picks-slot-0", "if (len == 0)\n\t\treturn PICK_NONE;", "",
       ("unschedulable", "counter:drop_no_real_server")),
+    # ---- other schedulers (README "Schedulers") ---------------------------------------------
+    M("sh-table-offset-ignored", "real_id = table_at(svc->table_offset + h);",
+      "real_id = table_at(h);", ("sched-tables",)),
+    M("mh-table-offset-ignored", "real_id = table_at(svc->table_offset + ihash);",
+      "real_id = table_at(ihash);", ("sched-tables",)),
+    M("wlc-ignores-weight", "sc->best_oh * w > oh * sc->best_w", "sc->best_oh > oh",
+      ("sched-tables",)),
     # ---- persistence ------------------------------------------------------------------------
     M("persist-netmask-ignored", "pk->client_net = ck->saddr & svc->persist_mask;",
       "pk->client_net = ck->saddr;", ("persist-key",)),
@@ -208,10 +215,10 @@ MUTANTS: list[Mutant] = [
     M("service-stats-not-kept",
       "add_stats(svc_stats.lookup(&svc_id), new_conn, bpf_ntohs(iph->tot_len));", "",
       ("stats",)),
-    M("conn-table-insert-on-reuse", "if (!cv)\n\t\tcount(COUNTER_CONN_TABLE_INSERT);",
-      "count(COUNTER_CONN_TABLE_INSERT);", (c("conn_table_insert"),)),
-    M("conn-table-insert-not-counted", "if (!cv)\n\t\tcount(COUNTER_CONN_TABLE_INSERT);",
-      "", (c("conn_table_insert"),)),
+    M("conn-table-insert-on-reuse", "\telse\n\t\tcount(COUNTER_CONN_TABLE_INSERT);",
+      "\tcount(COUNTER_CONN_TABLE_INSERT);", (c("conn_table_insert"),)),
+    M("conn-table-insert-not-counted", "\telse\n\t\tcount(COUNTER_CONN_TABLE_INSERT);",
+      "\telse\n\t\t;", (c("conn_table_insert"),)),
     # ---- other exits, each with its counter --------------------------------------------------
     M("not-ipv4-counted-as-malformed", "return finish(XDP_PASS, COUNTER_PASS_NOT_IPV4);",
       "return finish(XDP_PASS, COUNTER_PASS_MALFORMED);", (c("pass_not_ipv4"),)),
@@ -234,11 +241,16 @@ MUTANTS: list[Mutant] = [
       "", (c("pass_ip_options"),)),
     M("tcp-no-conn-counted-as-not-vip", "return finish(XDP_PASS, COUNTER_PASS_TCP_NO_CONN);",
       "return finish(XDP_PASS, COUNTER_PASS_NOT_VIP);", (c("pass_tcp_no_conn"),)),
-    M("tcp-doff-unchecked", "if (!th || th->doff < 5)", "if (!th)", (c("pass_malformed"),)),
+    M("tcp-doff-unchecked", "if (!*th || (*th)->doff < 5)", "if (!*th)", (c("pass_malformed"),)),
     M("ip-ihl-unchecked", "if (!iph || iph->version != 4 || iph->ihl < 5)",
       "if (!iph || iph->version != 4)", (c("pass_malformed"),)),
-    M("no-real-server-passed", "return finish(XDP_DROP, COUNTER_DROP_NO_REAL_SERVER);",
-      "return finish(XDP_PASS, COUNTER_DROP_NO_REAL_SERVER);", (c("drop_no_real_server"),)),
+    M("no-real-server-passed",
+      "if (picked < 0)\n\t\treturn finish(XDP_DROP, COUNTER_DROP_NO_REAL_SERVER);",
+      "if (picked < 0)\n\t\treturn finish(XDP_PASS, COUNTER_DROP_NO_REAL_SERVER);",
+      (c("drop_no_real_server"),)),
+    M("overloaded-counted-as-no-real-server",
+      "return finish(XDP_DROP, COUNTER_DROP_OVERLOADED);",
+      "return finish(XDP_DROP, COUNTER_DROP_NO_REAL_SERVER);", (c("drop_overloaded"),)),
     M("mac-unknown-established-forwarded",
       "return finish(XDP_DROP, COUNTER_DROP_REAL_MAC_UNKNOWN);\n\t\t\t}",
       "return finish(XDP_PASS, COUNTER_PASS_TCP_NO_CONN);\n\t\t\t}",
@@ -248,8 +260,9 @@ MUTANTS: list[Mutant] = [
       "} else if (real) {", (c("drop_real_mac_unknown"), "unschedulable")),
     # The error itself cannot be provoked through test-run (an LRU update makes room);
     # the mutant checks that its test is the right way round.
-    M("conn-table-update-check-inverted", "if (conn_table.update(&ck, &fresh))",
-      "if (!conn_table.update(&ck, &fresh))", (c("drop_conn_table_error"),)),
+    M("conn-table-update-check-inverted",
+      "if (conn_table.update((struct conn_key *)ck, &fresh))",
+      "if (!conn_table.update((struct conn_key *)ck, &fresh))", (c("drop_conn_table_error"),)),
     M("not-programmed-ignored-for-arp",
       "if (!programmed(cfg))\n\t\treturn finish(XDP_PASS, COUNTER_PASS_NOT_PROGRAMMED);\n\tif (!vips.lookup(&vip))",
       "if (!vips.lookup(&vip))", (c("pass_not_programmed"),)),
@@ -262,7 +275,7 @@ MUTANTS: list[Mutant] = [
     # ---- health: reschedule and probe replies ----------------------------------------------
     M("reschedule-flag-ignored", "if (real && (real->flags & REAL_F_RESCHEDULE)) {",
       "if (0) {", ("reschedule", c("conn_rescheduled"))),
-    M("rescheduled-not-counted", "if (moved)\n\t\tcount(COUNTER_CONN_RESCHEDULED);", "",
+    M("rescheduled-not-counted", "if (sc->moved)\n\t\tcount(COUNTER_CONN_RESCHEDULED);", "",
       (c("conn_rescheduled"),)),
     M("probe-reply-reaches-kernel", "__builtin_memset(eth->h_dest, 0, ETH_ALEN);", "",
       ("probe-reply", c("pass_probe_reply"))),

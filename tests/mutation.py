@@ -79,7 +79,7 @@ def _interrupt(*_) -> None:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m tests.mutation", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("-k", dest="pattern", default="", help="only mutants whose name has this")
+    ap.add_argument("-k", dest="pattern", default="", help="only mutants whose name has this (a,b: either)")
     ap.add_argument("--list", action="store_true", help="list the mutants and stop")
     ap.add_argument("--no-baseline", action="store_true",
                     help="skip the run of the unmutated copy")
@@ -93,7 +93,8 @@ def main(argv: list[str] | None = None) -> int:
     # temporary copies are removed.
     signal.signal(signal.SIGTERM, _interrupt)
     problems = check_all()
-    chosen = [m for m in MUTANTS if args.pattern in m.name]
+    patterns = args.pattern.split(",")   # -k a,b: either
+    chosen = [m for m in MUTANTS if any(p in m.name for p in patterns)]
     if args.reverse:
         chosen.reverse()
     if args.list:

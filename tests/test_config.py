@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import pytest
 
+from lb import abi
 from lb.director import config
 from lb.director.config import ConfigError
 
@@ -263,8 +264,9 @@ BAD_WEIGHT = [
 ]
 
 BAD_CHOICE = [
-    pytest.param(DIRECTOR + service(VIP_SERVICE + '\nscheduler = "lc"'),
-                 ["service 192.168.0.21:80/tcp", "scheduler = 'lc'", 'use one of "wrr", "rr"'],
+    pytest.param(DIRECTOR + service(VIP_SERVICE + '\nscheduler = "dh"'),
+                 ["service 192.168.0.21:80/tcp", "scheduler = 'dh'",
+                  'use one of "wrr", "rr", "sh", "mh", "lc", "wlc", "sed", "nq"'],
                  id="unknown-scheduler"),
     pytest.param(DIRECTOR + service(VIP_SERVICE + '\nscheduler = "WRR"'),
                  ["service 192.168.0.21:80/tcp", "scheduler = 'WRR'", 'use one of "wrr", "rr"'],
@@ -293,7 +295,8 @@ UNKNOWN_KEYS = [
                  id="typo-in-service"),
     pytest.param(DIRECTOR + service(VIP_SERVICE, RS12 + "\nwieght = 2"),
                  ["service 192.168.0.21:80/tcp, real server 192.168.0.12:80",
-                  "unknown key 'wieght'", "known keys: address, drained, health, mac, port, weight"],
+                  "unknown key 'wieght'",
+                  "known keys: address, drained, health, lower, mac, port, upper, weight"],
                  id="typo-in-real-server"),
 ]
 
@@ -411,7 +414,7 @@ def test_several_problems_are_all_reported_in_file_order():
     text = (
         '[director]\ninterface = "eth0"\nxdp_mode = "fast"\n'
         "[timeouts]\ntcpfin = 0\n"
-        + service('vip = "192.168.0.21"\nport = 80\nscheduler = "lc"',
+        + service('vip = "192.168.0.21"\nport = 80\nscheduler = "dh"',
                   RS12 + "\nweight = 70000", RS13 + "\nport = 81", RS12)
         + service('vip = "192.168.0.2x"\nport = 443', RS12)
         + service(VIP_SERVICE, RS13)
@@ -420,7 +423,7 @@ def test_several_problems_are_all_reported_in_file_order():
     expected = [
         ("[director]", "xdp_mode = 'fast'"),
         ("[timeouts]", "tcpfin = 0"),
-        ("service 192.168.0.21:80/tcp", "scheduler = 'lc'"),
+        ("service 192.168.0.21:80/tcp", "scheduler = 'dh'"),
         ("real server 192.168.0.12:80", "weight = 70000"),
         ("real server 192.168.0.13:81", "DR cannot change ports"),
         ("real server 192.168.0.12:80", "listed twice"),
@@ -504,3 +507,111 @@ def test_system_check_rejects_a_missing_interface_and_lists_existing_ones():
     assert 'interface = "drlb-nosuch0" does not exist' in problem, problem
     assert "use one of:" in problem and "lo" in problem.split("use one of:")[1], \
         f"the message should list the interfaces that exist: {problem!r}"
+
+
+# --- schedulers, their flags, ops and thresholds (issue 9) ----------------------------------
+
+@pytest.mark.parametrize("scheduler", config.SCHEDULERS)
+def test_every_scheduler_is_accepted(scheduler):
+    cfg = config.parse(DIRECTOR + service(VIP_SERVICE + f'\nscheduler = "{scheduler}"'))
+    assert cfg.services[0].scheduler == scheduler
+
+
+def test_schedulers_are_ipvs_names_in_one_list():
+    assert config.SCHEDULERS == ("wrr", "rr", "sh", "mh", "lc", "wlc", "sed", "nq")
+
+
+@pytest.mark.parametrize("scheduler, flags", [
+    ("sh", ["sh-fallback"]), ("sh", ["sh-port"]), ("sh", ["sh-fallback", "sh-port"]),
+    ("mh", ["mh-fallback", "mh-port"]), ("mh", []),
+])
+def test_scheduler_flags_of_the_scheduler_are_accepted(scheduler, flags):
+    body = VIP_SERVICE + f'\nscheduler = "{scheduler}"\nscheduler_flags = {flags!r}'
+    svc = config.parse(DIRECTOR + service(body.replace("'", '"'))).services[0]
+    assert svc.scheduler_flags == tuple(flags)
+    assert svc.fallback == (f"{scheduler}-fallback" in flags)
+    assert svc.hash_port == (f"{scheduler}-port" in flags)
+
+
+SCHED_PROBLEMS = [
+    pytest.param(DIRECTOR + service(VIP_SERVICE + '\nscheduler_flags = ["mh-port"]'),
+                 ["service 192.168.0.21:80/tcp", 'scheduler_flags: "mh-port"',
+                  'a flag of scheduler "mh", not of "wrr"', 'set scheduler = "mh"'],
+                 id="flag-of-another-scheduler"),
+    pytest.param(DIRECTOR + service(VIP_SERVICE + '\nscheduler = "sh"\n'
+                                    'scheduler_flags = ["mh-fallback"]'),
+                 ['"mh-fallback" is a flag of scheduler "mh", not of "sh"'],
+                 id="mh-flag-on-sh"),
+    pytest.param(DIRECTOR + service(VIP_SERVICE + '\nscheduler = "mh"\n'
+                                    'scheduler_flags = ["fallback"]'),
+                 ['scheduler_flags: "fallback" is not known',
+                  'scheduler "mh" takes "mh-fallback", "mh-port"'],
+                 id="unknown-flag"),
+    pytest.param(DIRECTOR + service(VIP_SERVICE + '\nscheduler = "wlc"\n'
+                                    'scheduler_flags = ["flag-1"]'),
+                 ['"flag-1" is not known', 'scheduler "wlc" takes no flags'],
+                 id="flags-on-wlc"),
+    pytest.param(DIRECTOR + service(VIP_SERVICE + '\nscheduler = "mh"\n'
+                                    'scheduler_flags = "mh-port"'),
+                 ["scheduler_flags = 'mh-port' must be a list of strings",
+                  'scheduler_flags = ["mh-fallback", "mh-port"]'],
+                 id="flags-not-a-list"),
+    pytest.param(DIRECTOR + service(VIP_SERVICE + "\nops = true"),
+                 ["service 192.168.0.21:80/tcp", "ops = true", "for UDP services only",
+                  'remove ops, or use protocol = "udp"'],
+                 id="ops-on-tcp"),
+    pytest.param(DIRECTOR + service(VIP_SERVICE + '\nprotocol = "udp"\nops = 1'),
+                 ["ops = 1 must be true or false"],
+                 id="ops-not-a-bool"),
+    pytest.param(DIRECTOR + service(VIP_SERVICE, RS12 + "\nupper = 50\nlower = 80"),
+                 ["real server 192.168.0.12:80", "lower = 80 is above upper = 50",
+                  "set lower to at most upper"],
+                 id="lower-above-upper"),
+    pytest.param(DIRECTOR + service(VIP_SERVICE, RS12 + "\nlower = 5"),
+                 ["lower = 5 is above upper = 0"],
+                 id="lower-without-upper"),
+    pytest.param(DIRECTOR + service(VIP_SERVICE, RS12 + "\nupper = -1"),
+                 ["real server 192.168.0.12:80", "upper = -1 is out of range"],
+                 id="negative-upper"),
+    pytest.param(DIRECTOR + service(VIP_SERVICE + '\nscheduler = "wlc"',
+                                    *[f'address = "10.1.{i // 250}.{i % 250 + 1}"'
+                                      for i in range(abi.CONST["MAX_REALS_PER_SERVICE"] + 1)]),
+                 ["service 192.168.0.21:80/tcp",
+                  f"{abi.CONST['MAX_REALS_PER_SERVICE'] + 1} real servers",
+                  'scheduler "wlc" compares every real server',
+                  f"at most {abi.CONST['MAX_REALS_PER_SERVICE']}", "split the service"],
+                 id="too-many-reals-for-wlc"),
+]
+
+
+@pytest.mark.parametrize("text, expected", SCHED_PROBLEMS)
+def test_scheduler_problems_name_the_key_and_the_fix(text, expected):
+    problem = only_problem(text)
+    for part in expected:
+        assert part in problem, f"expected {part!r} in the message, got: {problem!r}"
+
+
+def test_many_reals_are_fine_for_wrr_and_mh():
+    reals = [f'address = "10.1.{i // 250}.{i % 250 + 1}"'
+             for i in range(abi.CONST["MAX_REALS_PER_SERVICE"] + 1)]
+    for scheduler in ("wrr", "mh", "sh"):
+        cfg = config.parse(DIRECTOR + service(VIP_SERVICE + f'\nscheduler = "{scheduler}"',
+                                              *reals))
+        assert len(cfg.services[0].real_servers) == len(reals)
+
+
+def test_ops_and_thresholds_are_read():
+    text = DIRECTOR + service(VIP_SERVICE + '\nprotocol = "udp"\nops = true',
+                              RS12 + "\nupper = 100\nlower = 10", RS13 + "\nupper = 8")
+    svc = config.parse(text).services[0]
+    assert svc.ops is True and svc.thresholds
+    assert [(r.upper, r.lower, r.effective_lower) for r in svc.real_servers] == \
+        [(100, 10, 10), (8, 0, 6)]
+
+
+def test_too_many_mh_services_is_one_clear_problem():
+    n = abi.SCHED_HALF // abi.CONST["MH_TABLE_SIZE"] + 1
+    text = DIRECTOR + "".join(service(f'vip = "192.168.0.21"\nport = {1000 + i}\n'
+                                      'scheduler = "mh"') for i in range(n))
+    problem = only_problem(text)
+    assert "sh/mh tables" in problem and "use fewer mh services" in problem

@@ -307,11 +307,62 @@ def test_other_shell_lines_are_listed_as_skipped():
 
 
 def test_more_schedulers_import_once_config_has_them(monkeypatch):
-    text = f"-A -t {V}:80 -s lc\n-a -t {V}:80 -r {R1}\n"
+    text = f"-A -t {V}:80 -s lblc\n-a -t {V}:80 -r {R1}\n"
     with pytest.raises(ConfigError):
         imp(text)
-    monkeypatch.setattr(config_mod, "SCHEDULERS", config_mod.SCHEDULERS + ("lc",))
-    assert imp(text).services[0].scheduler == "lc"
+    monkeypatch.setattr(config_mod, "SCHEDULERS", config_mod.SCHEDULERS + ("lblc",))
+    assert imp(text).services[0].scheduler == "lblc"
+
+
+@pytest.mark.parametrize("scheduler", config_mod.SCHEDULERS)
+def test_every_scheduler_imports(scheduler):
+    cfg = imp(f"-A -t {V}:80 -s {scheduler}\n-a -t {V}:80 -r {R1}\n")
+    assert cfg.services[0].scheduler == scheduler
+
+
+def test_no_s_is_ipvsadms_default_wlc():
+    assert imp(f"ipvsadm -A -t {V}:81\nipvsadm -a -t {V}:81 -r {R1}\n"
+               ).services[0].scheduler == "wlc"
+
+
+@pytest.mark.parametrize("rule, flags", [
+    ("-s sh -b sh-fallback", ("sh-fallback",)),
+    ("-s sh -b sh-port,sh-fallback", ("sh-fallback", "sh-port")),
+    ("-s sh --sched-flags flag-2", ("sh-port",)),
+    ("-s mh -b mh-fallback,mh-port", ("mh-fallback", "mh-port")),
+    ("-s mh -b flag-1,flag-2", ("mh-fallback", "mh-port")),
+    ("-s mh -b mh-port,mh-port", ("mh-port",)),
+])
+def test_scheduler_flags_import(rule, flags):
+    cfg = imp(f"-A -t {V}:80 {rule}\n-a -t {V}:80 -r {R1}\n")
+    assert cfg.services[0].scheduler_flags == flags
+
+
+def test_ops_and_thresholds_import_and_export():
+    cfg = imp(f"-A -u {V}:53 -s rr -o\n-a -u {V}:53 -r {R1} -x 100 -y 50\n"
+              f"-a -u {V}:53 -r {R2} --u-threshold 7\n")
+    s = cfg.services[0]
+    assert s.ops and [(r.upper, r.lower) for r in s.real_servers] == [(100, 50), (7, 0)]
+    rules, _ = ipvsadm.export_rules(cfg)
+    assert rules.splitlines()[1:] == [f"-A -u {V}:53 -s rr -o",
+                                      f"-a -u {V}:53 -r {R1}:53 -g -w 1 -x 100 -y 50",
+                                      f"-a -u {V}:53 -r {R2}:53 -g -w 1 -x 7"]
+
+
+def test_scheduler_flags_export():
+    cfg = imp(f"-A -t {V}:80 -s mh -b mh-port,mh-fallback -p 60\n-a -t {V}:80 -r {R1}\n")
+    rules, _ = ipvsadm.export_rules(cfg)
+    assert rules.splitlines()[1] == f"-A -t {V}:80 -s mh -p 60 -b mh-fallback,mh-port"
+
+
+def test_health_and_sorry_server_are_left_out_of_the_export_with_a_note():
+    cfg = config_mod.parse(f'[director]\ninterface = "eth0"\n[[service]]\nvip = "{V}"\n'
+                           f'port = 80\nsorry_server = "{R2}"\n[service.health]\n'
+                           f'type = "tcp"\n[[service.real_server]]\naddress = "{R1}"\n',
+                           source="c.toml")
+    rules, notes = ipvsadm.export_rules(cfg)
+    assert rules.splitlines()[1:] == [f"-A -t {V}:80 -s wrr", f"-a -t {V}:80 -r {R1}:80 -g -w 1"]
+    assert any("health checks" in n for n in notes) and any("sorry server" in n for n in notes)
 
 
 # ---------------------------------------------------------------- unsupported rules
@@ -330,26 +381,20 @@ UNSUPPORTED = {
     "fwmark": ("-A -f 1 -s wrr", "firewall-mark services (-f) are not supported"),
     "fwmark-long": ("ipvsadm --add-service --fwmark-service 7 -s rr",
                     "firewall-mark services (--fwmark-service) are not supported"),
-    "scheduler": (f"-A -t {V}:81 -s lc", "scheduler 'lc' is not in dr-lb (it has wrr, rr)"),
-    "scheduler-long": (f"ipvsadm -A -t {V}:81 --scheduler sh",
-                       "scheduler 'sh' is not in dr-lb"),
-    "default-scheduler": (f"ipvsadm -A -t {V}:81",
-                          "no -s: ipvsadm's default scheduler wlc is not in dr-lb"),
+    "scheduler": (f"-A -t {V}:81 -s lblc", "scheduler 'lblc' is not in dr-lb (it has wrr, "
+                                           "rr, sh, mh, lc, wlc, sed, nq)"),
+    "scheduler-long": (f"ipvsadm -A -t {V}:81 --scheduler dh",
+                       "scheduler 'dh' is not in dr-lb"),
     "ipv6-service": ("-A -t [2001:db8::1]:80 -s wrr", "IPv6 (2001:db8::1) is not supported"),
     "ipv6-bare": ("-A -u 2001:db8::1 -s wrr", "IPv6 (2001:db8::1) is not supported"),
     "ipv6-real": (f"-a -t {V}:80 -r [2001:db8::2]:80 -g", "IPv6 (2001:db8::2) is not supported"),
-    "u-threshold": (f"-a -t {V}:80 -r {R2} -x 100", "connection thresholds (-x)"),
-    "u-threshold-long": (f"-a -t {V}:80 -r {R2} --u-threshold 100",
-                         "connection thresholds (--u-threshold)"),
-    "l-threshold": (f"-a -t {V}:80 -r {R2} -y 10", "connection thresholds (-y)"),
-    "l-threshold-long": (f"-a -t {V}:80 -r {R2} --l-threshold 10",
-                         "connection thresholds (--l-threshold)"),
-    "ops": (f"-A -u {V}:53 -s rr -o", "one-packet scheduling (-o) is not supported"),
-    "ops-long": (f"-A -u {V}:53 -s rr --ops", "one-packet scheduling (--ops)"),
+    "ops-tcp": (f"-A -t {V}:81 -s rr -o", "one-packet scheduling (-o) is for UDP services"),
+    "ops-tcp-long": (f"-A -t {V}:81 -s rr --ops", "one-packet scheduling (--ops) is for UDP"),
     "pe": (f"-A -u {V}:5060 -s rr -p 60 --pe sip", "persistence engines (--pe)"),
-    "sched-flags": (f"-A -t {V}:81 -s rr -b sh-fallback", "scheduler flags (-b)"),
-    "sched-flags-long": (f"-A -t {V}:81 -s rr --sched-flags sh-port",
-                         "scheduler flags (--sched-flags)"),
+    "sched-flag-generic": (f"-A -t {V}:81 -s rr -b flag-1",
+                           "scheduler flag flag-1 (-b) means nothing to scheduler rr"),
+    "sched-flag-3": (f"-A -t {V}:81 -s mh --sched-flags flag-3",
+                     "scheduler flag flag-3 (--sched-flags) means nothing to scheduler mh"),
     "sctp": (f"ipvsadm -A --sctp-service {V}:5060 -s rr", "SCTP services are not supported"),
     "port-0": (f"-A -t {V}:0 -s rr -p", "port 0 (every port of the VIP)"),
     "port-omitted": (f"-A -t 192.168.0.22 -s rr -p 100", "port 0 (every port of the VIP)"),
@@ -388,9 +433,9 @@ def test_unsupported_rule_stops_the_import(runner, tmp_path, name):
 
 
 def test_several_unsupported_rules_give_several_lines(runner, tmp_path):
-    rules = [f"-a -t {V}:80 -r 10.0.0.1:80 -m -w 1", f"-A -t {V}:81 -s lc",
+    rules = [f"-a -t {V}:80 -r 10.0.0.1:80 -m -w 1", f"-A -t {V}:81 -s lblc",
              "-A -f 1 -s wrr", "-A -t [2001:db8::1]:80 -s wrr",
-             f"-a -t {V}:80 -r 10.0.0.2 -x 100", f"-a -t {V}:80 -r 10.0.0.3:8080 -g -w 1"]
+             f"-A -u {V}:53 -s rr -b flag-3", f"-a -t {V}:80 -r 10.0.0.3:8080 -g -w 1"]
     path = _rules_file(tmp_path, BASE + "\n".join(rules) + "\n")
     result = run(runner, "ipvsadm", "import", path)
     assert result.exit_code == 2
@@ -401,12 +446,12 @@ def test_several_unsupported_rules_give_several_lines(runner, tmp_path):
     skipped = run(runner, "ipvsadm", "import", "--skip-unsupported", path)
     assert skipped.exit_code == 0
     assert same(config_mod.parse(skipped.stdout), imp(BASE))
-    # The -A -s lc service is left out with nothing under it; each other rule once.
+    # The -A -s lblc service is left out with nothing under it; each other rule once.
     assert len(skipped.stderr.splitlines()) == len(rules)
 
 
 def test_unsupported_service_is_left_out_with_its_real_servers(runner, tmp_path):
-    path = _rules_file(tmp_path, BASE + f"-A -t {V}:81 -s lc\n-a -t {V}:81 -r {R1}:81 -g\n"
+    path = _rules_file(tmp_path, BASE + f"-A -t {V}:81 -s lblc\n-a -t {V}:81 -r {R1}:81 -g\n"
                                         f"-a -t {V}:81 -r {R2}:81 -m\n")
     result = run(runner, "ipvsadm", "import", path)
     assert result.exit_code == 2
@@ -415,8 +460,8 @@ def test_unsupported_service_is_left_out_with_its_real_servers(runner, tmp_path)
     assert skipped.exit_code == 0
     assert same(config_mod.parse(skipped.stdout), imp(BASE))
     assert skipped.stderr.splitlines() == [
-        f"dr-lb: {path}:3: -A -t {V}:81 -s lc: left out (with its 2 real servers): "
-        "scheduler 'lc' is not in dr-lb (it has wrr, rr)"]
+        f"dr-lb: {path}:3: -A -t {V}:81 -s lblc: left out (with its 2 real servers): "
+        "scheduler 'lblc' is not in dr-lb (it has wrr, rr, sh, mh, lc, wlc, sed, nq)"]
 
 
 def test_service_whose_real_servers_are_all_left_out_is_left_out(runner, tmp_path):
@@ -431,7 +476,7 @@ def test_service_whose_real_servers_are_all_left_out_is_left_out(runner, tmp_pat
 
 
 def test_nothing_left_to_import_is_exit_2(runner, tmp_path):
-    path = _rules_file(tmp_path, f"-A -t {V}:80 -s lc\n-a -t {V}:80 -r {R1}\n")
+    path = _rules_file(tmp_path, f"-A -t {V}:80 -s lblc\n-a -t {V}:80 -r {R1}\n")
     result = run(runner, "ipvsadm", "import", "--skip-unsupported", path)
     assert result.exit_code == 2
     assert result.stderr.splitlines()[-1] == f"dr-lb: {path}: nothing is left to import"
@@ -439,7 +484,7 @@ def test_nothing_left_to_import_is_exit_2(runner, tmp_path):
 
 def test_a_rule_undone_later_is_no_problem():
     assert same(imp(BASE + f"-a -t {V}:80 -r {R2} -m\n-d -t {V}:80 -r {R2}\n"
-                           f"-A -t {V}:81 -s lc\n-E -t {V}:81 -s rr\n-a -t {V}:81 -r {R2}\n"
+                           f"-A -t {V}:81 -s lblc\n-E -t {V}:81 -s rr\n-a -t {V}:81 -r {R2}\n"
                            f"-A -f 3 -s wrr\n-D -f 3\n"),
                 conf(svc(), svc(port=81, scheduler="rr", reals=((R2, 1),))))
 
@@ -469,6 +514,13 @@ REFUSED = {
     "unset-variable": ("ipvsadm -A -t $VIP:80 -s rr", "uses $VIP"),
     "unclosed-quote": ("ipvsadm -A -t '1.2.3.4:80 -s rr", "not readable as a shell command"),
     "stray-argument": (f"-E -t {V}:80 -s rr ops", "unexpected argument 'ops'"),
+    "sched-flag-unknown": (f"-A -t {V}:81 -s sh -b sh-bogus", "invalid scheduler flag"),
+    "sched-flag-other-scheduler": (f"-A -t {V}:81 -s rr -b sh-fallback",
+                                   "incompatible scheduler flag 'sh-fallback'"),
+    "sched-flag-mh-on-sh": (f"-A -t {V}:81 -s sh -b mh-port", "incompatible scheduler flag"),
+    "threshold-range": (f"-a -t {V}:80 -r {R2} -x 10 -y 20",
+                        "the upper threshold (10) is lower than the lower threshold (20)"),
+    "threshold-number": (f"-a -t {V}:80 -r {R2} -x many", "a threshold (-x) must be"),
 }
 
 
@@ -634,8 +686,18 @@ def random_config(rng: random.Random) -> Config:
             continue
         used.add((vip, port, protocol))
         persistent = rng.choice((0, 0, 1, ipvsadm.MAX_TIMEOUT, rng.randint(1, 100_000)))
+        scheduler = rng.choice(config_mod.SCHEDULERS)
         entry = {"vip": vip, "port": port, "protocol": protocol,
-                 "scheduler": rng.choice(config_mod.SCHEDULERS), "persistent": persistent}
+                 "scheduler": scheduler, "persistent": persistent}
+        own = config_mod.SCHEDULER_FLAGS.get(scheduler, ())
+        if own and rng.random() < 0.7:
+            entry["scheduler_flags"] = rng.sample(own, rng.randint(1, len(own)))
+        if protocol == "udp" and rng.random() < 0.3:
+            entry["ops"] = True
+        if rng.random() < 0.2:      # not expressible: left out by export
+            entry["health"] = {"type": "tcp", "fall": rng.randint(1, 5), "port": port}
+        if rng.random() < 0.2:
+            entry["sorry_server"] = _address(rng)
         if rng.random() < 0.7:
             prefix = rng.randint(0, 32)
             entry["persistent_netmask"] = str(ipaddress.IPv4Network(f"0.0.0.0/{prefix}").netmask)
@@ -656,6 +718,10 @@ def random_config(rng: random.Random) -> Config:
                 r["mac"] = "52:54:00:%02x:%02x:%02x" % tuple(rng.randrange(256) for _ in range(3))
             if rng.random() < 0.2:
                 r["port"] = port
+            if rng.random() < 0.3:
+                r["upper"] = rng.choice((1, config_mod.THRESHOLD_MAX, rng.randint(1, 5000)))
+                if rng.random() < 0.5:
+                    r["lower"] = rng.randint(0, r["upper"])
             reals.append(r)
         entry["real_server"] = reals
         services.append(entry)

@@ -139,11 +139,17 @@ def test_service_rows_are_in_network_order_and_point_into_the_half_in_use():
     assert key == {"vip": abi.ip_be32("192.168.0.21"), "port": abi.port_be16(443), "proto": 6}
     assert key2["proto"] == 17 and key2["port"] == abi.port_be16(53)
     assert value == {"id": 0, "seq_offset": 0, "seq_len": 1, "persist_timeout_s": 300,
-                     "persist_mask": abi.ip_be32("255.255.255.0")}
+                     "persist_mask": abi.ip_be32("255.255.255.0"), "sched": abi.SCHED["wrr"],
+                     "flags": 0, "reals_offset": 0, "n_reals": 1, "table_offset": 2,
+                     "table_len": 0, "order_len": 0}
     assert value2["persist_timeout_s"] == 0 and value2["seq_offset"] == 1
+    assert value2["reals_offset"] == 2, "each service's list is laid out twice"
     second = layout.build(cfg, MACS, DIRECTOR_MAC, previous=first)
     assert second.half == 1 - first.half
     assert [v["seq_offset"] for _, v in second.service_rows()] == [abi.SEQ_HALF, abi.SEQ_HALF + 1]
+    assert [v["reals_offset"] for _, v in second.service_rows()] == \
+        [abi.SCHED_HALF, abi.SCHED_HALF + 2]
+    assert second.sched_rows()[0] == (abi.SCHED_HALF, 0)
     assert second.wrr_rows() == [(abi.SEQ_HALF, 0), (abi.SEQ_HALF + 1, 1)], \
         "the next cycles go to the other half, so no service sees a half-written one"
     assert layout.build(cfg, MACS, DIRECTOR_MAC, previous=second).half == first.half
@@ -162,8 +168,10 @@ def test_real_rows_carry_mac_flags_and_address():
     rows = dict(layout.build(make_config(SEED_SERVICE), macs, DIRECTOR_MAC).real_rows())
     assert rows[0] == {"mac": bytes.fromhex("525400000012"),
                        "flags": abi.REAL_F_MAC_KNOWN | abi.REAL_F_SCHEDULABLE,
-                       "addr": abi.ip_be32("192.168.0.12")}
-    assert rows[1] == {"mac": bytes(6), "flags": 0, "addr": abi.ip_be32("192.168.0.13")}
+                       "addr": abi.ip_be32("192.168.0.12"), "weight": 2, "upper": 0,
+                       "lower": 0}
+    assert rows[1] == {"mac": bytes(6), "flags": 0, "addr": abi.ip_be32("192.168.0.13"),
+                       "weight": 1, "upper": 0, "lower": 0}
 
 
 def test_a_removed_real_server_keeps_its_mac_but_is_never_schedulable():
@@ -183,10 +191,111 @@ def test_a_removed_real_server_keeps_its_mac_but_is_never_schedulable():
 
 def test_each_limit_is_checked_in_one_place():
     assert config.limit_problems(abi.CONST["MAX_SERVICES"], abi.CONST["MAX_REALS"],
-                                 abi.SEQ_HALF) == []
+                                 abi.SEQ_HALF, abi.SCHED_HALF) == []
     problems = config.limit_problems(abi.CONST["MAX_SERVICES"] + 1,
-                                     abi.CONST["MAX_REALS"] + 1, abi.SEQ_HALF + 1)
-    assert len(problems) == 3
+                                     abi.CONST["MAX_REALS"] + 1, abi.SEQ_HALF + 1,
+                                     abi.SCHED_HALF + 1)
+    assert len(problems) == 4
     ids = layout.Ids()
     ids.services = {("10.0.0.1", p, "tcp"): p for p in range(abi.CONST["MAX_SERVICES"])}
     assert "restart dr-lb" in ids.room_for(make_config(SEED_SERVICE))
+
+
+# --- the other schedulers' rows --------------------------------------------------------------
+
+def service_row(t: layout.Layout, n: int = 0) -> dict:
+    return t.service_rows()[n][1]
+
+
+def slots(t: layout.Layout, start: int, length: int) -> list[int]:
+    rows = dict(t.sched_rows())
+    return [rows[start + i] for i in range(length)]
+
+
+def test_sh_lays_out_its_buckets_after_the_list():
+    cfg = make_config(('vip = "192.168.0.21"\nport = 80\nscheduler = "sh"',
+                       [("192.168.0.12", 2), ("192.168.0.13", 1), ("192.168.0.14", 0)]))
+    t = layout.build(cfg, MACS, DIRECTOR_MAC)
+    row = service_row(t)
+    assert row["sched"] == abi.SCHED["sh"] and row["flags"] == 0
+    assert (row["reals_offset"], row["n_reals"]) == (0, 3)
+    assert slots(t, 0, 6) == [0, 1, 2, 0, 1, 2], "the list, twice"
+    assert (row["table_offset"], row["table_len"], row["order_len"]) == (6, 256, 0)
+    assert slots(t, 6, 8) == [0, 0, 1, 2, 0, 0, 1, 2], \
+        "ip_vs_sh_reassign: weight 2, 1, and one bucket for weight 0"
+
+
+def test_sh_fallback_lays_out_each_buckets_order():
+    cfg = make_config(('vip = "192.168.0.21"\nport = 80\nscheduler = "sh"\n'
+                       'scheduler_flags = ["sh-fallback", "sh-port"]',
+                       [("192.168.0.12", 1), ("192.168.0.13", 1), ("192.168.0.14", 1)]))
+    t = layout.build(cfg, MACS, DIRECTOR_MAC)
+    row = service_row(t)
+    assert row["flags"] == abi.SVC_F["sched_fallback"] | abi.SVC_F["sched_port"]
+    assert row["order_len"] == 3
+    base = row["table_offset"] + 256
+    assert slots(t, base, 3) == [0, 1, 2]
+    assert slots(t, base + 3 * 3, 3) == [0, 1, 2] and slots(t, base + 3, 3) == [1, 2, 0]
+    assert slots(t, base + 255 * 3, 3) == [0, 1, 2], \
+        "bucket 255 is rs .12 (256 = 85 * 3 + 1), then round to bucket 0"
+    assert len(t.sched_rows()) <= cfg.services[0].sched_slots()
+
+
+def test_mh_table_is_the_same_whatever_the_macs_and_drain():
+    cfg = make_config(('vip = "192.168.0.21"\nport = 80\nscheduler = "mh"\n'
+                       'scheduler_flags = ["mh-fallback"]',
+                       [("192.168.0.12", 2), ("192.168.0.13", 1), ("192.168.0.14", 1)]))
+    full = layout.build(cfg, MACS, DIRECTOR_MAC)
+    row = service_row(full)
+    assert row["sched"] == abi.SCHED["mh"] and row["flags"] == abi.SVC_F["sched_fallback"]
+    assert row["table_len"] == abi.CONST["MH_TABLE_SIZE"]
+    (entry,) = full.services
+    assert sorted(set(entry.table)) == [0, 1, 2]
+    assert entry.table.count(0) == abi.CONST["MH_TABLE_SIZE"] // 2 + 1
+    unknown = layout.build(cfg, dict(MACS, **{"192.168.0.13": None}), DIRECTOR_MAC)
+    assert unknown.services[0].table == entry.table, \
+        "an unreachable server keeps its entries; the data plane skips it"
+    drained = config.parse(config_text_with(cfg, "drained"), source="c.toml")
+    assert layout.build(drained, MACS, DIRECTOR_MAC).services[0].table == entry.table, \
+        "a drained server keeps its entries (IPVS's last_weight)"
+
+
+def config_text_with(cfg: config.Config, what: str) -> str:
+    svc = cfg.services[0]
+    text = (f'[director]\ninterface = "eth0"\n[[service]]\nvip = "{svc.vip}"\n'
+            f'port = {svc.port}\nscheduler = "{svc.scheduler}"\n')
+    for i, rs in enumerate(svc.real_servers):
+        text += (f'[[service.real_server]]\naddress = "{rs.address}"\n'
+                 f'weight = {rs.weight}\n')
+        if i == 1 and what == "drained":
+            text += "drained = true\n"
+    return text
+
+
+def test_least_connection_services_have_a_list_and_no_table():
+    cfg = make_config(('vip = "192.168.0.21"\nport = 80\nscheduler = "wlc"',
+                       [("192.168.0.12", 3), ("192.168.0.13", 1)]),
+                      ('vip = "192.168.0.21"\nport = 81\nscheduler = "nq"',
+                       [("192.168.0.14", 1)]))
+    t = layout.build(cfg, MACS, DIRECTOR_MAC)
+    first, second = service_row(t, 0), service_row(t, 1)
+    assert first["sched"] == abi.SCHED["wlc"] and second["sched"] == abi.SCHED["nq"]
+    assert (first["seq_len"], first["table_len"]) == (0, 0)
+    assert second["reals_offset"] == 4
+    assert slots(t, 0, 4) == [0, 1, 0, 1] and slots(t, 4, 2) == [2, 2]
+    assert [r["weight"] for _, r in t.real_rows()] == [3, 1, 1]
+
+
+def test_thresholds_ops_and_rr():
+    text = ('[director]\ninterface = "eth0"\n[[service]]\nvip = "192.168.0.21"\n'
+            'port = 53\nprotocol = "udp"\nops = true\nscheduler = "rr"\n'
+            '[[service.real_server]]\naddress = "192.168.0.12"\nupper = 10\n'
+            '[[service.real_server]]\naddress = "192.168.0.13"\nupper = 10\nlower = 2\n'
+            '[[service.real_server]]\naddress = "192.168.0.14"\nupper = 7\n')
+    t = layout.build(config.parse(text, source="c.toml"), MACS, DIRECTOR_MAC)
+    row = service_row(t)
+    assert row["sched"] == abi.SCHED["wrr"], "rr is wrr with weights of 1"
+    assert row["flags"] == abi.SVC_F["ops"] | abi.SVC_F["thresholds"]
+    reals = dict(t.real_rows())
+    assert [(reals[i]["upper"], reals[i]["lower"]) for i in range(3)] == \
+        [(10, 8), (10, 2), (7, 6)], "lower 0 means IPVS's 3/4 of upper, rounded up"

@@ -204,3 +204,16 @@ def test_collect_gives_what_format_table_reads():
                      r"52:54:00:00:00:12$", out, re.M), out
     assert re.search(r"^  -> 192\.168\.0\.13:80 +Route +1 +0 +0 +0 +0 +0 +unresolved$",
                      out, re.M), out
+
+
+def test_scheduler_flags_ops_and_thresholds_read_like_ipvsadm():
+    svc = service(VIP, 53, "udp", "mh", [
+        dict(real("192.168.0.12", 1, "52:54:00:00:00:12", port=53), upper=100, lower=0),
+        dict(real("192.168.0.13", 1, "52:54:00:00:00:13", port=53), upper=0, lower=0)],
+        persistent=60)
+    svc.update(scheduler_flags=["mh-fallback", "mh-port"], ops=True)
+    out = status.format_table(document([svc]))
+    assert re.search(rf"^UDP  {re.escape(VIP)}:53 +mh +0 +0 +0 +\(mh-fallback,mh-port\) "
+                     r"persistent 60 mask 255\.255\.255\.255 ops$", out, re.M), out
+    assert re.search(r"-> 192\.168\.0\.12:53 .* 52:54:00:00:00:12  upper 100 lower auto", out), out
+    assert re.search(r"-> 192\.168\.0\.13:53 .* 52:54:00:00:00:13$", out, re.M), out

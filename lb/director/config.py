@@ -14,18 +14,27 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from lb import abi
-from lb.director.scheduler import wrr_length
+from lb.director.scheduler import sched_table_slots, wrr_length
 
 PROTOCOLS = ("tcp", "udp")
-SCHEDULERS = ("wrr", "rr")
+# The one list of schedulers (lb/director/ipvsadm.py imports what is here), with IPVS's
+# names: weighted round robin, round robin, source hashing, Maglev hashing, least
+# connections, weighted least connections, shortest expected delay, never queue.
+SCHEDULERS = ("wrr", "rr", "sh", "mh", "lc", "wlc", "sed", "nq")
+# ipvsadm -b: the flags each scheduler takes.
+SCHEDULER_FLAGS = {"sh": ("sh-fallback", "sh-port"), "mh": ("mh-fallback", "mh-port")}
+# Schedulers that count each real server's connections for every new one (a bounded loop
+# over the service's real servers in the data plane).
+LEAST_CONNECTION = ("lc", "wlc", "sed", "nq")
+THRESHOLD_MAX = 2**31 - 1
 XDP_MODES = ("auto", "native", "generic")
 MAC_RE = re.compile(r"^[0-9a-fA-F]{2}(:[0-9a-fA-F]{2}){5}$")
 
 DIRECTOR_KEYS = {"interface", "xdp_mode", "icmp_echo", "conn_table_size"}
 TIMEOUT_KEYS = {"tcp", "tcpfin", "udp"}
-SERVICE_KEYS = {"vip", "port", "protocol", "scheduler", "persistent",
-                "persistent_netmask", "real_server", "health", "sorry_server"}
-REAL_SERVER_KEYS = {"address", "port", "weight", "mac", "drained", "health"}
+SERVICE_KEYS = {"vip", "port", "protocol", "scheduler", "scheduler_flags", "ops",
+                "persistent", "persistent_netmask", "real_server", "health", "sorry_server"}
+REAL_SERVER_KEYS = {"address", "port", "weight", "mac", "drained", "upper", "lower", "health"}
 HEALTH_TYPES = ("tcp", "http", "none")
 ON_FAILURE = ("keep", "reschedule")
 HEALTH_KEYS = {"type", "interval", "timeout", "rise", "fall", "port", "path", "expect",
@@ -83,11 +92,20 @@ class RealServer:
     weight: int = 1
     mac: str | None = None
     drained: bool = False     # `dr-lb drain`: no new connections, weight kept for undrain
+    upper: int = 0            # connection thresholds, as ipvsadm -x / -y; 0: none
+    lower: int = 0
     health: Health = Health()   # the service's [service.health] with this server's overrides
 
     @property
     def effective_weight(self) -> int:
         return 0 if self.drained else self.weight
+
+    @property
+    def effective_lower(self) -> int:
+        """Below this many connections an overloaded server takes new ones again: lower,
+        or when it is 0, IPVS's 3/4 of upper (it clears OVERLOAD once conns * 4 <
+        upper * 3, i.e. conns < ceil(3 * upper / 4))."""
+        return self.lower or (3 * self.upper + 3) // 4
 
 
 @dataclass(frozen=True)
@@ -99,6 +117,8 @@ class Service:
     persistent: int = 0
     persistent_netmask: str = "255.255.255.255"
     real_servers: tuple[RealServer, ...] = ()
+    scheduler_flags: tuple[str, ...] = ()   # ipvsadm -b: sh-fallback, sh-port, mh-...
+    ops: bool = False                       # ipvsadm -o: one-packet scheduling (UDP)
     health: Health = Health()           # [service.health] as written (defaults filled in)
     sorry_server: str | None = None     # takes new connections when no real server can
 
@@ -111,6 +131,44 @@ class Service:
         if self.scheduler == "rr":
             return [1 if rs.effective_weight > 0 else 0 for rs in self.real_servers]
         return [rs.effective_weight for rs in self.real_servers]
+
+    @property
+    def round_robin(self) -> bool:
+        """wrr or rr: scheduled by the WRR cycle in wrr_seq."""
+        return self.scheduler in ("wrr", "rr")
+
+    @property
+    def fallback(self) -> bool:
+        return f"{self.scheduler}-fallback" in self.scheduler_flags
+
+    @property
+    def hash_port(self) -> bool:
+        return f"{self.scheduler}-port" in self.scheduler_flags
+
+    @property
+    def thresholds(self) -> bool:
+        return any(rs.upper for rs in self.real_servers)
+
+    def seq_slots(self) -> int:
+        """Slots of wrr_seq this service needs: its WRR cycle (wrr and rr), and one for
+        the sorry server, which any scheduler hands over to while no server can take."""
+        cycle = wrr_length(self.scheduling_weights()) if self.round_robin else 0
+        return max(cycle, 1 if self.sorry_server else 0)
+
+    def sched_slots(self) -> int:
+        """Slots of sched_table this service needs."""
+        return sched_table_slots(self.scheduler, len(self.real_servers), self.fallback)
+
+    def loops_over_reals(self) -> str | None:
+        """Why a new connection makes the data plane look at each real server in turn
+        (bounded by MAX_REALS_PER_SERVICE), or None."""
+        if self.scheduler in LEAST_CONNECTION:
+            return f'scheduler "{self.scheduler}" compares every real server'
+        if self.fallback:
+            return f'{self.scheduler}-fallback may try every real server'
+        if self.thresholds:
+            return "connection thresholds (upper) may pass over every real server"
+        return None
 
 
 @dataclass(frozen=True)
@@ -140,7 +198,8 @@ class Config:
         return sorted({s.vip for s in self.services}, key=ipaddress.IPv4Address)
 
 
-def limit_problems(n_services: int, n_reals: int, seq_slots: int) -> list[str]:
+def limit_problems(n_services: int, n_reals: int, seq_slots: int,
+                   sched_slots: int = 0) -> list[str]:
     """Every size limit of the maps, checked here only (validation and reload)."""
     problems = []
     if n_services > abi.CONST["MAX_SERVICES"]:
@@ -153,6 +212,10 @@ def limit_problems(n_services: int, n_reals: int, seq_slots: int) -> list[str]:
         problems.append(f"the weights need a round-robin sequence of {seq_slots} slots, "
                         f"more than {abi.SEQ_HALF}; use smaller weights with the same "
                         "ratio (e.g. 2:1 instead of 2000:1000)")
+    if sched_slots > abi.SCHED_HALF:
+        problems.append(f"the sh/mh tables and real-server lists need {sched_slots} slots, "
+                        f"more than {abi.SCHED_HALF} (each mh service takes "
+                        f"{abi.CONST['MH_TABLE_SIZE']}); use fewer mh services")
     return problems
 
 
@@ -309,8 +372,7 @@ def from_dict(data: dict, source: str = "config") -> Config:
 
     for problem in limit_problems(
             len(services), sum(len(s.real_servers) + bool(s.sorry_server) for s in services),
-            sum(max(wrr_length(s.scheduling_weights()), 1 if s.sorry_server else 0)
-                for s in services)):
+            sum(s.seq_slots() for s in services), sum(s.sched_slots() for s in services)):
         c.fail("", problem)
 
     if c.problems:
@@ -334,6 +396,16 @@ def _service(c: _Checker, n: int, s) -> Service | None:
         port = c.integer(where0, s, "port", None, 1, 65535)
     protocol = c.choice(where0, s, "protocol", "tcp", PROTOCOLS)
     scheduler = c.choice(where0, s, "scheduler", "wrr", SCHEDULERS)
+    flags = _scheduler_flags(c, where0, s, scheduler)
+    ops = s.get("ops", False)
+    if not isinstance(ops, bool):
+        c.fail(where0, f"ops = {ops!r} must be true or false")
+        ops = False
+    elif ops and protocol != "udp":
+        c.fail(where0, "ops = true (one-packet scheduling, ipvsadm -o) is for UDP services "
+                       "only: each packet of a TCP connection must follow its connection "
+                       "entry; remove ops, or use protocol = \"udp\"")
+        ops = False
     persistent = c.integer(where0, s, "persistent", 0, 0, 365 * 24 * 3600)
     netmask = _netmask(s.get("persistent_netmask", "255.255.255.255"))
     if netmask is None:
@@ -366,6 +438,13 @@ def _service(c: _Checker, n: int, s) -> Service | None:
             if rport is not None and port is not None and rport != port:
                 c.fail(rwhere, f"DR cannot change ports; use port {port} (or leave port out)")
         weight = c.integer(rwhere, r, "weight", 1, 0, 65535)
+        upper = c.integer(rwhere, r, "upper", 0, 0, THRESHOLD_MAX)
+        lower = c.integer(rwhere, r, "lower", 0, 0, THRESHOLD_MAX)
+        if lower > upper:
+            c.fail(rwhere, f"lower = {lower} is above upper = {upper}: a server stops taking "
+                           "connections at upper and resumes below lower (ipvsadm -x/-y); "
+                           "set lower to at most upper, or 0 for 3/4 of upper")
+            lower = 0
         drained = r.get("drained", False)
         if not isinstance(drained, bool):
             c.fail(rwhere, f"drained = {drained!r} must be true or false")
@@ -397,7 +476,7 @@ def _service(c: _Checker, n: int, s) -> Service | None:
         seen.add(addr)
         reals.append(RealServer(address=addr, port=port or 0, weight=weight,
                                 mac=mac.lower() if mac else None, drained=drained,
-                                health=rs_health))
+                                upper=upper, lower=lower, health=rs_health))
     if isinstance(raw_health, dict):
         hwhere = f"{where}, [service.health]"
         if protocol == "udp" and health.checked and health.port is None and \
@@ -419,9 +498,44 @@ def _service(c: _Checker, n: int, s) -> Service | None:
                           "another host's address")
     if vip is None or port is None:
         return None
-    return Service(vip=vip, port=port, protocol=protocol, scheduler=scheduler,
-                   persistent=persistent, persistent_netmask=netmask,
-                   real_servers=tuple(reals), health=health, sorry_server=sorry)
+    svc = Service(vip=vip, port=port, protocol=protocol, scheduler=scheduler,
+                  persistent=persistent, persistent_netmask=netmask,
+                  real_servers=tuple(reals), scheduler_flags=flags, ops=ops,
+                  health=health, sorry_server=sorry)
+    most = abi.CONST["MAX_REALS_PER_SERVICE"]
+    why = svc.loops_over_reals()
+    if why and len(reals) > most:
+        c.fail(where, f"{len(reals)} real servers, but {why} for each new connection, and "
+                      f"then at most {most} are supported; split the service, or use "
+                      "wrr or mh (without fallback or thresholds)")
+    return svc
+
+
+def _scheduler_flags(c: _Checker, where: str, s: dict, scheduler: str) -> tuple[str, ...]:
+    """ipvsadm -b: only the flags of the service's own scheduler."""
+    flags = s.get("scheduler_flags", [])
+    if not isinstance(flags, list) or not all(isinstance(f, str) for f in flags):
+        c.fail(where, f"scheduler_flags = {flags!r} must be a list of strings, e.g. "
+                      "scheduler_flags = [\"mh-fallback\", \"mh-port\"]")
+        return ()
+    own = SCHEDULER_FLAGS.get(scheduler, ())
+    known = {f: sched for sched, fs in SCHEDULER_FLAGS.items() for f in fs}
+    good = []
+    for flag in flags:
+        if flag in own:
+            if flag not in good:
+                good.append(flag)
+        elif flag in known:
+            c.fail(where, f"scheduler_flags: \"{flag}\" is a flag of scheduler "
+                          f"\"{known[flag]}\", not of \"{scheduler}\"; remove it, or set "
+                          f"scheduler = \"{known[flag]}\"")
+        else:
+            takes = (f"scheduler \"{scheduler}\" takes "
+                     + ", ".join(f'"{f}"' for f in own)) if own else \
+                f"scheduler \"{scheduler}\" takes no flags"
+            c.fail(where, f"scheduler_flags: \"{flag}\" is not known; {takes} "
+                          "(sh takes sh-fallback, sh-port; mh takes mh-fallback, mh-port)")
+    return tuple(f for f in own if f in good)   # a set: one order, as ipvsadm prints them
 
 
 _UDP_NEEDS_PORT = ("type = \"{type}\" checks a UDP service's real servers over TCP; give the "

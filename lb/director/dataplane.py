@@ -8,6 +8,7 @@ from __future__ import annotations
 import ctypes as ct
 import errno
 import os
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -93,10 +94,19 @@ class Dataplane:
         try:
             self.bpf = bcc.BPF(src_file=str(abi.PROGRAM).encode(), cflags=cflags)
             self.fn = self.bpf.load_func(abi.PROGRAM_NAME.encode(), bcc.BPF.XDP)
+            # The new-connection path of the schedulers other than plain wrr/rr, which
+            # xdp_main reaches by a tail call (bpf/dr_lb.c handle_l4).
+            self.sched_fn = self.bpf.load_func(abi.SCHED_PROGRAM_NAME.encode(), bcc.BPF.XDP)
+            self.bpf[b"sched_prog"][ct.c_int(0)] = ct.c_int(self.sched_fn.fd)
         except Exception as e:  # bcc raises bare Exception
             raise UserError(f"the XDP program did not compile or load: {e}") from None
         self.conn_table_size = conn_table_size
         self.attached: tuple[int, str] | None = None   # (ifindex, mode)
+        # reals rows hold the layout's fields and the connection-count correction, which
+        # the monitor's sweeps write; both writers take this lock.
+        self._reals_lock = threading.Lock()
+        self._real_rows: dict[int, dict] = {}
+        self._fix: dict[int, tuple[int, int]] = {}
 
     @property
     def prog_fd(self) -> int:
@@ -140,15 +150,30 @@ class Dataplane:
         to them (each services entry changes atomically).
         """
         self._put("settings", [(0, layout.settings_row())])
-        self._put("reals", layout.real_rows())
+        with self._reals_lock:
+            self._real_rows = dict(layout.real_rows())
+            self._put("reals", [(i, self._with_fix(i, row)) for i, row in self._real_rows.items()])
         self._put("wrr_seq", layout.wrr_rows())
+        self._put("sched_table", layout.sched_rows())
         self._put("services", layout.service_rows(), prune=True)
         self._put("vips", layout.vip_rows(), prune=True)
+
+    def _with_fix(self, real_id: int, row: dict) -> dict:
+        active, inactive = self._fix.get(real_id, (0, 0))
+        return dict(row, fix_active=active, fix_inactive=inactive)
+
+    BATCH = 1024   # rows from which an array's ints are written in one syscall
 
     def _put(self, name: str, rows, prune: bool = False) -> None:
         """Write (key, value) rows, keys and values given as ints or {field: value};
         with prune, delete every other key."""
         table = self.map(name)
+        rows = list(rows)
+        if not prune and len(rows) >= self.BATCH and all(
+                not isinstance(k, dict) and not isinstance(v, dict) for k, v in rows[:8]):
+            ks, vs = zip(*rows)
+            table.items_update_batch((table.Key * len(rows))(*ks), (table.Leaf * len(rows))(*vs))
+            return
         wanted = set()
         for key, value in rows:
             k, v = _fill(table.Key(), key), _fill(table.Leaf(), value)
@@ -159,16 +184,42 @@ class Dataplane:
                 if bytes(k) not in wanted:
                     del table[k]
 
+    def write_conn_fix(self, fixes: dict[int, tuple[int, int]]) -> int:
+        """Set each real server's correction (active, inactive) that the program adds to
+        its own connection count (real_conns); a real server left out gets (0, 0).
+        Writes only the rows that change; returns how many."""
+        written = 0
+        with self._reals_lock:
+            for real_id in set(fixes) | set(self._fix):
+                new = fixes.get(real_id, (0, 0))
+                if new == self._fix.get(real_id, (0, 0)) or real_id not in self._real_rows:
+                    continue
+                if new == (0, 0):
+                    self._fix.pop(real_id, None)
+                else:
+                    self._fix[real_id] = new
+                self._put("reals", [(real_id, self._with_fix(real_id, self._real_rows[real_id]))])
+                written += 1
+        return written
+
     def clear_state(self) -> None:
         """Forget connections, persistence and counters (tests start from zero)."""
         for name in ("conn_table", "persist_table"):
-            table = self.map(name)
-            # bcc's clear() deletes while walking the keys, and each delete restarts the
-            # walk: quadratic (minutes for 100,000 connections). Keys first, then deletes.
-            for key in list(table.keys()):
-                del table[key]
-        for name in ("svc_stats", "real_stats", "counters", "wrr_pos"):
+            self._delete_all(name)
+        for name in ("svc_stats", "real_stats", "counters", "wrr_pos", "real_conns"):
             self.map(name).clear()   # arrays: zeroes every slot
+        self.write_conn_fix({})
+
+    def _delete_all(self, name: str) -> None:
+        """Empty a hash map in a few syscalls: bcc's clear() deletes key by key, and each
+        delete sends its next-key walk back to the start (minutes for 100,000 entries)."""
+        table = self.map(name)
+        capacity = self.conn_table_slots if name == "conn_table" else abi.CONST["PERSIST_TABLE_SIZE"]
+        keys, _, n = libbpf.map_dump(table.map_fd, ct.sizeof(table.Key), ct.sizeof(table.Leaf),
+                                     capacity)
+        if n:
+            array = (table.Key * n).from_buffer_copy(bytes(keys[:n * ct.sizeof(table.Key)]))
+            table.items_delete_batch(array)
 
     # ---- reading ---------------------------------------------------------------------
     def counters(self) -> dict[str, int]:
@@ -221,6 +272,31 @@ class Dataplane:
         inactive = np.bincount(ids[live & ~established], minlength=abi.CONST["MAX_REALS"])
         return ConnCounts({int(i): (int(active[i]), int(inactive[i]))
                            for i in np.flatnonzero(active + inactive)}, len(values))
+
+    def counted_conns(self) -> dict[int, tuple[int, int]]:
+        """(active, inactive) per real_id as the program counts them (real_conns),
+        before the correction; real servers at (0, 0) left out."""
+        import numpy as np
+        table = self.map("real_conns")
+        _, values, n = libbpf.map_dump(table.map_fd, ct.sizeof(table.Key),
+                                       ct.sizeof(table.Leaf), abi.CONST["MAX_REALS"])
+        v = np.frombuffer(values, abi.numpy_dtype("real_conns"), n)
+        nonzero = np.flatnonzero((v["active"] != 0) | (v["inactive"] != 0))
+        return {int(i): (int(v["active"][i]), int(v["inactive"][i])) for i in nonzero}
+
+    def conn_fix(self) -> dict[int, tuple[int, int]]:
+        """The corrections last written (write_conn_fix)."""
+        with self._reals_lock:
+            return dict(self._fix)
+
+    def overloaded(self) -> set[int]:
+        """real_ids whose OVERLOAD flag the program has set (connection thresholds)."""
+        import numpy as np
+        table = self.map("real_conns")
+        _, values, n = libbpf.map_dump(table.map_fd, ct.sizeof(table.Key),
+                                       ct.sizeof(table.Leaf), abi.CONST["MAX_REALS"])
+        v = np.frombuffer(values, abi.numpy_dtype("real_conns"), n)
+        return {int(i) for i in np.flatnonzero(v["overloaded"])}
 
     def zero_stats(self, svc_ids: list[int], real_ids: list[int]) -> None:
         """Packet, byte and connection counters of these services and real servers to 0."""

@@ -13,8 +13,9 @@ lb.director.config.from_dict, the code `dr-lb check` uses: there is no second se
 rules here. Pure Python: no root, no kernel, no bcc.
 
 What survives `import | export | import` is what ipvsadm can express: services (VIP,
-port, protocol, scheduler, persistence and, when persistent, its netmask), real servers
-(address, weight) and the timeouts. MACs, the [director] table and the netmask of a
+port, protocol, scheduler, its flags (-b), one-packet scheduling (-o), persistence and,
+when persistent, its netmask), real servers (address, weight, thresholds -x/-y) and the
+timeouts. MACs, health checks, sorry servers, the [director] table and the netmask of a
 service that is not persistent do not (see expressible()).
 """
 from __future__ import annotations
@@ -122,6 +123,8 @@ class _Real:
     port: int                 # as ipvsadm keeps it
     forward: str = "g"
     weight: int = 1
+    upper: int = 0            # -x
+    lower: int = 0            # -y
     unsupported: list[str] = field(default_factory=list)
     origins: list[Origin] = field(default_factory=list)
 
@@ -134,6 +137,8 @@ class _Service:
     scheduler: str = DEFAULT_SCHEDULER
     persistent: int = 0
     netmask: str = HOST_MASK
+    flags: tuple[str, ...] = ()   # -b, as dr-lb's scheduler_flags
+    ops: bool = False             # -o
     unsupported: list[str] = field(default_factory=list)
     origins: list[Origin] = field(default_factory=list)
     reals: dict[tuple[str, int], _Real] = field(default_factory=dict)
@@ -390,9 +395,53 @@ def _service_of(args: _Args) -> tuple[str, str, int, list[str]]:
     raise _Refused(f"{args.command} needs a service (-t, -u or -f)")
 
 
-def _service_attributes(args: _Args) -> tuple[str, int, str, list[str]]:
-    """(scheduler, persistent, netmask, reasons) of an -A/-E command; what it leaves
-    out takes ipvsadm's default, as ipvsadm replaces every attribute on -E too."""
+@dataclass
+class _ServiceAttributes:
+    scheduler: str
+    persistent: int
+    netmask: str
+    flags: tuple[str, ...]
+    ops: bool
+    reasons: list[str]
+
+
+# ipvsadm's -b names: the generic flag-N bits mean, to sh and mh, their own flags.
+_GENERIC_FLAGS = {"flag-1": "fallback", "flag-2": "port", "flag-3": None}
+
+
+def _sched_flags(args: _Args, scheduler: str, reasons: list[str]) -> tuple[str, ...]:
+    """ipvsadm's parse_sched_flags(): a comma-separated list; sh-* and mh-* flags with
+    another scheduler, or an unknown flag, are refused as ipvsadm refuses them."""
+    value = args.options.get("sched-flags")
+    if value is None:
+        return ()
+    flags: list[str] = []
+    own = config_mod.SCHEDULER_FLAGS.get(scheduler, ())
+    known = {f for fs in config_mod.SCHEDULER_FLAGS.values() for f in fs}
+    for flag in value.split(","):
+        if flag in _GENERIC_FLAGS:
+            meaning = _GENERIC_FLAGS[flag]
+            name = f"{scheduler}-{meaning}" if meaning else None
+            if name not in own:
+                reasons.append(f"scheduler flag {flag} ({args.spelled['sched-flags']}) means "
+                               f"nothing to scheduler {scheduler} in dr-lb; remove it")
+                continue
+            flag = name
+        elif flag in known:
+            if flag not in own:
+                raise _Refused(f"incompatible scheduler flag '{flag}' for scheduler "
+                               f"'{scheduler}'")
+        else:
+            raise _Refused(f"invalid scheduler flag '{flag}'")
+        if flag not in flags:
+            flags.append(flag)
+    # In the config's order (SCHEDULER_FLAGS), so that export | import is the identity.
+    return tuple(f for f in own if f in flags)
+
+
+def _service_attributes(args: _Args, kind: str) -> _ServiceAttributes:
+    """The attributes of an -A/-E command; what it leaves out takes ipvsadm's default,
+    as ipvsadm replaces every attribute on -E too."""
     opts, reasons = args.options, []
     scheduler = opts.get("scheduler") or DEFAULT_SCHEDULER
     supported = config_mod.SCHEDULERS       # the one list: new schedulers import too
@@ -422,13 +471,15 @@ def _service_attributes(args: _Args) -> tuple[str, int, str, list[str]]:
             if config_mod._netmask(value) != value:
                 reasons.append(f"-M {value} is not a contiguous netmask; dr-lb takes one "
                                "such as 255.255.255.0")
-    for name, why in (("sched-flags", "scheduler flags"), ("pe", "persistence engines"),
-                      ("ops", "one-packet scheduling")):
-        if name in opts:
-            reasons.append(f"{why} ({args.spelled[name]}) are not supported"
-                           if name != "ops" else
-                           f"{why} ({args.spelled[name]}) is not supported")
-    return scheduler, persistent, netmask, reasons
+    if "pe" in opts:
+        reasons.append(f"persistence engines ({args.spelled['pe']}) are not supported")
+    flags = _sched_flags(args, scheduler, reasons)
+    ops = "ops" in opts
+    if ops and kind != "udp":
+        reasons.append(f"one-packet scheduling ({args.spelled['ops']}) is for UDP services "
+                       "only (IPVS ignores it on others); remove it")
+        ops = False
+    return _ServiceAttributes(scheduler, persistent, netmask, flags, ops, reasons)
 
 
 def _real_of(args: _Args, svc_kind: str, svc_port: int, for_delete: bool
@@ -455,8 +506,8 @@ def _forward(args: _Args) -> str:
 
 
 def _real_attributes(args: _Args, svc_port: int, svc_kind: str, written: int | None
-                     ) -> tuple[str, int, list[str]]:
-    """(forward, weight, reasons) of an -a/-e command."""
+                     ) -> tuple[str, int, int, int, list[str]]:
+    """(forward, weight, upper, lower, reasons) of an -a/-e command."""
     opts, reasons = args.options, []
     forward = _forward(args)
     if forward == "m":
@@ -472,14 +523,18 @@ def _real_attributes(args: _Args, svc_port: int, svc_kind: str, written: int | N
     weight = 1
     if "weight" in opts:
         weight = _number(args, "weight", 0, 65535, "the weight")
-    for name in ("u-threshold", "l-threshold"):
-        if name in opts and _number(args, name, 0, 2**31 - 1, "a threshold"):
-            reasons.append(f"connection thresholds ({args.spelled[name]}) are not "
-                           "supported; leave them out (0 means none)")
+    upper = lower = 0
+    if "u-threshold" in opts:
+        upper = _number(args, "u-threshold", 0, config_mod.THRESHOLD_MAX, "a threshold")
+    if "l-threshold" in opts:
+        lower = _number(args, "l-threshold", 0, config_mod.THRESHOLD_MAX, "a threshold")
+    if lower > upper:       # the kernel's -ERANGE
+        raise _Refused(f"the upper threshold ({upper}) is lower than the lower "
+                       f"threshold ({lower})")
     tun = sorted(args.spelled[n] for n in _TUN if n in opts)
     if tun:
         reasons.append(f"tunnel options ({', '.join(tun)}) are not supported")
-    return forward, weight, reasons
+    return forward, weight, upper, lower, reasons
 
 
 # ---------------------------------------------------------------- the table
@@ -529,16 +584,18 @@ class _Table:
             if svc is not None:
                 raise _Refused(f"service {name} already exists (line {svc.origins[0].line});"
                                " use -E to change it")
-            scheduler, persistent, netmask, reasons = _service_attributes(args)
-            self.services[key] = _Service(kind, address, port, scheduler, persistent,
-                                          netmask, svc_reasons + reasons, [origin])
+            a = _service_attributes(args, kind)
+            self.services[key] = _Service(kind, address, port, a.scheduler, a.persistent,
+                                          a.netmask, a.flags, a.ops, svc_reasons + a.reasons,
+                                          [origin])
             return
         if svc is None:
             raise _Refused(f"no service {name} (add it with -A first)")
         if command == "edit-service":
-            scheduler, persistent, netmask, reasons = _service_attributes(args)
-            svc.scheduler, svc.persistent, svc.netmask = scheduler, persistent, netmask
-            svc.unsupported = svc_reasons + reasons
+            a = _service_attributes(args, kind)
+            svc.scheduler, svc.persistent, svc.netmask = a.scheduler, a.persistent, a.netmask
+            svc.flags, svc.ops = a.flags, a.ops
+            svc.unsupported = svc_reasons + a.reasons
             svc.origins.append(origin)
             return
         if command == "delete-service":
@@ -554,15 +611,17 @@ class _Table:
             if real is not None:
                 raise _Refused(f"real server {rname} is already in service {name} "
                                f"(line {real.origins[0].line}); use -e to change it")
-            forward, weight, reasons = _real_attributes(args, port, kind, written)
-            svc.reals[rkey] = _Real(r_addr, r_port, forward, weight, r_reasons + reasons,
-                                    [origin])
+            forward, weight, upper, lower, reasons = _real_attributes(args, port, kind,
+                                                                      written)
+            svc.reals[rkey] = _Real(r_addr, r_port, forward, weight, upper, lower,
+                                    r_reasons + reasons, [origin])
             return
         if real is None:
             raise _Refused(f"service {name} has no real server {rname}")
         if command == "edit-server":
-            forward, weight, reasons = _real_attributes(args, port, kind, written)
-            real.forward, real.weight = forward, weight
+            forward, weight, upper, lower, reasons = _real_attributes(args, port, kind,
+                                                                      written)
+            real.forward, real.weight, real.upper, real.lower = forward, weight, upper, lower
             real.unsupported = r_reasons + reasons
             real.origins.append(origin)
         else:                                   # delete-server
@@ -708,16 +767,29 @@ def _config_dict(table: _Table, kept: list[tuple[_Service, list[_Real]]],
     for svc, reals in kept:
         entry: dict = {"vip": svc.address, "port": svc.port, "protocol": svc.kind,
                        "scheduler": svc.scheduler}
+        if svc.flags:
+            entry["scheduler_flags"] = list(svc.flags)
+        if svc.ops:
+            entry["ops"] = True
         if svc.persistent:
             entry["persistent"] = svc.persistent
             if svc.netmask != HOST_MASK:
                 entry["persistent_netmask"] = svc.netmask
-        entry["real_server"] = [{"address": r.address, "weight": r.weight} for r in reals]
+        entry["real_server"] = [_real_dict(r) for r in reals]
         services.append(entry)
     data: dict = {"director": {"interface": interface}, "timeouts": dict(table.timeouts)}
     if services:
         data["service"] = services
     return data
+
+
+def _real_dict(real: _Real) -> dict:
+    entry: dict = {"address": real.address, "weight": real.weight}
+    if real.upper:
+        entry["upper"] = real.upper
+    if real.lower:
+        entry["lower"] = real.lower
+    return entry
 
 
 def _render(data: dict, table: _Table, kept: list[tuple[_Service, list[_Real]]],
@@ -785,12 +857,15 @@ def _comment_above(previous, lines: list[str]) -> None:
 def expressible(cfg: config_mod.Config, interface: str = DEFAULT_INTERFACE
                 ) -> config_mod.Config:
     """The part of cfg that ipvsadm rules can hold, as import would give it back:
-    no MACs, a default [director] on `interface`, the netmask of a service that is not
-    persistent dropped (ipvsadm-save does not write it), and a drained server as weight 0."""
+    no MACs, health checks or sorry servers, a default [director] on `interface`, the
+    netmask of a service that is not persistent dropped (ipvsadm-save does not write
+    it), and a drained server as weight 0."""
     services = tuple(dataclasses.replace(
         s, persistent_netmask=s.persistent_netmask if s.persistent else HOST_MASK,
+        health=config_mod.Health(), sorry_server=None,
         real_servers=tuple(dataclasses.replace(r, mac=None, weight=r.effective_weight,
-                                               drained=False) for r in s.real_servers))
+                                               drained=False, health=config_mod.Health())
+                           for r in s.real_servers))
         for s in cfg.services)
     return config_mod.Config(director=config_mod.Director(interface=interface),
                              timeouts=cfg.timeouts, services=services, source=cfg.source)
@@ -818,7 +893,7 @@ def export_rules(cfg: config_mod.Config) -> tuple[str, list[str]]:
         raise ConfigError(problems)
     t = cfg.timeouts
     lines = [f"--set {t.tcp} {t.tcpfin} {t.udp}"]
-    macs = 0
+    macs = checked = sorry = 0
     for s in cfg.services:
         svc = f"{'-t' if s.protocol == 'tcp' else '-u'} {s.vip}:{s.port}"
         line = f"-A {svc} -s {s.scheduler}"
@@ -826,13 +901,30 @@ def export_rules(cfg: config_mod.Config) -> tuple[str, list[str]]:
             line += f" -p {s.persistent}"
             if s.persistent_netmask != HOST_MASK:
                 line += f" -M {s.persistent_netmask}"
+        if s.scheduler_flags:
+            line += f" -b {','.join(s.scheduler_flags)}"
+        if s.ops:
+            line += " -o"
         lines.append(line)
+        checked += s.health.checked or any(r.health.checked for r in s.real_servers)
+        sorry += s.sorry_server is not None
         for r in s.real_servers:
             # A drained server is weight 0 to IPVS (quiesced), as `dr-lb drain` makes it.
-            lines.append(f"-a {svc} -r {r.address}:{s.port} -g -w {r.effective_weight}")
+            real = f"-a {svc} -r {r.address}:{s.port} -g -w {r.effective_weight}"
+            if r.upper:
+                real += f" -x {r.upper}"
+            if r.lower:
+                real += f" -y {r.lower}"
+            lines.append(real)
             macs += r.mac is not None
     notes = []
     if macs:
         notes.append(f"{cfg.source}: {macs} real server MAC(s) left out: ipvsadm has no "
                      "place for them (IPVS asks the neighbour table)")
+    if checked:
+        notes.append(f"{cfg.source}: the health checks of {checked} service(s) left out: "
+                     "ipvsadm has no place for them (keepalived does them for IPVS)")
+    if sorry:
+        notes.append(f"{cfg.source}: {sorry} sorry server(s) left out: ipvsadm has no "
+                     "place for them (keepalived's sorry_server)")
     return "\n".join(lines) + "\n", notes

@@ -3,19 +3,22 @@
 `build()` takes the config, the real servers' MACs, the director's MAC and the real
 servers' health, and returns the complete contents of every map the control plane
 writes: settings (with the timeouts), services, VIPs, real servers with their flags
-(removed ones and sorry servers included), and the WRR cycles with their placement in
-wrr_seq. Field names are those of the C structs
+(removed ones and sorry servers included), the WRR cycles with their placement in
+wrr_seq, and each service's real-server list and sh buckets or mh table in
+sched_table. Field names are those of the C structs
 in bpf/dr_lb_abi.h, and values are ready for the map (network byte order), so that
 lb/director/dataplane.py only copies them. No bcc, no root: tested as plain Python.
 """
 from __future__ import annotations
 
+import ipaddress
 from dataclasses import dataclass, field
 from typing import Mapping
 
 from lb import abi
+from lb.director import scheduler
 from lb.director.config import Config, RealServer, Service, limit_problems
-from lb.director.scheduler import wrr_length, wrr_sequence
+from lb.director.scheduler import wrr_sequence
 
 DOWN = "down"   # the health state (lb/director/health.py) that takes a server out
 
@@ -49,9 +52,40 @@ class ServiceEntry:
     seq_offset: int              # within the half of wrr_seq in use
     sequence: tuple[int, ...]    # real_ids, one WRR cycle over schedulable servers
     reals: tuple[RealEntry, ...]
+    sched_offset: int = 0        # within the half of sched_table in use
+    table: tuple[int, ...] = ()  # real_ids: the sh buckets or the mh lookup table
+    orders: tuple[tuple[int, ...], ...] = ()   # sh-fallback: each bucket's order
     # The sorry server: weight 1 while it is the whole cycle (no real server can take a
     # new connection), else 0, so that no persistence template keeps clients on it.
     sorry: RealEntry | None = None
+
+    @property
+    def real_ids(self) -> tuple[int, ...]:
+        return tuple(r.real_id for r in self.reals)
+
+    @property
+    def table_offset(self) -> int:
+        """Where the table starts in the service's slice: after its list, twice."""
+        return self.sched_offset + 2 * len(self.reals)
+
+    @property
+    def sorry_in_use(self) -> bool:
+        return self.sorry is not None and self.sorry.server.weight > 0
+
+    @property
+    def sched(self) -> str:
+        """The scheduler the data plane runs: the service's, except that rr is wrr over
+        weights of 1 and that the sorry server, while in use, is a one-slot wrr cycle."""
+        svc = self.service
+        return "wrr" if svc.round_robin or self.sorry_in_use else svc.scheduler
+
+    @property
+    def svc_flags(self) -> int:
+        svc, f = self.service, abi.SVC_F
+        return ((f["sched_fallback"] if svc.fallback else 0)
+                | (f["sched_port"] if svc.hash_port else 0)
+                | (f["ops"] if svc.ops else 0)
+                | (f["thresholds"] if svc.thresholds and not self.sorry_in_use else 0))
 
 
 @dataclass
@@ -125,7 +159,9 @@ class Layout:
         rows = [(r, r.flags) for r in self.reals] + \
             [(r, abi.REAL_F_MAC_KNOWN if r.mac else 0) for r in self.removed_reals]
         return [(r.real_id, {"mac": abi.mac_bytes(r.mac) if r.mac else bytes(6),
-                             "flags": flags, "addr": abi.ip_be32(r.server.address)})
+                             "flags": flags, "addr": abi.ip_be32(r.server.address),
+                             "weight": r.server.effective_weight, "upper": r.server.upper,
+                             "lower": r.server.effective_lower if r.server.upper else 0})
                 for r, flags in rows]
 
     def wrr_rows(self) -> list[tuple[int, int]]:
@@ -133,13 +169,29 @@ class Layout:
         return [(base + s.seq_offset + i, real_id)
                 for s in self.services for i, real_id in enumerate(s.sequence)]
 
+    def sched_rows(self) -> list[tuple[int, int]]:
+        """sched_table: each service's real_ids twice over, then its sh buckets and
+        sh-fallback orders, or its mh table."""
+        base = self.half * abi.SCHED_HALF
+        rows = []
+        for s in self.services:
+            slots = list(s.real_ids) * 2 + list(s.table) + [i for o in s.orders for i in o]
+            rows += [(base + s.sched_offset + i, real_id) for i, real_id in enumerate(slots)]
+        return rows
+
     def service_rows(self) -> list[tuple[dict, dict]]:
         base = self.half * abi.SEQ_HALF
+        sched_base = self.half * abi.SCHED_HALF
         return [({"vip": abi.ip_be32(s.service.vip), "port": abi.port_be16(s.service.port),
                   "proto": abi.IPPROTO[s.service.protocol]},
                  {"id": s.svc_id, "seq_offset": base + s.seq_offset,
                   "seq_len": len(s.sequence), "persist_timeout_s": s.service.persistent,
-                  "persist_mask": abi.ip_be32(s.service.persistent_netmask)})
+                  "persist_mask": abi.ip_be32(s.service.persistent_netmask),
+                  "sched": abi.SCHED[s.sched],
+                  "flags": s.svc_flags,
+                  "reals_offset": sched_base + s.sched_offset, "n_reals": len(s.reals),
+                  "table_offset": sched_base + s.table_offset, "table_len": len(s.table),
+                  "order_len": len(s.orders[0]) if s.orders else 0})
                 for s in self.services]
 
     def vip_rows(self) -> list[tuple[int, dict]]:
@@ -151,7 +203,8 @@ def build(config: Config, macs: dict[str, str | None], interface_mac: str,
           health: Mapping[tuple, str] | None = None) -> Layout:
     """Lay out `config`; `macs` maps real-server addresses to MACs (None: unknown), and
     `health` maps real_key()s to health states: a server whose state is "down" leaves
-    the WRR cycle like a weight-0 one (missing: not checked, or not yet).
+    every scheduler's choice: the WRR cycle like a weight-0 one, the sh/mh tables, and
+    lc/wlc/sed/nq (not schedulable) (missing: not checked, or not yet).
 
     A service's slice of wrr_seq is sized for all its weighted servers, so that the
     offsets do not move when a MAC comes or goes; only the used length changes. The
@@ -160,23 +213,31 @@ def build(config: Config, macs: dict[str, str | None], interface_mac: str,
     ids = ids or Ids()
     health = health or {}
     services = []
-    offset = 0
+    offset = sched_offset = 0
     for svc in config.services:
         reals = tuple(RealEntry(ids.real(svc, rs), rs, rs.mac or macs.get(rs.address),
                                 health.get(real_key(svc, rs.address)) != DOWN)
                       for rs in svc.real_servers)
-        weights = svc.scheduling_weights()
-        usable = [w if r.mac and r.healthy else 0 for w, r in zip(weights, reals)]
-        sequence = tuple(reals[i].real_id for i in wrr_sequence(usable))
+        sequence: tuple[int, ...] = ()
+        if svc.round_robin:
+            weights = svc.scheduling_weights()
+            usable = [w if r.mac and r.healthy else 0 for w, r in zip(weights, reals)]
+            sequence = tuple(reals[i].real_id for i in wrr_sequence(usable))
+        table, orders = _hash_table(svc, reals)
         sorry = None
         if svc.sorry_server:
+            # Whatever the scheduler, while no real server can take a new connection the
+            # service hands over to the sorry server as a one-slot WRR cycle.
             mac = macs.get(svc.sorry_server)
-            in_use = not sequence and mac is not None
+            in_use = mac is not None and \
+                not any(r.flags & abi.REAL_F_SCHEDULABLE for r in reals)
             server = RealServer(svc.sorry_server, svc.port, weight=1 if in_use else 0)
             sorry = RealEntry(ids.real(svc, server), server, mac)
             sequence = (sorry.real_id,) if in_use else sequence
-        services.append(ServiceEntry(ids.service(svc), svc, offset, sequence, reals, sorry))
-        offset += max(wrr_length(weights), 1 if sorry else 0)
+        services.append(ServiceEntry(ids.service(svc), svc, offset, sequence, reals,
+                                     sched_offset, table, orders, sorry))
+        offset += svc.seq_slots()
+        sched_offset += svc.sched_slots()
     in_use = {r.real_id for s in services for r in s.reals} | \
         {s.sorry.real_id for s in services if s.sorry}
     removed = tuple(RealEntry(real_id, rs, rs.mac or macs.get(rs.address))
@@ -190,3 +251,36 @@ def build(config: Config, macs: dict[str, str | None], interface_mac: str,
                     abi.STATE["ESTABLISHED"]: t.tcp, abi.STATE["FIN_WAIT"]: t.tcpfin,
                     abi.STATE["CLOSE"]: abi.CONST["CLOSE_TIMEOUT_S"],
                     abi.STATE["UDP"]: t.udp})
+
+
+def _hash_table(svc: Service, reals: tuple[RealEntry, ...]
+                ) -> tuple[tuple[int, ...], tuple[tuple[int, ...], ...]]:
+    """The sh buckets (and sh-fallback orders) or the mh table of `svc`, as real_ids.
+
+    Both are built from the config alone, never from which MACs are known, so that the
+    flows of the other servers stay where they are while one is unreachable, and two
+    directors with the same config agree: an unreachable (or drained, or overloaded)
+    server keeps its entries and the data plane treats it as unavailable, as IPVS does
+    with a dest whose weight is 0.
+    - sh uses the weights as they are (drained: 0), as ip_vs_sh_reassign() reads
+      dest->weight: a weight-0 server keeps one bucket.
+    - mh uses the configured weight even when drained, as ip_vs_mh reads last_weight
+      (the weight before it was set to 0); a server whose configured weight is 0 has no
+      entry. (IPVS would remember a weight changed to 0 at run time; dr-lb has the
+      config only: use drain for that.)
+    A server failing its health check is left out of the table, as keepalived removes
+    it from IPVS: its clients go to the others (mh moves only those), with or without
+    fallback, and come back when it does.
+    """
+    reals = tuple(r for r in reals if r.healthy)
+    ids = [r.real_id for r in reals]
+    if svc.scheduler == "sh":
+        buckets = scheduler.sh_buckets([r.server.effective_weight for r in reals])
+        orders = scheduler.sh_fallback_orders(buckets) if svc.fallback and buckets else []
+        return (tuple(ids[i] for i in buckets),
+                tuple(tuple(ids[i] for i in order) for order in orders))
+    if svc.scheduler == "mh":
+        table = scheduler.mh_table([(int(ipaddress.IPv4Address(r.server.address)),
+                                     r.server.port, r.server.weight) for r in reals])
+        return tuple(ids[i] for i in table), ()
+    return (), ()

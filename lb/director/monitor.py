@@ -1,5 +1,5 @@
 """What `status` shows without making it wait: connection counts and rates, kept fresh by
-two background threads.
+two background threads; and the correction of the data plane's own connection counts.
 
 - Connection counts (ActiveConn/InActConn): reading 1,000,000 entries takes about 0.6 s
   (one batched copy out of the kernel, counted with numpy), too long for every `status`.
@@ -11,6 +11,13 @@ two background threads.
   sampled every RATE_SAMPLE_S, and a rate is the difference over the last RATE_WINDOW_S.
   Ids stay put across reloads, so a reload does not disturb a rate; `zero` (or anything
   that makes a counter go back) starts the window again.
+- The data plane's connection counts (lc, wlc, sed, nq and thresholds read them): the
+  program counts +1/-1 as it creates, replaces and moves connections between ESTABLISHED
+  and the other states, but cannot see an entry expire or the LRU evict it. After each
+  sweep, each real server's correction becomes the exact count of live entries less
+  what the program counted (read right after the table, so that connections made since
+  are counted once): the counts are off by what expired or was evicted since the last
+  sweep, and by what was created during the sweep's read, never by more (conn_fixes()).
 """
 from __future__ import annotations
 
@@ -57,6 +64,7 @@ class Monitor:
     def sweep_once(self) -> None:
         start = time.monotonic()
         counts = self.dp.conn_counts()
+        self.dp.write_conn_fix(conn_fixes(counts.per_real, self.dp.counted_conns()))
         with self._lock:
             self.counts, self.counted_at = counts, start
             self.sweep_s = time.monotonic() - start
@@ -115,3 +123,16 @@ class Monitor:
                     "inpps": round((s.packets - old[k].packets) / dt),
                     "inbps": round((s.bytes - old[k].bytes) / dt)}
                 for k, s in new.items() if k in old}
+
+
+def conn_fixes(exact: dict[int, tuple[int, int]],
+               counted: dict[int, tuple[int, int]]) -> dict[int, tuple[int, int]]:
+    """real_id -> (active, inactive) to add to the program's counts so that they equal
+    the exact counts of live connections; real servers needing none left out."""
+    fixes = {}
+    for real_id in set(exact) | set(counted):
+        ea, ei = exact.get(real_id, (0, 0))
+        ca, ci = counted.get(real_id, (0, 0))
+        if (ea - ca, ei - ci) != (0, 0):
+            fixes[real_id] = (ea - ca, ei - ci)
+    return fixes

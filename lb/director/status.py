@@ -29,6 +29,7 @@ def collect(config: Config, layout: Layout, dataplane, interface: str, xdp_mode:
             "weight": r.server.effective_weight, "mac": r.mac,
             "drained": r.server.drained,
             "schedulable": bool(r.flags & abi.REAL_F_SCHEDULABLE),
+            "upper": r.server.upper, "lower": r.server.lower,
             "active_conns": active, "inactive_conns": inactive,
             "conns": rst.conns, "in_packets": rst.packets, "in_bytes": rst.bytes,
             "rate": rates.get(("real", r.real_id), NO_RATE),
@@ -51,7 +52,8 @@ def collect(config: Config, layout: Layout, dataplane, interface: str, xdp_mode:
             sorry["in_use"] = sorry.pop("schedulable")   # taking new connections now
         services.append({
             "vip": svc.vip, "port": svc.port, "protocol": svc.protocol,
-            "scheduler": svc.scheduler, "persistent": svc.persistent,
+            "scheduler": svc.scheduler, "scheduler_flags": list(svc.scheduler_flags),
+            "ops": svc.ops, "persistent": svc.persistent,
             "persistent_netmask": svc.persistent_netmask,
             "counters": {"conns": st.conns, "in_packets": st.packets, "in_bytes": st.bytes},
             "rate": rates.get(("svc", s.svc_id), NO_RATE),
@@ -94,8 +96,7 @@ def format_table(data: dict) -> str:
         ("  -> RemoteAddress:Port", "Forward", NUMBER_COLUMNS, "MAC"),
     ]
     for s in data["services"]:
-        flags = (f"persistent {s['persistent']} mask {s['persistent_netmask']}"
-                 if s["persistent"] else "")
+        flags = service_flags(s)
         c = s["counters"]
         rows.append((f"{s['protocol'].upper():<4} {s['vip']}:{s['port']}", s["scheduler"],
                      ("", "", "", str(c["conns"]), str(c["in_packets"]), str(c["in_bytes"])),
@@ -104,7 +105,8 @@ def format_table(data: dict) -> str:
             rows.append((f"  -> {r['address']}:{r['port']}", "Route",
                          tuple(str(r[k]) for k in ("weight", "active_conns", "inactive_conns",
                                                    "conns", "in_packets", "in_bytes")),
-                         (r["mac"] or "unresolved") + _health_text(r.get("health"))))
+                         (r["mac"] or "unresolved") + _thresholds_text(r)
+                         + _health_text(r.get("health"))))
         sorry = s.get("sorry_server")
         if sorry:
             rows.append((f"  -> {sorry['address']}:{sorry['port']}", "Route",
@@ -129,6 +131,26 @@ def format_table(data: dict) -> str:
     lines.append(f"Connection table: {ct['size']} slots, {ct.get('entries', 0)} entries, "
                  f"{ct['inserts']} inserts, {ct['evicted']} evicted")
     return "\n".join(lines)
+
+
+def service_flags(s: dict) -> str:
+    """What ipvsadm -Ln prints after the scheduler: its flags in brackets, persistence,
+    and ops: `(mh-fallback,mh-port) persistent 60 mask 255.255.255.0 ops`."""
+    words = []
+    if s.get("scheduler_flags"):
+        words.append(f"({','.join(s['scheduler_flags'])})")
+    if s["persistent"]:
+        words.append(f"persistent {s['persistent']} mask {s['persistent_netmask']}")
+    if s.get("ops"):
+        words.append("ops")
+    return " ".join(words)
+
+
+def _thresholds_text(r: dict) -> str:
+    """Connection thresholds, as ipvsadm -Ln --thresholds shows them (0: none)."""
+    if not r.get("upper"):
+        return ""
+    return f"  upper {r['upper']} lower {r['lower'] or 'auto (3/4)'}"
 
 
 def _health_text(health: dict | None) -> str:

@@ -43,6 +43,9 @@ HOSTS = (
     Host("real", "rs2", "198.18.0.13", weight=1),
     Host("real", "rs3", "198.18.0.14", weight=1),
 )
+# A second director for scenes with two (Lab(hosts=HOSTS + (DIRECTOR2,))): both answer
+# ARP for the VIP, so the client is pointed at one with a static neighbour entry.
+DIRECTOR2 = Host("director", "director2", "198.18.0.16")
 
 
 def python_cmd(*args: str) -> list[str]:
@@ -121,7 +124,9 @@ class Lab:
     def _prepare_native(self) -> None:
         """What native XDP_TX on veth needs (KERNEL-NOTES): a program on the peer of the
         director's veth, and complete checksums from the client's local TCP stack."""
-        self.set_peer_program("director", libbpf.XDP_PASS)
+        for h in self.hosts:
+            if h.role == "director":
+                self.set_peer_program(h.name, libbpf.XDP_PASS)
         self.run("client", "ethtool", "-K", "eth0", "tx", "off")
 
     def set_peer_program(self, host: str, action: int) -> None:

@@ -35,20 +35,23 @@ def wait_ready(proc: subprocess.Popen, timeout: float = 120) -> None:
     raise RuntimeError(f"dr-lb up was not ready within {timeout} s:\n" + "\n".join(lines))
 
 
-def launch_director(lab: Lab, config: Path, *options: str) -> subprocess.Popen:
-    """`dr-lb up [OPTIONS] CONFIG` in the director's namespace, once it is ready."""
-    proc = lab.popen("director", *lab_mod.python_cmd("lb", "up", *options, str(config)),
+def launch_director(lab: Lab, config: Path, *options: str,
+                    host: str = "director") -> subprocess.Popen:
+    """`dr-lb up [OPTIONS] CONFIG` in the namespace of `host` (a lab with two directors
+    runs one in each), once it is ready."""
+    proc = lab.popen(host, *lab_mod.python_cmd("lb", "up", *options, str(config)),
                      stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     proc.config_path = config   # for tests that edit it and reload
     wait_ready(proc)
     return proc
 
 
-def start_director(lab: Lab, config_text: str, *options: str) -> subprocess.Popen:
+def start_director(lab: Lab, config_text: str, *options: str,
+                   host: str = "director") -> subprocess.Popen:
     """launch_director() with `config_text` written to a file of its own."""
     cfg = Path(tempfile.mkdtemp(prefix="dr-lb-")) / "lab.toml"
     cfg.write_text(config_text)
-    return launch_director(lab, cfg, *options)
+    return launch_director(lab, cfg, *options, host=host)
 
 
 def run(xdp_mode: str = "generic", requests: int = 12, prefix: str = "drlb-demo") -> int:
