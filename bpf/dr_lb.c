@@ -31,6 +31,17 @@ typedef __u64 uint64_t;
 
 #define NS_PER_S 1000000000ULL
 
+/* The one clock of the program (last_seen_ns, timeouts): jiffies in ns. The verifier
+ * inlines bpf_jiffies64 into a load; bpf_ktime_get_coarse_ns, a helper call, cost about
+ * 14 ns a packet (test-run, same runs). The control plane reads the same clock
+ * (lb/director/dataplane.py program_clock_ns); a second clock would mix units, so the
+ * other is poisoned. */
+static __always_inline __u64 now_ns(void)
+{
+	return bpf_jiffies64() * TICK_NS;
+}
+#pragma GCC poison bpf_ktime_get_coarse_ns bpf_ktime_get_ns
+
 static __always_inline void count(__u32 counter)
 {
 	__u64 *value = counters.lookup(&counter);
@@ -90,6 +101,8 @@ static __always_inline int handle_arp(struct hdr_cursor *c, struct ethhdr *eth)
 		return finish(XDP_PASS, COUNTER_PASS_NOT_PROGRAMMED);
 	if (!vips.lookup(&vip))
 		return finish(XDP_PASS, COUNTER_PASS_ARP_OTHER);
+	if (cfg->flags & SETTINGS_F_ARP_BACKUP)
+		return finish(XDP_PASS, COUNTER_PASS_ARP_BACKUP);
 
 	arp->op = bpf_htons(ARPOP_REPLY);
 	__builtin_memcpy(arp->tha, arp->sha, ETH_ALEN);
@@ -674,8 +687,10 @@ static __always_inline int new_connection(struct ethhdr *eth, struct iphdr *iph,
 	fresh.last_seen_ns = sc->now;
 	fresh.real_id = real_id;
 	fresh.svc_id = svc->id;
-	/* A moved TCP connection past its SYN: its new server will reset it. */
-	fresh.state = !tcp ? CONN_UDP : sc->past_syn ? CONN_CLOSE : CONN_SYN_RECV;
+	/* A moved TCP connection past its SYN: its new server will reset it. One picked up
+	 * (sloppy) goes on in the state its flags give (established, closing). */
+	fresh.state = !tcp ? CONN_UDP : !sc->past_syn ? CONN_SYN_RECV :
+		      sc->moved ? CONN_CLOSE : sc->pickup_state;
 	fresh.flags = svc->persist_timeout_s ? CONN_F_PERSISTENT : 0;
 	if (conn_table.update((struct conn_key *)ck, &fresh))
 		return finish(XDP_DROP, COUNTER_DROP_CONN_TABLE_ERROR);
@@ -685,6 +700,8 @@ static __always_inline int new_connection(struct ethhdr *eth, struct iphdr *iph,
 		count(COUNTER_CONN_TABLE_INSERT);
 	if (sc->moved)
 		count(COUNTER_CONN_RESCHEDULED);
+	else if (tcp && sc->past_syn)
+		count(COUNTER_CONN_SLOPPY_PICKUP);
 	count_conn(real_id, fresh.state, 1);
 	return forward(eth, iph, cfg, real, real_id, fresh.svc_id, 1);
 }
@@ -714,6 +731,19 @@ static __always_inline int read_flow(struct hdr_cursor *c, const struct iphdr *i
 	return 0;
 }
 
+/* Whether `addr` may be a VIP: one bit of vip_filter, an array read the verifier inlines.
+ * A clear bit means certainly not, so that a frame to the director itself or to any other
+ * host leaves after a few instructions instead of three hash misses (conn_table,
+ * services, vips); a set bit only means "look it up". */
+static __always_inline int maybe_vip(__u32 addr)
+{
+	__u32 h = (addr * (__u32)VIP_FILTER_MULT) >> (32 - VIP_FILTER_LOG2);
+	__u32 word = h / 64;
+	__u64 *bits = vip_filter.lookup(&word);
+
+	return bits && ((*bits >> (h % 64)) & 1);
+}
+
 /* TCP/UDP: the connection table first (the established path), then the services. A new
  * connection is scheduled here for plain wrr/rr (as ever), and in xdp_sched, reached by
  * a tail call, for every other scheduler and for wrr/rr with thresholds: their loops
@@ -735,6 +765,10 @@ static __always_inline int handle_l4(struct xdp_md *ctx, struct hdr_cursor *c,
 
 	if (read_flow(c, iph, &th, &ck))
 		return finish(XDP_PASS, COUNTER_PASS_MALFORMED);
+	/* Neither to a VIP nor (TCP) maybe a probe reply from one: not ours. */
+	if (!maybe_vip(ck.daddr) && !(th && maybe_vip(ck.saddr)))
+		return finish(XDP_PASS, programmed(get_settings()) ? COUNTER_PASS_NOT_VIP
+								  : COUNTER_PASS_NOT_PROGRAMMED);
 
 	cfg = get_settings();
 	if (!cfg)   /* never (an array entry), but the established path reads it */
@@ -742,7 +776,7 @@ static __always_inline int handle_l4(struct xdp_md *ctx, struct hdr_cursor *c,
 
 	cv = conn_table.lookup(&ck);
 	if (cv) {
-		now = bpf_ktime_get_coarse_ns();
+		now = now_ns();
 		if (conn_is_live(cv, th, cfg, now)) {
 			real_id = cv->real_id;
 			real = reals.lookup(&real_id);
@@ -779,15 +813,19 @@ static __always_inline int handle_l4(struct xdp_md *ctx, struct hdr_cursor *c,
 			return pass_probe_reply(eth);
 		return finish(XDP_PASS, COUNTER_PASS_NOT_VIP);
 	}
-	if (th && !is_new_tcp(th) && !moved)
+	/* A TCP segment past the SYN with no connection: passed (IPVS's default), unless
+	 * the service is sloppy (mh, sh), whose hash gives it the real server any director
+	 * would have given it. */
+	if (th && !is_new_tcp(th) && !moved && !(svc->flags & SVC_F_SLOPPY))
 		return finish(XDP_PASS, COUNTER_PASS_TCP_NO_CONN);
 	sc = sched_scratch.lookup(&zero);
 	if (!sc)    /* never (an array entry) */
 		return finish(XDP_DROP, COUNTER_DROP_NO_REAL_SERVER);
-	sc->now = cv ? now : bpf_ktime_get_coarse_ns();
+	sc->now = cv ? now : now_ns();
 	sc->replaces = cv != NULL;
 	sc->moved = moved;
 	sc->past_syn = th && !is_new_tcp(th);
+	sc->pickup_state = th ? tcp_next_state(CONN_ESTABLISHED, th) : 0;
 	if (cv) {
 		sc->old_real = cv->real_id;
 		sc->old_state = cv->state;

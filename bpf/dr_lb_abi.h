@@ -39,6 +39,11 @@ enum drlb_counter {
 	                                  is over its upper connection threshold */
 	COUNTER_CONN_RESCHEDULED,      /* event: a connection of a REAL_F_RESCHEDULE server went
 	                                  to a new one */
+	COUNTER_PASS_ARP_BACKUP,       /* ARP request for a VIP while VRRP says this director
+	                                  is not MASTER ([director] vrrp): the MASTER answers */
+	COUNTER_CONN_SLOPPY_PICKUP,    /* event: a TCP non-SYN without a connection was
+	                                  scheduled and forwarded (sloppy = true): ECMP moved
+	                                  it here from another director, or it was evicted */
 	COUNTER_COUNT
 };
 
@@ -81,11 +86,14 @@ enum svc_flags {
 	SVC_F_SCHED_FALLBACK = 1,      /* sh-fallback / mh-fallback (IPVS's SCHED1 flag) */
 	SVC_F_SCHED_PORT = 2,          /* sh-port / mh-port: hash the source port too (SCHED2) */
 	SVC_F_OPS = 4,                 /* one-packet scheduling: UDP, no connection entry */
-	SVC_F_THRESHOLDS = 8           /* a real server has an upper connection threshold */
+	SVC_F_THRESHOLDS = 8,          /* a real server has an upper connection threshold */
+	SVC_F_SLOPPY = 16              /* sloppy pickup: a TCP non-SYN without a connection is
+	                                  scheduled (mh, sh), not passed (IPVS's sloppy_tcp) */
 };
 
 enum settings_flags {
-	SETTINGS_F_ICMP_ECHO = 1       /* answer pings to VIPs */
+	SETTINGS_F_ICMP_ECHO = 1,      /* answer pings to VIPs */
+	SETTINGS_F_ARP_BACKUP = 2      /* VRRP backup: leave ARP for the VIPs to the MASTER */
 };
 
 struct svc_key {

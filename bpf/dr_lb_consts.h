@@ -30,6 +30,19 @@
 #define PERSIST_TABLE_SIZE 262144
 #endif
 
+/* The VIP pre-filter (vip_filter): 2^VIP_FILTER_LOG2 bits, bit h set for every VIP whose
+ * hash is h, the hash being the top VIP_FILTER_LOG2 bits of (address as the program reads
+ * it, times VIP_FILTER_MULT) mod 2^32; lb/director/layout.py computes the same. */
+#define VIP_FILTER_LOG2 16
+#define VIP_FILTER_WORDS 1024
+#define VIP_FILTER_MULT 2654435761
+
+/* Nanoseconds per jiffy (1e9 / HZ): the program's clock is jiffies x TICK_NS. The control
+ * plane measures it and passes -DTICK_NS (lb/director/dataplane.py tick_ns). */
+#ifndef TICK_NS
+#define TICK_NS 4000000
+#endif
+
 /* IPVS's fixed timeouts for the states `ipvsadm --set` does not cover. */
 #define SYN_RECV_TIMEOUT_S 60
 #define CLOSE_TIMEOUT_S 10

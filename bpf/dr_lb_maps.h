@@ -34,7 +34,8 @@ struct sched_scratch {
 	__u8 replaces;                 /* an entry (expired, or closing) has this 5-tuple */
 	__u8 moved;                    /* it is live, but its server is REAL_F_RESCHEDULE */
 	__u8 past_syn;                 /* and this TCP segment is not a SYN */
-	__u8 pad[4];
+	__u8 pickup_state;             /* sloppy pickup: the state its flags give it */
+	__u8 pad[3];
 	struct persist_key pk;         /* the new connection's persistence template key */
 };
 
@@ -43,6 +44,10 @@ struct sched_scratch {
 BPF_HASH(services, struct svc_key, struct svc_info, MAX_SERVICES);
 /* VIP -> vip_info (its number of services): ARP, ping, "VIP, other port"; control plane. */
 BPF_HASH(vips, __u32, struct vip_info, MAX_SERVICES);
+/* word -> 64 bits of the VIP pre-filter (dr_lb_consts.h); a bit once set stays set for the
+ * life of the instance, so a frame to a VIP, or to one that was a VIP, always gets the
+ * full lookups; control plane. */
+BPF_ARRAY(vip_filter, __u64, VIP_FILTER_WORDS);
 /* real_id (a service's real server) -> real_info (MAC, flags, address, weight,
  * thresholds, correction of its connection count); control plane. */
 BPF_ARRAY(reals, struct real_info, MAX_REALS);

@@ -79,6 +79,7 @@ REAL_F_MAC_KNOWN = ffi.typeof("enum real_flags").relements["REAL_F_MAC_KNOWN"]
 REAL_F_SCHEDULABLE = ffi.typeof("enum real_flags").relements["REAL_F_SCHEDULABLE"]
 REAL_F_RESCHEDULE = ffi.typeof("enum real_flags").relements["REAL_F_RESCHEDULE"]
 SETTINGS_F_ICMP_ECHO = ffi.typeof("enum settings_flags").relements["SETTINGS_F_ICMP_ECHO"]
+SETTINGS_F_ARP_BACKUP = ffi.typeof("enum settings_flags").relements["SETTINGS_F_ARP_BACKUP"]
 
 CONN_STATE_SLOTS = ffi.typeof("enum conn_state").relements["CONN_STATE_SLOTS"]
 # wrr_seq holds the WRR cycles in use and the next ones, a half each, so that a service

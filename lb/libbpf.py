@@ -60,6 +60,7 @@ struct bpf_prog_info_head {     /* the first fields of struct bpf_prog_info */
     char name[16];
 };
 int bpf_obj_get_info_by_fd(int bpf_fd, void *info, uint32_t *info_len);
+int bpf_enable_stats(int type);
 struct bpf_map_batch_opts {
     size_t sz;
     uint64_t elem_flags;
@@ -170,6 +171,37 @@ def load_xdp_return(action: int = XDP_PASS) -> int:
     return fd
 
 
+BPF_FUNC_JIFFIES64 = 118
+
+
+@cache
+def _jiffies_prog() -> int:
+    """An XDP program that writes bpf_jiffies64() into the first 8 bytes of its frame."""
+    insns = bytes([
+        0xbf, 0x16, 0, 0, 0, 0, 0, 0,                     # r6 = r1 (ctx)
+        0x85, 0, 0, 0, BPF_FUNC_JIFFIES64, 0, 0, 0,       # call bpf_jiffies64
+        0x61, 0x62, 0, 0, 0, 0, 0, 0,                     # r2 = ctx->data
+        0x61, 0x63, 4, 0, 0, 0, 0, 0,                     # r3 = ctx->data_end
+        0xbf, 0x24, 0, 0, 0, 0, 0, 0,                     # r4 = r2
+        0x07, 0x04, 0, 0, 8, 0, 0, 0,                     # r4 += 8
+        0x2d, 0x34, 1, 0, 0, 0, 0, 0,                     # if r4 > r3 goto +1
+        0x7b, 0x02, 0, 0, 0, 0, 0, 0,                     # *(u64 *)(r2 + 0) = r0
+        0xb7, 0, 0, 0, XDP_PASS, 0, 0, 0,                 # r0 = XDP_PASS
+        0x95, 0, 0, 0, 0, 0, 0, 0])                       # exit
+    fd = _lib().bpf_prog_load(BPF_PROG_TYPE_XDP, b"drlb_jiffies", b"GPL", insns,
+                              len(insns) // 8, ffi.NULL)
+    if fd < 0:
+        raise OSError(-fd, f"loading the jiffies program: {os.strerror(-fd)}")
+    return fd
+
+
+def jiffies() -> int:
+    """The kernel's jiffies now: the clock the XDP program reads (bpf_jiffies64, which the
+    verifier inlines into one load)."""
+    out = test_run(_jiffies_prog(), bytes(64))
+    return int.from_bytes(out.data[:8], "little")
+
+
 def xdp_attach(ifindex: int, prog_fd: int, mode: str) -> None:
     """Attach in this network namespace; mode "native" or "generic"."""
     err = _lib().bpf_xdp_attach(ifindex, prog_fd,
@@ -199,6 +231,32 @@ def prog_fd_by_id(prog_id: int) -> int:
     if fd < 0:
         raise OSError(-fd, f"program id {prog_id}: {os.strerror(-fd)}")
     return fd
+
+
+BPF_STATS_RUN_TIME = 0
+# Offsets in struct bpf_prog_info (uapi/linux/bpf.h, stable ABI): run_time_ns, run_cnt.
+_RUN_TIME_OFFSET, _RUN_CNT_OFFSET, _INFO_LEN = 192, 200, 208
+
+
+def enable_stats() -> int:
+    """Turn on the kernel's per-program run time and count (what sysctl
+    kernel.bpf_stats_enabled does) for as long as the returned fd stays open."""
+    fd = _lib().bpf_enable_stats(BPF_STATS_RUN_TIME)
+    if fd < 0:
+        raise OSError(-fd, f"BPF_ENABLE_STATS: {os.strerror(-fd)}")
+    return fd
+
+
+def run_stats(prog_fd: int) -> tuple[int, int]:
+    """(run_time_ns, run_cnt) of a program: its in-situ cost, counted while stats are on."""
+    info = ffi.new("char[]", 256)
+    size = ffi.new("uint32_t *", _INFO_LEN)
+    err = _lib().bpf_obj_get_info_by_fd(prog_fd, info, size)
+    if err:
+        raise OSError(-err, f"bpf_obj_get_info_by_fd: {os.strerror(-err)}")
+    raw = bytes(ffi.buffer(info, _INFO_LEN))
+    return (int.from_bytes(raw[_RUN_TIME_OFFSET:_RUN_TIME_OFFSET + 8], "little"),
+            int.from_bytes(raw[_RUN_CNT_OFFSET:_RUN_CNT_OFFSET + 8], "little"))
 
 
 def prog_name(prog_id: int) -> str:

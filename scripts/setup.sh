@@ -13,8 +13,8 @@ fi
 APT_PACKAGES=(
     python3 python3-venv python3-pip python3-bpfcc bpfcc-tools clang llvm libbpf-dev
     linux-headers-amd64 iproute2 ethtool tcpdump iputils-ping arping curl bpftool
-    python3-pyroute2 python3-click python3-cffi python3-tomlkit python3-numpy python3-scapy python3-pytest python3-pytest-cov
-    shellcheck vagrant
+    python3-pyroute2 python3-click python3-cffi python3-tomlkit python3-numpy python3-scapy python3-pytest python3-pytest-cov python3-matplotlib
+    shellcheck bird2 keepalived vagrant
 )
 missing=()
 for p in "${APT_PACKAGES[@]}"; do
@@ -46,7 +46,7 @@ mountpoint -q /sys/fs/bpf || mount -t bpf bpf /sys/fs/bpf
 if [ ! -x .venv/bin/python ]; then
     /usr/bin/python3 -m venv --system-site-packages .venv
 fi
-if ! .venv/bin/python -c 'import lb, pytest, scapy' 2>/dev/null || [ pyproject.toml -nt .venv/.installed ]; then
-    .venv/bin/pip install -q --disable-pip-version-check -e '.[test]'
+if ! .venv/bin/python -c 'import lb, pytest, scapy, matplotlib' 2>/dev/null || [ pyproject.toml -nt .venv/.installed ]; then
+    .venv/bin/pip install -q --disable-pip-version-check -e '.[test,bench]'
     touch .venv/.installed
 fi

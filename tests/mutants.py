@@ -55,6 +55,7 @@ BEHAVIOURS = {
     "arp-vip-only": "ARP is answered for the VIPs, and only for them",
     "ping-vip-only": "ping is answered for the VIPs, and only for them",
     "exit-counters": "every exit path bumps a per-CPU counter",
+    "vip-prefilter": "a frame to no VIP leaves at the VIP pre-filter; a VIP's passes it",
     "stats": "per service and real server: connections, packets, IP bytes",
     "mac-rewrite": "only the MACs change on the way to a real server",
     "reschedule": "a failed server's connections go elsewhere with on_failure=reschedule",
@@ -66,7 +67,7 @@ COUNTERS = ("tx_service", "tx_arp_reply", "tx_icmp_echo_reply", "pass_not_ipv4",
             "pass_ip_options", "pass_tcp_no_conn", "pass_icmp_other", "pass_malformed",
             "drop_no_real_server", "drop_real_mac_unknown", "drop_conn_table_error",
             "pass_not_programmed", "pass_probe_reply", "conn_table_insert", "persist_hit",
-            "drop_overloaded", "conn_rescheduled")
+            "drop_overloaded", "conn_rescheduled", "pass_arp_backup", "conn_sloppy_pickup")
 
 
 def c(name: str) -> str:
@@ -99,8 +100,8 @@ MUTANTS: list[Mutant] = [
       "if (th->ack)", ("tcp-states",)),
     M("state-not-updated", "cv->state = new;", "cv->state = old;", ("tcp-states",)),
     M("new-conn-state-established",
-      "sc->past_syn ? CONN_CLOSE : CONN_SYN_RECV;",
-      "sc->past_syn ? CONN_CLOSE : CONN_ESTABLISHED;", ("tcp-states", "tcp-timeouts")),
+      "!sc->past_syn ? CONN_SYN_RECV :",
+      "!sc->past_syn ? CONN_ESTABLISHED :", ("tcp-states", "tcp-timeouts")),
     # ---- timeouts ------------------------------------------------------------------------
     M("one-timeout-for-all-states", "cfg->timeout_ns[state]",
       "cfg->timeout_ns[CONN_ESTABLISHED]", ("tcp-timeouts", "udp-timeout")),
@@ -115,8 +116,8 @@ MUTANTS: list[Mutant] = [
     M("udp-gets-tcp-state", "fresh.state = !tcp ? CONN_UDP :",
       "fresh.state = !tcp ? CONN_ESTABLISHED :", ("udp-timeout",)),
     # ---- TCP without a connection, new connections ----------------------------------------
-    M("tcp-non-syn-scheduled", "if (th && !is_new_tcp(th) && !moved)\n",
-      "if (0 && th && !is_new_tcp(th) && !moved)\n", ("tcp-no-conn-pass",)),
+    M("tcp-non-syn-scheduled", "if (th && !is_new_tcp(th) && !moved && ",
+      "if (0 && th && !is_new_tcp(th) && !moved && ", ("tcp-no-conn-pass",)),
     M("syn-ack-is-new", "return th->syn && !th->ack && !th->rst;",
       "return th->syn && !th->rst;", ("tcp-no-conn-pass",)),
     M("no-port-reuse-from-fin-wait",
@@ -275,7 +276,8 @@ MUTANTS: list[Mutant] = [
     # ---- health: reschedule and probe replies ----------------------------------------------
     M("reschedule-flag-ignored", "if (real && (real->flags & REAL_F_RESCHEDULE)) {",
       "if (0) {", ("reschedule", c("conn_rescheduled"))),
-    M("rescheduled-not-counted", "if (sc->moved)\n\t\tcount(COUNTER_CONN_RESCHEDULED);", "",
+    M("rescheduled-not-counted", "if (sc->moved)\n\t\tcount(COUNTER_CONN_RESCHEDULED);",
+      "if (0)\n\t\tcount(COUNTER_CONN_RESCHEDULED);",
       (c("conn_rescheduled"),)),
     M("probe-reply-reaches-kernel", "__builtin_memset(eth->h_dest, 0, ETH_ALEN);", "",
       ("probe-reply", c("pass_probe_reply"))),
@@ -283,6 +285,14 @@ MUTANTS: list[Mutant] = [
       "return vips.lookup(&saddr) != 0;", ("probe-reply",)),
     M("probe-reply-from-anyone", "dport <= PROBE_PORT_MAX && vips.lookup(&saddr);",
       "dport <= PROBE_PORT_MAX;", ("probe-reply",)),
+    M("sloppy-pickup-not-counted",
+      "else if (tcp && sc->past_syn)\n\t\tcount(COUNTER_CONN_SLOPPY_PICKUP);",
+      "else if (0)\n\t\tcount(COUNTER_CONN_SLOPPY_PICKUP);", (c("conn_sloppy_pickup"),)),
+    M("arp-answered-while-backup",
+      "if (cfg->flags & SETTINGS_F_ARP_BACKUP)\n\t\treturn finish(XDP_PASS, COUNTER_PASS_ARP_BACKUP);",
+      "", (c("pass_arp_backup"),)),
+    M("vip-filter-says-never", "return bits && ((*bits >> (h % 64)) & 1);", "return 0;",
+      ("vip-prefilter",)),
     # every exit counted
     M("finish-counts-nothing", "static __always_inline int finish(int action, __u32 counter)\n{\n\tcount(counter);",
       "static __always_inline int finish(int action, __u32 counter)\n{",

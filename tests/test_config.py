@@ -281,7 +281,7 @@ BAD_CHOICE = [
 
 UNKNOWN_KEYS = [
     pytest.param(DIRECTOR + "[timeout]\ntcp = 900\n" + service(),
-                 ["unknown key 'timeout'", "a typo?", "known keys: director, service, timeouts"],
+                 ["unknown key 'timeout'", "a typo?", "known keys: announce, director, service, timeouts"],
                  id="typo-top-level"),
     pytest.param('[director]\ninterface = "eth0"\nxdp_mod = "native"\n' + service(),
                  ["[director]", "unknown key 'xdp_mod'", "known keys:", "xdp_mode"],

@@ -64,10 +64,14 @@ def test_scene_addresses_fit_the_private_network():
 def test_director_toml_validates_and_matches_the_scene():
     cfg = config_mod.load(VAGRANT_DIR / "director.toml")
     assert cfg.director.interface == "eth1"
-    (svc,) = cfg.services
+    svc, *iperf = cfg.services
     assert (svc.vip, svc.port, svc.protocol, svc.scheduler, svc.persistent) == \
         (SCENE["vip"], SCENE["port"], "tcp", "wrr", 0)
     assert [(rs.address, rs.weight) for rs in svc.real_servers] == scene_reals()
+    # iperf3 (vagrant/bench.sh): control (TCP) and data (UDP) on one real server
+    assert [(s.vip, s.port, s.protocol) for s in iperf] == \
+        [(SCENE["vip"], 5201, "tcp"), (SCENE["vip"], 5201, "udp")]
+    assert all([rs.address for rs in s.real_servers] == [scene_reals()[0][0]] for s in iperf)
     # the provisioning finds the interface line with this sed expression
     lines = [ln for ln in (VAGRANT_DIR / "director.toml").read_text().splitlines()
              if re.match(r'^interface *= *"[^"]*"', ln)]
@@ -114,6 +118,7 @@ def test_vagrantfile_takes_the_scene_from_scene_json():
 
 
 @pytest.mark.parametrize("script,shell", [
+    ("bench.sh", "bash"),
     ("provision-director.sh", "bash"),
     ("provision-realserver.sh", "sh"),
     ("provision-client.sh", "sh"),
@@ -125,6 +130,29 @@ def test_provisioning_scripts_parse(script, shell):
     r = subprocess.run([path, "-n", str(VAGRANT_DIR / script)], capture_output=True,
                        text=True, timeout=10)
     assert r.returncode == 0, r.stderr
+
+
+@pytest.mark.parametrize("script", ["bench.sh", "provision-director.sh",
+                                    "provision-realserver.sh", "provision-client.sh"])
+def test_scripts_pass_shellcheck(script):
+    path = shutil.which("shellcheck")
+    if path is None:
+        pytest.skip("shellcheck is not installed")
+    r = subprocess.run([path, str(VAGRANT_DIR / script)], capture_output=True, text=True,
+                       timeout=30)
+    assert r.returncode == 0, r.stdout
+
+
+def test_bench_sh_loads_the_exported_rules_into_ipvs():
+    """The side-by-side run feeds IPVS what `dr-lb ipvsadm export` prints, and puts dr-lb
+    back afterwards, whatever happened."""
+    text = (VAGRANT_DIR / "bench.sh").read_text()
+    assert "dr-lb ipvsadm export $config | sudo ipvsadm -R" in text
+    assert re.search(r"trap '.*ipvsadm -C.*systemctl start dr-lb\.service", text)
+    assert "wrk " in text and "iperf3 -c" in text and "dr-lb bench --quick" in text
+    assert "ipvsadm" in (VAGRANT_DIR / "provision-director.sh").read_text()
+    client = (VAGRANT_DIR / "provision-client.sh").read_text()
+    assert "wrk" in client and "iperf3" in client
 
 
 @pytest.mark.slow

@@ -15,6 +15,9 @@ DRLB=$REPO/.venv/bin/dr-lb
 UNIT=/etc/systemd/system/dr-lb.service
 
 "$REPO/scripts/setup.sh"
+# The kernel's own IPVS, for the side-by-side run in vagrant/bench.sh.
+command -v ipvsadm >/dev/null 2>&1 ||
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends ipvsadm
 
 # The private-network NIC is the one holding the director's address (eth0 is Vagrant's
 # NAT/management NIC). director.toml says eth1; if this box names it otherwise, run with a

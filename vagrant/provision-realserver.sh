@@ -24,9 +24,14 @@ DIRECTOR=${4:?$USAGE}
 # Active now, as after a boot (its `up` finds nothing left to do).
 systemctl start dr-lb-realserver.service
 
-if ! command -v nginx >/dev/null 2>&1; then
+if ! command -v nginx >/dev/null 2>&1 || ! command -v iperf3 >/dev/null 2>&1; then
     apt-get update -q
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends nginx
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends nginx iperf3
+fi
+# iperf3's server for vagrant/bench.sh's UDP load (it listens on the wildcard: the VIP too).
+if ! systemctl is-active --quiet dr-lb-iperf3.service; then
+    systemd-run --unit=dr-lb-iperf3 --description="iperf3 server for vagrant/bench.sh" \
+        /usr/bin/iperf3 -s
 fi
 cat > /etc/nginx/sites-available/dr-lb <<NGINX_EOF
 # Installed by vagrant/provision-realserver.sh: every GET answers with this host's name.

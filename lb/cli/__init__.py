@@ -7,8 +7,9 @@ import sys
 import click
 from pyroute2.netlink.exceptions import NetlinkError
 
+from lb.cli.bench import bench
 from lb.cli.ipvsadm import ipvsadm_group
-from lb.cli.operate import drain, undrain, weight, zero
+from lb.cli.operate import drain, undrain, vrrp, weight, zero
 from lb.cli.realserver import realserver_group
 from lb.cli.types import IPV4, SERVICE_OR_VIP
 from lb.director import config as config_mod
@@ -165,15 +166,19 @@ def lab() -> None:
 @click.option("--xdp-mode", type=click.Choice(["generic", "native"]), default="generic",
               show_default=True)
 @click.option("--requests", "-n", default=12, show_default=True)
-def demo(xdp_mode: str, requests: int) -> None:
+@click.option("--ha", is_flag=True, help="The second demo: two directors behind a router "
+              "(BIRD, ECMP), one killed and brought back under long-lived connections.")
+def demo(xdp_mode: str, requests: int, ha: bool) -> None:
     """Build the lab, balance 12 curl requests 2:1:1, show status, tear down."""
     from lb.director import instances
     from lb.lab import demo as demo_mod
     instances.require_root()
+    if ha:
+        sys.exit(demo_mod.run_ha())
     sys.exit(demo_mod.run(xdp_mode=xdp_mode, requests=requests))
 
 
 main.add_command(realserver_group)
 main.add_command(ipvsadm_group)
-for command in (zero, weight, drain, undrain):
+for command in (zero, weight, drain, undrain, vrrp, bench):
     main.add_command(command)

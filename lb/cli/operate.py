@@ -99,3 +99,26 @@ def wait_drained(interface: str | None, rip: str, service: dict | None, timeout:
         if time.monotonic() >= deadline:
             raise UserError(f"{rip} still has {left} active connection(s) after {timeout:g} s")
         time.sleep(poll_s)
+
+
+@click.command()
+@click.argument("state", type=click.Choice(("master", "backup", "fault", "stop"),
+                                           case_sensitive=False))
+@INTERFACE
+def vrrp(state: str, interface: str | None) -> None:
+    """keepalived's notify: only the MASTER answers ARP for the VIPs ([director] vrrp).
+
+    STATE is master (answer ARP and send gratuitous ARP at once), or backup, fault or
+    stop (leave ARP to the MASTER). The state is also remembered in /run, so that a dr-lb
+    started later begins in it."""
+    from lb.director import instances
+    instances.require_root()
+    state = state.lower()
+    if interface is None:
+        interface = instances.pick_interface(None)
+    instances.write_vrrp_state(interface, state)
+    if instances.find(interface) is None:
+        click.echo(f"dr-lb: not running on {interface}; VRRP state {state} remembered for "
+                   "when it starts")
+        return
+    _ask(interface, "vrrp", state=state)

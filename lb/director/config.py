@@ -30,10 +30,15 @@ THRESHOLD_MAX = 2**31 - 1
 XDP_MODES = ("auto", "native", "generic")
 MAC_RE = re.compile(r"^[0-9a-fA-F]{2}(:[0-9a-fA-F]{2}){5}$")
 
-DIRECTOR_KEYS = {"interface", "xdp_mode", "icmp_echo", "conn_table_size"}
+DIRECTOR_KEYS = {"interface", "xdp_mode", "icmp_echo", "conn_table_size", "vrrp"}
+ANNOUNCE_KEYS = {"daemon", "snippet", "control_socket", "protocol", "linger"}
+ANNOUNCE_DAEMONS = ("bird",)
+SLOPPY_SCHEDULERS = ("mh", "sh")
+BIRD_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")
 TIMEOUT_KEYS = {"tcp", "tcpfin", "udp"}
 SERVICE_KEYS = {"vip", "port", "protocol", "scheduler", "scheduler_flags", "ops",
-                "persistent", "persistent_netmask", "real_server", "health", "sorry_server"}
+                "persistent", "persistent_netmask", "real_server", "health", "sorry_server",
+                "sloppy"}
 REAL_SERVER_KEYS = {"address", "port", "weight", "mac", "drained", "upper", "lower", "health"}
 HEALTH_TYPES = ("tcp", "http", "none")
 ON_FAILURE = ("keep", "reschedule")
@@ -44,7 +49,7 @@ HEALTH_INTERVAL_S = (0.1, 3600)
 HEALTH_COUNT = (1, 100)
 URL_PATH_RE = re.compile(r"^/[\x21-\x7e]*$")
 HOST_RE = re.compile(r"^[\x21-\x7e]+$")
-TOP_KEYS = {"director", "timeouts", "service"}
+TOP_KEYS = {"director", "timeouts", "service", "announce"}
 
 
 class ConfigError(Exception):
@@ -121,6 +126,7 @@ class Service:
     ops: bool = False                       # ipvsadm -o: one-packet scheduling (UDP)
     health: Health = Health()           # [service.health] as written (defaults filled in)
     sorry_server: str | None = None     # takes new connections when no real server can
+    sloppy: bool = False                # a TCP non-SYN without a connection is scheduled
 
     @property
     def name(self) -> str:
@@ -184,6 +190,19 @@ class Director:
     xdp_mode: str = "auto"
     icmp_echo: bool = True
     conn_table_size: int = abi.CONST["CONN_TABLE_SIZE"]
+    vrrp: bool = False        # answer ARP for the VIPs only while keepalived says MASTER
+
+
+@dataclass(frozen=True)
+class Announce:
+    """[announce]: the VIPs dr-lb announces through BIRD 2 (lb/director/announce.py).
+    dr-lb owns `snippet` (a static protocol named `protocol` with a /32 per announced
+    VIP); the operator's bird.conf includes it and exports it to the BGP neighbours."""
+    daemon: str = "bird"
+    snippet: str = "/etc/bird/dr-lb.conf"
+    control_socket: str = "/run/bird/bird.ctl"
+    protocol: str = "dr_lb_vips"
+    linger: float = 1.0       # seconds the program still forwards after the withdrawal
 
 
 @dataclass(frozen=True)
@@ -192,6 +211,7 @@ class Config:
     timeouts: Timeouts = field(default_factory=Timeouts)
     services: tuple[Service, ...] = ()
     source: str = "config"
+    announce: Announce | None = None
 
     @property
     def vips(self) -> list[str]:
@@ -335,13 +355,20 @@ def from_dict(data: dict, source: str = "config") -> Config:
     if not isinstance(icmp_echo, bool):
         c.fail("[director]", f"icmp_echo = {icmp_echo!r} must be true or false")
         icmp_echo = True
+    vrrp = d.get("vrrp", False)
+    if not isinstance(vrrp, bool):
+        c.fail("[director]", f"vrrp = {vrrp!r} must be true or false")
+        vrrp = False
     director = Director(
+        vrrp=vrrp,
         interface=interface,
         xdp_mode=c.choice("[director]", d, "xdp_mode", "auto", XDP_MODES),
         icmp_echo=icmp_echo,
         conn_table_size=c.integer("[director]", d, "conn_table_size",
                                   abi.CONST["CONN_TABLE_SIZE"], 1024, 100_000_000),
     )
+
+    announce = _announce(c, data) if "announce" in data else None
 
     t = c.table("", data, "timeouts")
     c.unknown_keys("[timeouts]", t, TIMEOUT_KEYS)
@@ -378,7 +405,30 @@ def from_dict(data: dict, source: str = "config") -> Config:
     if c.problems:
         raise ConfigError(c.problems)
     return Config(director=director, timeouts=timeouts, services=tuple(services),
-                  source=source)
+                  source=source, announce=announce)
+
+
+def _announce(c: _Checker, data: dict) -> Announce:
+    a = c.table("", data, "announce")
+    c.unknown_keys("[announce]", a, ANNOUNCE_KEYS)
+    values = {"daemon": c.choice("[announce]", a, "daemon", Announce.daemon,
+                                 ANNOUNCE_DAEMONS)}
+    for key in ("snippet", "control_socket"):
+        value = a.get(key, getattr(Announce, key))
+        if not isinstance(value, str) or not value.startswith("/") or "\0" in value \
+                or '"' in value:
+            c.fail("[announce]", f"{key} = {value!r} must be an absolute path, e.g. "
+                                 f"{key} = \"{getattr(Announce, key)}\"")
+        else:
+            values[key] = value
+    protocol = a.get("protocol", Announce.protocol)
+    if not isinstance(protocol, str) or not BIRD_NAME_RE.match(protocol):
+        c.fail("[announce]", f"protocol = {protocol!r} is not a BIRD protocol name; use "
+                             "letters, digits and _, e.g. protocol = \"dr_lb_vips\"")
+    else:
+        values["protocol"] = protocol
+    values["linger"] = c.number("[announce]", a, "linger", Announce.linger, 0, 60)
+    return Announce(**values)
 
 
 def _service(c: _Checker, n: int, s) -> Service | None:
@@ -496,9 +546,23 @@ def _service(c: _Checker, n: int, s) -> Service | None:
             c.fail(where, f"sorry_server = {sorry} is a real server of this service; the "
                           "sorry server takes connections when no real server can, so give "
                           "another host's address")
+    sloppy = s.get("sloppy", False)
+    if not isinstance(sloppy, bool):
+        c.fail(where, f"sloppy = {sloppy!r} must be true or false")
+        sloppy = False
+    elif sloppy and protocol != "tcp":
+        c.fail(where, "sloppy = true concerns TCP only (a UDP datagram without a flow is "
+                      "always scheduled); remove sloppy")
+        sloppy = False
+    elif sloppy and scheduler not in SLOPPY_SCHEDULERS:
+        c.fail(where, f"sloppy = true needs scheduler = \"mh\" or \"sh\" (here "
+                      f"\"{scheduler}\"): a connection picked up by another director keeps "
+                      "its real server only if every director hashes it to the same one; "
+                      "with wrr or rr its new server would reset it")
+        sloppy = False
     if vip is None or port is None:
         return None
-    svc = Service(vip=vip, port=port, protocol=protocol, scheduler=scheduler,
+    svc = Service(vip=vip, port=port, protocol=protocol, scheduler=scheduler, sloppy=sloppy,
                   persistent=persistent, persistent_netmask=netmask,
                   real_servers=tuple(reals), scheduler_flags=flags, ops=ops,
                   health=health, sorry_server=sorry)

@@ -4,9 +4,11 @@ from __future__ import annotations
 import os
 import signal
 import threading
+import time
 from pathlib import Path
 
-from lb.director import arp, instances, journal, netif
+from lb.director import announce, arp, instances, journal, netif
+from lb.director.journal import say
 from lb.director.config import Config
 from lb.director.reconciler import Reconciler
 from lb.errors import UserError
@@ -38,10 +40,18 @@ def run(config: Config, config_path: str, replace: bool = False) -> None:
     for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
         signal.signal(sig, on_signal)
 
+    leftover = announce.announced_in(config.announce.snippet) if config.announce else []
+    if leftover:
+        # A dr-lb that was killed left its VIPs announced, and its program (if still
+        # attached) forwarding with its last maps. Withdraw them before compiling and
+        # taking over, so that the router has moved the flows elsewhere meanwhile.
+        early = announce.Announcer(config.announce, say)
+        early.announced = leftover
+        early.withdraw_all("left announced by a dr-lb that did not stop cleanly")
     dp = Dataplane(config.director.conn_table_size)   # compiled before anything is touched
     if replace:
         for line in instances.take_over(name):
-            print(f"dr-lb: {line}", flush=True)
+            say(f"dr-lb: {line}")
     server = director = None
     try:
         director = Reconciler(config, dp, iface, config_path, Path(config_path).read_text())
@@ -54,16 +64,20 @@ def run(config: Config, config_path: str, replace: bool = False) -> None:
         instances.write_state(name, {"pid": os.getpid(), "interface": name,
                                      "ifindex": iface.index, "xdp_mode": director.xdp_mode,
                                      "config": os.path.abspath(config_path)})
-        arp.announce(name, iface.mac, list(config.vips))
+        if director.answers_arp:
+            arp.announce(name, iface.mac, list(config.vips))
+        elif config.director.vrrp:
+            say(f"dr-lb: VRRP {director.vrrp_state}: not answering ARP for the VIPs until "
+                "keepalived makes this director MASTER (`dr-lb vrrp master`)")
+        director.start_announcing()
         unresolved = [a for a in director.dynamic_addresses if not director.macs.get(a)]
         if iface.kind == "veth" and director.xdp_mode == "native":
-            print(f"dr-lb: note: {name} is a veth: native XDP_TX only works when its peer has "
-                  "an XDP program too (an XDP_PASS one will do); otherwise use "
-                  "xdp_mode = \"generic\"", flush=True)
-        print(f"dr-lb: ready on {name} (xdp {director.xdp_mode}): "
-              f"{len(config.services)} service(s), VIPs {', '.join(config.vips)}"
-              + (f"; MAC not yet known for {', '.join(unresolved)}" if unresolved else ""),
-              flush=True)
+            say(f"dr-lb: note: {name} is a veth: native XDP_TX only works when its peer has "
+                "an XDP program too (an XDP_PASS one will do); otherwise use "
+                "xdp_mode = \"generic\"")
+        say(f"dr-lb: ready on {name} (xdp {director.xdp_mode}): "
+            f"{len(config.services)} service(s), VIPs {', '.join(config.vips)}"
+            + (f"; MAC not yet known for {', '.join(unresolved)}" if unresolved else ""))
         while not stop.is_set():
             wake.wait(NEIGHBOUR_REFRESH_S)
             wake.clear()
@@ -74,12 +88,18 @@ def run(config: Config, config_path: str, replace: bool = False) -> None:
                     reload_asked.clear()
                     result = director.reload()
                     for line in result.get("problems", [result.get("message", "")]):
-                        print(f"dr-lb: {'' if result['ok'] else 'reload refused: '}{line}",
-                              flush=True)
+                        say(f"dr-lb: {'' if result['ok'] else 'reload refused: '}{line}")
                 director.refresh_neighbours()
+                director.follow_vrrp_file()
+                director.announce_again()
             except Exception as e:   # keep balancing; the next round tries again
-                print(f"dr-lb: warning: {type(e).__name__}: {e}", flush=True)
+                say(f"dr-lb: warning: {type(e).__name__}: {e}")
     finally:
+        # Withdraw first, and keep forwarding for `linger` seconds, so that the router
+        # has moved the flows to another director before this one stops taking them.
+        if director and director.announcer:
+            if director.stop_announcing() and director.config.announce:
+                time.sleep(director.config.announce.linger)
         if server:
             server.close()
         if director and director.health:
@@ -90,4 +110,4 @@ def run(config: Config, config_path: str, replace: bool = False) -> None:
             dp.close()
         finally:
             instances.remove_state(name)
-    print(f"dr-lb: detached from {name}", flush=True)
+    say(f"dr-lb: detached from {name}")

@@ -37,6 +37,29 @@ def state_path(interface: str) -> Path:
     return RUN_DIR / f"{_prefix()}{interface}.json"
 
 
+def vrrp_path(interface: str) -> Path:
+    return RUN_DIR / f"{_prefix()}{interface}.vrrp"
+
+
+VRRP_STATES = ("master", "backup", "fault", "stop")
+
+
+def read_vrrp_state(interface: str) -> str:
+    """The last state keepalived gave (`dr-lb vrrp STATE`); "backup" if none."""
+    try:
+        state = vrrp_path(interface).read_text().strip()
+    except OSError:
+        return "backup"
+    return state if state in VRRP_STATES else "backup"
+
+
+def write_vrrp_state(interface: str, state: str) -> None:
+    RUN_DIR.mkdir(parents=True, exist_ok=True)
+    tmp = vrrp_path(interface).with_suffix(".vrrp-tmp")
+    tmp.write_text(state + "\n")
+    tmp.replace(vrrp_path(interface))
+
+
 def instances() -> list[dict]:
     """State files of the instances in this network namespace."""
     out = []

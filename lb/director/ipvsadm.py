@@ -893,7 +893,7 @@ def export_rules(cfg: config_mod.Config) -> tuple[str, list[str]]:
         raise ConfigError(problems)
     t = cfg.timeouts
     lines = [f"--set {t.tcp} {t.tcpfin} {t.udp}"]
-    macs = checked = sorry = 0
+    macs = checked = sorry = sloppy = 0
     for s in cfg.services:
         svc = f"{'-t' if s.protocol == 'tcp' else '-u'} {s.vip}:{s.port}"
         line = f"-A {svc} -s {s.scheduler}"
@@ -908,6 +908,7 @@ def export_rules(cfg: config_mod.Config) -> tuple[str, list[str]]:
         lines.append(line)
         checked += s.health.checked or any(r.health.checked for r in s.real_servers)
         sorry += s.sorry_server is not None
+        sloppy += s.sloppy
         for r in s.real_servers:
             # A drained server is weight 0 to IPVS (quiesced), as `dr-lb drain` makes it.
             real = f"-a {svc} -r {r.address}:{s.port} -g -w {r.effective_weight}"
@@ -927,4 +928,7 @@ def export_rules(cfg: config_mod.Config) -> tuple[str, list[str]]:
     if sorry:
         notes.append(f"{cfg.source}: {sorry} sorry server(s) left out: ipvsadm has no "
                      "place for them (keepalived's sorry_server)")
+    if sloppy:
+        notes.append(f"{cfg.source}: sloppy = true ({sloppy} service(s)) left out: for IPVS "
+                     "it is the sysctl net.ipv4.vs.sloppy_tcp = 1, for every service")
     return "\n".join(lines) + "\n", notes

@@ -45,3 +45,11 @@ def lines() -> None:
         stream = getattr(sys, name)
         if not isinstance(stream, LineAtomic):
             setattr(sys, name, LineAtomic(stream))
+
+
+def say(line: str) -> None:
+    """One journal line (whole even before lines() was called: one write under the lock)."""
+    with _lock:
+        stream = sys.stdout._stream if isinstance(sys.stdout, LineAtomic) else sys.stdout
+        stream.write(line + "\n")
+        stream.flush()

@@ -85,7 +85,8 @@ class ServiceEntry:
         return ((f["sched_fallback"] if svc.fallback else 0)
                 | (f["sched_port"] if svc.hash_port else 0)
                 | (f["ops"] if svc.ops else 0)
-                | (f["thresholds"] if svc.thresholds and not self.sorry_in_use else 0))
+                | (f["thresholds"] if svc.thresholds and not self.sorry_in_use else 0)
+                | (f["sloppy"] if svc.sloppy else 0))
 
 
 @dataclass
@@ -131,12 +132,21 @@ class Layout:
     interface_mac: str
     icmp_echo: bool
     timeouts_s: dict[int, int]             # enum conn_state -> idle timeout
+    answer_arp: bool = True                # False: VRRP backup, the MASTER answers
 
     @property
     def reals(self) -> list[RealEntry]:
         """Every entry of a configured server: real servers, then sorry servers."""
         return [r for s in self.services for r in s.reals] + \
             [s.sorry for s in self.services if s.sorry]
+
+    @property
+    def usable_vips(self) -> list[str]:
+        """VIPs with a real server (not a sorry server) that can take new connections:
+        what [announce] announces."""
+        usable = {s.service.vip for s in self.services
+                  if any(r.flags & abi.REAL_F_SCHEDULABLE for r in s.reals)}
+        return sorted(usable, key=ipaddress.IPv4Address)
 
     @property
     def vips(self) -> dict[str, int]:
@@ -149,7 +159,8 @@ class Layout:
     # ---- the maps' rows: (key, value), with the C structs' field names ---------------
     def settings_row(self) -> dict:
         return {"mac": abi.mac_bytes(self.interface_mac),
-                "flags": abi.SETTINGS_F_ICMP_ECHO if self.icmp_echo else 0,
+                "flags": (abi.SETTINGS_F_ICMP_ECHO if self.icmp_echo else 0)
+                | (0 if self.answer_arp else abi.SETTINGS_F_ARP_BACKUP),
                 "timeout_ns": [self.timeouts_s.get(state, 0) * 1_000_000_000
                                for state in range(abi.CONN_STATE_SLOTS)]}
 
@@ -197,10 +208,24 @@ class Layout:
     def vip_rows(self) -> list[tuple[int, dict]]:
         return [(abi.ip_be32(vip), {"services": n}) for vip, n in self.vips.items()]
 
+    def vip_filter_words(self) -> dict[int, int]:
+        """word -> bits of the VIP pre-filter for these VIPs (bpf/dr_lb.c maybe_vip)."""
+        words: dict[int, int] = {}
+        for vip in self.vips:
+            h = vip_hash(vip)
+            words[h // 64] = words.get(h // 64, 0) | 1 << (h % 64)
+        return words
+
+
+def vip_hash(address: str) -> int:
+    """The VIP pre-filter's bit for an address, as bpf/dr_lb.c's maybe_vip() finds it."""
+    product = (abi.ip_be32(address) * abi.CONST["VIP_FILTER_MULT"]) & 0xFFFFFFFF
+    return product >> (32 - abi.CONST["VIP_FILTER_LOG2"])
+
 
 def build(config: Config, macs: dict[str, str | None], interface_mac: str,
           ids: Ids | None = None, previous: Layout | None = None,
-          health: Mapping[tuple, str] | None = None) -> Layout:
+          health: Mapping[tuple, str] | None = None, answer_arp: bool = True) -> Layout:
     """Lay out `config`; `macs` maps real-server addresses to MACs (None: unknown), and
     `health` maps real_key()s to health states: a server whose state is "down" leaves
     every scheduler's choice: the WRR cycle like a weight-0 one, the sh/mh tables, and
@@ -247,6 +272,7 @@ def build(config: Config, macs: dict[str, str | None], interface_mac: str,
         services=tuple(services), removed_reals=removed,
         half=0 if previous is None else 1 - previous.half,
         interface_mac=interface_mac, icmp_echo=config.director.icmp_echo,
+        answer_arp=answer_arp,
         timeouts_s={abi.STATE["SYN_RECV"]: abi.CONST["SYN_RECV_TIMEOUT_S"],
                     abi.STATE["ESTABLISHED"]: t.tcp, abi.STATE["FIN_WAIT"]: t.tcpfin,
                     abi.STATE["CLOSE"]: abi.CONST["CLOSE_TIMEOUT_S"],

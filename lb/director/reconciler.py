@@ -8,10 +8,12 @@ from pathlib import Path
 from typing import Callable
 
 from lb import abi
-from lb.director import (arp, config as config_mod, edits, health as health_mod,
-                         layout as layout_mod, monitor, netif, status)
-from lb.director.dataplane import monotonic_coarse_ns
+from lb.director import (announce as announce_mod, arp, config as config_mod, edits,
+                         health as health_mod, instances, layout as layout_mod, monitor,
+                         netif, status)
+from lb.director.dataplane import program_clock_ns
 from lb.director.config import Config
+from lb.director.journal import say
 from lb.errors import UserError
 
 PROBE_EVERY_S = 5.0
@@ -36,6 +38,12 @@ class Reconciler:
         self.monitor: monitor.Monitor | None = None
         self.health: health_mod.HealthChecker | None = None
         self._last_probe = 0.0
+        # [announce]: set by start_announcing() once the program is attached.
+        self.announcer: announce_mod.Announcer | None = None
+        # [director] vrrp: the role keepalived gave us last (`dr-lb vrrp STATE`), kept in
+        # /run so that a restarted instance starts in it; without vrrp, always MASTER.
+        self.vrrp_state = instances.read_vrrp_state(interface.name) \
+            if config.director.vrrp else "master"
 
     @property
     def dynamic_addresses(self) -> list[str]:
@@ -86,18 +94,78 @@ class Reconciler:
             time.sleep(0.1)
             self.refresh_neighbours(probe_missing=False)
 
+    @property
+    def answers_arp(self) -> bool:
+        return not self.config.director.vrrp or self.vrrp_state == "master"
+
     def program(self) -> None:
         with self.lock:
             self.layout = layout_mod.build(self.config, self.macs, self.interface.mac,
                                            self.ids, self.layout,
-                                           health=self.health.states() if self.health else {})
+                                           health=self.health.states() if self.health else {},
+                                           answer_arp=self.answers_arp)
             self.dp.write(self.layout)
+            usable = self.layout.usable_vips
+        if self.announcer:
+            self.announcer.update(usable, "real servers changed")
 
-    def start_health(self, log=print) -> None:
+    def start_announcing(self, log=say) -> None:
+        """[announce]: announce the usable VIPs from now on (the program is attached)."""
+        if self.config.announce is None:
+            return
+        self.announcer = announce_mod.Announcer(
+            self.config.announce, log,
+            owner=f"dr-lb on {self.interface.name} from {self.path}")
+        with self.lock:
+            usable = self.layout.usable_vips
+        self.announcer.update(usable, "attached")
+
+    def announce_again(self) -> None:
+        """Every round of the daemon's loop: retry a reload BIRD did not take."""
+        if self.announcer and self.announcer.announced is None:
+            with self.lock:
+                usable = self.layout.usable_vips
+            self.announcer.update(usable, "retried")
+
+    def stop_announcing(self) -> bool:
+        """Withdraw every VIP (down, SIGTERM); True if something had been announced."""
+        if not self.announcer:
+            return False
+        had = bool(self.announcer.announced)
+        self.announcer.withdraw_all("stopping")
+        return had
+
+    def follow_vrrp_file(self) -> None:
+        """[director] vrrp: take up a state that `dr-lb vrrp` wrote to /run but could not
+        tell us (keepalived may end a notify script as it stops)."""
+        if self.config.director.vrrp:
+            state = instances.read_vrrp_state(self.interface.name)
+            if state != self.vrrp_state:
+                self.set_vrrp(state)
+
+    def set_vrrp(self, state: str) -> dict:
+        """keepalived's notify (`dr-lb vrrp STATE`): only the MASTER answers ARP for the
+        VIPs, and it sends gratuitous ARP for them at once."""
+        if not self.config.director.vrrp:
+            return {"ok": False, "problems": [
+                "[director] vrrp is not set in the running config; add vrrp = true and "
+                "reload to let keepalived decide who answers ARP"]}
+        before, self.vrrp_state = self.vrrp_state, state
+        self.program()
+        if state == "master":
+            arp.announce(self.interface.name, self.interface.mac, list(self.config.vips))
+            message = (f"VRRP {state} (was {before}): answering ARP for "
+                       f"{', '.join(self.config.vips)}; gratuitous ARP sent")
+        else:
+            message = f"VRRP {state} (was {before}): not answering ARP for the VIPs"
+        say(f"dr-lb: {message}")
+        return {"ok": True, "message": message}
+
+    def start_health(self, log=say) -> None:
         """Start checking the real servers' health (after the program is attached: it
         hides the DR-path probes' answers from the kernel)."""
         self.health = health_mod.HealthChecker(self.interface, self.mac_of, self.program,
-                                               lambda line: log(line, flush=True))
+                                               log)
         self.health.update(self.config)
         self.health.start()
 
@@ -158,10 +226,16 @@ class Reconciler:
             self.config, self.config_text = new, text
         if self.health:
             self.health.update(new)
+        if self.announcer:
+            self.announcer.settings_changed(new.announce)
+            if new.announce is None:
+                self.announcer = None
+        elif new.announce is not None and old.announce is None:
+            self.start_announcing()
         self.program()
         self.refresh_neighbours()
         added = [v for v in new.vips if v not in old.vips]
-        if added:
+        if added and self.answers_arp:
             arp.announce(self.interface.name, self.interface.mac, added)
         return {"ok": True, "message": f"{what}: {len(new.services)} service(s)"
                 + (f"; announced {', '.join(added)}" if added else "")}
@@ -190,7 +264,7 @@ class Reconciler:
             layout = self.layout
         keys, values = self.dp.connections()
         timeouts = self.dp.live_timeouts()
-        idle = monotonic_coarse_ns() - values["last_seen_ns"].astype(np.int64)
+        idle = program_clock_ns() - values["last_seen_ns"].astype(np.int64)
         state = values["state"] & (abi.CONN_STATE_SLOTS - 1)
         left = timeouts[state] - idle
         wanted = left >= 0
@@ -224,7 +298,7 @@ class Reconciler:
     def handlers(self) -> dict:
         return {"status": self.status, "reload": self.reload, "weight": self.set_weight,
                 "drain": self.drain, "undrain": self.undrain, "zero": self.zero,
-                "conns": self.connections}
+                "conns": self.connections, "vrrp": self.set_vrrp}
 
     def set_weight(self, service: dict, rip: str, weight: int, save: bool = True) -> dict:
         spec = edits.ServiceSpec(**service)

@@ -53,7 +53,7 @@ def collect(config: Config, layout: Layout, dataplane, interface: str, xdp_mode:
         services.append({
             "vip": svc.vip, "port": svc.port, "protocol": svc.protocol,
             "scheduler": svc.scheduler, "scheduler_flags": list(svc.scheduler_flags),
-            "ops": svc.ops, "persistent": svc.persistent,
+            "ops": svc.ops, "sloppy": svc.sloppy, "persistent": svc.persistent,
             "persistent_netmask": svc.persistent_netmask,
             "counters": {"conns": st.conns, "in_packets": st.packets, "in_bytes": st.bytes},
             "rate": rates.get(("svc", s.svc_id), NO_RATE),
@@ -135,7 +135,8 @@ def format_table(data: dict) -> str:
 
 def service_flags(s: dict) -> str:
     """What ipvsadm -Ln prints after the scheduler: its flags in brackets, persistence,
-    and ops: `(mh-fallback,mh-port) persistent 60 mask 255.255.255.0 ops`."""
+    and ops (and sloppy, dr-lb's: IPVS's is a sysctl):
+    `(mh-fallback,mh-port) persistent 60 mask 255.255.255.0 ops`."""
     words = []
     if s.get("scheduler_flags"):
         words.append(f"({','.join(s['scheduler_flags'])})")
@@ -143,6 +144,8 @@ def service_flags(s: dict) -> str:
         words.append(f"persistent {s['persistent']} mask {s['persistent_netmask']}")
     if s.get("ops"):
         words.append("ops")
+    if s.get("sloppy"):
+        words.append("sloppy")
     return " ".join(words)
 
 

@@ -12,6 +12,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import dataclass, field
 
@@ -30,10 +31,17 @@ UDP_PORT = 5300
 
 @dataclass(frozen=True)
 class Host:
-    role: str          # "client", "director" or "real"
+    role: str          # "client", "director", "real" or "router"
     name: str
-    address: str
+    address: str       # on eth0, a /SUBNET_PREFIX
     weight: int = 0    # real servers only
+    bridge: str = "br0"                  # the switch's bridge eth0 is on
+    gateway: str | None = None           # the default route, if any
+    more: tuple[tuple[str, str, str], ...] = ()   # more interfaces: (ifname, bridge, address)
+
+    def interfaces(self) -> list[tuple[str, str, str]]:
+        """(ifname, bridge, address) of each interface, eth0 first."""
+        return [("eth0", self.bridge, self.address), *self.more]
 
 
 HOSTS = (
@@ -53,6 +61,30 @@ def python_cmd(*args: str) -> list[str]:
     return [sys.executable, "-m", *args]
 
 
+def wait_ready(proc: subprocess.Popen, timeout: float = 120) -> None:
+    """Read `dr-lb up`'s output until its ready line; raise with the output if it ends
+    first or nothing is ready within `timeout` seconds (then the process is killed)."""
+    lines: list[str] = []
+    ready = threading.Event()
+
+    def read() -> None:
+        for line in proc.stdout:
+            lines.append(line.rstrip())
+            if line.startswith("dr-lb: ready on "):
+                ready.set()
+                return
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    reader.join(timeout)
+    if ready.is_set():
+        return
+    if reader.is_alive():
+        proc.kill()
+    proc.wait(timeout=30)
+    raise RuntimeError(f"dr-lb up was not ready within {timeout} s:\n" + "\n".join(lines))
+
+
 @dataclass
 class Lab:
     """Namespaces `<prefix>-sw` (the bridge) and `<prefix>-<host>` for every host.
@@ -68,6 +100,11 @@ class Lab:
     # ---- names -----------------------------------------------------------------
     def ns(self, name: str) -> str:
         return f"{self.prefix}-{name}"
+
+    @staticmethod
+    def port(host: str, ifname: str = "eth0") -> str:
+        """The switch's end of a host's veth."""
+        return f"p-{host}" if ifname == "eth0" else f"p-{host}-{ifname}"
 
     @property
     def switch(self) -> str:
@@ -99,25 +136,32 @@ class Lab:
         self.destroy()
         for name in self.namespaces():
             netns.create(name)
+        bridges = sorted({b for h in self.hosts for _, b, _ in h.interfaces()})
         with NetNS(self.switch) as sw:
-            sw.link("add", ifname="br0", kind="bridge", br_forward_delay=0)
-            br = sw.link_lookup(ifname="br0")[0]
-            sw.link("set", index=br, state="up")
+            for bridge in bridges:
+                sw.link("add", ifname=bridge, kind="bridge", br_forward_delay=0)
+                sw.link("set", index=sw.link_lookup(ifname=bridge)[0], state="up")
             for h in self.hosts:
-                port = f"p-{h.name}"
-                sw.link("add", ifname=port, kind="veth",
-                        peer={"ifname": "eth0", "net_ns_fd": self.ns(h.name)})
-                idx = sw.link_lookup(ifname=port)[0]
-                sw.link("set", index=idx, master=br, state="up")
+                for ifname, bridge, _ in h.interfaces():
+                    port = self.port(h.name, ifname)
+                    sw.link("add", ifname=port, kind="veth",
+                            peer={"ifname": ifname, "net_ns_fd": self.ns(h.name)})
+                    idx = sw.link_lookup(ifname=port)[0]
+                    sw.link("set", index=idx, master=sw.link_lookup(ifname=bridge)[0],
+                            state="up")
         for h in self.hosts:
             self.sysctl(h.name, "net.ipv6.conf.all.disable_ipv6", "1")
             with NetNS(self.ns(h.name)) as ns:
                 lo = ns.link_lookup(ifname="lo")[0]
                 ns.link("set", index=lo, state="up")
-                eth = ns.link_lookup(ifname="eth0")[0]
-                ns.addr("add", index=eth, address=h.address, prefixlen=SUBNET_PREFIX)
-                ns.link("set", index=eth, state="up")
-                self.macs[h.name] = ns.get_links(eth)[0].get_attr("IFLA_ADDRESS")
+                for ifname, _, address in h.interfaces():
+                    eth = ns.link_lookup(ifname=ifname)[0]
+                    ns.addr("add", index=eth, address=address, prefixlen=SUBNET_PREFIX)
+                    ns.link("set", index=eth, state="up")
+                    mac = ns.get_links(eth)[0].get_attr("IFLA_ADDRESS")
+                    self.macs[h.name if ifname == "eth0" else f"{h.name}-{ifname}"] = mac
+                if h.gateway:
+                    ns.route("add", dst="0.0.0.0/0", gateway=h.gateway)
         if self.xdp_mode == "native":
             self._prepare_native()
 
@@ -128,6 +172,22 @@ class Lab:
             if h.role == "director":
                 self.set_peer_program(h.name, libbpf.XDP_PASS)
         self.run("client", "ethtool", "-K", "eth0", "tx", "off")
+
+    def link(self, a: str, b: str, ifname: str) -> tuple[int, int]:
+        """A direct veth pair `ifname` between hosts a and b (no bridge in between: the
+        benchmark's wire), up and without addresses; returns the two ifindexes and
+        records the MACs as macs["a/ifname"], macs["b/ifname"]."""
+        with NetNS(self.ns(a)) as ns:
+            ns.link("add", ifname=ifname, kind="veth",
+                    peer={"ifname": ifname, "net_ns_fd": self.ns(b)})
+        out = []
+        for host in (a, b):
+            with NetNS(self.ns(host)) as ns:
+                idx = ns.link_lookup(ifname=ifname)[0]
+                ns.link("set", index=idx, state="up")
+                self.macs[f"{host}/{ifname}"] = ns.get_links(idx)[0].get_attr("IFLA_ADDRESS")
+                out.append(idx)
+        return out[0], out[1]
 
     def set_peer_program(self, host: str, action: int) -> None:
         """Put a one-verdict XDP program (native) on the switch side of `host`'s veth."""
@@ -186,8 +246,9 @@ class Lab:
                 netns.remove(name)
 
     # ---- running things inside ---------------------------------------------------
-    def argv(self, host: str, *argv: str) -> list[str]:
-        return ["ip", "netns", "exec", self.ns(host), *argv]
+    def argv(self, host: str | None, *argv: str) -> list[str]:
+        """`argv` run in `host`'s namespace (None: the switch's)."""
+        return ["ip", "netns", "exec", self.ns(host) if host else self.switch, *argv]
 
     def run(self, host: str, *argv: str, check: bool = True, timeout: float = 60,
             **kw) -> subprocess.CompletedProcess:

@@ -4,35 +4,10 @@ from __future__ import annotations
 import collections
 import subprocess
 import tempfile
-import threading
 from pathlib import Path
 
 from lb import lab as lab_mod
-from lb.lab import Lab
-
-
-def wait_ready(proc: subprocess.Popen, timeout: float = 120) -> None:
-    """Read `dr-lb up`'s output until its ready line; raise with the output if it ends
-    first or nothing is ready within `timeout` seconds (then the process is killed)."""
-    lines: list[str] = []
-    ready = threading.Event()
-
-    def read() -> None:
-        for line in proc.stdout:
-            lines.append(line.rstrip())
-            if line.startswith("dr-lb: ready on "):
-                ready.set()
-                return
-
-    reader = threading.Thread(target=read, daemon=True)
-    reader.start()
-    reader.join(timeout)
-    if ready.is_set():
-        return
-    if reader.is_alive():
-        proc.kill()
-    proc.wait(timeout=30)
-    raise RuntimeError(f"dr-lb up was not ready within {timeout} s:\n" + "\n".join(lines))
+from lb.lab import Lab, wait_ready  # noqa: F401 (wait_ready: tests import it from here)
 
 
 def launch_director(lab: Lab, config: Path, *options: str,
@@ -73,3 +48,65 @@ def run(xdp_mode: str = "generic", requests: int = 12, prefix: str = "drlb-demo"
         director.terminate()
         print(director.communicate(timeout=15)[0].strip())
         return 0 if director.returncode == 0 else 1
+
+
+def run_ha(flows: int = 8, prefix: str = "drlb-demo-ha") -> int:
+    """The second demo: two directors behind a router (lb/lab/ha.py). Long-lived
+    connections cross a director's death (SIGKILL of dr-lb and its BIRD) and its return
+    with the real server they started on; exit 1 if any broke."""
+    import json
+    import time
+
+    from lb.lab.ha import CLIENT_IP, DIRECTORS, HaLab
+
+    with HaLab(prefix=prefix) as lab:
+        print(f"lab: client {CLIENT_IP} -> router (BIRD, ECMP) -> directors "
+              + ", ".join(f"{d.name} {d.address}" for d in lab.directors)
+              + f" -> real servers {', '.join(h.name for h in lab.real_servers)}; "
+              f"VIP {lab_mod.VIP}, mh with sloppy pickup")
+        lab.prepare_real_servers()
+        lab.start_servers()
+        lab.start_bird("router")
+        for d in DIRECTORS:
+            lab.start_bird(d)
+            lab.start_director(d)
+            print(f"{d}: dr-lb up and BIRD; dr-lb wrote {lab.snippet(d)}")
+        lab.wait_next_hops([d.address for d in lab.directors])
+        print("router: " + lab.run("router", "ip", "route", "show", f"{lab_mod.VIP}/32")
+              .stdout.strip().replace("\n", "\n        "))
+        client = lab.popen("client", *lab_mod.python_cmd(
+            "lb.lab.flows", lab_mod.VIP, str(lab_mod.HTTP_PORT), str(flows), "120"),
+            stdout=subprocess.PIPE, text=True)
+        client.stdout.readline()
+        time.sleep(1)
+        for d in DIRECTORS:
+            print(f"{d} carries:\n" + lab.run(d, *lab_mod.python_cmd(
+                "lb", "status", "--conns")).stdout.rstrip())
+        print(f"\nSIGKILL of dr-lb and BIRD on dir1, {flows} connections open ...")
+        lab.kill("dir1", "dr-lb")
+        lab.kill("dir1", "bird")
+        took = lab.wait_next_hops([lab.host("dir2").address])
+        print(f"router: the route leaves dir1 after {took:.3f} s")
+        time.sleep(2)
+        print("dir2 carries:\n" + lab.run("dir2", *lab_mod.python_cmd(
+            "lb", "status", "--conns")).stdout.rstrip())
+        print("\ndir1 comes back (BIRD, dr-lb up --replace) ...")
+        lab.start_bird("dir1")
+        lab.start_director("dir1", None, "--replace")
+        lab.wait_next_hops([d.address for d in lab.directors])
+        time.sleep(2)
+        client.terminate()
+        results = json.loads(client.stdout.readline())
+        client.wait(timeout=30)
+        broken = 0
+        for r in results:
+            ok = not r["errors"] and len(r["names"]) == 1
+            broken += not ok
+            print(f"connection from port {r['sport']}: {r['answers']} answers from "
+                  f"{' then '.join(r['names'])}, longest pause {r['max_gap_s']:.3f} s"
+                  + ("" if ok else f", BROKEN: {'; '.join(r['errors'])}"))
+        print(f"{len(results) - broken} of {len(results)} connections unbroken, each on one "
+              "real server")
+        for d in DIRECTORS:
+            print(lab.run(d, *lab_mod.python_cmd("lb", "status")).stdout.rstrip())
+        return 1 if broken else 0

@@ -1,0 +1,111 @@
+/* The benchmark's own XDP programs (one bcc module, bench/measure.py loads it):
+ *
+ *   xdp_gen    the traffic generator: run through bpf_prog_test_run_opts with live
+ *              frames (BPF_F_TEST_XDP_LIVE_FRAMES), it sends each frame out of the
+ *              interface it is run on, the i-th frame of a run from flow i % flows
+ *              (its first FRAME_HEAD bytes restored: a recycled page keeps what the
+ *              receiver wrote into it);
+ *   xdp_reset  the test-run harness ("reset method"): restores the first FRAME_HEAD bytes
+ *              of the original frame (XDP_TX rewrote them in place on the repeat before),
+ *              sets the flow the same way, and tail-calls the program under test
+ *              (progs[0]). Its own cost is measured against xdp_tx (progs[0] = xdp_tx)
+ *              in the same round and subtracted;
+ *   xdp_tx     returns XDP_TX, nothing else;
+ *   xdp_sink   counts and drops what comes back (native, on the generator's veth).
+ *
+ * Flow i of a frame: source address base_saddr + i / 16384 and source port
+ * base_sport + i % 16384, the IPv4 header checksum recomputed so that the kernel's own
+ * forwarding (the baseline) accepts the frame. Frames are built by bench/frames.py.
+ */
+#include <uapi/linux/bpf.h>
+
+#define FRAME_HEAD 64
+#define PORTS_PER_ADDR 16384
+#define IP_OFF 14
+
+struct gen_cfg {
+	__u32 flows;        /* flows to cycle through; 1: the frame as built */
+	__u32 base_saddr;   /* host byte order */
+	__u32 base_sport;   /* host byte order */
+	__u32 pad;
+	__u8 frame[FRAME_HEAD];   /* the frame's first bytes, as built */
+};
+
+BPF_ARRAY(gen_cfg, struct gen_cfg, 1);
+/* Not per-CPU: a test run may move to another CPU when it yields, and must carry on
+ * with the next flow there. One run at a time, so a plain increment is enough. */
+BPF_ARRAY(gen_seq, __u64, 1);
+BPF_PERCPU_ARRAY(sink_count, __u64, 1);
+BPF_PROG_ARRAY(progs, 1);
+
+static __always_inline int set_flow(struct xdp_md *ctx, struct gen_cfg *cfg, int restore)
+{
+	void *data = (void *)(long)ctx->data;
+	void *data_end = (void *)(long)ctx->data_end;
+	__u32 zero = 0, i, saddr;
+	__u16 *words;
+	__u64 *seq;
+	__u32 sum = 0;
+
+	if (data + FRAME_HEAD > data_end)
+		return -1;
+	if (restore)
+		__builtin_memcpy(data, cfg->frame, FRAME_HEAD);
+	if (cfg->flows <= 1)
+		return 0;
+	seq = gen_seq.lookup(&zero);
+	if (!seq)
+		return -1;
+	i = *seq % cfg->flows;
+	*seq += 1;
+	saddr = bpf_htonl(cfg->base_saddr + i / PORTS_PER_ADDR);
+	__builtin_memcpy(data + IP_OFF + 12, &saddr, 4);
+	*(__u16 *)(data + IP_OFF + 20) = bpf_htons(cfg->base_sport + i % PORTS_PER_ADDR);
+	words = data + IP_OFF;
+	words[5] = 0;
+#pragma unroll
+	for (int w = 0; w < 10; w++)
+		sum += words[w];
+	sum = (sum & 0xffff) + (sum >> 16);
+	sum = (sum & 0xffff) + (sum >> 16);
+	words[5] = (__u16)~sum;
+	return 0;
+}
+
+int xdp_gen(struct xdp_md *ctx)
+{
+	__u32 zero = 0;
+	struct gen_cfg *cfg = gen_cfg.lookup(&zero);
+
+	/* A live frame's page is recycled with whatever the receiver left in it (the
+	 * kernel's forwarding rewrites the MACs and the TTL in place), so it is restored. */
+	if (!cfg || set_flow(ctx, cfg, 1))
+		return XDP_ABORTED;
+	return XDP_TX;
+}
+
+int xdp_reset(struct xdp_md *ctx)
+{
+	__u32 zero = 0;
+	struct gen_cfg *cfg = gen_cfg.lookup(&zero);
+
+	if (!cfg || set_flow(ctx, cfg, 1))
+		return XDP_ABORTED;
+	progs.call(ctx, 0);
+	return XDP_ABORTED;
+}
+
+int xdp_tx(struct xdp_md *ctx)
+{
+	return XDP_TX;
+}
+
+int xdp_sink(struct xdp_md *ctx)
+{
+	__u32 zero = 0;
+	__u64 *n = sink_count.lookup(&zero);
+
+	if (n)
+		*n += 1;
+	return XDP_DROP;
+}
