@@ -115,7 +115,8 @@ def venv(outside, wheel) -> Path:
     """A fresh `--system-site-packages` venv with the wheel installed (no dependencies:
     Debian's click, pyroute2 and cffi are visible, as in scripts/setup.sh)."""
     if not BASE_PYTHON.exists():
-        pytest.skip(f"{BASE_PYTHON} (Debian's python, which sees bcc) is missing")
+        pytest.fail(f"{BASE_PYTHON} (Debian's python, which sees bcc) is missing: "
+                    "run scripts/setup.sh")
     path = outside / "venv"
     run([BASE_PYTHON, "-m", "venv", "--system-site-packages", path], cwd=outside)
     run([path / "bin" / "python", "-m", "pip", "install", "-q", "--no-deps", "--no-index",

@@ -6,7 +6,6 @@ import collections
 import json
 import socket
 import subprocess
-import time
 
 import pytest
 
@@ -51,19 +50,25 @@ def test_timeout_is_printed_as_ipvsadm_does(scene):
 
 def test_rate_is_within_20_percent_of_what_the_client_sends(scene):
     lab, _ = scene
-    # 100 datagrams a second for 4 s from the client to the UDP service.
+    # 100 datagrams a second to the UDP service, for up to 20 s (ended once measured); the
+    # sender says when it has sent 1.5 s and 4 s worth: no guessing how long it starts.
     sender = lab.popen("client", "python3", "-c", (
         "import socket, time\n"
         "s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\n"
         "t = time.monotonic()\n"
-        "for i in range(400):\n"
+        "for i in range(2000):\n"
         f"    s.sendto(b'x' * 100, ('{VIP}', {UDP_PORT}))\n"
-        "    time.sleep(max(0, t + (i + 1) / 100 - time.monotonic()))\n"))
-    time.sleep(1.5)
-    dr_lb(lab, "reload")           # the rate must stay right across a reload
-    time.sleep(1.5)
-    data = status(lab, "--rate")
-    sender.wait(timeout=10)
+        "    if i + 1 in (150, 400): print(i + 1, flush=True)\n"
+        "    time.sleep(max(0, t + (i + 1) / 100 - time.monotonic()))\n"),
+        stdout=subprocess.PIPE, text=True)
+    try:
+        assert sender.stdout.readline().strip() == "150"
+        dr_lb(lab, "reload")           # the rate must stay right across a reload
+        assert sender.stdout.readline().strip() == "400"
+        data = status(lab, "--rate")   # over the 2 s before it
+    finally:
+        sender.kill()
+        sender.wait(timeout=10)
     svc = next(s for s in data["services"] if s["port"] == UDP_PORT)
     assert 80 <= svc["rate"]["inpps"] <= 120, svc["rate"]
     # 100 bytes of payload + 8 UDP + 20 IP = 128 bytes each, as the counters count them.
@@ -201,17 +206,24 @@ def test_drain_wait_returns_after_the_last_active_connection_closes(scene):
                        stdout=subprocess.PIPE, text=True)
     try:
         assert holder.stdout.readline().strip() == "open"
-        assert real(status(lab), rs1)["active_conns"] >= 1
+        held = [c for c in status(lab, "--conns", "--real", rs1)["connections"]
+                if c["state"] == "ESTABLISHED"]
+        assert real(status(lab), rs1)["active_conns"] == len(held) >= 1, held
         waiter = lab.popen("director", *python_cmd("lb", "drain", rs1, "--wait",
                                                    "--timeout", "30"),
                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-        time.sleep(1.5)
+        seen = []
+        while not any("active connection(s) left" in line for line in seen):
+            line = waiter.stdout.readline()
+            assert line, f"drain --wait ended before reporting rs1's connections: {seen}"
+            seen.append(line)
         assert waiter.poll() is None, "drain --wait returned while rs1 still had connections"
         answers = collections.Counter(lab.curl(f"http://{VIP}:{HTTP_PORT}/") for _ in range(6))
         assert "rs1" not in answers, f"new connections must avoid the drained server: {answers}"
         assert "drained = true" in director.config_path.read_text()
         holder.communicate("\n", timeout=10)     # the client closes its connections
         out, _ = waiter.communicate(timeout=30)
+        out = "".join(seen) + out
         assert waiter.returncode == 0, out
         assert "active connection(s) left" in out and "no active connection left" in out, out
     finally:
