@@ -32,14 +32,15 @@ def tripwire(monkeypatch, target: str) -> None:
 @pytest.fixture
 def up(tmp_path, monkeypatch):
     """`dr-lb up` as root on the host's lo, with everything that would touch the host
-    (taking over an instance, attaching XDP, the control socket, announcing VIPs) replaced
+    (taking over an instance, attaching XDP, the control socket, announcing VIPs, mounting
+    a bpffs for the kept state) replaced
     by a failure: if a check regressed, the test fails instead of attaching to lo."""
     monkeypatch.setattr("os.geteuid", lambda: 0)
     monkeypatch.setattr(signal, "signal", lambda *a: None)   # keep pytest's handlers
     monkeypatch.setattr("lb.director.instances.RUN_DIR", tmp_path / "run")
     for target in ("lb.libbpf.xdp_attach", "lb.director.dataplane.Dataplane.attach",
-                   "lb.director.instances.take_over", "lb.director.instances.ControlServer",
-                   "lb.director.arp.announce"):
+                   "lb.director.instances.stop_predecessor", "lb.director.instances.ControlServer",
+                   "lb.director.arp.announce", "lb.director.kept.prepare"):
         tripwire(monkeypatch, target)
     path = tmp_path / "config.toml"
 

@@ -20,7 +20,8 @@ def say(line: str) -> None:
 
 
 def run(config: Config, config_path: str, replace: bool = False) -> None:
-    from lb.director.dataplane import Dataplane, conn_table_slots   # bcc: not for `check`
+    from lb.director.dataplane import (Dataplane, conn_table_slots,   # bcc: not for
+                                        headers_problem)              # `check`
     journal.lines()
 
     started = time.monotonic()
@@ -57,7 +58,10 @@ def run(config: Config, config_path: str, replace: bool = False) -> None:
         from lb.director import metrics as metrics_mod
         metrics = metrics_mod.serve(config.metrics.listen)
 
-    slots = conn_table_slots(config.director.conn_table_size)
+    slots = conn_table_slots(config.director.conn_table_size)   # bcc missing: one line
+    problem = headers_problem()      # before the kept state is touched (a bpffs mounted)
+    if problem:
+        raise UserError(problem)
     found = kept.prepare(name, slots)
     for line in found.warnings + [found.notice()]:
         if line:
