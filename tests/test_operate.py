@@ -41,6 +41,20 @@ def real(data: dict, address: str, port: int = HTTP_PORT) -> dict:
     return next(r for r in svc["real_servers"] if r["address"] == address)
 
 
+def hold(lab: Lab, n: int) -> tuple[subprocess.Popen, set[str]]:
+    """`n` TCP connections from the client to the VIP, held open until the client reads a
+    line; returns the client process and the connections' source ports."""
+    code = ("import socket, sys\n"
+            f"c = [socket.create_connection(('{VIP}', {HTTP_PORT}), 3) for _ in range({n})]\n"
+            "print(' '.join(str(s.getsockname()[1]) for s in c), flush=True)\n"
+            "sys.stdin.readline()\n")
+    holder = lab.popen("client", "python3", "-c", code, stdin=subprocess.PIPE,
+                       stdout=subprocess.PIPE, text=True)
+    ports = set(holder.stdout.readline().split())
+    assert len(ports) == n, ports
+    return holder, ports
+
+
 def test_timeout_is_printed_as_ipvsadm_does(scene):
     lab, _ = scene
     assert dr_lb(lab, "status", "--timeout").stdout.strip() == \
@@ -79,14 +93,8 @@ def test_rate_is_within_20_percent_of_what_the_client_sends(scene):
 
 def test_conns_lists_exactly_the_clients_connections_with_their_states(scene):
     lab, _ = scene
-    code = ("import socket, sys, time\n"
-            f"c = [socket.create_connection(('{VIP}', {HTTP_PORT}), 3) for _ in range(3)]\n"
-            "print(' '.join(str(s.getsockname()[1]) for s in c), flush=True)\n"
-            "sys.stdin.readline()\n")
-    holder = lab.popen("client", "python3", "-c", code, stdin=subprocess.PIPE,
-                       stdout=subprocess.PIPE, text=True)
+    holder, ports = hold(lab, 3)
     try:
-        ports = set(holder.stdout.readline().split())
         data = status(lab, "--conns", "--vip", f"{VIP}:{HTTP_PORT}")
         mine = [c for c in data["connections"]
                 if c["source"].split(":")[1] in ports]
@@ -109,14 +117,8 @@ def test_counts_are_fresh_right_after_connections_open(scene):
     # The demo's scenario: curl, then status at once. The counts must already include
     # the new connections, not those of the last background sweep.
     lab, _ = scene
-    code = ("import socket, sys\n"
-            f"c = [socket.create_connection(('{VIP}', {HTTP_PORT}), 3) for _ in range(3)]\n"
-            "print('open', flush=True)\n"
-            "sys.stdin.readline()\n")
-    holder = lab.popen("client", "python3", "-c", code, stdin=subprocess.PIPE,
-                       stdout=subprocess.PIPE, text=True)
+    holder, ports = hold(lab, 3)
     try:
-        assert holder.stdout.readline().strip() == "open"
         svc = next(s for s in status(lab)["services"]
                    if s["port"] == HTTP_PORT and s["protocol"] == "tcp")
         assert sum(r["active_conns"] for r in svc["real_servers"]) == 3, svc
@@ -198,14 +200,8 @@ def test_drain_wait_returns_after_the_last_active_connection_closes(scene):
     lab, director = scene
     rs1 = lab.real_servers[0].address
     # A connection to rs1 held open: find one with --conns.
-    code = ("import socket, sys\n"
-            f"c = [socket.create_connection(('{VIP}', {HTTP_PORT}), 3) for _ in range(4)]\n"
-            "print('open', flush=True)\n"
-            "sys.stdin.readline()\n")
-    holder = lab.popen("client", "python3", "-c", code, stdin=subprocess.PIPE,
-                       stdout=subprocess.PIPE, text=True)
+    holder, ports = hold(lab, 4)
     try:
-        assert holder.stdout.readline().strip() == "open"
         held = [c for c in status(lab, "--conns", "--real", rs1)["connections"]
                 if c["state"] == "ESTABLISHED"]
         assert real(status(lab), rs1)["active_conns"] == len(held) >= 1, held
@@ -237,14 +233,8 @@ def test_drain_wait_returns_after_the_last_active_connection_closes(scene):
 def test_drain_wait_times_out_and_says_how_many_remain(scene):
     lab, _ = scene
     rs1 = lab.real_servers[0].address
-    code = ("import socket, sys\n"
-            f"c = [socket.create_connection(('{VIP}', {HTTP_PORT}), 3) for _ in range(4)]\n"
-            "print('open', flush=True)\n"
-            "sys.stdin.readline()\n")
-    holder = lab.popen("client", "python3", "-c", code, stdin=subprocess.PIPE,
-                       stdout=subprocess.PIPE, text=True)
+    holder, ports = hold(lab, 4)
     try:
-        assert holder.stdout.readline().strip() == "open"
         r = dr_lb(lab, "drain", rs1, "--no-save", "--wait", "--timeout", "1", check=False)
         assert r.returncode == 1, r.stdout + r.stderr
         assert "still has" in r.stderr and "active connection(s)" in r.stderr, r.stderr
