@@ -39,7 +39,8 @@ def status_latency(entries: int) -> dict:
             values[i].real_id, values[i].state, values[i].last_seen_ns = i % 3, 1 + i % 2, now
         table.items_update_batch(keys, values)
         cfg = config_mod.parse(lab_mod.Lab().director_config(), source="bench")
-        layout = layout_mod.build(cfg, {}, DIRECTOR_MAC)
+        ids = layout_mod.Ids()
+        layout = layout_mod.build(cfg, {}, DIRECTOR_MAC, ids)
         mon = monitor.Monitor(dp, lambda: ([], []))
         sweeps = []
         for _ in range(3):
@@ -52,12 +53,35 @@ def status_latency(entries: int) -> dict:
             counts, age = mon.conn_counts()
             status.collect(cfg, layout, dp, "eth0", "native", counts, age, mon.rates())
             answers.append(time.perf_counter() - start)
+        scrapes = metrics_scrape(cfg, layout, ids, dp, mon)
         return {"entries": counts.entries, "sweep_s": round(min(sweeps), 3),
-                "status_s": round(min(answers), 4),
+                "status_s": round(min(answers), 4), "scrape_s": round(max(scrapes), 4),
                 "sweep_rest_s": round(max(monitor.SWEEP_MIN_REST_S,
                                           monitor.SWEEP_REST_FACTOR * min(sweeps)), 2)}
     finally:
         dp.close()
+
+
+def metrics_scrape(cfg, layout, ids, dp, mon, rounds: int = 5) -> list[float]:
+    """Seconds per /metrics body (the Collector `up` serves, rendered by
+    prometheus_client) over the same table: it takes the sweep's counts, never walks."""
+    import threading
+    from types import SimpleNamespace
+    from prometheus_client import CollectorRegistry, generate_latest
+    from lb.director import metrics
+    collector = metrics.Collector()
+    collector.director = SimpleNamespace(lock=threading.Lock(), layout=layout, config=cfg,
+                                         ids=ids, dp=dp, monitor=mon, health=None,
+                                         interface=SimpleNamespace(name="eth0"),
+                                         xdp_mode="native")
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(collector)
+    out = []
+    for _ in range(rounds):
+        start = time.perf_counter()
+        generate_latest(registry)
+        out.append(time.perf_counter() - start)
+    return out
 
 
 def monitor_clock() -> int:

@@ -11,6 +11,18 @@
 #include "dr_lb_consts.h"
 #include "dr_lb_abi.h"
 
+/* The state a restarted director needs to keep its connections where they are (conn_table,
+ * syn_table, udp_table, persist_table, wrr_pos) outlives the process when DRLB_PIN_DIR is
+ * defined: the maps are pinned there (a bpffs directory per instance), and a new program reuses the pins.
+ * lb/director/kept.py checks a pin's layout before bcc opens it. */
+#ifdef DRLB_PIN_DIR
+#define KEPT_TABLE(_type, _key, _value, _name, _size, _flags) \
+	BPF_TABLE_PINNED(_type, _key, _value, _name, _size, DRLB_PIN_DIR "/" #_name, _flags)
+#else
+#define KEPT_TABLE(_type, _key, _value, _name, _size, _flags) \
+	BPF_F_TABLE(_type, _key, _value, _name, _size, _flags)
+#endif
+
 /* The WRR position of one service, shared by every CPU under a lock so that consecutive
  * new connections follow the cycle exactly. Only the program uses it. */
 struct wrr_pos {
@@ -67,18 +79,18 @@ BPF_PERCPU_ARRAY(sched_scratch, struct sched_scratch, 1);
  * a tail call; control plane (at load). */
 BPF_PROG_ARRAY(sched_prog, 1);
 /* service id -> struct wrr_pos (next slot of its WRR cycle); program. */
-BPF_ARRAY(wrr_pos, struct wrr_pos, MAX_SERVICES);
+KEPT_TABLE("array", __u32, struct wrr_pos, wrr_pos, MAX_SERVICES, 0);
 /* conn_key (5-tuple) -> conn_value (real, service, TCP state, last seen); program. */
-BPF_F_TABLE("lru_hash", struct conn_key, struct conn_value, conn_table, CONN_TABLE_SIZE, 0);
+KEPT_TABLE("lru_hash", struct conn_key, struct conn_value, conn_table, CONN_TABLE_SIZE, 0);
 /* conn_key -> conn_value of a TCP connection between its SYN and the packet that
  * establishes it (then it moves to conn_table): spoofed SYNs evict only these; program. */
-BPF_F_TABLE("lru_hash", struct conn_key, struct conn_value, syn_table, SYN_TABLE_SIZE, 0);
+KEPT_TABLE("lru_hash", struct conn_key, struct conn_value, syn_table, SYN_TABLE_SIZE, 0);
 /* UDP flows (a datagram has no handshake to tell a spoofed source from a real one): apart
  * from the TCP tables, so that a UDP flood cannot push out a TCP connection. */
-BPF_F_TABLE("lru_hash", struct conn_key, struct conn_value, udp_table, UDP_TABLE_SIZE, 0);
+KEPT_TABLE("lru_hash", struct conn_key, struct conn_value, udp_table, UDP_TABLE_SIZE, 0);
 /* persist_key (client net, VIP, port, proto) -> persist_value (real, last seen); program. */
-BPF_F_TABLE("lru_hash", struct persist_key, struct persist_value, persist_table,
-	    PERSIST_TABLE_SIZE, 0);
+KEPT_TABLE("lru_hash", struct persist_key, struct persist_value, persist_table,
+	   PERSIST_TABLE_SIZE, 0);
 /* 0 -> settings (interface MAC, flags, timeouts; all zero until written); control plane. */
 BPF_ARRAY(settings, struct settings, 1);
 /* service id -> per-CPU stats (new connections, packets, IP bytes forwarded); program. */

@@ -60,6 +60,17 @@ struct bpf_prog_info_head {     /* the first fields of struct bpf_prog_info */
     char name[16];
 };
 int bpf_obj_get_info_by_fd(int bpf_fd, void *info, uint32_t *info_len);
+int bpf_obj_get(const char *pathname);
+int bpf_obj_pin(int fd, const char *pathname);
+struct bpf_map_info_head {      /* the first fields of struct bpf_map_info */
+    uint32_t type;
+    uint32_t id;
+    uint32_t key_size;
+    uint32_t value_size;
+    uint32_t max_entries;
+    uint32_t map_flags;
+    char name[16];
+};
 int bpf_enable_stats(int type);
 struct bpf_map_batch_opts {
     size_t sz;
@@ -68,6 +79,8 @@ struct bpf_map_batch_opts {
 };
 int bpf_map_lookup_batch(int fd, void *in_batch, void *out_batch, void *keys, void *values,
                          uint32_t *count, const struct bpf_map_batch_opts *opts);
+int bpf_map_update_batch(int fd, const void *keys, const void *values, uint32_t *count,
+                         const struct bpf_map_batch_opts *opts);
 """)
 
 XDP_ABORTED, XDP_DROP, XDP_PASS, XDP_TX, XDP_REDIRECT = range(5)
@@ -210,6 +223,17 @@ def xdp_attach(ifindex: int, prog_fd: int, mode: str) -> None:
         raise OSError(-err, os.strerror(-err))
 
 
+def xdp_replace(ifindex: int, prog_fd: int, mode: str, old_prog_fd: int) -> None:
+    """Atomically put prog_fd in place of old_prog_fd, which must be the interface's program
+    in `mode` (otherwise OSError EEXIST): the interface is never without a program."""
+    opts = ffi.new("struct bpf_xdp_attach_opts *")
+    opts.sz = ffi.sizeof("struct bpf_xdp_attach_opts")
+    opts.old_prog_fd = old_prog_fd
+    err = _lib().bpf_xdp_attach(ifindex, prog_fd, MODE_FLAGS[mode] | XDP_FLAGS_REPLACE, opts)
+    if err:
+        raise OSError(-err, os.strerror(-err))
+
+
 def xdp_detach(ifindex: int, mode: str, only_fd: int | None = None) -> None:
     """Detach the interface's program; with only_fd, only if that is the one attached
     (otherwise OSError EEXIST), so that nobody removes a successor's program."""
@@ -231,6 +255,23 @@ def prog_fd_by_id(prog_id: int) -> int:
     if fd < 0:
         raise OSError(-fd, f"program id {prog_id}: {os.strerror(-fd)}")
     return fd
+
+
+def prog_id(fd: int) -> int:
+    """The id of the program behind `fd`."""
+    info = ffi.new("struct bpf_prog_info_head *")
+    size = ffi.new("uint32_t *", ffi.sizeof("struct bpf_prog_info_head"))
+    err = _lib().bpf_obj_get_info_by_fd(fd, info, size)
+    if err:
+        raise OSError(-err, f"program fd {fd}: {os.strerror(-err)}")
+    return info.id
+
+
+def obj_pin(fd: int, path: str) -> None:
+    """Pin a program or map at `path` on a bpffs."""
+    err = _lib().bpf_obj_pin(fd, os.fsencode(path))
+    if err:
+        raise OSError(-err, f"pinning at {path}: {os.strerror(-err)}")
 
 
 BPF_STATS_RUN_TIME = 0
@@ -271,3 +312,54 @@ def prog_name(prog_id: int) -> str:
         return ffi.string(info.name).decode(errors="replace")
     finally:
         os.close(fd)
+
+
+BPF_MAP_TYPES = {1: "hash", 2: "array", 5: "percpu_hash", 6: "percpu_array", 9: "lru_hash"}
+
+
+def pinned_map_info(path: str) -> dict | None:
+    """The attributes of the map pinned at `path` (type, key_size, value_size, max_entries,
+    map_flags), or None if nothing is pinned there."""
+    fd = _lib().bpf_obj_get(os.fsencode(path))
+    if fd < 0:
+        if -fd == errno.ENOENT:
+            return None
+        raise OSError(-fd, f"{path}: {os.strerror(-fd)}")
+    try:
+        info = ffi.new("struct bpf_map_info_head *")
+        size = ffi.new("uint32_t *", ffi.sizeof("struct bpf_map_info_head"))
+        err = _lib().bpf_obj_get_info_by_fd(fd, info, size)
+        if err:
+            raise OSError(-err, f"{path}: {os.strerror(-err)}")
+        return {"type": BPF_MAP_TYPES.get(info.type, str(info.type)),
+                "key_size": info.key_size, "value_size": info.value_size,
+                "max_entries": info.max_entries, "map_flags": info.map_flags}
+    finally:
+        os.close(fd)
+
+
+def pinned_fd(path: str) -> int:
+    """An fd for the object pinned at `path` (close it with os.close)."""
+    fd = _lib().bpf_obj_get(os.fsencode(path))
+    if fd < 0:
+        raise OSError(-fd, f"{path}: {os.strerror(-fd)}")
+    return fd
+
+
+def map_update_batch(map_fd: int, keys: bytes, values: bytes, count: int,
+                     chunk: int = 65536) -> None:
+    """Write `count` (key, value) pairs, laid out back to back in `keys` and `values`, in
+    a few syscalls (BPF_MAP_UPDATE_BATCH): how tests and bench/ fill a table."""
+    key_size, value_size = len(keys) // max(count, 1), len(values) // max(count, 1)
+    kbuf, vbuf = ffi.from_buffer(keys), ffi.from_buffer(values)
+    opts = ffi.new("struct bpf_map_batch_opts *")
+    opts.sz = ffi.sizeof("struct bpf_map_batch_opts")
+    n = ffi.new("uint32_t *")
+    done = 0
+    while done < count:
+        n[0] = min(chunk, count - done)
+        err = _lib().bpf_map_update_batch(map_fd, kbuf + done * key_size,
+                                          vbuf + done * value_size, n, opts)
+        if err:
+            raise OSError(-err, f"bpf_map_update_batch: {os.strerror(-err)}")
+        done += n[0]

@@ -3,6 +3,7 @@
 #   sudo scripts/dev.sh demo   - the 12-request LVS-DR demo on the network-namespace lab
 #   sudo scripts/dev.sh test   - the whole test suite
 #   sudo scripts/dev.sh bench  - `dr-lb bench`: dr-lb, a reflector and the kernel (--quick, --json, --plot)
+#   sudo scripts/dev.sh mutate - the mutation check of the data plane (tests/mutants.py)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 cmd=${1:-}
@@ -10,7 +11,9 @@ shift || true
 scripts/setup.sh
 case "$cmd" in
     demo)  exec .venv/bin/dr-lb lab demo "$@" ;;
-    test)  exec .venv/bin/python -m pytest -ra "$@" tests ;;
+    # Line coverage of lb/, subprocesses (`dr-lb up` in the namespaces) included.
+    test)  exec .venv/bin/python -m pytest -ra --cov=lb --cov-report=term "$@" tests ;;
     bench) exec .venv/bin/dr-lb bench "$@" ;;
-    *) echo "usage: sudo $0 demo|test|bench" >&2; exit 2 ;;
+    mutate) exec .venv/bin/python -m tests.mutation "$@" ;;
+    *) echo "usage: sudo $0 demo|test|bench|mutate" >&2; exit 2 ;;
 esac

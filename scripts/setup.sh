@@ -13,8 +13,8 @@ fi
 APT_PACKAGES=(
     python3 python3-venv python3-pip python3-bpfcc bpfcc-tools clang llvm libbpf-dev
     linux-headers-amd64 iproute2 ethtool tcpdump iputils-ping arping curl bpftool
-    python3-pyroute2 python3-click python3-cffi python3-tomlkit python3-numpy python3-scapy python3-pytest python3-matplotlib
-    shellcheck bird2 keepalived
+    python3-pyroute2 python3-click python3-cffi python3-tomlkit python3-numpy python3-scapy python3-pytest python3-pytest-cov python3-matplotlib
+    python3-prometheus-client systemd shellcheck bird2 keepalived vagrant
 )
 missing=()
 for p in "${APT_PACKAGES[@]}"; do

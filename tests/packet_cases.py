@@ -165,6 +165,7 @@ def _cases() -> list[Case]:
              why="echo reply must have swapped addresses and valid checksums"),
         passed("ping-vip-icmp-echo-off", ping(), "pass_icmp_other", config=CONFIG_NO_ICMP_ECHO),
         passed("icmp-timestamp-to-vip", ping(type=13), "pass_icmp_other"),
+        passed("ping-vip-code-1", ping(code=1), "pass_icmp_other"),
         passed("ping-not-vip", ping(OTHER_IP), "pass_not_vip"),
         # new flows, first slot of the WRR cycle
         Case("tcp-syn-vip-80", syn, "XDP_TX", "tx_service", out=forwarded(syn, RS1),

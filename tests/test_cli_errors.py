@@ -24,10 +24,25 @@ address = "198.18.0.12"
 """
 
 
+def tripwire(monkeypatch, target: str) -> None:
+    def called(*args, **kwargs):
+        pytest.fail(f"{target} was called: `up` must stop before touching the machine")
+    monkeypatch.setattr(target, called)
+
+
 @pytest.fixture
 def up(tmp_path, monkeypatch):
+    """`dr-lb up` as root on the host's lo, with everything that would touch the host
+    (taking over an instance, attaching XDP, the control socket, announcing VIPs, mounting
+    a bpffs for the kept state) replaced
+    by a failure: if a check regressed, the test fails instead of attaching to lo."""
     monkeypatch.setattr("os.geteuid", lambda: 0)
     monkeypatch.setattr(signal, "signal", lambda *a: None)   # keep pytest's handlers
+    monkeypatch.setattr("lb.director.instances.RUN_DIR", tmp_path / "run")
+    for target in ("lb.libbpf.xdp_attach", "lb.director.dataplane.Dataplane.attach",
+                   "lb.director.instances.stop_predecessor", "lb.director.instances.ControlServer",
+                   "lb.director.arp.announce", "lb.director.kept.prepare"):
+        tripwire(monkeypatch, target)
     path = tmp_path / "config.toml"
 
     def _up(text: str = CONFIG):
@@ -72,7 +87,7 @@ def test_missing_interface_is_a_config_error(up):
 @pytest.mark.skipif(os.geteuid() != 0, reason="needs root for a network namespace")
 def test_an_interface_without_ethernet_address_is_a_config_error(tmp_path):
     """A tun device has no MAC, and DR rewrites MACs: rejected before anything else."""
-    ns = "drlb-tun"
+    ns = f"drlb-tun-{os.getpid()}"   # unique: runs beside other test runs
     subprocess.run(["ip", "netns", "add", ns], check=True)
     try:
         subprocess.run(["ip", "-n", ns, "tuntap", "add", "dev", "t0", "mode", "tun"], check=True)

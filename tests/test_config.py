@@ -295,7 +295,7 @@ BAD_CHOICE = [
 
 UNKNOWN_KEYS = [
     pytest.param(DIRECTOR + "[timeout]\ntcp = 900\n" + service(),
-                 ["unknown key 'timeout'", "a typo?", "known keys: announce, director, service, timeouts"],
+                 ["unknown key 'timeout'", "a typo?", "known keys: announce, director, metrics, service, timeouts"],
                  id="typo-top-level"),
     pytest.param('[director]\ninterface = "eth0"\nxdp_mod = "native"\n' + service(),
                  ["[director]", "unknown key 'xdp_mod'", "known keys:", "xdp_mode"],
@@ -458,14 +458,14 @@ def test_a_bad_service_port_does_not_blame_its_real_servers():
 
 # --- what the data plane can hold ------------------------------------------------------
 
-def test_weights_whose_cycle_does_not_fit_are_rejected_quickly():
-    import time
+def test_weights_whose_cycle_does_not_fit_are_rejected_without_building_it(monkeypatch):
+    from lb.director import scheduler
+    monkeypatch.setattr(scheduler, "wrr_sequence", lambda weights: pytest.fail(
+        "validation must size the cycle (wrr_length), not build it"))
     # 4000 servers at 65535 and 65534: a cycle of ~262 million slots, far over capacity.
     reals = [f'address = "10.{i // 250}.{i % 250}.1"\nweight = {65535 - i % 2}'
              for i in range(4000)]
-    start = time.monotonic()
     problem = only_problem(DIRECTOR + service(VIP_SERVICE, *reals))
-    assert time.monotonic() - start < 5, "validation must not build the sequence to size it"
     assert "round-robin sequence of" in problem and "use smaller weights with the same ratio" \
         in problem, problem
 

@@ -4,11 +4,13 @@ a down server leaves the cycle, on_failure = "reschedule" moves its connections
 server's answer to a DR-path probe is hidden from the director's kernel."""
 from __future__ import annotations
 
+import ipaddress
+
 import pytest
 
 from lb import abi
 from lb.director import config as config_mod
-from lb.director.layout import real_key
+from lb.director.layout import real_key, vip_hash
 from tests.conftest import needs_root
 from tests.packet_cases import (CLIENT_IP, CONFIG, DIRECTOR_MAC, RS1, RS2, RS3, RS_MACS, VIP,
                                 forwarded, tcp, udp)
@@ -154,12 +156,22 @@ def test_probe_answer_is_passed_with_a_foreign_destination_mac(lb, flags, dport)
     assert not list(lb.dp.map("conn_table").keys())
 
 
+def same_filter_bit(vip: str) -> str:
+    """An address that is no VIP but shares the VIP's bit in the pre-filter, so that only
+    the exact VIP lookup tells them apart."""
+    return next(a for i in range(1, 1 << 24)
+                if (a := str(ipaddress.IPv4Address((10 << 24) + i))) != vip
+                and vip_hash(a) == vip_hash(vip))
+
+
 @pytest.mark.parametrize("frame, counter", [
     (probe_answer(dport=abi.CONST["PROBE_PORT_MIN"] - 1), "pass_not_vip"),
     (probe_answer(src="10.0.0.99"), "pass_not_vip"),
+    (probe_answer(src=same_filter_bit(VIP)), "pass_not_vip"),
     (udp(sport=80, dport=PROBE_PORT, src=VIP, dst=DIRECTOR_IP), "pass_not_vip"),
     (tcp("SA", sport=80, dport=PROBE_PORT, src=CLIENT_IP, dst=VIP), "pass_vip_other_port"),
-], ids=["below-the-probe-ports", "not-from-a-vip", "udp", "to-the-vip"])
+], ids=["below-the-probe-ports", "not-from-a-vip", "not-a-vip-same-filter-bit", "udp",
+        "to-the-vip"])
 def test_other_frames_are_not_taken_for_probe_answers(lb, frame, counter):
     lb = lb("keep")
     before = lb.dp.counters()

@@ -115,7 +115,8 @@ def venv(outside, wheel) -> Path:
     """A fresh `--system-site-packages` venv with the wheel installed (no dependencies:
     Debian's click, pyroute2 and cffi are visible, as in scripts/setup.sh)."""
     if not BASE_PYTHON.exists():
-        pytest.skip(f"{BASE_PYTHON} (Debian's python, which sees bcc) is missing")
+        pytest.fail(f"{BASE_PYTHON} (Debian's python, which sees bcc) is missing: "
+                    "run scripts/setup.sh")
     path = outside / "venv"
     run([BASE_PYTHON, "-m", "venv", "--system-site-packages", path], cwd=outside)
     run([path / "bin" / "python", "-m", "pip", "install", "-q", "--no-deps", "--no-index",
@@ -158,14 +159,15 @@ def test_installed_dr_lb_checks_a_config_from_outside_the_checkout(outside, venv
 
     # It runs the installed copy, C sources included, not the checkout's.
     where = run([venv / "bin" / "python", "-c",
-                 "import lb, lb.abi, bench.__main__ as b; "
+                 "import lb, lb.abi, bench.measure as b; "
                  "print(lb.__file__); print(lb.abi.BPF_DIR); print(b.HERE)"], cwd=work)
     lb_file, bpf_dir, bench_dir = (Path(line) for line in where.stdout.split())
     site = lb_file.parent.parent
     assert site.is_relative_to(venv.resolve()), lb_file
     assert bpf_dir == site / "lb" / "bpf"
     assert (bpf_dir / "dr_lb.c").is_file() and (bpf_dir / "dr_lb_consts.h").is_file()
-    assert (bench_dir / "reflector.c").is_file() and bench_dir.is_relative_to(site)
+    assert (bench_dir / "reflector.c").is_file() and (bench_dir / "progs.c").is_file() \
+        and bench_dir.is_relative_to(site)
 
 
 @pytest.mark.root

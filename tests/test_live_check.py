@@ -22,15 +22,17 @@ pytestmark = needs_netns
 
 
 def require_dataplane() -> None:
+    """These tests run as root (needs_netns), where setup.sh installed bcc and the
+    headers: their absence is a broken machine, a failure, not a reason to skip."""
     try:
         import bcc  # noqa: F401
     except ImportError:
-        pytest.skip("bcc is missing (python3-bpfcc): `dr-lb up` cannot run; "
+        pytest.fail("bcc is missing (python3-bpfcc): `dr-lb up` cannot run; "
                     "run scripts/setup.sh")
     from lb.director.dataplane import headers_problem
     problem = headers_problem()
     if problem:
-        pytest.skip(f"`dr-lb up` cannot compile: {problem}")
+        pytest.fail(f"`dr-lb up` cannot compile: {problem}")
 
 
 def start_director(lab: Lab, config: Path, *options: str) -> subprocess.Popen:

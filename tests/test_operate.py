@@ -6,7 +6,6 @@ import collections
 import json
 import socket
 import subprocess
-import time
 
 import pytest
 
@@ -42,6 +41,20 @@ def real(data: dict, address: str, port: int = HTTP_PORT) -> dict:
     return next(r for r in svc["real_servers"] if r["address"] == address)
 
 
+def hold(lab: Lab, n: int) -> tuple[subprocess.Popen, set[str]]:
+    """`n` TCP connections from the client to the VIP, held open until the client reads a
+    line; returns the client process and the connections' source ports."""
+    code = ("import socket, sys\n"
+            f"c = [socket.create_connection(('{VIP}', {HTTP_PORT}), 3) for _ in range({n})]\n"
+            "print(' '.join(str(s.getsockname()[1]) for s in c), flush=True)\n"
+            "sys.stdin.readline()\n")
+    holder = lab.popen("client", "python3", "-c", code, stdin=subprocess.PIPE,
+                       stdout=subprocess.PIPE, text=True)
+    ports = set(holder.stdout.readline().split())
+    assert len(ports) == n, ports
+    return holder, ports
+
+
 def test_timeout_is_printed_as_ipvsadm_does(scene):
     lab, _ = scene
     assert dr_lb(lab, "status", "--timeout").stdout.strip() == \
@@ -51,19 +64,25 @@ def test_timeout_is_printed_as_ipvsadm_does(scene):
 
 def test_rate_is_within_20_percent_of_what_the_client_sends(scene):
     lab, _ = scene
-    # 100 datagrams a second for 4 s from the client to the UDP service.
+    # 100 datagrams a second to the UDP service, for up to 20 s (ended once measured); the
+    # sender says when it has sent 1.5 s and 4 s worth: no guessing how long it starts.
     sender = lab.popen("client", "python3", "-c", (
         "import socket, time\n"
         "s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\n"
         "t = time.monotonic()\n"
-        "for i in range(400):\n"
+        "for i in range(2000):\n"
         f"    s.sendto(b'x' * 100, ('{VIP}', {UDP_PORT}))\n"
-        "    time.sleep(max(0, t + (i + 1) / 100 - time.monotonic()))\n"))
-    time.sleep(1.5)
-    dr_lb(lab, "reload")           # the rate must stay right across a reload
-    time.sleep(1.5)
-    data = status(lab, "--rate")
-    sender.wait(timeout=10)
+        "    if i + 1 in (150, 400): print(i + 1, flush=True)\n"
+        "    time.sleep(max(0, t + (i + 1) / 100 - time.monotonic()))\n"),
+        stdout=subprocess.PIPE, text=True)
+    try:
+        assert sender.stdout.readline().strip() == "150"
+        dr_lb(lab, "reload")           # the rate must stay right across a reload
+        assert sender.stdout.readline().strip() == "400"
+        data = status(lab, "--rate")   # over the 2 s before it
+    finally:
+        sender.kill()
+        sender.wait(timeout=10)
     svc = next(s for s in data["services"] if s["port"] == UDP_PORT)
     assert 80 <= svc["rate"]["inpps"] <= 120, svc["rate"]
     # 100 bytes of payload + 8 UDP + 20 IP = 128 bytes each, as the counters count them.
@@ -74,14 +93,8 @@ def test_rate_is_within_20_percent_of_what_the_client_sends(scene):
 
 def test_conns_lists_exactly_the_clients_connections_with_their_states(scene):
     lab, _ = scene
-    code = ("import socket, sys, time\n"
-            f"c = [socket.create_connection(('{VIP}', {HTTP_PORT}), 3) for _ in range(3)]\n"
-            "print(' '.join(str(s.getsockname()[1]) for s in c), flush=True)\n"
-            "sys.stdin.readline()\n")
-    holder = lab.popen("client", "python3", "-c", code, stdin=subprocess.PIPE,
-                       stdout=subprocess.PIPE, text=True)
+    holder, ports = hold(lab, 3)
     try:
-        ports = set(holder.stdout.readline().split())
         data = status(lab, "--conns", "--vip", f"{VIP}:{HTTP_PORT}")
         mine = [c for c in data["connections"]
                 if c["source"].split(":")[1] in ports]
@@ -104,14 +117,8 @@ def test_counts_are_fresh_right_after_connections_open(scene):
     # The demo's scenario: curl, then status at once. The counts must already include
     # the new connections, not those of the last background sweep.
     lab, _ = scene
-    code = ("import socket, sys\n"
-            f"c = [socket.create_connection(('{VIP}', {HTTP_PORT}), 3) for _ in range(3)]\n"
-            "print('open', flush=True)\n"
-            "sys.stdin.readline()\n")
-    holder = lab.popen("client", "python3", "-c", code, stdin=subprocess.PIPE,
-                       stdout=subprocess.PIPE, text=True)
+    holder, ports = hold(lab, 3)
     try:
-        assert holder.stdout.readline().strip() == "open"
         svc = next(s for s in status(lab)["services"]
                    if s["port"] == HTTP_PORT and s["protocol"] == "tcp")
         assert sum(r["active_conns"] for r in svc["real_servers"]) == 3, svc
@@ -193,25 +200,26 @@ def test_drain_wait_returns_after_the_last_active_connection_closes(scene):
     lab, director = scene
     rs1 = lab.real_servers[0].address
     # A connection to rs1 held open: find one with --conns.
-    code = ("import socket, sys\n"
-            f"c = [socket.create_connection(('{VIP}', {HTTP_PORT}), 3) for _ in range(4)]\n"
-            "print('open', flush=True)\n"
-            "sys.stdin.readline()\n")
-    holder = lab.popen("client", "python3", "-c", code, stdin=subprocess.PIPE,
-                       stdout=subprocess.PIPE, text=True)
+    holder, ports = hold(lab, 4)
     try:
-        assert holder.stdout.readline().strip() == "open"
-        assert real(status(lab), rs1)["active_conns"] >= 1
+        held = [c for c in status(lab, "--conns", "--real", rs1)["connections"]
+                if c["state"] == "ESTABLISHED"]
+        assert real(status(lab), rs1)["active_conns"] == len(held) >= 1, held
         waiter = lab.popen("director", *python_cmd("lb", "drain", rs1, "--wait",
                                                    "--timeout", "30"),
                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-        time.sleep(1.5)
+        seen = []
+        while not any("active connection(s) left" in line for line in seen):
+            line = waiter.stdout.readline()
+            assert line, f"drain --wait ended before reporting rs1's connections: {seen}"
+            seen.append(line)
         assert waiter.poll() is None, "drain --wait returned while rs1 still had connections"
         answers = collections.Counter(lab.curl(f"http://{VIP}:{HTTP_PORT}/") for _ in range(6))
         assert "rs1" not in answers, f"new connections must avoid the drained server: {answers}"
         assert "drained = true" in director.config_path.read_text()
         holder.communicate("\n", timeout=10)     # the client closes its connections
         out, _ = waiter.communicate(timeout=30)
+        out = "".join(seen) + out
         assert waiter.returncode == 0, out
         assert "active connection(s) left" in out and "no active connection left" in out, out
     finally:
@@ -225,14 +233,8 @@ def test_drain_wait_returns_after_the_last_active_connection_closes(scene):
 def test_drain_wait_times_out_and_says_how_many_remain(scene):
     lab, _ = scene
     rs1 = lab.real_servers[0].address
-    code = ("import socket, sys\n"
-            f"c = [socket.create_connection(('{VIP}', {HTTP_PORT}), 3) for _ in range(4)]\n"
-            "print('open', flush=True)\n"
-            "sys.stdin.readline()\n")
-    holder = lab.popen("client", "python3", "-c", code, stdin=subprocess.PIPE,
-                       stdout=subprocess.PIPE, text=True)
+    holder, ports = hold(lab, 4)
     try:
-        assert holder.stdout.readline().strip() == "open"
         r = dr_lb(lab, "drain", rs1, "--no-save", "--wait", "--timeout", "1", check=False)
         assert r.returncode == 1, r.stdout + r.stderr
         assert "still has" in r.stderr and "active connection(s)" in r.stderr, r.stderr

@@ -4,8 +4,8 @@ stateless cases (one frame, one verdict, one counter) are a table in tests/packe
 from __future__ import annotations
 
 import ctypes as ct
+import socket
 import struct
-import time
 
 import pytest
 
@@ -147,9 +147,11 @@ def test_stateless_case(program, case):
         assert r.data == case.frame, "a passed packet must leave the program unchanged"
     elif case.out is not None:
         assert r.data == case.out, case.why or "unexpected bytes out"
-    if case.counter != "tx_service":
-        assert "conn_table_insert" not in moved and "syn_table_insert" not in moved \
-            and "udp_table_insert" not in moved \
+    inserts = [moved.get(f"{t}_insert", 0) for t in ("conn_table", "syn_table", "udp_table")]
+    if case.counter == "tx_service":
+        assert sum(inserts) == 1, "a new connection is one new key, in one table"
+    else:
+        assert not any(inserts) \
             and not list(lb.dp.map("conn_table").keys()) \
             and not list(lb.dp.map("syn_table").keys()) \
             and not list(lb.dp.map("udp_table").keys()), \
@@ -234,7 +236,7 @@ def test_udp_sticks_to_server_then_expires(lb):
     assert conn_state(lb, 5000, 53, 17) == "udp"
     assert_sent_to(lb, udp(sport=5000), RS1, "same flow, same server")
     assert_sent_to(lb, udp(sport=5001), RS1, "second flow: WRR position 1")
-    time.sleep(1.3)   # udp = 1 in CONFIG
+    age_conn(lb, 1.1, 5000, 53, 17)   # udp = 1 in CONFIG
     assert_sent_to(lb, udp(sport=5000), RS2, "after the udp timeout the flow is new")
 
 
@@ -382,8 +384,10 @@ def test_reprogramming_never_mixes_services_wrr_cycles(lb):
         old_slots = set(range(offset, offset + length))
         assert not old_slots & set(range(new_offset, new_offset + new_length)), \
             "the new cycle overwrote slots the old one was read from"
-    first_slots = [seq[ct.c_uint32(offset)].value for offset, _ in after.values()]
-    assert first_slots.count(lb.layout.services[0].reals[0].real_id) >= 1
+    first_slots = {v.id: seq[ct.c_uint32(v.seq_offset)].value for v in services.values()}
+    assert first_slots == {s.svc_id: s.sequence[0] for s in lb.layout.services}, \
+        "each service's new cycle must start where the layout put it"
+    assert first_slots[0] == lb.layout.services[0].reals[0].real_id, "weight 5 goes first"
 
 
 # ---- capacity (last: it fills the table) -------------------------------------------------
@@ -407,16 +411,26 @@ def ack_from(i: int) -> bytes:
 
 
 def test_conn_table_holds_a_million_connections_then_evicts_the_oldest(lb):
+    """Presence is read from the map, not from a packet's verdict: filling the table takes
+    longer than SYN_RECV's 60 s on a loaded machine, and an expired entry is still
+    held (it is the eviction this is about)."""
     size = lb.config.director.conn_table_size
     assert size == 1_000_000, "the default must be at least a million connections"
     slots = lb.dp.conn_table_slots
+    table = lb.dp.map("conn_table")
+
+    def held(i: int) -> bool:
+        frame = syn_from(i)
+        _, key = conn_key(lb, struct.unpack("!H", frame[34:36])[0],
+                          src=socket.inet_ntoa(frame[26:30]))
+        return key in table
+
     for i in range(size):   # established: SYN, then the ACK that moves it to conn_table
         assert lb.dp.test_run(syn_from(i)).action == libbpf.XDP_TX, f"connection {i} not sent"
         lb.dp.test_run(ack_from(i))
     counts = lb.dp.conn_counts()
     assert counts.entries == size, f"{size - counts.entries} of {size} connections were lost"
-    assert lb.dp.test_run(syn_from(0)[:47] + b"\x10" + syn_from(0)[48:]).verdict == "XDP_TX", \
-        "the oldest connection must still be there"
+    assert held(0), "the oldest connection must still be there"
     extra = slots - size + 1000
     for i in range(size, size + extra):
         lb.dp.test_run(syn_from(i))
@@ -425,9 +439,6 @@ def test_conn_table_holds_a_million_connections_then_evicts_the_oldest(lb):
     inserts = lb.dp.counters()["conn_table_insert"]
     assert inserts == size + extra
     assert inserts - counts.entries >= 1000, "a full table must evict, and the count shows it"
-    newest = syn_from(size + extra - 1)
-    ack = newest[:47] + b"\x10" + newest[48:]
-    assert lb.dp.test_run(ack).verdict == "XDP_TX", "the newest connection must be kept"
-    second = syn_from(1)
-    assert lb.dp.test_run(second[:47] + b"\x10" + second[48:]).verdict == "XDP_PASS", \
-        "one of the least recently used connections should have been evicted"
+    assert held(size + extra - 1), "the newest connection must be kept"
+    assert not all(held(i) for i in range(1, 1001)), \
+        "some of the least recently used connections should have been evicted"

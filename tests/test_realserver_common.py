@@ -182,11 +182,19 @@ def one(findings: list[dict], code: str) -> dict:
     return found[0]
 
 
-def arp_answers(lab: Lab, host: str, target: str, wait_s: float = 0.3) -> list[str]:
-    """Every MAC that answers host's ARP who-has target."""
+def arp_answers(lab: Lab, host: str, target: str, wait_s: float = 1.0) -> list[str]:
+    """Every MAC that answers host's ARP who-has target (two rounds of wait_s).
+
+    "Nobody answers" is only concluded when, in the same listen, a control address that
+    must answer (another host's own address) did: the listener was up and frames flowed."""
+    control = next(h.address for h in lab.hosts if h.name != host and h.role != "real")
     code = ("import json, sys; from lb.director.arp import who_has; "
-            f"print(json.dumps(who_has('eth0', ['{target}'], {wait_s}, rounds=2)['{target}']))")
-    return json.loads(lab.run(host, PY, "-c", code).stdout)
+            f"print(json.dumps(who_has('eth0', ['{target}', '{control}'], {wait_s}, "
+            "rounds=2)))")
+    found = json.loads(lab.run(host, PY, "-c", code).stdout)
+    assert found[control], (f"{control} did not answer ARP from {host} either: the listen "
+                            f"for {target} proves nothing")
+    return found[target]
 
 
 def can_ping(lab: Lab, src: str, dst: str) -> bool:

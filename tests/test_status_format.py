@@ -179,12 +179,24 @@ def test_collect_gives_what_format_table_reads():
     data = status.collect(cfg, t, fake, "eth0", "generic",
                           SimpleNamespace(per_real={0: (3, 4)}, entries=7))
     json.dumps(data)   # --json must be able to print it
-    assert set(data) >= {"interface", "xdp_mode", "timeouts", "services"}
-    svc = data["services"][0]
-    assert set(svc) >= {"vip", "port", "protocol", "scheduler", "persistent", "counters",
-                        "real_servers"}
-    assert set(svc["real_servers"][0]) >= {"address", "port", "weight", "mac", "active_conns",
-                                           "inactive_conns", "conns", "in_packets", "in_bytes"}
+    assert (data["interface"], data["xdp_mode"], data["timeouts"]) == \
+        ("eth0", "generic", {"tcp": 900, "tcpfin": 120, "udp": 300})
+    assert data["counters"] == dict(dict.fromkeys(abi.COUNTERS, 0), conn_table_insert=7)
+    assert (data["conn_table"]["entries"], data["conn_table"]["inserts"]) == (7, 7)
+    svc, = data["services"]
+    want = {"vip": VIP, "port": 80, "protocol": "tcp", "scheduler": "wrr", "persistent": 60,
+            "persistent_netmask": "255.255.255.0",
+            "counters": {"conns": 7, "in_packets": 70, "in_bytes": 7000}}
+    assert {k: svc[k] for k in want} == want
+    want_reals = [
+        {"address": "192.168.0.12", "port": 80, "weight": 2, "mac": "52:54:00:00:00:12",
+         "schedulable": True, "active_conns": 3, "inactive_conns": 4, "conns": 7,
+         "in_packets": 70, "in_bytes": 7000},
+        {"address": "192.168.0.13", "port": 80, "weight": 1, "mac": None,
+         "schedulable": False, "active_conns": 0, "inactive_conns": 0, "conns": 0,
+         "in_packets": 0, "in_bytes": 0}]
+    assert [{k: r[k] for k in w} for r, w in zip(svc["real_servers"], want_reals)] == want_reals
+    assert len(svc["real_servers"]) == 2
     out = status.format_table(data)
     assert re.search(rf"^TCP  {re.escape(VIP)}:80 +wrr +7 +70 +7000 +persistent 60 mask "
                      r"255\.255\.255\.0$", out, re.M), out

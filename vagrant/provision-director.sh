@@ -4,15 +4,14 @@
 #
 # The repository is rsynced to /vagrant. This runs the project's own setup (apt packages,
 # kernel header links for bcc, bpffs, the venv in /vagrant/.venv), then installs and
-# starts dr-lb.service, which runs
-#   /vagrant/.venv/bin/dr-lb up /vagrant/vagrant/director.toml --replace
+# starts the unit `dr-lb systemd-unit --install` writes (dr-lb.service, Type=notify),
+# which runs /vagrant/.venv/bin/dr-lb up --replace /vagrant/vagrant/director.toml
 set -euo pipefail
 
 DIP=${1:?usage: provision-director.sh DIRECTOR_ADDRESS}
 REPO=/vagrant
 CONFIG=$REPO/vagrant/director.toml
 DRLB=$REPO/.venv/bin/dr-lb
-UNIT=/etc/systemd/system/dr-lb.service
 
 "$REPO/scripts/setup.sh"
 # The kernel's own IPVS, for the side-by-side run in vagrant/bench.sh.
@@ -39,29 +38,12 @@ else
 fi
 "$DRLB" check "$CONFIG"
 
-cat > "$UNIT" <<UNIT_EOF
-# Installed by vagrant/provision-director.sh
-[Unit]
-Description=dr-lb LVS-DR load balancer (XDP) on $nic
-Documentation=file://$REPO/README.md file://$REPO/vagrant/README.md
-Wants=network-online.target
-After=network-online.target
-
-[Service]
-Environment=PYTHONUNBUFFERED=1
-# --replace: after a crash, take over the XDP program the dead process left attached.
-ExecStart=$DRLB up $CONFIG --replace
-Restart=on-failure
-RestartSec=5
-
-[Install]
-WantedBy=multi-user.target
-UNIT_EOF
-systemctl daemon-reload
-systemctl enable dr-lb.service
+# The unit `dr-lb systemd-unit` writes (Type=notify, hardening, the capabilities it needs);
+# --install writes /etc/systemd/system/dr-lb.service and enables it.
+"$DRLB" systemd-unit --config "$CONFIG" --install
 systemctl restart dr-lb.service
 
-# Compiling the XDP program takes a few seconds; wait for the control socket.
+# systemctl restart returns once the unit said READY=1 (attached and programmed).
 for _ in $(seq 120); do
     if "$DRLB" status --interface "$nic" >/dev/null 2>&1; then
         journalctl -u dr-lb.service -b --no-pager -o cat | grep 'dr-lb: ready' | tail -n 1 || true

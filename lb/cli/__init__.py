@@ -61,12 +61,15 @@ def load_config(path: str, system: bool = True) -> config_mod.Config:
 @main.command()
 @click.argument("config_file", metavar="CONFIG", type=click.Path(dir_okay=False))
 @click.option("--replace", is_flag=True,
-              help="Take over the interface even if an XDP program is attached.")
+              help="Take over from the running (or a crashed) instance: the new program "
+                   "goes in place of the old one in one step, then the old process stops; "
+                   "connections continue.")
 @click.option("--exit-on-link-loss", is_flag=True,
               help="Exit (status 3) when the interface is deleted, instead of waiting for "
                    "an interface of that name and attaching to it again.")
 def up(config_file: str, replace: bool, exit_on_link_loss: bool) -> None:
-    """Validate CONFIG, attach XDP and balance until SIGINT/SIGTERM."""
+    """Validate CONFIG, attach XDP and balance until SIGINT/SIGTERM. Connections, persistence
+    templates and WRR positions kept by a previous instance are reused."""
     from lb.director import daemon, instances
     instances.require_root()
     cfg = load_config(config_file)
@@ -126,11 +129,42 @@ def reload(interface: str | None) -> None:
 
 @main.command()
 @INTERFACE
-def down(interface: str | None) -> None:
-    """Stop the running instance, or remove a leftover XDP program."""
+@click.option("--forget", is_flag=True,
+              help="Also remove the kept state (connections, persistence templates, WRR "
+                   "positions, ids), so that the next up starts empty.")
+def down(interface: str | None, forget: bool) -> None:
+    """Stop the running instance, or remove a leftover XDP program. The connection state
+    is kept for the next `up` (a restart keeps connections) unless --forget."""
     from lb.director import instances
     instances.require_root()
+    if forget:
+        interface = instances.pick_interface(
+            interface, "dr-lb is not running in this network namespace; to forget the "
+                       "kept state of an interface give --interface")
     for line in instances.down(interface):
+        click.echo(line)
+    if forget:
+        from lb.director import kept
+        for line in kept.forget(interface) or [f"no kept state for {interface}"]:
+            click.echo(line)
+
+
+@main.command("systemd-unit")
+@click.option("--config", "config_file", default="/etc/dr-lb/director.toml",
+              show_default=True, type=click.Path(dir_okay=False),
+              help="The config the service runs.")
+@click.option("--install", is_flag=True,
+              help="Write /etc/systemd/system/dr-lb.service, reload systemd and enable it.")
+def systemd_unit(config_file: str, install: bool) -> None:
+    """Print (or install and enable) a systemd unit for the director."""
+    from lb.director import unit
+    text = unit.unit_text(config_file, unit.dr_lb_command())
+    if not install:
+        click.echo(text, nl=False)
+        return
+    from lb.director import instances
+    instances.require_root()
+    for line in unit.install(text):
         click.echo(line)
 
 

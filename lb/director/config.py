@@ -49,7 +49,8 @@ HEALTH_INTERVAL_S = (0.1, 3600)
 HEALTH_COUNT = (1, 100)
 URL_PATH_RE = re.compile(r"^/[\x21-\x7e]*$")
 HOST_RE = re.compile(r"^[\x21-\x7e]+$")
-TOP_KEYS = {"director", "timeouts", "service", "announce"}
+METRICS_KEYS = {"listen"}
+TOP_KEYS = {"director", "timeouts", "service", "announce", "metrics"}
 
 
 class ConfigError(Exception):
@@ -256,11 +257,17 @@ class Announce:
 
 
 @dataclass(frozen=True)
+class Metrics:
+    listen: tuple[str, int]     # where `up` serves Prometheus' /metrics
+
+
+@dataclass(frozen=True)
 class Config:
     director: Director
     timeouts: Timeouts = field(default_factory=Timeouts)
     services: tuple[Service, ...] = ()
     source: str = "config"
+    metrics: Metrics | None = None   # [metrics]; None: no /metrics
     announce: Announce | None = None
 
     @property
@@ -441,6 +448,21 @@ def from_dict(data: dict, source: str = "config") -> Config:
     timeouts = Timeouts(**{k: c.integer("[timeouts]", t, k, getattr(Timeouts, k), 1, one_year)
                            for k in ("tcp", "tcpfin", "udp")})
 
+    metrics = None
+    if "metrics" in data:
+        m = c.table("", data, "metrics")
+        c.unknown_keys("[metrics]", m, METRICS_KEYS)
+        listen = _listen(m.get("listen"))
+        if "listen" not in m:
+            c.fail("[metrics]", "listen is missing: write listen = \"127.0.0.1:9469\" (where "
+                                "to serve /metrics), or remove [metrics] to serve none")
+        elif listen is None:
+            c.fail("[metrics]", f"listen = {m.get('listen')!r} is not an address:port to "
+                                "serve /metrics on; write it as listen = \"127.0.0.1:9469\" "
+                                "(or remove [metrics] to serve none)")
+        else:
+            metrics = Metrics(listen=listen)
+
     raw_services = data.get("service", [])
     if not isinstance(raw_services, list):
         c.fail("", "service must be written as [[service]] tables")
@@ -471,7 +493,7 @@ def from_dict(data: dict, source: str = "config") -> Config:
     if c.problems:
         raise ConfigError(c.problems)
     return Config(director=director, timeouts=timeouts, services=tuple(services),
-                  source=source, announce=announce)
+                  source=source, announce=announce, metrics=metrics)
 
 
 def _announce(c: _Checker, data: dict) -> Announce:
@@ -746,6 +768,23 @@ def _health(c: _Checker, where: str, raw, base: Health, default_type: str,
                 c.fail(where, f"{key} is only used by type = \"http\" checks (here type = "
                               f"\"{values['type']}\"); remove {key} or set type = \"http\"")
     return Health(**values)
+
+
+def _listen(value) -> tuple[str, int] | None:
+    """"127.0.0.1:9469", "[::1]:9469" or ":9469" (every address) as (host, port)."""
+    if not isinstance(value, str) or ":" not in value:
+        return None
+    host, _, port = value.rpartition(":")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    if not port.isdigit() or not 1 <= int(port) <= 65535:
+        return None
+    if host:
+        try:
+            ipaddress.ip_address(host)
+        except ValueError:
+            return None
+    return host, int(port)
 
 
 def _netmask(value) -> str | None:

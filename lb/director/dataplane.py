@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from lb import abi, libbpf
+from lb.director import kept
 from lb.director.config import syn_table_size, udp_table_size
 from lb.director.layout import Layout
 from lb.errors import UserError
@@ -84,6 +85,17 @@ def _fill(obj, value):
     return obj
 
 
+def table_slots(conn_table_size: int) -> dict[str, int]:
+    """The slots of conn_table, syn_table and udp_table for `conn_table_size`. The LRU
+    keeps some free slots on each CPU's list and may evict before it is full, so each
+    table gets headroom: conn_table then holds at least conn_table_size connections."""
+    bcc = _import_bcc()
+    headroom = len(bcc.utils.get_possible_cpus()) * abi.CONST["LRU_HEADROOM_PER_CPU"]
+    return {"conn_table": conn_table_size + headroom,
+            "syn_table": syn_table_size(conn_table_size) + headroom,
+            "udp_table": udp_table_size(conn_table_size) + headroom}
+
+
 @dataclass
 class Stats:
     conns: int = 0
@@ -97,27 +109,32 @@ class ConnCounts:
     entries: int                           # in conn_table
     half_open: int = 0                     # in syn_table
     udp: int = 0                           # in udp_table
+    kept: int = 0      # conn_table entries this program found at its start (lb/director/monitor.py)
+    inserts: int = 0   # conn_table_insert read just before the table was (lb/director/monitor.py)
 
 
 class Dataplane:
     """One compiled, loaded instance of bpf/dr_lb.c and its maps."""
 
-    def __init__(self, conn_table_size: int = abi.CONST["CONN_TABLE_SIZE"]):
+    def __init__(self, conn_table_size: int = abi.CONST["CONN_TABLE_SIZE"],
+                 pin_dir: Path | None = None):
+        """Compile and load. With `pin_dir` (a bpffs directory), the maps that outlive the
+        process (lb/director/kept.py) are pinned there, or reused if already pinned."""
         bcc = _import_bcc()
         problem = headers_problem()
         if problem:
             raise UserError(problem)
-        # The LRU keeps some free slots on each CPU's list and may evict before it is
-        # full, so it gets headroom: it then holds at least conn_table_size connections.
-        cpus = len(bcc.utils.get_possible_cpus())
-        headroom = cpus * abi.CONST["LRU_HEADROOM_PER_CPU"]
-        self.conn_table_slots = conn_table_size + headroom
-        self.syn_table_slots = syn_table_size(conn_table_size) + headroom
-        self.udp_table_slots = udp_table_size(conn_table_size) + headroom
+        slots = table_slots(conn_table_size)
+        self.conn_table_slots = slots["conn_table"]
+        self.syn_table_slots = slots["syn_table"]
+        self.udp_table_slots = slots["udp_table"]
         cflags = [f"-I{abi.BPF_DIR}", f"-DCONN_TABLE_SIZE={self.conn_table_slots}",
                   f"-DSYN_TABLE_SIZE={self.syn_table_slots}",
                   f"-DUDP_TABLE_SIZE={self.udp_table_slots}",
                   f"-DTICK_NS={tick_ns()}ULL"]
+        if pin_dir is not None:
+            cflags.append(f'-DDRLB_PIN_DIR="{pin_dir}"')
+        self.pin_dir = pin_dir
         try:
             self.bpf = bcc.BPF(src_file=str(abi.PROGRAM).encode(), cflags=cflags)
             self.fn = self.bpf.load_func(abi.PROGRAM_NAME.encode(), bcc.BPF.XDP)
@@ -128,6 +145,8 @@ class Dataplane:
         except Exception as e:  # bcc raises bare Exception
             raise UserError(f"the XDP program did not compile or load: {e}") from None
         self.conn_table_size = conn_table_size
+        # (map, id) -> what zero_stats() took away, so that totals never go back (metrics).
+        self.zeroed: dict[tuple[str, int], Stats] = {}
         self.attached: tuple[int, str] | None = None   # (ifindex, mode)
         # reals rows hold the layout's fields and the connection-count correction, which
         # the monitor's sweeps write; both writers take this lock.
@@ -143,8 +162,28 @@ class Dataplane:
         return self.bpf[name.encode()]
 
     # ---- attach ----------------------------------------------------------------------
-    def attach(self, ifindex: int, mode: str) -> str:
-        """Attach in `mode` ("native", "generic" or "auto"); returns the mode obtained."""
+    def attach(self, ifindex: int, mode: str, replace: tuple[int, str] | None = None) -> str:
+        """Attach in `mode` ("native", "generic" or "auto"); returns the mode obtained.
+
+        With `replace` = (program id, its mode), put ours in place of that program in one
+        step (XDP_FLAGS_REPLACE), so that no packet meets the interface without one; "auto"
+        then keeps the old program's mode."""
+        if replace:
+            old_id, old_mode = replace
+            if mode in ("auto", old_mode):
+                old_fd = self._program_fd(old_id)
+                try:
+                    libbpf.xdp_replace(ifindex, self.prog_fd, old_mode, old_fd)
+                except OSError as e:
+                    raise UserError(f"cannot replace the XDP program (id {old_id}, "
+                                    f"{old_mode}): {e.strerror}") from None
+                finally:
+                    os.close(old_fd)
+                self.attached = (ifindex, old_mode)
+                self._pin_program()
+                return old_mode
+            # Another mode cannot be swapped in one step: remove, then attach.
+            libbpf.xdp_detach(ifindex, old_mode)
         tries = ["native", "generic"] if mode == "auto" else [mode]
         errors = []
         for m in tries:
@@ -154,19 +193,76 @@ class Dataplane:
                 errors.append(f"{m}: {e.strerror}")
                 continue
             self.attached = (ifindex, m)
+            self._pin_program()
             return m
         raise UserError(f"cannot attach XDP ({'; '.join(errors)})")
 
-    def detach(self) -> None:
-        """Detach our program, and only ours: after a takeover it is someone else's."""
+    # The attached program is pinned beside the kept maps, so that a successor (`up
+    # --replace`, after a crash too) takes it over by path (`bpftool prog show pinned`
+    # finds it too); by id (BPF_PROG_GET_FD_BY_ID) is the fallback.
+    PROGRAM_PIN = kept.PROGRAM_PIN
+
+    def _pin_program(self) -> None:
+        if self.pin_dir is None:
+            return
+        path = self.pin_dir / self.PROGRAM_PIN
+        try:
+            path.unlink(missing_ok=True)
+            libbpf.obj_pin(self.prog_fd, str(path))
+        except OSError as e:   # a successor then needs CAP_SYS_ADMIN; keep balancing
+            print(f"dr-lb: warning: cannot pin the program at {path}: {e}", flush=True)
+
+    def _program_fd(self, prog_id: int) -> int:
+        """An fd for the attached program `prog_id`: from its pin when the pin is that
+        program, else by its id."""
+        if self.pin_dir is not None:
+            try:
+                fd = libbpf.pinned_fd(str(self.pin_dir / self.PROGRAM_PIN))
+            except OSError:
+                fd = None
+            if fd is not None:
+                if libbpf.prog_id(fd) == prog_id:
+                    return fd
+                os.close(fd)
+        try:
+            return libbpf.prog_fd_by_id(prog_id)
+        except OSError as e:
+            if e.errno != errno.EPERM:
+                raise
+            raise UserError(f"cannot take over the XDP program (id {prog_id}): dr-lb did "
+                            "not pin it, and taking a program by its id needs "
+                            "CAP_SYS_ADMIN; run as full root, or `dr-lb down` it first") \
+                from None
+
+    def _unpin_program(self) -> None:
+        """Remove the program's pin if it is ours (not a successor's)."""
+        if self.pin_dir is None:
+            return
+        path = self.pin_dir / self.PROGRAM_PIN
+        try:
+            fd = libbpf.pinned_fd(str(path))
+        except OSError:
+            return
+        try:
+            if libbpf.prog_id(fd) == libbpf.prog_id(self.prog_fd):
+                path.unlink(missing_ok=True)
+        finally:
+            os.close(fd)
+
+    def detach(self) -> bool:
+        """Detach our program, and only ours: after a takeover it is someone else's.
+        Whether ours was still there and is now detached."""
         if self.attached:
             ifindex, mode = self.attached
             self.attached = None
             try:
                 libbpf.xdp_detach(ifindex, mode, only_fd=self.prog_fd)
+                self._unpin_program()
+                return True
             except OSError as e:
                 if e.errno not in (errno.EEXIST, errno.ENODEV, errno.ENOENT):
                     raise
+        return False
 
     # ---- programming the maps ----------------------------------------------------------
     def write(self, layout: Layout) -> None:
@@ -324,6 +420,18 @@ class Dataplane:
                            for i in np.flatnonzero(active + inactive)}, len(main),
                           len(half_open), len(udp))
 
+    def referenced_ids(self) -> tuple[set[int], set[int]]:
+        """(svc_ids, real_ids) that entries of conn_table and persist_table refer to."""
+        import numpy as np
+        _, values = self.connections()
+        table = self.map("persist_table")
+        _, pvalues, n = libbpf.map_dump(table.map_fd, ct.sizeof(table.Key),
+                                        ct.sizeof(table.Leaf), abi.CONST["PERSIST_TABLE_SIZE"])
+        pv = np.frombuffer(pvalues, abi.numpy_dtype("persist_value"), n)
+        return ({int(i) for i in np.unique(values["svc_id"])},
+                {int(i) for i in np.unique(np.concatenate([values["real_id"],
+                                                           pv["real_id"]]))})
+
     def counted_conns(self) -> dict[int, tuple[int, int]]:
         """(active, inactive) per real_id as the program counts them (real_conns),
         before the correction; real servers at (0, 0) left out."""
@@ -354,14 +462,24 @@ class Dataplane:
         for name, ids in (("svc_stats", svc_ids), ("real_stats", real_ids)):
             table = self.map(name)
             for i in ids:
+                before = self._stats(name, i)
                 table[ct.c_uint32(i)] = table.Leaf()   # per-CPU: every CPU's slot zeroed
+                z = self.zeroed.setdefault((name, i), Stats())
+                z.conns, z.packets, z.bytes = (z.conns + before.conns,
+                                               z.packets + before.packets,
+                                               z.bytes + before.bytes)
+
+    def zeroed_stats(self, name: str, index: int) -> Stats:
+        """What zero_stats() has taken from this entry since the program was loaded."""
+        return self.zeroed.get((name, index), Stats())
 
     # ---- running packets without a network -----------------------------------------------
     def test_run(self, packet: bytes, repeat: int = 1) -> libbpf.TestRun:
         return libbpf.test_run(self.prog_fd, packet, repeat=repeat)
 
-    def close(self) -> None:
+    def close(self) -> bool:
+        """Detach (if ours is still attached) and unload; whether it detached."""
         try:
-            self.detach()
+            return self.detach()
         finally:
             self.bpf.cleanup()

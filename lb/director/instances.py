@@ -24,10 +24,23 @@ from lb.director.netif import netns_id
 from lb.errors import UserError
 
 RUN_DIR = Path(os.environ.get("DR_LB_RUN_DIR", "/run/dr-lb"))
+STOP_WAIT_S = 10.0       # how long `down` and `up --replace` wait for an instance to stop
+BPFFS = RUN_DIR / "bpffs"        # lb/director/kept.py: the state that outlives `up`
 
 
 def _prefix() -> str:
     return f"{netns_id()}-"
+
+
+def instance_key(interface: str) -> str:
+    """Names everything of the instance on `interface` in this network namespace."""
+    return f"{_prefix()}{interface}"
+
+
+def program_pin(interface: str) -> Path:
+    """Where `up` pins its attached program, beside the kept maps (lb/director/kept.py),
+    for a successor to take over by path."""
+    return BPFFS / instance_key(interface) / "program"
 
 
 def socket_path(interface: str) -> Path:
@@ -296,27 +309,26 @@ def stop_instance(state: dict) -> str | None:
     if pid is None:
         return None
     os.kill(pid, signal.SIGTERM)
-    deadline = time.monotonic() + 10
+    deadline = time.monotonic() + STOP_WAIT_S
     while _alive(pid) and time.monotonic() < deadline:
         time.sleep(0.05)
     if _alive(pid):
-        raise UserError(f"dr-lb (pid {pid}) did not stop within 10 s")
+        raise UserError(f"dr-lb (pid {pid}) did not stop within {STOP_WAIT_S:.0f} s")
     return f"stopped dr-lb (pid {pid}) on {state['interface']}"
 
 
-def take_over(interface: str) -> list[str]:
-    """--replace: stop the instance that owns the interface, clear what is left."""
-    done = []
-    stopped = stop_instance({"interface": interface})
-    done += [stopped] if stopped else []
+def stop_predecessor(interface: str) -> list[str]:
+    """--replace, once the new program is attached in place of the old one: stop the
+    instance that ran it (the lock's holder; it exits without detaching its successor's
+    program), and clear the files of one that died without a word. The caller then
+    takes the lock."""
+    try:
+        stopped = stop_instance({"interface": interface})
+    except UserError as e:      # the caller's wait for the lock says what to do
+        return [str(e)]
     if lock_holder(interface) is None:   # nobody owns the files now: clear leftovers
         remove_state(interface)
-    iface = netif.interface(interface)
-    if iface and iface.xdp_mode:
-        detach_any(iface)
-        done.append(f"removed the XDP program that was on {interface} (id "
-                    f"{iface.xdp_prog_id}, {iface.xdp_mode})")
-    return done
+    return [stopped] if stopped else []
 
 
 def down(interface: str | None) -> list[str]:
@@ -346,6 +358,7 @@ def down(interface: str | None) -> list[str]:
                             f"{owner!r}) is not dr-lb's; leaving it. To remove it anyway: "
                             f"`ip link set dev {interface} xdp off`")
         detach_any(iface)
+        program_pin(interface).unlink(missing_ok=True)   # a pin keeps a program loaded
         done.append(f"removed a leftover XDP program (id {iface.xdp_prog_id}, "
                     f"{iface.xdp_mode}) from {interface}")
     if lock_holder(interface) is None:

@@ -89,6 +89,14 @@ class ServiceEntry:
                 | (f["sloppy"] if svc.sloppy else 0))
 
 
+def _lowest_free(used) -> int:
+    """The smallest id not in `used` (ids kept across restarts may have holes, see
+    lb/director/kept.py)."""
+    taken = set(used)
+    return len(taken) if max(taken, default=-1) < len(taken) else \
+        next(i for i in range(len(taken) + 1) if i not in taken)
+
+
 @dataclass
 class Ids:
     """Map indexes that stay put across reloads, so that live connections (which hold a
@@ -102,11 +110,16 @@ class Ids:
     servers: dict[int, RealServer] = field(default_factory=dict)   # real_id -> last config
 
     def service(self, svc: Service) -> int:
-        return self.services.setdefault((svc.vip, svc.port, svc.protocol), len(self.services))
+        key = (svc.vip, svc.port, svc.protocol)
+        if key not in self.services:
+            self.services[key] = _lowest_free(self.services.values())
+        return self.services[key]
 
     def real(self, svc: Service, rs: RealServer) -> int:
-        real_id = self.reals.setdefault((svc.vip, svc.port, svc.protocol, rs.address),
-                                        len(self.reals))
+        key = (svc.vip, svc.port, svc.protocol, rs.address)
+        if key not in self.reals:
+            self.reals[key] = _lowest_free(self.reals.values())
+        real_id = self.reals[key]
         self.servers[real_id] = rs
         return real_id
 

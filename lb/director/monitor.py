@@ -38,6 +38,7 @@ class Monitor:
         self.dp = dataplane
         self.ids = ids
         self.counts = None              # the last ConnCounts
+        self.kept = 0                   # entries the table held when counting started
         self.counted_at = 0.0           # monotonic time that read started
         self.sweep_s = 0.0
         self._samples: collections.deque = collections.deque()
@@ -51,6 +52,10 @@ class Monitor:
         # an empty table looks expensive and `status` would wait for the sweeper.
         self.sweep_once()
         self.sweep_once()
+        # Entries a restarted program found (kept from its predecessor) are not inserts of
+        # this run: evictions = inserts + kept - entries.
+        self.kept = max(0, self.counts.entries - self.counts.inserts)
+        self.counts.kept = self.kept
         for t in self._threads:
             t.start()
         return self
@@ -63,7 +68,9 @@ class Monitor:
     # ---- connection counts -------------------------------------------------------------
     def sweep_once(self) -> None:
         start = time.monotonic()
+        inserts = self.dp.counters()["conn_table_insert"]   # before: evictions >= 0
         counts = self.dp.conn_counts()
+        counts.kept, counts.inserts = self.kept, inserts
         self.dp.write_conn_fix(conn_fixes(counts.per_real, self.dp.counted_conns()))
         with self._lock:
             self.counts, self.counted_at = counts, start
@@ -81,6 +88,13 @@ class Monitor:
         under CHEAP_SWEEP_S), else from the last sweep."""
         if self.sweep_s < CHEAP_SWEEP_S:
             self.sweep_once()
+        with self._lock:
+            return self.counts, time.monotonic() - self.counted_at
+
+    def last_counts(self):
+        """The counts of the last complete sweep and their age, never counting now: what
+        /metrics shows, so that a scrape costs the same at any table size (the sweeper
+        keeps a small table's counts ~0.2 s fresh)."""
         with self._lock:
             return self.counts, time.monotonic() - self.counted_at
 

@@ -44,6 +44,8 @@ class Reconciler:
         self.link_gone_since: float | None = None   # time.monotonic() it was deleted
         self.link_changes = 0
         self.announce_pending = False               # VIPs to announce once the link is up
+        # Called with (ids, layout) after every write (lb/director/kept.py records them).
+        self.after_program: Callable | None = None
         # [announce]: set by start_announcing() once the program is attached.
         self.announcer: announce_mod.Announcer | None = None
         # [director] vrrp: the role keepalived gave us last (`dr-lb vrrp STATE`), kept in
@@ -200,6 +202,8 @@ class Reconciler:
                                            health=self.health.states() if self.health else {},
                                            answer_arp=self.answers_arp)
             self.dp.write(self.layout)
+            if self.after_program:
+                self.after_program(self.ids, self.layout)
             usable = self.layout.usable_vips
         if self.announcer:
             self.announcer.update(usable, "real servers changed")

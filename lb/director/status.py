@@ -75,8 +75,10 @@ def collect(config: Config, layout: Layout, dataplane, interface: str, xdp_mode:
             "entries": conns.entries,
             "counted_s_ago": round(conns_age_s, 3),
             "inserts": inserts,
-            # Nothing deletes entries but the LRU, so every missing insert was evicted.
-            "evicted": max(0, inserts - conns.entries),
+            # Nothing deletes entries but the LRU, so every missing insert was evicted
+            # (entries kept from before a restart were not inserted by this program).
+            "evicted": max(0, getattr(conns, "inserts", inserts) + getattr(conns, "kept", 0)
+                           - conns.entries),
         },
         # Half-open TCP connections (SYN seen, not yet the client's ACK), kept apart so
         # that a SYN flood evicts only these: what the flood pushed out shows as evicted.

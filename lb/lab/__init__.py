@@ -19,6 +19,8 @@ from dataclasses import dataclass, field
 from pyroute2 import IPRoute, NetNS, netns
 
 from lb import libbpf
+from lb.director import kept
+from lb.lab.servers import ECHO_PORT
 
 SUBNET_PREFIX = 24
 CLIENT_IP = "198.18.0.10"
@@ -65,6 +67,7 @@ def wait_ready(proc: subprocess.Popen, timeout: float = 120) -> None:
     """Read `dr-lb up`'s output until its ready line; raise with the output if it ends
     first or nothing is ready within `timeout` seconds (then the process is killed)."""
     lines: list[str] = []
+    proc.early_lines = lines   # what it said up to ready (tests read the notices)
     ready = threading.Event()
 
     def read() -> None:
@@ -135,6 +138,9 @@ class Lab:
 
     def create(self) -> None:
         self.destroy()
+        # dr-lb up keeps its state on a bpffs under /run; mounted here, in this (the host's)
+        # mount namespace, it is seen by every `ip netns exec` (KERNEL-NOTES).
+        kept.ensure_bpffs()
         for name in self.namespaces():
             netns.create(name)
         bridges = sorted({b for h in self.hosts for _, b, _ in h.interfaces()})
@@ -231,6 +237,10 @@ class Lab:
                 p.wait()
         self._procs.clear()
         existing = set(netns.listnetns())
+        for h in self.hosts:
+            if h.role == "director" and self.ns(h.name) in existing:
+                with self.inside(h.name):   # a later namespace may get the same id
+                    kept.forget("eth0")
         # `realserver down` forgets what `realserver up` remembered in /run (failures
         # ignored: a host it never prepared has nothing to undo).
         down = python_cmd("lb", "realserver", "down", VIP)
@@ -296,10 +306,12 @@ class Lab:
 
     def director_config(self, *, udp_timeout: int = 300, persistent: int = 60,
                         weights: dict[str, int] | None = None,
-                        extra_director: str = "", extra_vips: tuple[str, ...] = ()) -> str:
+                        extra_director: str = "", extra_vips: tuple[str, ...] = (),
+                        echo: bool = False, extra: str = "") -> str:
         """The director's TOML for the lab: HTTP on 80 (wrr), HTTP on 8080 with
         persistence (/24), and UDP on 5300 (rr, so that a rescheduled flow moves);
-        `extra_vips` get an HTTP service each."""
+        `extra_vips` get an HTTP service each; `echo` adds the TCP line echo (wrr);
+        `extra` is appended as it is (a [metrics] table, say)."""
         weights = weights or {h.name: h.weight for h in self.real_servers}
 
         def reals() -> str:
@@ -317,6 +329,9 @@ class Lab:
             f"scheduler = \"rr\"\n{reals()}"
             + "".join(f"\n[[service]]\nvip = \"{vip}\"\nport = {HTTP_PORT}\n{reals()}"
                       for vip in extra_vips)
+            + (f"\n[[service]]\nvip = \"{VIP}\"\nport = {ECHO_PORT}\nprotocol = \"tcp\"\n"
+               f"{reals()}" if echo else "")
+            + (f"\n{extra}\n" if extra else "")
         )
 
     def curl(self, url: str, timeout: float = 5) -> str:

@@ -1,15 +1,19 @@
 """The tiny servers the lab runs on its real servers: HTTP answering with the host's
-name (HTTP/1.1, so a client may keep its connection; /big answers BIG_BYTES), and a UDP
-echo bound to the VIP. `python -m lb.lab.servers NAME VIP PORT... UDP`."""
+name (HTTP/1.1, so a client may keep its connection; /big answers BIG_BYTES), a UDP echo
+bound to the VIP, and a TCP line echo on ECHO_PORT (each line comes back as "NAME line":
+one long connection shows which server holds it).
+`python -m lb.lab.servers NAME VIP PORT... UDP`."""
 from __future__ import annotations
 
 import socket
+import socketserver
 import sys
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 
 BIG_BYTES = 200_000   # several full-size segments: what path-MTU discovery is tested with
+ECHO_PORT = 7007
 
 
 def serve(name: str, vip: str, http_ports: list[int], udp_port: int) -> None:
@@ -31,6 +35,14 @@ def serve(name: str, vip: str, http_ports: list[int], udp_port: int) -> None:
     for port in http_ports:
         server = ThreadingHTTPServer(("", port), Handler)
         threading.Thread(target=server.serve_forever, daemon=True).start()
+    class Echo(socketserver.StreamRequestHandler):
+        def handle(self):
+            for line in self.rfile:
+                self.wfile.write(f"{name} ".encode() + line)
+
+    echo = socketserver.ThreadingTCPServer(("", ECHO_PORT), Echo)
+    echo.daemon_threads = True
+    threading.Thread(target=echo.serve_forever, daemon=True).start()
     # Bound to the VIP so that replies leave with the VIP as source (DR needs that).
     udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     udp.bind((vip, udp_port))
