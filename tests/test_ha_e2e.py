@@ -130,19 +130,32 @@ def test_configs_pass_the_daemons_own_checkers(bgp):
 
 # ---- active/active ------------------------------------------------------------------------
 
+def bgp_sessions(lab: HaLab) -> list[str]:
+    """The router's BGP sessions as BIRD lists them (state and since when): a flap shows."""
+    return [line for line in lab.birdc("router", "show", "protocols").splitlines()
+            if " BGP " in line]
+
+
 def test_both_directors_carry_traffic_and_agree_on_the_real_server(bgp):
     assert bgp.vip_next_hops() == BOTH
+    before = bgp_sessions(bgp)
     with flows(bgp, 60) as results:
         time.sleep(1)
         on = {d: conns(bgp, d, results.ports) for d in DIRECTORS}
+    # On a starved machine BFD (3 x 100 ms) may drop a session for a moment: the router
+    # then moves flows to the other director and back, which sloppy pickup survives.
+    # Each flow is then on both, and both must still send it to the same real server.
+    flapped = bgp_sessions(bgp) != before
     assert_unbroken(results)
     assert on["dir1"] and on["dir2"], f"the router should spread {FLOWS} flows: {on}"
     for r in results:
         carried = [d for d in DIRECTORS if r["sport"] in on[d]]
-        assert len(carried) == 1, f"port {r['sport']} is on {carried}"
-        assert on[carried[0]][r["sport"]] == r["names"][0], (
-            f"{carried[0]} sends port {r['sport']} to {on[carried[0]][r['sport']]} but "
-            f"{r['names'][0]} answers")
+        assert len(carried) == 1 or (flapped and carried), \
+            f"port {r['sport']} is on {carried} (BGP sessions {before} -> {bgp_sessions(bgp)})"
+        for d in carried:
+            assert on[d][r["sport"]] == r["names"][0], (
+                f"{d} sends port {r['sport']} to {on[d][r['sport']]} but "
+                f"{r['names'][0]} answers")
     assert len({r["names"][0] for r in results}) > 1, "mh-port should spread the flows"
 
 
