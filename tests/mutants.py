@@ -211,7 +211,7 @@ MUTANTS: list[Mutant] = [
       "icmp->code != 0)\n\t\treturn finish(XDP_PASS, COUNTER_PASS_NOT_VIP);",
       (c("pass_icmp_other"),)),
     # ---- forwarding and stats --------------------------------------------------------------
-    M("source-mac-kept", "__builtin_memcpy(eth->h_source, cfg->mac, ETH_ALEN);\n\treturn finish(XDP_TX, COUNTER_TX_SERVICE);",
+    M("source-mac-kept", "copy_mac(eth->h_source, cfg->mac);\n\treturn finish(XDP_TX, COUNTER_TX_SERVICE);",
       "return finish(XDP_TX, COUNTER_TX_SERVICE);", ("mac-rewrite",)),
     M("forward-counted-as-arp", "return finish(XDP_TX, COUNTER_TX_SERVICE);",
       "return finish(XDP_TX, COUNTER_TX_ARP_REPLY);", (c("tx_service"),)),
@@ -288,7 +288,7 @@ MUTANTS: list[Mutant] = [
       "(inner->protocol != IPPROTO_TCP && inner->protocol != IPPROTO_UDP))\n\t\treturn finish(XDP_PASS, COUNTER_PASS_ICMP_ERROR_NO_CONN);",
       "(inner->protocol != IPPROTO_TCP && inner->protocol != IPPROTO_UDP))\n\t\treturn finish(XDP_PASS, COUNTER_PASS_ICMP_OTHER);",
       (c("pass_icmp_error_no_conn"),)),
-    M("icmp-error-source-mac-kept", "\t__builtin_memcpy(eth->h_source, cfg->mac, ETH_ALEN);\n\treturn finish(XDP_TX, COUNTER_TX_ICMP_ERROR);",
+    M("icmp-error-source-mac-kept", "\tcopy_mac(eth->h_source, cfg->mac);\n\treturn finish(XDP_TX, COUNTER_TX_ICMP_ERROR);",
       "\treturn finish(XDP_TX, COUNTER_TX_ICMP_ERROR);", ("icmp-error", c("tx_icmp_error"))),
     # ---- other exits, each with its counter --------------------------------------------------
     M("not-ipv4-counted-as-malformed", "return finish(XDP_PASS, COUNTER_PASS_NOT_IPV4);",
