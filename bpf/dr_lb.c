@@ -752,12 +752,18 @@ static __always_inline int follow_half_open(struct conn_value *hv, struct conn_k
 /* A real server's SYN-ACK or RST to a DR-path probe: from a VIP to a probe port. Nothing
  * else comes from a VIP to the director (a real server answers clients from the VIP, and
  * the director is never a client of its own VIPs). */
+static __always_inline int probe_port(__be16 port)
+{
+	__u16 dport = bpf_ntohs(port);
+
+	return dport >= PROBE_PORT_MIN && dport <= PROBE_PORT_MAX;
+}
+
 static __always_inline int is_probe_reply(const struct conn_key *ck)
 {
 	__u32 saddr = ck->saddr;
-	__u16 dport = bpf_ntohs(ck->dport);
 
-	return dport >= PROBE_PORT_MIN && dport <= PROBE_PORT_MAX && vips.lookup(&saddr);
+	return probe_port(ck->dport) && vips.lookup(&saddr);
 }
 
 /* The prober's packet socket must see the reply and the director's kernel must not: it
@@ -904,8 +910,9 @@ static __always_inline int handle_l4(struct xdp_md *ctx, struct hdr_cursor *c,
 
 	if (read_flow(c, iph, &th, &ck))
 		return finish(XDP_PASS, COUNTER_PASS_MALFORMED);
-	/* Neither to a VIP nor (TCP) maybe a probe reply from one: not ours. */
-	if (!maybe_vip(ck.daddr) && !(th && maybe_vip(ck.saddr)))
+	/* Neither to a VIP nor (TCP, to a probe port) maybe a probe reply from one: not ours.
+	 * The port test first: a frame to the director itself rarely goes to a probe port. */
+	if (!maybe_vip(ck.daddr) && !(th && probe_port(ck.dport) && maybe_vip(ck.saddr)))
 		return finish(XDP_PASS, programmed(get_settings()) ? COUNTER_PASS_NOT_VIP
 								  : COUNTER_PASS_NOT_PROGRAMMED);
 
