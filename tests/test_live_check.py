@@ -148,7 +148,8 @@ def test_dr_lb_check_live(scene):
     assert r.returncode == 0, r.stdout + r.stderr
     lines = r.stdout.splitlines()
     assert lines[0].startswith(f"{config}: OK: 3 service(s)")
-    assert lines[1].split() == ["SEVERITY", "CHECK", "WHAT"]
+    assert lines[1].startswith("conn_table_size = ") and "of kernel memory" in lines[1]
+    assert lines[2].split() == ["SEVERITY", "CHECK", "WHAT"]
     assert lines[-1].startswith("0 error(s), 1 warning(s)")
     # An error makes the exit status 1.
     wrong = tmp / "cli-wrong.toml"

@@ -81,6 +81,10 @@ def run(config: Config, config_path: str, replace: bool = False,
     dp = Dataplane(config.director.conn_table_size, pin_dir=found.pin_dir)
     recorder = kept.Recorder(name, slots)
     iface = netif.interface(name)            # what is attached now, a few seconds later
+    if iface is None:
+        dp.close()
+        raise UserError(f"interface {name} disappeared while the program was compiled",
+                        exit_code=2)
     old_program = None
     if iface.xdp_mode == "multi":            # both modes in use: cannot swap in one step
         instances.detach_any(iface)
