@@ -29,6 +29,15 @@ needs_netns = [pytest.mark.root, pytest.mark.netns,
                                   reason="needs root and iproute2 for network namespaces")]
 
 
+# The XDP modes of the service, health and scheduler end-to-end suites. tests/test_e2e.py
+# runs the forwarding paths, --replace and the leftovers in both modes; these suites test
+# what the mode does not change (restarts, health checks, schedulers), in native mode, the
+# one real NICs use, unless DRLB_ALL_XDP_MODES=1 (generic too: the suite then takes ~4
+# minutes more).
+SUITE_XDP_MODES = (["generic", "native"] if os.environ.get("DRLB_ALL_XDP_MODES") == "1"
+                   else ["native"])
+
+
 def pytest_collection_modifyitems(items):
     """A test that loads the program is a root test, wherever it is."""
     for item in items:

@@ -19,7 +19,7 @@ import pytest
 from lb.director import instances
 from lb.lab import HOSTS, VIP, Host, Lab, python_cmd
 from lb.lab.demo import start_director
-from tests.conftest import needs_netns
+from tests.conftest import SUITE_XDP_MODES, needs_netns
 
 pytestmark = needs_netns
 
@@ -148,7 +148,7 @@ def record_time(what: str, seconds: float) -> None:
     path.write_text(json.dumps(times, indent=1))
 
 
-@pytest.fixture(scope="module", params=["generic", "native"])
+@pytest.fixture(scope="module", params=SUITE_XDP_MODES)
 def scene(request):
     with Lab(prefix=f"drlb-hc{request.param[0]}", xdp_mode=request.param,
              hosts=HOSTS + (SORRY,)) as lab:

@@ -17,7 +17,7 @@ from lb.director import instances
 from lb.lab import DIRECTOR2, HOSTS, UDP_PORT, VIP, Lab, python_cmd
 from lb.lab.demo import start_director
 from tests import ipvs_reference as ref
-from tests.conftest import needs_netns
+from tests.conftest import SUITE_XDP_MODES, needs_netns
 
 pytestmark = needs_netns
 
@@ -136,7 +136,7 @@ class Scene:
             self.lab.run(name, *python_cmd("lb", "reload"))
 
 
-@pytest.fixture(scope="module", params=["generic", "native"])
+@pytest.fixture(scope="module", params=SUITE_XDP_MODES)
 def scene(request):
     with Lab(prefix=f"drlb-sc{request.param[0]}", xdp_mode=request.param,
              hosts=HOSTS + (DIRECTOR2,)) as lab:

@@ -1,5 +1,5 @@
-"""dr-lb as a service, end to end in the lab (generic and native XDP): restarts and
-upgrades keep connections (kept state on bpffs, atomic program replace), systemd's
+"""dr-lb as a service, end to end in the lab (native XDP; generic too with
+DRLB_ALL_XDP_MODES=1): restarts and upgrades keep connections (kept state on bpffs, atomic program replace), systemd's
 readiness notifications, and Prometheus' /metrics.
 
 Each restart test prints its figures (packets lost, retransmissions, the longest stall a
@@ -25,7 +25,7 @@ from lb import libbpf
 from lb.director import instances, kept, netif
 from lb.lab import ECHO_PORT, HTTP_PORT, UDP_PORT, VIP, Lab, python_cmd
 from lb.lab.demo import launch_director, start_director
-from tests.conftest import needs_netns
+from tests.conftest import SUITE_XDP_MODES, needs_netns
 
 pytestmark = needs_netns
 
@@ -71,7 +71,7 @@ class Scene:
             self.up("--replace") if leftover else self.up()
 
 
-@pytest.fixture(scope="module", params=["generic", "native"])
+@pytest.fixture(scope="module", params=SUITE_XDP_MODES)
 def scene(request):
     with Lab(prefix=f"drlb-sv{request.param[0]}", xdp_mode=request.param) as lab:
         lab.prepare_real_servers()
