@@ -117,9 +117,11 @@ class Dataplane:
     """One compiled, loaded instance of bpf/dr_lb.c and its maps."""
 
     def __init__(self, conn_table_size: int = abi.CONST["CONN_TABLE_SIZE"],
-                 pin_dir: Path | None = None):
+                 pin_dir: Path | None = None, bpf_dir: Path | None = None):
         """Compile and load. With `pin_dir` (a bpffs directory), the maps that outlive the
-        process (lb/director/kept.py) are pinned there, or reused if already pinned."""
+        process (lb/director/kept.py) are pinned there, or reused if already pinned.
+        `bpf_dir`: another copy of bpf/ (bench/ab.py compares two builds); the ABI stays
+        this package's."""
         bcc = _import_bcc()
         problem = headers_problem()
         if problem:
@@ -128,7 +130,8 @@ class Dataplane:
         self.conn_table_slots = slots["conn_table"]
         self.syn_table_slots = slots["syn_table"]
         self.udp_table_slots = slots["udp_table"]
-        cflags = [f"-I{abi.BPF_DIR}", f"-DCONN_TABLE_SIZE={self.conn_table_slots}",
+        bpf_dir = bpf_dir or abi.BPF_DIR
+        cflags = [f"-I{bpf_dir}", f"-DCONN_TABLE_SIZE={self.conn_table_slots}",
                   f"-DSYN_TABLE_SIZE={self.syn_table_slots}",
                   f"-DUDP_TABLE_SIZE={self.udp_table_slots}",
                   f"-DTICK_NS={tick_ns()}ULL"]
@@ -136,7 +139,8 @@ class Dataplane:
             cflags.append(f'-DDRLB_PIN_DIR="{pin_dir}"')
         self.pin_dir = pin_dir
         try:
-            self.bpf = bcc.BPF(src_file=str(abi.PROGRAM).encode(), cflags=cflags)
+            self.bpf = bcc.BPF(src_file=str(bpf_dir / abi.PROGRAM.name).encode(),
+                               cflags=cflags)
             self.fn = self.bpf.load_func(abi.PROGRAM_NAME.encode(), bcc.BPF.XDP)
             # The new-connection path of the schedulers other than plain wrr/rr, which
             # xdp_main reaches by a tail call (bpf/dr_lb.c handle_l4).
