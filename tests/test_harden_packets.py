@@ -161,17 +161,31 @@ def test_fragmentation_needed_goes_to_the_connections_real_server(small):
 
 
 @pytest.mark.parametrize("case", ["no-connection", "other-client", "short-quote",
-                                  "udp-no-flow", "time-exceeded-no-connection"])
+                                  "udp-no-flow", "time-exceeded-no-connection",
+                                  "quoted-icmp", "quoted-ip-options", "expired-connection"])
 def test_an_icmp_error_quoting_no_known_connection_is_passed_and_counted(small, case):
-    from bench.frames import icmp_error, reply
+    from scapy.layers.inet import ICMP, IP, IPOption_NOP
+
+    from bench.frames import CLIENT_IP, VIP, icmp_error, reply
+    from tests.test_packets import age_conn
     small.dp.test_run(tcp("S", sport=50020))
     small.dp.test_run(tcp("A", sport=50020))
+    if case == "expired-connection":   # idle past the ESTABLISHED timeout (900 s)
+        small.dp.test_run(tcp("S", sport=50023))
+        small.dp.test_run(tcp("A", sport=50023))
+        age_conn(small, 1000, 50023)
     frame = {
         "no-connection": icmp_error(reply(sport=50021)),
         "other-client": icmp_error(reply(sport=50020, client="10.0.0.77")),
         "short-quote": icmp_error(reply(sport=50020), quote=22),
         "udp-no-flow": icmp_error(reply(sport=50020, dport=53, proto="udp")),
         "time-exceeded-no-connection": icmp_error(reply(sport=50022), type=11, code=0),
+        # About a ping reply or a packet with IP options: no connection can be meant.
+        "quoted-icmp": icmp_error(bytes(IP(src=VIP, dst=CLIENT_IP) / ICMP(type=0, id=7))),
+        "quoted-ip-options": icmp_error(
+            bytes(IP(src=VIP, dst=CLIENT_IP, proto=6, options=[IPOption_NOP()] * 4)
+                  / reply(sport=50020)[20:]), quote=32),
+        "expired-connection": icmp_error(reply(sport=50023)),
     }[case]
     before = small.dp.counters()
     r = small.dp.test_run(frame)
