@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pyroute2 import IPRoute, NetNS, netns
 
 from lb import libbpf
-from lb.director import kept
+from lb.director import instances, kept
 from lb.lab.servers import ECHO_PORT
 
 SUBNET_PREFIX = 24
@@ -241,6 +241,8 @@ class Lab:
             if h.role == "director" and self.ns(h.name) in existing:
                 with self.inside(h.name):   # a later namespace may get the same id
                     kept.forget("eth0")
+                    if instances.lock_holder("eth0") is None:   # its `up` has ended
+                        instances.lock_path("eth0").unlink(missing_ok=True)
         # `realserver down` forgets what `realserver up` remembered in /run (failures
         # ignored: a host it never prepared has nothing to undo).
         down = python_cmd("lb", "realserver", "down", VIP)
