@@ -50,16 +50,22 @@ def conn_state(lb, sport: int, dport: int = 80, proto: int = 6) -> str | None:
     return abi.CONN_STATES[found[1].state] if found else None
 
 
+def key_in(table, sport: int, dport: int, proto: int, src: str):
+    """The table's conn_key of the client's connection to the VIP."""
+    key = table.Key()
+    key.saddr = abi.ip_be32(src)
+    key.daddr = abi.ip_be32(VIP)
+    key.sport = abi.port_be16(sport)
+    key.dport = abi.port_be16(dport)
+    key.proto = proto
+    return key
+
+
 def find_conn(lb, sport: int, dport: int = 80, proto: int = 6, src: str = CLIENT_IP):
     """(table name, value) of the connection, or None."""
     for name in ("conn_table", "syn_table", "udp_table"):
         table = lb.dp.map(name)
-        key = table.Key()
-        key.saddr = abi.ip_be32(src)
-        key.daddr = abi.ip_be32(VIP)
-        key.sport = abi.port_be16(sport)
-        key.dport = abi.port_be16(dport)
-        key.proto = proto
+        key = key_in(table, sport, dport, proto, src)
         try:
             return name, table[key]
         except KeyError:
@@ -286,13 +292,7 @@ def conn_key(lb, sport: int, dport: int = 80, proto: int = 6, src: str = CLIENT_
     """(table, key) of the connection, in whichever table holds it."""
     name = (find_conn(lb, sport, dport, proto, src) or ("conn_table",))[0]
     table = lb.dp.map(name)
-    key = table.Key()
-    key.saddr = abi.ip_be32(src)
-    key.daddr = abi.ip_be32(VIP)
-    key.sport = abi.port_be16(sport)
-    key.dport = abi.port_be16(dport)
-    key.proto = proto
-    return table, key
+    return table, key_in(table, sport, dport, proto, src)
 
 
 def age_conn(lb, seconds: float, sport: int, dport: int = 80, proto: int = 6) -> None:
