@@ -83,6 +83,11 @@ def namespace():
         sh("ip", "-n", NS, "link", "set", IFACE, "up")
         yield NS
     finally:
+        # The kept state and the lock file are named by the namespace's inode, which a
+        # later namespace may get again: they go with it.
+        in_ns(sys.executable, "-c", "from lb.director import instances, kept; "
+              f"kept.forget({IFACE!r}); instances.lock_path({IFACE!r}).unlink(missing_ok=True)",
+              check=False)
         sh("ip", "netns", "del", NS, check=False)
 
 
