@@ -70,7 +70,8 @@ def pins(monkeypatch):
 
 @pytest.mark.parametrize("size", [4096])
 def test_compiled_program_pins_what_kept_expects_and_a_restart_reuses_it(pins, size):
-    from lb.director.dataplane import Dataplane, table_slots
+    from lb.director.config import table_slots
+    from lb.director.dataplane import Dataplane
     name, d = pins
     slots = table_slots(size)
     found = kept.prepare(name, slots)

@@ -213,15 +213,23 @@ def _lru_hash_bytes(entries: int, key: int, value: int) -> int:
     return entries * (48 + r8(key) + r8(value)) + buckets * 16
 
 
+def table_slots(conn_table_size: int, cpus: int | None = None) -> dict[str, int]:
+    """The slots of conn_table, syn_table and udp_table for `conn_table_size`. The LRU
+    keeps some free slots on each CPU's list and may evict before it is full, so each
+    table gets headroom: conn_table then holds at least conn_table_size connections."""
+    headroom = (cpus or possible_cpus()) * abi.CONST["LRU_HEADROOM_PER_CPU"]
+    return {"conn_table": conn_table_size + headroom,
+            "syn_table": syn_table_size(conn_table_size) + headroom,
+            "udp_table": udp_table_size(conn_table_size) + headroom}
+
+
 def table_memory_bytes(conn_table_size: int, cpus: int | None = None) -> int:
     """What conn_table, syn_table and udp_table take in kernel memory for
-    `conn_table_size` (with the per-CPU headroom lb/director/dataplane.py adds). Checked
+    `conn_table_size` (table_slots: the sizes the program is compiled with). Checked
     against the kernel's own figure (fdinfo memlock) in tests/test_harden_packets.py."""
-    headroom = (cpus or possible_cpus()) * abi.CONST["LRU_HEADROOM_PER_CPU"]
     key, value = abi.ffi.sizeof("struct conn_key"), abi.ffi.sizeof("struct conn_value")
-    return (_lru_hash_bytes(conn_table_size + headroom, key, value)
-            + _lru_hash_bytes(syn_table_size(conn_table_size) + headroom, key, value)
-            + _lru_hash_bytes(udp_table_size(conn_table_size) + headroom, key, value))
+    return sum(_lru_hash_bytes(n, key, value)
+               for n in table_slots(conn_table_size, cpus).values())
 
 
 def mib(n: int) -> str:

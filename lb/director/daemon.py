@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 
 from lb.director import announce, arp, instances, journal, kept, netif, sdnotify
-from lb.director.config import Config
+from lb.director.config import Config, table_slots
 from lb.director.linkwatch import LinkEvent, LinkWatch
 from lb.director.reconciler import Reconciler
 from lb.errors import UserError
@@ -25,7 +25,7 @@ def say(line: str) -> None:
 def run(config: Config, config_path: str, replace: bool = False,
         exit_on_link_loss: bool = False) -> None:
     from lb.director.dataplane import (Dataplane, headers_problem,   # bcc: not for
-                                        table_slots)                 # `check`
+                                        import_bcc)                  # `check`
     journal.lines()
 
     started = time.monotonic()
@@ -70,7 +70,8 @@ def run(config: Config, config_path: str, replace: bool = False,
         from lb.director import metrics as metrics_mod
         metrics = metrics_mod.serve(config.metrics.listen)
 
-    slots = table_slots(config.director.conn_table_size)   # bcc missing: one line
+    import_bcc()                     # missing: one line, before anything is touched
+    slots = table_slots(config.director.conn_table_size)
     problem = headers_problem()      # before the kept state is touched (a bpffs mounted)
     if problem:
         raise UserError(problem)

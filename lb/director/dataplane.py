@@ -16,12 +16,12 @@ from pathlib import Path
 
 from lb import abi, libbpf
 from lb.director import kept
-from lb.director.config import syn_table_size, udp_table_size
+from lb.director.config import table_slots
 from lb.director.layout import Layout
 from lb.errors import UserError
 
 
-def _import_bcc():
+def import_bcc():
     try:
         import bcc  # noqa: F401  (Debian's python3-bpfcc)
         import bcc.utils  # noqa: F401
@@ -85,17 +85,6 @@ def _fill(obj, value):
     return obj
 
 
-def table_slots(conn_table_size: int) -> dict[str, int]:
-    """The slots of conn_table, syn_table and udp_table for `conn_table_size`. The LRU
-    keeps some free slots on each CPU's list and may evict before it is full, so each
-    table gets headroom: conn_table then holds at least conn_table_size connections."""
-    bcc = _import_bcc()
-    headroom = len(bcc.utils.get_possible_cpus()) * abi.CONST["LRU_HEADROOM_PER_CPU"]
-    return {"conn_table": conn_table_size + headroom,
-            "syn_table": syn_table_size(conn_table_size) + headroom,
-            "udp_table": udp_table_size(conn_table_size) + headroom}
-
-
 @dataclass
 class Stats:
     conns: int = 0
@@ -122,11 +111,11 @@ class Dataplane:
         process (lb/director/kept.py) are pinned there, or reused if already pinned.
         `bpf_dir`: another copy of bpf/ (bench/ab.py compares two builds); the ABI stays
         this package's."""
-        bcc = _import_bcc()
+        bcc = import_bcc()
         problem = headers_problem()
         if problem:
             raise UserError(problem)
-        slots = table_slots(conn_table_size)
+        slots = table_slots(conn_table_size, len(bcc.utils.get_possible_cpus()))
         self.conn_table_slots = slots["conn_table"]
         self.syn_table_slots = slots["syn_table"]
         self.udp_table_slots = slots["udp_table"]

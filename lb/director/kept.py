@@ -75,7 +75,7 @@ def fingerprints() -> dict[str, str]:
 
 def expected_attrs(slots: dict[str, int]) -> dict[str, dict]:
     """The attributes bcc gives each kept map in this build, with `slots` the tables'
-    sizes (dataplane.table_slots); tests/test_kept.py compares them with the compiled
+    sizes (config.table_slots); tests/test_kept.py compares them with the compiled
     program's."""
     size = abi.ffi.sizeof
     return {
