@@ -258,6 +258,75 @@ static __always_inline int expired(__u64 now, __u64 last_seen, __u64 timeout)
 	return (__s64)(now - last_seen) > (__s64)timeout;
 }
 
+/* ---- flow_cache: each CPU's cache of the connections it forwards ----------------------- */
+
+/* The set of `ck` in `cpu`'s part of flow_cache (the same set number on every CPU). */
+static __always_inline struct flow_set *flow_set_on(const struct conn_key *ck, __u32 cpu)
+{
+	__u64 addrs = ((__u64)ck->daddr << 32) | ck->saddr;
+	__u32 ports = *(const __u32 *)&ck->sport;
+	__u32 idx;
+
+	idx = ((addrs ^ (ports * FLOW_CACHE_MULT)) * FLOW_CACHE_MULT) >> (64 - FLOW_CACHE_LOG2);
+	idx += cpu << FLOW_CACHE_LOG2;
+	return flow_cache.lookup(&idx);
+}
+
+static __always_inline int flow_is(const struct flow_entry *e, const struct conn_key *ck,
+				   __u32 gen)
+{
+	return ((e->saddr ^ ck->saddr) | (e->daddr ^ ck->daddr) |
+		(e->ports ^ *(const __u32 *)&ck->sport) | (e->proto ^ ck->proto) |
+		(e->gen ^ gen)) == 0;
+}
+
+/* The entry of `ck` in `fs`, or NULL. */
+static __always_inline struct flow_entry *flow_find(struct flow_set *fs,
+						    const struct conn_key *ck, __u32 gen)
+{
+	if (flow_is(&fs->way[0], ck, gen))
+		return &fs->way[0];
+	if (flow_is(&fs->way[1], ck, gen))
+		return &fs->way[1];
+	return NULL;
+}
+
+/* Store what the table says of `ck` (read and refreshed just now) in this CPU's set: in
+ * its own way if it has one, else in the way synced longest ago. */
+static __always_inline void flow_remember(struct flow_set *fs, const struct conn_key *ck,
+					  const struct conn_value *cv, __u32 gen, __u64 now)
+{
+	struct flow_entry *e = flow_find(fs, ck, gen);
+
+	if (!e)
+		e = fs->way[0].synced_ns <= fs->way[1].synced_ns ? &fs->way[0] : &fs->way[1];
+	e->saddr = ck->saddr;
+	e->daddr = ck->daddr;
+	e->ports = *(const __u32 *)&ck->sport;
+	e->proto = ck->proto;
+	e->state = cv->state;
+	e->svc_id = cv->svc_id;
+	e->real_id = cv->real_id;
+	e->gen = gen;
+	e->synced_ns = now;
+}
+
+/* `ck`'s connection changed state or was replaced: no CPU may follow its cached copy. */
+static __always_inline void flow_forget(const struct conn_key *ck, __u32 gen)
+{
+	struct flow_set *fs;
+	struct flow_entry *e;
+
+	for (__u32 cpu = 0; cpu < FLOW_CACHE_CPUS; cpu++) {
+		fs = flow_set_on(ck, cpu);
+		if (!fs)
+			break;
+		e = flow_find(fs, ck, gen);
+		if (e)
+			e->gen = 0;
+	}
+}
+
 /* ---- connection counts (lc, wlc, sed, nq and thresholds) ------------------------------ */
 
 /* +1/-1 to a real server's active (ESTABLISHED) or inactive (any other state) count. */
@@ -667,13 +736,16 @@ static __always_inline void fill_persist_key(struct persist_key *pk,
 
 /* Follow the client's TCP flags; a move between ESTABLISHED and the other states moves
  * the connection between its server's active and inactive counts. */
-static __always_inline void follow_tcp_state(struct conn_value *cv, const struct tcphdr *th)
+static __always_inline void follow_tcp_state(struct conn_value *cv, const struct tcphdr *th,
+					     const struct conn_key *ck, __u32 gen)
 {
 	__u8 old = cv->state, new = tcp_next_state(old, th);
 
 	if (new == old)
 		return;
 	cv->state = new;
+	if (old == CONN_ESTABLISHED)
+		flow_forget(ck, gen);
 	if ((old == CONN_ESTABLISHED) != (new == CONN_ESTABLISHED)) {
 		count_conn(cv->real_id, old, -1);
 		count_conn(cv->real_id, new, 1);
@@ -730,7 +802,7 @@ static __always_inline int follow_half_open(struct conn_value *hv, struct conn_k
 	if (hv->flags & CONN_F_PERSISTENT)
 		touch_template(ck, real_id, now);
 	if (th->syn || th->rst) {
-		follow_tcp_state(hv, th);
+		follow_tcp_state(hv, th, ck, cfg->flow_gen);
 		return forward(eth, iph, cfg, real, real_id, hv->svc_id, 0);
 	}
 	before = hv->state;
@@ -841,8 +913,10 @@ static __always_inline int new_connection(struct ethhdr *eth, struct iphdr *iph,
 		if (!sc->replaces)
 			count(COUNTER_UDP_TABLE_INSERT);
 	}
-	if (sc->replaces)   /* the entry this one replaces leaves its server's count */
+	if (sc->replaces) {   /* the entry this one replaces leaves its server's count */
 		count_conn(sc->old_real, sc->old_state, -1);
+		flow_forget(ck, cfg->flow_gen);
+	}
 	if (sc->moved)
 		count(COUNTER_CONN_RESCHEDULED);
 	else if (tcp && sc->past_syn)
@@ -899,6 +973,8 @@ static __always_inline int handle_l4(struct xdp_md *ctx, struct hdr_cursor *c,
 	struct svc_key sk = {};
 	struct conn_key ck = {};
 	struct conn_value *cv, *hv = NULL, *old;
+	struct flow_set *fs = NULL;
+	struct flow_entry *fe;
 	struct tcphdr *th = NULL;
 	struct svc_info *svc;
 	struct settings *cfg;
@@ -920,6 +996,26 @@ static __always_inline int handle_l4(struct xdp_md *ctx, struct hdr_cursor *c,
 	if (!cfg)   /* never (an array entry), but the established path reads it */
 		return finish(XDP_PASS, COUNTER_PASS_NOT_PROGRAMMED);
 
+	/* This CPU's flow_cache: an established TCP connection's segment without SYN, FIN or
+	 * RST (no state change), or a UDP flow's datagram, whose table entry this CPU read
+	 * less than flow_sync_ns ago, goes where the entry said, its real server's flags
+	 * read as ever. Anything else, and each flow once per flow_sync_ns, takes the
+	 * tables below (which refresh the entry's last_seen_ns and the cache). */
+	now = now_ns();
+	if (!th || !(th->syn | th->fin | th->rst)) {
+		__u32 cpu = bpf_get_smp_processor_id();
+
+		fs = cpu < FLOW_CACHE_CPUS ? flow_set_on(&ck, cpu) : NULL;
+		fe = fs ? flow_find(fs, &ck, cfg->flow_gen) : NULL;
+		if (fe && now - fe->synced_ns < cfg->flow_sync_ns) {
+			real_id = fe->real_id;
+			real = reals.lookup(&real_id);
+			if (real && (real->flags & (REAL_F_MAC_KNOWN | REAL_F_RESCHEDULE)) ==
+				    REAL_F_MAC_KNOWN)
+				return forward(eth, iph, cfg, real, real_id, fe->svc_id, 0);
+		}
+	}
+
 	/* One lookup: TCP in conn_table, UDP in udp_table. Two call sites, each with its
 	 * own map, so that the verifier inlines each hash lookup: a lookup on a map chosen
 	 * at run time (which LLVM makes of a ternary, or of two identical branches) goes
@@ -932,7 +1028,6 @@ static __always_inline int handle_l4(struct xdp_md *ctx, struct hdr_cursor *c,
 		asm volatile("" ::: "memory");
 	}
 	if (cv) {
-		now = now_ns();
 		if (conn_is_live(cv, th, cfg, now)) {
 			real_id = cv->real_id;
 			real = reals.lookup(&real_id);
@@ -944,9 +1039,11 @@ static __always_inline int handle_l4(struct xdp_md *ctx, struct hdr_cursor *c,
 			} else if (real && (real->flags & REAL_F_MAC_KNOWN)) {
 				cv->last_seen_ns = now;
 				if (th)
-					follow_tcp_state(cv, th);
+					follow_tcp_state(cv, th, &ck, cfg->flow_gen);
 				if (cv->flags & CONN_F_PERSISTENT)
 					touch_template(&ck, real_id, now);
+				if (fs && (cv->state == CONN_ESTABLISHED || cv->state == CONN_UDP))
+					flow_remember(fs, &ck, cv, cfg->flow_gen, now);
 				return forward(eth, iph, cfg, real, real_id, cv->svc_id, 0);
 			} else if (th && !is_new_tcp(th)) {
 				/* Its server is gone from the segment: a SYN or a datagram may
@@ -990,7 +1087,7 @@ static __always_inline int handle_l4(struct xdp_md *ctx, struct hdr_cursor *c,
 	sc = sched_scratch.lookup(&zero);
 	if (!sc)    /* never (an array entry) */
 		return finish(XDP_DROP, COUNTER_DROP_NO_REAL_SERVER);
-	sc->now = cv ? now : now_ns();
+	sc->now = now;
 	old = cv ? cv : hv;
 	sc->replaces = old != NULL;
 	sc->half_open = !cv && hv;

@@ -188,8 +188,14 @@ struct settings {
 	uint8_t mac[6];                /* the interface's MAC: source of every frame we send;
 	                                  all zero: not written yet (not programmed) */
 	uint16_t flags;                /* enum settings_flags */
-	uint32_t pad;
+	uint32_t flow_gen;             /* flow_cache entries of another generation are void:
+	                                  the control plane changes it to empty every CPU's
+	                                  cache at once (never 0) */
 	uint64_t timeout_ns[8];        /* idle timeout per enum conn_state (CONN_STATE_SLOTS) */
+	uint64_t flow_sync_ns;         /* a CPU follows a connection from its flow_cache for at
+	                                  most this long, then reads (and refreshes) its table
+	                                  entry again: a quarter of the shortest timeout, at
+	                                  most FLOW_SYNC_MAX_NS; 0: no cache */
 };
 
 /* Connections of a real server as the program counts them: +1/-1 as entries are

@@ -38,6 +38,23 @@
  * it is full; measured: 64 of 1,000,000 lost on 2 CPUs without headroom. */
 #define LRU_HEADROOM_PER_CPU 256
 
+/* flow_cache (dr_lb_maps.h): FLOW_CACHE_CPUS CPUs (the possible ones), each with
+ * 2^FLOW_CACHE_LOG2 sets of FLOW_CACHE_WAYS connections; the control plane sizes it from
+ * conn_table_size (lb/director/config.py flow_cache_shape). FLOW_CACHE_MULT: the
+ * multiplier of its hash (a 64-bit odd constant, the golden ratio's). */
+#ifndef FLOW_CACHE_CPUS
+#define FLOW_CACHE_CPUS 2
+#endif
+#ifndef FLOW_CACHE_LOG2
+#define FLOW_CACHE_LOG2 17
+#endif
+#define FLOW_CACHE_WAYS 2
+#define FLOW_CACHE_MULT 0x9e3779b97f4a7c15ULL
+/* The longest a CPU follows a connection from its cache before it reads and refreshes
+ * the connection's table entry again (settings.flow_sync_ns is at most this, and at most
+ * a quarter of the shortest timeout). */
+#define FLOW_SYNC_MAX_NS 1000000000
+
 #ifndef PERSIST_TABLE_SIZE
 #define PERSIST_TABLE_SIZE 262144
 #endif

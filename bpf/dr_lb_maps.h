@@ -52,6 +52,26 @@ struct sched_scratch {
 	struct persist_key pk;         /* the new connection's persistence template key */
 };
 
+/* A connection as one CPU last found it in conn_table (ESTABLISHED) or udp_table: the key,
+ * and what forwarding needs. Only the program uses it. */
+struct flow_entry {
+	__u32 saddr;
+	__u32 daddr;
+	__u32 ports;                   /* conn_key's sport and dport, as one word */
+	__u8 proto;
+	__u8 state;                    /* CONN_ESTABLISHED or CONN_UDP */
+	__u16 svc_id;
+	__u32 real_id;
+	__u32 gen;                     /* settings.flow_gen when stored */
+	__u64 synced_ns;               /* when its table entry was last read and refreshed */
+};
+
+/* One set of flow_cache: a cache line (the array is mmapable, so its values start on a
+ * page and each set on a line of its own). */
+struct flow_set {
+	struct flow_entry way[FLOW_CACHE_WAYS];
+};
+
 /* svc_key (VIP, port, protocol) -> svc_info (id, scheduler and its tables, persistence);
  * control plane. */
 BPF_HASH(services, struct svc_key, struct svc_info, MAX_SERVICES);
@@ -91,6 +111,14 @@ KEPT_TABLE("lru_hash", struct conn_key, struct conn_value, udp_table, UDP_TABLE_
 /* persist_key (client net, VIP, port, proto) -> persist_value (real, last seen); program. */
 KEPT_TABLE("lru_hash", struct persist_key, struct persist_value, persist_table,
 	   PERSIST_TABLE_SIZE, 0);
+/* cpu * 2^FLOW_CACHE_LOG2 + hash(5-tuple) -> flow_set: each CPU's cache of the connections
+ * it forwards, in front of conn_table and udp_table, so that an established packet costs
+ * one cache line instead of the kernel hash's bucket, entry and LRU node. Never the
+ * authority: a CPU follows an entry only for settings.flow_sync_ns after it read the
+ * table's, only TCP segments without SYN, FIN or RST (a state change) take it, and a state
+ * change or a replaced connection forgets the key on every CPU (bpf/dr_lb.c); program. */
+BPF_F_TABLE("array", __u32, struct flow_set, flow_cache, FLOW_CACHE_CPUS << FLOW_CACHE_LOG2,
+	    BPF_F_MMAPABLE);
 /* 0 -> settings (interface MAC, flags, timeouts; all zero until written); control plane. */
 BPF_ARRAY(settings, struct settings, 1);
 /* service id -> per-CPU stats (new connections, packets, IP bytes forwarded); program. */

@@ -296,11 +296,13 @@ def conn_key(lb, sport: int, dport: int = 80, proto: int = 6, src: str = CLIENT_
 
 
 def age_conn(lb, seconds: float, sport: int, dport: int = 80, proto: int = 6) -> None:
-    """Pretend the connection has been idle for `seconds`."""
+    """Pretend the connection has been idle for `seconds` (longer than any CPU follows it
+    from its flow_cache: the caches are emptied, as time would have voided them)."""
     table, key = conn_key(lb, sport, dport, proto)
     value = table[key]
     value.last_seen_ns -= int(seconds * 1e9)
     table[key] = value
+    lb.dp.forget_flows()
 
 
 @pytest.mark.parametrize("flags,state,timeout", [

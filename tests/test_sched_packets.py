@@ -289,6 +289,7 @@ def age(lb, client: tuple[str, int], seconds: float, dport: int = 80) -> None:
         if value is not None:
             value.last_seen_ns -= int(seconds * 1e9)
             table[key] = value
+            lb.dp.forget_flows()   # as time would have voided the CPUs' flow_cache
             return
     raise KeyError(client)
 

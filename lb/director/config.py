@@ -223,13 +223,28 @@ def table_slots(conn_table_size: int, cpus: int | None = None) -> dict[str, int]
             "udp_table": udp_table_size(conn_table_size) + headroom}
 
 
+FLOW_SET_BYTES = 64   # struct flow_set (bpf/dr_lb_maps.h): FLOW_CACHE_WAYS 32-byte entries
+
+
+def flow_cache_shape(conn_table_size: int, cpus: int | None = None) -> tuple[int, int]:
+    """(CPUs, log2 of the sets per CPU) of flow_cache, each CPU's cache of the connections
+    it forwards: with flows spread over the CPUs, room for about half of conn_table_size's
+    share of each (a power of two of sets, 2^9 to 2^18: 32 KiB to 16 MiB a CPU)."""
+    cpus = cpus or possible_cpus()
+    want = -(-conn_table_size // (2 * cpus * abi.CONST["FLOW_CACHE_WAYS"]))
+    return cpus, min(18, max(9, (want - 1).bit_length()))
+
+
 def table_memory_bytes(conn_table_size: int, cpus: int | None = None) -> int:
-    """What conn_table, syn_table and udp_table take in kernel memory for
-    `conn_table_size` (table_slots: the sizes the program is compiled with). Checked
-    against the kernel's own figure (fdinfo memlock) in tests/test_harden_packets.py."""
+    """What conn_table, syn_table, udp_table and flow_cache take in kernel memory for
+    `conn_table_size` (table_slots and flow_cache_shape: the sizes the program is compiled
+    with). Checked against the kernel's own figure (fdinfo memlock) in
+    tests/test_harden_packets.py."""
     key, value = abi.ffi.sizeof("struct conn_key"), abi.ffi.sizeof("struct conn_value")
+    n_cpus, log2 = flow_cache_shape(conn_table_size, cpus)
     return sum(_lru_hash_bytes(n, key, value)
-               for n in table_slots(conn_table_size, cpus).values())
+               for n in table_slots(conn_table_size, cpus).values()) + \
+        (n_cpus << log2) * FLOW_SET_BYTES
 
 
 def mib(n: int) -> str:

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from lb import abi, libbpf
 from lb.director import kept
-from lb.director.config import table_slots
+from lb.director.config import flow_cache_shape, table_slots
 from lb.director.layout import Layout
 from lb.errors import UserError
 
@@ -115,7 +115,9 @@ class Dataplane:
         problem = headers_problem()
         if problem:
             raise UserError(problem)
-        slots = table_slots(conn_table_size, len(bcc.utils.get_possible_cpus()))
+        cpus = len(bcc.utils.get_possible_cpus())
+        slots = table_slots(conn_table_size, cpus)
+        self.flow_cache_cpus, self.flow_cache_log2 = flow_cache_shape(conn_table_size, cpus)
         self.conn_table_slots = slots["conn_table"]
         self.syn_table_slots = slots["syn_table"]
         self.udp_table_slots = slots["udp_table"]
@@ -123,6 +125,8 @@ class Dataplane:
         cflags = [f"-I{bpf_dir}", f"-DCONN_TABLE_SIZE={self.conn_table_slots}",
                   f"-DSYN_TABLE_SIZE={self.syn_table_slots}",
                   f"-DUDP_TABLE_SIZE={self.udp_table_slots}",
+                  f"-DFLOW_CACHE_CPUS={self.flow_cache_cpus}",
+                  f"-DFLOW_CACHE_LOG2={self.flow_cache_log2}",
                   f"-DTICK_NS={tick_ns()}ULL"]
         if pin_dir is not None:
             cflags.append(f'-DDRLB_PIN_DIR="{pin_dir}"')
@@ -146,6 +150,7 @@ class Dataplane:
         self._reals_lock = threading.Lock()
         self._real_rows: dict[int, dict] = {}
         self._fix: dict[int, tuple[int, int]] = {}
+        self._flow_gen = 0   # settings.flow_gen last written (write, forget_flows)
 
     @property
     def prog_fd(self) -> int:
@@ -265,7 +270,8 @@ class Dataplane:
         half of wrr_seq that no service points at, and only then do the services switch
         to them (each services entry changes atomically).
         """
-        self._put("settings", [(0, layout.settings_row())])
+        self._flow_gen = self._flow_gen % 0xFFFFFFFF + 1   # 1, 2, ... never 0
+        self._put("settings", [(0, dict(layout.settings_row(), flow_gen=self._flow_gen))])
         with self._reals_lock:
             self._real_rows = dict(layout.real_rows())
             self._put("reals", [(i, self._with_fix(i, row)) for i, row in self._real_rows.items()])
@@ -328,8 +334,21 @@ class Dataplane:
                 written += 1
         return written
 
+    def forget_flows(self) -> None:
+        """Empty every CPU's flow_cache at once (a new settings.flow_gen): needed after
+        anything but the program changes conn_table or udp_table, so that no CPU follows
+        its cached copy of an entry that is no longer there (or no longer the same)."""
+        table = self.map("settings")
+        row = table[ct.c_uint32(0)]
+        if not row.flow_gen:
+            return   # not written yet: the cache is void anyway (flow_sync_ns = 0)
+        self._flow_gen = self._flow_gen % 0xFFFFFFFF + 1
+        row.flow_gen = self._flow_gen
+        table[ct.c_uint32(0)] = row
+
     def clear_state(self) -> None:
         """Forget connections, persistence and counters (tests start from zero)."""
+        self.forget_flows()
         for name in ("conn_table", "syn_table", "udp_table", "persist_table"):
             self._delete_all(name)
         for name in ("svc_stats", "real_stats", "counters", "wrr_pos", "real_conns"):

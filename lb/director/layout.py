@@ -175,7 +175,19 @@ class Layout:
                 "flags": (abi.SETTINGS_F_ICMP_ECHO if self.icmp_echo else 0)
                 | (0 if self.answer_arp else abi.SETTINGS_F_ARP_BACKUP),
                 "timeout_ns": [self.timeouts_s.get(state, 0) * 1_000_000_000
-                               for state in range(abi.CONN_STATE_SLOTS)]}
+                               for state in range(abi.CONN_STATE_SLOTS)],
+                "flow_sync_ns": self.flow_sync_ns}
+
+    @property
+    def flow_sync_ns(self) -> int:
+        """How long a CPU may follow a connection from its flow_cache before it reads
+        (and refreshes) the table's entry again: a quarter of the shortest timeout or
+        persistence timeout (an entry so refreshed never expires while in use, and its
+        template neither), at most FLOW_SYNC_MAX_NS."""
+        shortest = [t for t in self.timeouts_s.values() if t > 0] + \
+            [s.service.persistent for s in self.services if s.service.persistent]
+        return min([abi.CONST["FLOW_SYNC_MAX_NS"]] +
+                   [t * 1_000_000_000 // 4 for t in shortest])
 
     def real_rows(self) -> list[tuple[int, dict]]:
         # A removed real server keeps MAC_KNOWN (its connections go on, as IPVS lets
