@@ -311,7 +311,9 @@ static __always_inline void flow_remember(struct flow_set *fs, const struct conn
 	e->synced_ns = now;
 }
 
-/* `ck`'s connection changed state or was replaced: no CPU may follow its cached copy. */
+/* `ck`'s connection was replaced (a new server): no CPU may follow its cached copy. A
+ * state change needs nothing: a CPU that still follows a closing connection from its
+ * cache sends it to the same server, and the SYN of a new one never takes the cache. */
 static __always_inline void flow_forget(const struct conn_key *ck, __u32 gen)
 {
 	struct flow_set *fs;
@@ -736,16 +738,13 @@ static __always_inline void fill_persist_key(struct persist_key *pk,
 
 /* Follow the client's TCP flags; a move between ESTABLISHED and the other states moves
  * the connection between its server's active and inactive counts. */
-static __always_inline void follow_tcp_state(struct conn_value *cv, const struct tcphdr *th,
-					     const struct conn_key *ck, __u32 gen)
+static __always_inline void follow_tcp_state(struct conn_value *cv, const struct tcphdr *th)
 {
 	__u8 old = cv->state, new = tcp_next_state(old, th);
 
 	if (new == old)
 		return;
 	cv->state = new;
-	if (old == CONN_ESTABLISHED)
-		flow_forget(ck, gen);
 	if ((old == CONN_ESTABLISHED) != (new == CONN_ESTABLISHED)) {
 		count_conn(cv->real_id, old, -1);
 		count_conn(cv->real_id, new, 1);
@@ -802,7 +801,7 @@ static __always_inline int follow_half_open(struct conn_value *hv, struct conn_k
 	if (hv->flags & CONN_F_PERSISTENT)
 		touch_template(ck, real_id, now);
 	if (th->syn || th->rst) {
-		follow_tcp_state(hv, th, ck, cfg->flow_gen);
+		follow_tcp_state(hv, th);
 		return forward(eth, iph, cfg, real, real_id, hv->svc_id, 0);
 	}
 	before = hv->state;
@@ -1039,7 +1038,7 @@ static __always_inline int handle_l4(struct xdp_md *ctx, struct hdr_cursor *c,
 			} else if (real && (real->flags & REAL_F_MAC_KNOWN)) {
 				cv->last_seen_ns = now;
 				if (th)
-					follow_tcp_state(cv, th, &ck, cfg->flow_gen);
+					follow_tcp_state(cv, th);
 				if (cv->flags & CONN_F_PERSISTENT)
 					touch_template(&ck, real_id, now);
 				if (fs && (cv->state == CONN_ESTABLISHED || cv->state == CONN_UDP))

@@ -115,8 +115,8 @@ KEPT_TABLE("lru_hash", struct persist_key, struct persist_value, persist_table,
  * it forwards, in front of conn_table and udp_table, so that an established packet costs
  * one cache line instead of the kernel hash's bucket, entry and LRU node. Never the
  * authority: a CPU follows an entry only for settings.flow_sync_ns after it read the
- * table's, only TCP segments without SYN, FIN or RST (a state change) take it, and a state
- * change or a replaced connection forgets the key on every CPU (bpf/dr_lb.c); program. */
+ * table's, only TCP segments without SYN, FIN or RST (a state change) take it, and a
+ * replaced connection forgets the key on every CPU (bpf/dr_lb.c); program. */
 BPF_F_TABLE("array", __u32, struct flow_set, flow_cache, FLOW_CACHE_CPUS << FLOW_CACHE_LOG2,
 	    BPF_F_MMAPABLE);
 /* 0 -> settings (interface MAC, flags, timeouts; all zero until written); control plane. */

@@ -66,6 +66,10 @@ BEHAVIOURS = {
                  "conn_table",
     "udp-table": "UDP flows live in udp_table",
     "icmp-error": "an ICMP error quoting a connection goes to that connection's real server",
+    "flow-cache": "each CPU caches the connections it forwards, following a cached one "
+                  "only for flow_sync_ns, never across a new generation",
+    "flow-cache-state": "SYN, FIN and RST segments never take the cache",
+    "flow-cache-replaced": "a replaced connection is forgotten in every CPU's cache",
 }
 
 COUNTERS = ("tx_service", "tx_arp_reply", "tx_icmp_echo_reply", "pass_not_ipv4",
@@ -84,6 +88,17 @@ def c(name: str) -> str:
 
 M = Mutant
 MUTANTS: list[Mutant] = [
+    # ---- flow_cache --------------------------------------------------------------------
+    M("flow-cache-ignores-generation", "(e->gen ^ gen)) == 0;", "0) == 0;", ("flow-cache",)),
+    M("flow-cache-never-syncs", "if (fe && now - fe->synced_ns < cfg->flow_sync_ns) {",
+      "if (fe) {", ("flow-cache",)),
+    M("flow-cache-takes-state-changes", "if (!th || !(th->syn | th->fin | th->rst)) {",
+      "if (1) {", ("flow-cache-state",)),
+    M("flow-cache-replaced-not-forgotten", "\t\tflow_forget(ck, cfg->flow_gen);\n", "",
+      ("flow-cache-replaced",)),
+    M("flow-cache-ignores-real-flags",
+      "(REAL_F_MAC_KNOWN | REAL_F_RESCHEDULE)) ==\n\t\t\t\t    REAL_F_MAC_KNOWN)",
+      "0) == 0)", ("flow-cache", c("drop_real_mac_unknown"))),
     # ---- connections -------------------------------------------------------------------
     M("conn-key-ignores-sport", "ck->sport = (*th)->source;", "ck->sport = 0;",
       ("conn-5-tuple",)),
