@@ -260,14 +260,106 @@ static __always_inline int expired(__u64 now, __u64 last_seen, __u64 timeout)
 
 /* ---- flow_cache: each CPU's cache of the connections it forwards ----------------------- */
 
-/* The set of `ck` in `cpu`'s part of flow_cache (the same set number on every CPU). */
-static __always_inline struct flow_set *flow_set_on(const struct conn_key *ck, __u32 cpu)
+/* The hash that places a connection in syn_table and flow_cache (their sets are its top
+ * bits): the key's two words and the secret settings.hash_seed, through splitmix64's
+ * finalizer, so that nobody who does not know the seed can aim packets at one set. */
+static __always_inline __u64 conn_hash(const struct conn_key *ck, __u64 seed)
 {
-	__u64 addrs = ((__u64)ck->daddr << 32) | ck->saddr;
-	__u32 ports = *(const __u32 *)&ck->sport;
-	__u32 idx;
+	__u64 z = (((__u64)ck->daddr << 32) | ck->saddr) ^ seed;
 
-	idx = ((addrs ^ (ports * FLOW_CACHE_MULT)) * FLOW_CACHE_MULT) >> (64 - FLOW_CACHE_LOG2);
+	z ^= ((__u64)*(const __u32 *)&ck->sport << 8 | ck->proto) * 0x9e3779b97f4a7c15ULL;
+	z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ULL;
+	z = (z ^ (z >> 27)) * 0x94d049bb133111ebULL;
+	return z ^ (z >> 31);
+}
+
+static __always_inline int same_key(const struct conn_key *a, const struct conn_key *b)
+{
+	return ((a->saddr ^ b->saddr) | (a->daddr ^ b->daddr) |
+		(*(const __u32 *)&a->sport ^ *(const __u32 *)&b->sport) |
+		(a->proto ^ b->proto)) == 0;
+}
+
+/* ---- syn_table: half-open TCP connections, a set-associative array --------------------- */
+
+static __always_inline struct syn_set *syn_set_of(const struct conn_key *ck,
+						  const struct settings *cfg)
+{
+	__u32 idx = conn_hash(ck, cfg->hash_seed) >> 32;
+
+	idx &= SYN_TABLE_SETS - 1;
+	return syn_table.lookup(&idx);
+}
+
+/* The half-open connection of `ck`, or NULL. */
+static __always_inline struct conn_value *syn_find(const struct conn_key *ck,
+						   const struct settings *cfg)
+{
+	struct syn_set *set = syn_set_of(ck, cfg);
+
+	if (!set)
+		return NULL;
+	if (same_key(&set->way[0].key, ck))
+		return &set->way[0].value;
+	if (same_key(&set->way[1].key, ck))
+		return &set->way[1].value;
+	return NULL;
+}
+
+/* Store `ck`'s half-open connection: in its own entry if it has one, else a free one, else
+ * the one seen longest ago (evicted: a SYN flood pushes out only half-open connections,
+ * as with an LRU, but at the cost of one cache line). Another CPU may read the entry
+ * meanwhile: the key is voided first and completed last, so that it never pairs the key
+ * with another connection's value; a torn read can only miss, as the evicted one would. */
+static __always_inline int syn_put(const struct conn_key *ck, const struct conn_value *cv,
+				   const struct settings *cfg)
+{
+	struct syn_set *set = syn_set_of(ck, cfg);
+	struct syn_entry *e;
+
+	if (!set)
+		return -1;
+	if (same_key(&set->way[0].key, ck))
+		e = &set->way[0];
+	else if (same_key(&set->way[1].key, ck))
+		e = &set->way[1];
+	else if (!set->way[0].key.proto)
+		e = &set->way[0];
+	else if (!set->way[1].key.proto)
+		e = &set->way[1];
+	else
+		e = (__s64)(set->way[0].value.last_seen_ns - set->way[1].value.last_seen_ns) <= 0 ?
+		    &set->way[0] : &set->way[1];
+	e->key.proto = 0;
+	asm volatile("" ::: "memory");
+	e->value = *cv;
+	e->key.saddr = ck->saddr;
+	e->key.daddr = ck->daddr;
+	*(__u32 *)&e->key.sport = *(const __u32 *)&ck->sport;
+	asm volatile("" ::: "memory");
+	e->key.proto = ck->proto;
+	return 0;
+}
+
+/* `ck`'s half-open connection is established (or moved): its entry is free again. */
+static __always_inline void syn_drop(const struct conn_key *ck, const struct settings *cfg)
+{
+	struct syn_set *set = syn_set_of(ck, cfg);
+
+	if (!set)
+		return;
+	if (same_key(&set->way[0].key, ck))
+		set->way[0].key.proto = 0;
+	else if (same_key(&set->way[1].key, ck))
+		set->way[1].key.proto = 0;
+}
+
+/* The set of `ck` in `cpu`'s part of flow_cache (the same set number on every CPU). */
+static __always_inline struct flow_set *flow_set_on(const struct conn_key *ck, __u32 cpu,
+						    const struct settings *cfg)
+{
+	__u32 idx = conn_hash(ck, cfg->hash_seed) >> (64 - FLOW_CACHE_LOG2);
+
 	idx += cpu << FLOW_CACHE_LOG2;
 	return flow_cache.lookup(&idx);
 }
@@ -314,13 +406,14 @@ static __always_inline void flow_remember(struct flow_set *fs, const struct conn
 /* `ck`'s connection was replaced (a new server): no CPU may follow its cached copy. A
  * state change needs nothing: a CPU that still follows a closing connection from its
  * cache sends it to the same server, and the SYN of a new one never takes the cache. */
-static __always_inline void flow_forget(const struct conn_key *ck, __u32 gen)
+static __always_inline void flow_forget(const struct conn_key *ck, const struct settings *cfg)
 {
+	__u32 gen = cfg->flow_gen;
 	struct flow_set *fs;
 	struct flow_entry *e;
 
 	for (__u32 cpu = 0; cpu < FLOW_CACHE_CPUS; cpu++) {
-		fs = flow_set_on(ck, cpu);
+		fs = flow_set_on(ck, cpu, cfg);
 		if (!fs)
 			break;
 		e = flow_find(fs, ck, gen);
@@ -809,7 +902,7 @@ static __always_inline int follow_half_open(struct conn_value *hv, struct conn_k
 	established.state = tcp_next_state(before, th);
 	/* On failure it stays half-open, and the next packet tries again. */
 	if (!conn_table.update(ck, &established)) {
-		syn_table.delete(ck);
+		syn_drop(ck, cfg);
 		count(COUNTER_CONN_TABLE_INSERT);
 		count(COUNTER_CONN_PROMOTED);
 		if ((before == CONN_ESTABLISHED) != (established.state == CONN_ESTABLISHED)) {
@@ -897,14 +990,14 @@ static __always_inline int new_connection(struct ethhdr *eth, struct iphdr *iph,
 		if (conn_table.update((struct conn_key *)ck, &fresh))
 			return finish(XDP_DROP, COUNTER_DROP_CONN_TABLE_ERROR);
 	} else if (tcp && !sc->past_syn) {
-		if (syn_table.update((struct conn_key *)ck, &fresh))
+		if (syn_put(ck, &fresh, cfg))
 			return finish(XDP_DROP, COUNTER_DROP_CONN_TABLE_ERROR);
 		if (!sc->replaces)
 			count(COUNTER_SYN_TABLE_INSERT);
 	} else if (tcp) {
 		if (conn_table.update((struct conn_key *)ck, &fresh))
 			return finish(XDP_DROP, COUNTER_DROP_CONN_TABLE_ERROR);
-		syn_table.delete((struct conn_key *)ck);
+		syn_drop(ck, cfg);
 		count(COUNTER_CONN_TABLE_INSERT);
 	} else {
 		if (udp_table.update((struct conn_key *)ck, &fresh))
@@ -914,7 +1007,7 @@ static __always_inline int new_connection(struct ethhdr *eth, struct iphdr *iph,
 	}
 	if (sc->replaces) {   /* the entry this one replaces leaves its server's count */
 		count_conn(sc->old_real, sc->old_state, -1);
-		flow_forget(ck, cfg->flow_gen);
+		flow_forget(ck, cfg);
 	}
 	if (sc->moved)
 		count(COUNTER_CONN_RESCHEDULED);
@@ -1004,7 +1097,7 @@ static __always_inline int handle_l4(struct xdp_md *ctx, struct hdr_cursor *c,
 	if (!th || !(th->syn | th->fin | th->rst)) {
 		__u32 cpu = bpf_get_smp_processor_id();
 
-		fs = cpu < FLOW_CACHE_CPUS ? flow_set_on(&ck, cpu) : NULL;
+		fs = cpu < FLOW_CACHE_CPUS ? flow_set_on(&ck, cpu, cfg) : NULL;
 		fe = fs ? flow_find(fs, &ck, cfg->flow_gen) : NULL;
 		if (fe && now - fe->synced_ns < cfg->flow_sync_ns) {
 			real_id = fe->real_id;
@@ -1057,7 +1150,7 @@ static __always_inline int handle_l4(struct xdp_md *ctx, struct hdr_cursor *c,
 	 * after its VIP left the config (IPVS keeps a removed service's connections).
 	 * Traffic to the director itself never gets here (the VIP pre-filter above). */
 	if (th && !cv) {
-		hv = syn_table.lookup(&ck);
+		hv = syn_find(&ck, cfg);
 		if (hv) {
 			int act = follow_half_open(hv, &ck, th, eth, iph, cfg, &moved);
 
@@ -1137,15 +1230,17 @@ static __always_inline int handle_icmp_error(struct hdr_cursor *c, struct ethhdr
 	ck.sport = ports->dest;
 	ck.dport = ports->source;
 	ck.proto = inner->protocol;
+	cfg = get_settings();
+	if (!cfg)
+		return finish(XDP_PASS, COUNTER_PASS_ICMP_ERROR_NO_CONN);
 	if (inner->protocol == IPPROTO_TCP) {
 		cv = conn_table.lookup(&ck);
 		if (!cv)
-			cv = syn_table.lookup(&ck);
+			cv = syn_find(&ck, cfg);
 	} else {
 		cv = udp_table.lookup(&ck);
 	}
-	cfg = get_settings();
-	if (!cv || !cfg || !conn_is_live(cv, NULL, cfg, now_ns()))
+	if (!cv || !conn_is_live(cv, NULL, cfg, now_ns()))
 		return finish(XDP_PASS, COUNTER_PASS_ICMP_ERROR_NO_CONN);
 	real_id = cv->real_id;
 	real = reals.lookup(&real_id);

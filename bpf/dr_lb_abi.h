@@ -170,6 +170,17 @@ struct conn_value {
 	uint8_t flags;                 /* enum conn_flags */
 };
 
+/* One entry of syn_table, a half-open TCP connection; key.proto 0: a free entry. */
+struct syn_entry {
+	struct conn_key key;
+	struct conn_value value;
+};
+
+/* One set of syn_table (a cache line): the entries whose keys hash to it. */
+struct syn_set {
+	struct syn_entry way[2];       /* SYN_TABLE_WAYS */
+};
+
 struct persist_key {
 	uint32_t client_net;           /* client address AND persistent_netmask */
 	uint32_t vip;
@@ -192,6 +203,9 @@ struct settings {
 	                                  the control plane changes it to empty every CPU's
 	                                  cache at once (never 0) */
 	uint64_t timeout_ns[8];        /* idle timeout per enum conn_state (CONN_STATE_SLOTS) */
+	uint64_t hash_seed;            /* the secret of the hash that places a connection in
+	                                  syn_table and flow_cache (so that nobody can aim
+	                                  SYNs at one set); kept with syn_table */
 	uint64_t flow_sync_ns;         /* a CPU follows a connection from its flow_cache for at
 	                                  most this long, then reads (and refreshes) its table
 	                                  entry again: a quarter of the shortest timeout, at

@@ -22,10 +22,13 @@
 #endif
 
 /* Half-open (SYN_RECV) connections, kept apart so that a SYN flood evicts only its own
- * kind; the control plane passes a quarter of conn_table_size (at least 1024). */
-#ifndef SYN_TABLE_SIZE
-#define SYN_TABLE_SIZE 262144
+ * kind: syn_table, SYN_TABLE_SETS sets (a power of two) of SYN_TABLE_WAYS entries (struct
+ * syn_set); the control plane passes room for a quarter of conn_table_size (at least
+ * 1024: lb/director/config.py table_slots). */
+#ifndef SYN_TABLE_SETS
+#define SYN_TABLE_SETS 131072
 #endif
+#define SYN_TABLE_WAYS 2
 
 /* UDP flows, kept apart so that a UDP flood evicts only UDP flows, never a TCP
  * connection; the control plane passes a quarter of conn_table_size (at least 1024). */
@@ -40,8 +43,7 @@
 
 /* flow_cache (dr_lb_maps.h): FLOW_CACHE_CPUS CPUs (the possible ones), each with
  * 2^FLOW_CACHE_LOG2 sets of FLOW_CACHE_WAYS connections; the control plane sizes it from
- * conn_table_size (lb/director/config.py flow_cache_shape). FLOW_CACHE_MULT: the
- * multiplier of its hash (a 64-bit odd constant, the golden ratio's). */
+ * conn_table_size (lb/director/config.py flow_cache_shape). */
 #ifndef FLOW_CACHE_CPUS
 #define FLOW_CACHE_CPUS 2
 #endif
@@ -49,7 +51,6 @@
 #define FLOW_CACHE_LOG2 17
 #endif
 #define FLOW_CACHE_WAYS 2
-#define FLOW_CACHE_MULT 0x9e3779b97f4a7c15ULL
 /* The longest a CPU follows a connection from its cache before it reads and refreshes
  * the connection's table entry again (settings.flow_sync_ns is at most this, and at most
  * a quarter of the shortest timeout). */

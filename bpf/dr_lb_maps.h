@@ -102,9 +102,12 @@ BPF_PROG_ARRAY(sched_prog, 1);
 KEPT_TABLE("array", __u32, struct wrr_pos, wrr_pos, MAX_SERVICES, 0);
 /* conn_key (5-tuple) -> conn_value (real, service, TCP state, last seen); program. */
 KEPT_TABLE("lru_hash", struct conn_key, struct conn_value, conn_table, CONN_TABLE_SIZE, 0);
-/* conn_key -> conn_value of a TCP connection between its SYN and the packet that
- * establishes it (then it moves to conn_table): spoofed SYNs evict only these; program. */
-KEPT_TABLE("lru_hash", struct conn_key, struct conn_value, syn_table, SYN_TABLE_SIZE, 0);
+/* set -> syn_set: TCP connections between their SYN and the packet that establishes them
+ * (then they move to conn_table), so that spoofed SYNs evict only these. Not a kernel
+ * hash: a set-associative array, one cache line per set, that a SYN reads and writes in
+ * place (the LRU hash's insert cost more than the rest of a SYN). A new entry takes a
+ * free way of its set, else the one seen longest ago (bpf/dr_lb.c syn_put); program. */
+KEPT_TABLE("array", __u32, struct syn_set, syn_table, SYN_TABLE_SETS, BPF_F_MMAPABLE);
 /* UDP flows (a datagram has no handshake to tell a spoofed source from a real one): apart
  * from the TCP tables, so that a UDP flood cannot push out a TCP connection. */
 KEPT_TABLE("lru_hash", struct conn_key, struct conn_value, udp_table, UDP_TABLE_SIZE, 0);

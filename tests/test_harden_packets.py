@@ -2,7 +2,9 @@
 bpf_prog_test_run_opts, maps filled by the real control-plane code."""
 from __future__ import annotations
 
+import ctypes as ct
 import struct
+import time
 
 import pytest
 
@@ -44,13 +46,15 @@ def frame_of(template: bytes, saddr: int, sport: int, flags: int | None = None) 
 
 def tables_holding(lb, sport: int, src: str = "10.0.0.10") -> list[str]:
     out = []
-    for name in ("conn_table", "syn_table"):
-        table = lb.dp.map(name)
-        key = table.Key()
-        key.saddr, key.daddr = abi.ip_be32(src), abi.ip_be32("10.0.0.21")
-        key.sport, key.dport, key.proto = abi.port_be16(sport), abi.port_be16(80), 6
-        if table.get(key) is not None:
-            out.append(name)
+    table = lb.dp.map("conn_table")
+    key = table.Key()
+    key.saddr, key.daddr = abi.ip_be32(src), abi.ip_be32("10.0.0.21")
+    key.sport, key.dport, key.proto = abi.port_be16(sport), abi.port_be16(80), 6
+    if table.get(key) is not None:
+        out.append("conn_table")
+    keys, _ = lb.dp.half_open()
+    if ((keys["saddr"] == key.saddr) & (keys["sport"] == key.sport)).any():
+        out.append("syn_table")
     return out
 
 
@@ -117,11 +121,14 @@ def test_the_established_path_is_one_lookup(small):
     small.dp.test_run(tcp("A", sport=50002))
     syn_table, conn_table = small.dp.map("syn_table"), small.dp.map("conn_table")
     (key, value), = conn_table.items()
-    decoy = syn_table.Leaf()
-    decoy.real_id = value.real_id + 1
-    decoy.state = abi.STATE["SYN_RECV"]
-    decoy.last_seen_ns = value.last_seen_ns
-    syn_table[key] = decoy
+    decoy = syn_table.Leaf()     # in every set: wherever the program would look
+    for way in decoy.way:
+        ct.memmove(ct.addressof(way.key), ct.addressof(key), ct.sizeof(key))
+        way.value.real_id = value.real_id + 1
+        way.value.state = abi.STATE["SYN_RECV"]
+        way.value.last_seen_ns = value.last_seen_ns
+    n = small.dp.syn_table_sets
+    syn_table.items_update_batch((syn_table.Key * n)(*range(n)), (syn_table.Leaf * n)(*[decoy] * n))
     r = small.dp.test_run(tcp("A", sport=50002))
     assert abi.mac_str(r.data[:6]) == RS1
 
@@ -219,3 +226,57 @@ def test_a_spoofed_udp_flood_evicts_no_tcp_connection(small):
     assert not moved, f"{len(moved)} of {len(held)} TCP connections lost to a UDP flood"
     c = small.dp.counters()
     assert c["udp_table_insert"] >= flood and c["conn_table_insert"] == len(held)
+
+
+# ---- syn_table: a set-associative array --------------------------------------------------
+
+M64 = (1 << 64) - 1
+
+
+def conn_hash(saddr: int, daddr: int, sport: int, dport: int, proto: int, seed: int) -> int:
+    """bpf/dr_lb.c conn_hash, to aim keys at one set (a test's oracle: the test below
+    checks it against where the program put them)."""
+    z = ((daddr << 32) | saddr) ^ seed
+    z ^= ((((dport << 16) | sport) << 8 | proto) * 0x9e3779b97f4a7c15) & M64
+    z = ((z ^ (z >> 30)) * 0xbf58476d1ce4e5b9) & M64
+    z = ((z ^ (z >> 27)) * 0x94d049bb133111eb) & M64
+    return z ^ (z >> 31)
+
+
+def syn_set_of(lb, sport: int, src: str = "10.0.0.10") -> int:
+    h = conn_hash(abi.ip_be32(src), abi.ip_be32("10.0.0.21"), abi.port_be16(sport),
+                  abi.port_be16(80), 6, lb.dp.hash_seed)
+    return (h >> 32) & (lb.dp.syn_table_sets - 1)
+
+
+def sports_in_one_set(lb, n: int, start: int = 30000) -> list[int]:
+    by_set: dict[int, list[int]] = {}
+    for sport in range(start, start + 64 * lb.dp.syn_table_sets):
+        same = by_set.setdefault(syn_set_of(lb, sport), [])
+        same.append(sport)
+        if len(same) == n:
+            return same
+    raise AssertionError("no set got n keys")
+
+
+def test_a_full_set_evicts_its_oldest_half_open_connection_and_only_that(small):
+    """Three SYNs aimed at one set of two: the third takes the entry of the oldest, whose
+    ACK then finds no connection; the other two are followed. An ACK that establishes a
+    connection frees its entry at once, so the same three then all fit."""
+    a, b, c = sports_in_one_set(small, 3)
+    syn_table = small.dp.map("syn_table")
+    small.dp.test_run(tcp("S", sport=a))
+    held = syn_table[syn_table.Key(syn_set_of(small, a))]
+    assert [w.key.sport for w in held.way].count(abi.port_be16(a)) == 1, \
+        "the hash oracle does not say where the program puts a key"
+    time.sleep(0.02)          # a later last_seen_ns (the clock ticks every few ms)
+    small.dp.test_run(tcp("S", sport=b))
+    time.sleep(0.02)
+    small.dp.test_run(tcp("S", sport=c))
+    assert tables_holding(small, a) == []
+    assert tables_holding(small, b) == tables_holding(small, c) == ["syn_table"]
+    assert small.dp.test_run(tcp("A", sport=a)).verdict == "XDP_PASS", "a was evicted"
+    for sport in (b, c):
+        assert small.dp.test_run(tcp("A", sport=sport)).verdict == "XDP_TX"
+        assert tables_holding(small, sport) == ["conn_table"]
+    assert small.dp.half_open()[0].size == 0, "each ACK freed its entry"

@@ -64,6 +64,13 @@ def key_in(table, sport: int, dport: int, proto: int, src: str):
 def find_conn(lb, sport: int, dport: int = 80, proto: int = 6, src: str = CLIENT_IP):
     """(table name, value) of the connection, or None."""
     for name in ("conn_table", "syn_table", "udp_table"):
+        if name == "syn_table":
+            slot = lb.dp.half_open_slot(key_in(lb.dp.map("conn_table"), sport, dport, proto,
+                                               src))
+            if slot:
+                table = lb.dp.map("syn_table")
+                return name, table[table.Key(slot[0])].way[slot[1]].value
+            continue
         table = lb.dp.map(name)
         key = key_in(table, sport, dport, proto, src)
         try:
@@ -159,7 +166,7 @@ def test_stateless_case(program, case):
     else:
         assert not any(inserts) \
             and not list(lb.dp.map("conn_table").keys()) \
-            and not list(lb.dp.map("syn_table").keys()) \
+            and not len(lb.dp.half_open()[0]) \
             and not list(lb.dp.map("udp_table").keys()), \
             "no connection may be created by a frame that is not sent to a real server"
 
@@ -289,19 +296,28 @@ def test_server_without_mac_is_never_chosen(program):
 # ---- timeouts: an expired entry counts as absent -----------------------------------------
 
 def conn_key(lb, sport: int, dport: int = 80, proto: int = 6, src: str = CLIENT_IP):
-    """(table, key) of the connection, in whichever table holds it."""
-    name = (find_conn(lb, sport, dport, proto, src) or ("conn_table",))[0]
+    """(table, key) of the connection in conn_table or udp_table."""
+    name = "udp_table" if proto == 17 else "conn_table"
     table = lb.dp.map(name)
     return table, key_in(table, sport, dport, proto, src)
 
 
-def age_conn(lb, seconds: float, sport: int, dport: int = 80, proto: int = 6) -> None:
+def age_conn(lb, seconds: float, sport: int, dport: int = 80, proto: int = 6,
+             src: str = CLIENT_IP) -> None:
     """Pretend the connection has been idle for `seconds` (longer than any CPU follows it
-    from its flow_cache: the caches are emptied, as time would have voided them)."""
-    table, key = conn_key(lb, sport, dport, proto)
-    value = table[key]
-    value.last_seen_ns -= int(seconds * 1e9)
-    table[key] = value
+    from its flow_cache: the caches are emptied, as time would have voided them), in
+    whichever table holds it."""
+    table, key = conn_key(lb, sport, dport, proto, src)
+    slot = None if key in table else lb.dp.half_open_slot(key)
+    if slot:
+        table, key = lb.dp.map("syn_table"), lb.dp.map("syn_table").Key(slot[0])
+        half_open = table[key]
+        half_open.way[slot[1]].value.last_seen_ns -= int(seconds * 1e9)
+        table[key] = half_open
+    else:
+        value = table[key]
+        value.last_seen_ns -= int(seconds * 1e9)
+        table[key] = value
     lb.dp.forget_flows()
 
 

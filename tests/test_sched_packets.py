@@ -17,6 +17,7 @@ from lb.director import monitor
 from tests import ipvs_reference as ref
 from tests.conftest import needs_root
 from tests.packet_cases import DIRECTOR_MAC, VIP, tcp, udp
+from tests.test_packets import age_conn
 
 pytestmark = needs_root
 
@@ -277,21 +278,7 @@ def assert_counts_exact(lb, n: int, work: Workload) -> None:
 def age(lb, client: tuple[str, int], seconds: float, dport: int = 80) -> None:
     """Make a TCP connection `seconds` older, in whichever table holds it (a half-open
     one waits in syn_table)."""
-    for name in ("conn_table", "syn_table"):
-        table = lb.dp.map(name)
-        key = table.Key()
-        key.saddr = abi.ip_be32(client[0])
-        key.daddr = abi.ip_be32(VIP)
-        key.sport = abi.port_be16(client[1])
-        key.dport = abi.port_be16(dport)
-        key.proto = 6
-        value = table.get(key)
-        if value is not None:
-            value.last_seen_ns -= int(seconds * 1e9)
-            table[key] = value
-            lb.dp.forget_flows()   # as time would have voided the CPUs' flow_cache
-            return
-    raise KeyError(client)
+    age_conn(lb, seconds, client[1], dport, 6, src=client[0])
 
 
 def correct(lb) -> None:

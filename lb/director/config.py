@@ -213,13 +213,21 @@ def _lru_hash_bytes(entries: int, key: int, value: int) -> int:
     return entries * (48 + r8(key) + r8(value)) + buckets * 16
 
 
+def syn_table_sets(conn_table_size: int) -> int:
+    """syn_table's sets (SYN_TABLE_WAYS half-open connections each): room for
+    syn_table_size(), a power of two of them."""
+    want = -(-syn_table_size(conn_table_size) // abi.CONST["SYN_TABLE_WAYS"])
+    return 1 << (want - 1).bit_length()
+
+
 def table_slots(conn_table_size: int, cpus: int | None = None) -> dict[str, int]:
-    """The slots of conn_table, syn_table and udp_table for `conn_table_size`. The LRU
-    keeps some free slots on each CPU's list and may evict before it is full, so each
-    table gets headroom: conn_table then holds at least conn_table_size connections."""
+    """The entries (max_entries) of conn_table, syn_table and udp_table for
+    `conn_table_size`: syn_table's are sets (syn_table_sets). The LRU keeps some free
+    slots on each CPU's list and may evict before it is full, so each LRU table gets
+    headroom: conn_table then holds at least conn_table_size connections."""
     headroom = (cpus or possible_cpus()) * abi.CONST["LRU_HEADROOM_PER_CPU"]
     return {"conn_table": conn_table_size + headroom,
-            "syn_table": syn_table_size(conn_table_size) + headroom,
+            "syn_table": syn_table_sets(conn_table_size),
             "udp_table": udp_table_size(conn_table_size) + headroom}
 
 
@@ -242,8 +250,9 @@ def table_memory_bytes(conn_table_size: int, cpus: int | None = None) -> int:
     tests/test_harden_packets.py."""
     key, value = abi.ffi.sizeof("struct conn_key"), abi.ffi.sizeof("struct conn_value")
     n_cpus, log2 = flow_cache_shape(conn_table_size, cpus)
-    return sum(_lru_hash_bytes(n, key, value)
-               for n in table_slots(conn_table_size, cpus).values()) + \
+    slots = table_slots(conn_table_size, cpus)
+    return sum(_lru_hash_bytes(slots[n], key, value) for n in ("conn_table", "udp_table")) + \
+        slots["syn_table"] * abi.ffi.sizeof("struct syn_set") + \
         (n_cpus << log2) * FLOW_SET_BYTES
 
 

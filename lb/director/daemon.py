@@ -79,8 +79,9 @@ def run(config: Config, config_path: str, replace: bool = False,
     for line in found.warnings + [found.notice()]:
         if line:
             say(line)
-    dp = Dataplane(config.director.conn_table_size, pin_dir=found.pin_dir)
-    recorder = kept.Recorder(name, slots)
+    dp = Dataplane(config.director.conn_table_size, pin_dir=found.pin_dir,
+                   hash_seed=found.hash_seed)
+    recorder = kept.Recorder(name, slots, dp.hash_seed)
     iface = netif.interface(name)            # what is attached now, a few seconds later
     if iface is None:
         dp.close()

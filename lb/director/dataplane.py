@@ -9,6 +9,7 @@ import ctypes as ct
 import errno
 import functools
 import os
+import secrets
 import threading
 import time
 from dataclasses import dataclass
@@ -106,11 +107,14 @@ class Dataplane:
     """One compiled, loaded instance of bpf/dr_lb.c and its maps."""
 
     def __init__(self, conn_table_size: int = abi.CONST["CONN_TABLE_SIZE"],
-                 pin_dir: Path | None = None, bpf_dir: Path | None = None):
+                 pin_dir: Path | None = None, bpf_dir: Path | None = None,
+                 hash_seed: int | None = None):
         """Compile and load. With `pin_dir` (a bpffs directory), the maps that outlive the
         process (lb/director/kept.py) are pinned there, or reused if already pinned.
         `bpf_dir`: another copy of bpf/ (bench/ab.py compares two builds); the ABI stays
-        this package's."""
+        this package's. `hash_seed`: the secret that places connections in syn_table and
+        flow_cache; a kept syn_table needs the seed that placed its entries (kept.py),
+        otherwise a random one."""
         bcc = import_bcc()
         problem = headers_problem()
         if problem:
@@ -119,11 +123,11 @@ class Dataplane:
         slots = table_slots(conn_table_size, cpus)
         self.flow_cache_cpus, self.flow_cache_log2 = flow_cache_shape(conn_table_size, cpus)
         self.conn_table_slots = slots["conn_table"]
-        self.syn_table_slots = slots["syn_table"]
+        self.syn_table_sets = slots["syn_table"]
         self.udp_table_slots = slots["udp_table"]
         bpf_dir = bpf_dir or abi.BPF_DIR
         cflags = [f"-I{bpf_dir}", f"-DCONN_TABLE_SIZE={self.conn_table_slots}",
-                  f"-DSYN_TABLE_SIZE={self.syn_table_slots}",
+                  f"-DSYN_TABLE_SETS={self.syn_table_sets}",
                   f"-DUDP_TABLE_SIZE={self.udp_table_slots}",
                   f"-DFLOW_CACHE_CPUS={self.flow_cache_cpus}",
                   f"-DFLOW_CACHE_LOG2={self.flow_cache_log2}",
@@ -151,6 +155,7 @@ class Dataplane:
         self._real_rows: dict[int, dict] = {}
         self._fix: dict[int, tuple[int, int]] = {}
         self._flow_gen = 0   # settings.flow_gen last written (write, forget_flows)
+        self.hash_seed = secrets.randbits(64) if hash_seed is None else hash_seed
 
     @property
     def prog_fd(self) -> int:
@@ -271,7 +276,8 @@ class Dataplane:
         to them (each services entry changes atomically).
         """
         self._flow_gen = self._flow_gen % 0xFFFFFFFF + 1   # 1, 2, ... never 0
-        self._put("settings", [(0, dict(layout.settings_row(), flow_gen=self._flow_gen))])
+        self._put("settings", [(0, dict(layout.settings_row(), flow_gen=self._flow_gen,
+                                        hash_seed=self.hash_seed))])
         with self._reals_lock:
             self._real_rows = dict(layout.real_rows())
             self._put("reals", [(i, self._with_fix(i, row)) for i, row in self._real_rows.items()])
@@ -349,8 +355,9 @@ class Dataplane:
     def clear_state(self) -> None:
         """Forget connections, persistence and counters (tests start from zero)."""
         self.forget_flows()
-        for name in ("conn_table", "syn_table", "udp_table", "persist_table"):
+        for name in ("conn_table", "udp_table", "persist_table"):
             self._delete_all(name)
+        self._zero_array("syn_table", self.syn_table_sets)
         for name in ("svc_stats", "real_stats", "counters", "wrr_pos", "real_conns"):
             self.map(name).clear()   # arrays: zeroes every slot
         self.write_conn_fix({})
@@ -359,7 +366,7 @@ class Dataplane:
         """Empty a hash map in a few syscalls: bcc's clear() deletes key by key, and each
         delete sends its next-key walk back to the start (minutes for 100,000 entries)."""
         table = self.map(name)
-        capacity = {"conn_table": self.conn_table_slots, "syn_table": self.syn_table_slots,
+        capacity = {"conn_table": self.conn_table_slots,
                     "udp_table": self.udp_table_slots}.get(name, abi.CONST["PERSIST_TABLE_SIZE"])
         keys, _, n = libbpf.map_dump(table.map_fd, ct.sizeof(table.Key), ct.sizeof(table.Leaf),
                                      capacity)
@@ -391,7 +398,7 @@ class Dataplane:
         import numpy as np
         parts = [self._dump("conn_table", self.conn_table_slots)]
         if half_open:
-            parts.append(self._dump("syn_table", self.syn_table_slots))
+            parts.append(self.half_open())
         parts.append(self._dump("udp_table", self.udp_table_slots))
         return (np.concatenate([k for k, _ in parts]), np.concatenate([v for _, v in parts]))
 
@@ -402,6 +409,43 @@ class Dataplane:
                                           ct.sizeof(table.Leaf), capacity)
         return (np.frombuffer(keys, abi.numpy_dtype("conn_key"), n),
                 np.frombuffer(values, abi.numpy_dtype("conn_value"), n))
+
+    def half_open(self):
+        """syn_table's half-open connections as connections() gives them (keys, values),
+        expired ones included: every entry of its sets whose key is not free."""
+        import numpy as np
+        table = self.map("syn_table")
+        _, sets, n = libbpf.map_dump(table.map_fd, 4, ct.sizeof(table.Leaf),
+                                     self.syn_table_sets)
+        entries = np.frombuffer(sets, np.uint8, n * ct.sizeof(table.Leaf)).reshape(
+            -1, abi.ffi.sizeof("struct syn_entry"))
+        key_size = abi.ffi.sizeof("struct conn_key")
+        keys = entries[:, :key_size].copy().view(abi.numpy_dtype("conn_key")).ravel()
+        values = entries[:, key_size:].copy().view(abi.numpy_dtype("conn_value")).ravel()
+        used = keys["proto"] != 0
+        return keys[used], values[used]
+
+    def half_open_slot(self, key) -> tuple[int, int] | None:
+        """(set, way) of syn_table holding the connection whose conn_key is `key` (any
+        object with its fields), or None. A scan of the table: for tests and tools."""
+        import numpy as np
+        table = self.map("syn_table")
+        _, sets, n = libbpf.map_dump(table.map_fd, 4, ct.sizeof(table.Leaf),
+                                     self.syn_table_sets)
+        ways = abi.CONST["SYN_TABLE_WAYS"]
+        keys = np.frombuffer(sets, np.uint8, n * ct.sizeof(table.Leaf)).reshape(
+            -1, abi.ffi.sizeof("struct syn_entry"))[:, :abi.ffi.sizeof("struct conn_key")]
+        keys = keys.copy().view(abi.numpy_dtype("conn_key")).ravel()
+        hit = np.flatnonzero((keys["saddr"] == key.saddr) & (keys["daddr"] == key.daddr) &
+                             (keys["sport"] == key.sport) & (keys["dport"] == key.dport) &
+                             (keys["proto"] == key.proto) & (keys["proto"] != 0))
+        return (int(hit[0]) // ways, int(hit[0]) % ways) if hit.size else None
+
+    def _zero_array(self, name: str, entries: int) -> None:
+        """Every entry of an array map zeroed, in one syscall."""
+        table = self.map(name)
+        keys = (table.Key * entries)(*range(entries))
+        table.items_update_batch(keys, (table.Leaf * entries)())
 
     def live_timeouts(self):
         """The idle timeout of each connection state, in ns, as the program reads them."""
@@ -420,7 +464,7 @@ class Dataplane:
         entries the table holds, expired ones included."""
         import numpy as np
         _, main = self._dump("conn_table", self.conn_table_slots)
-        _, half_open = self._dump("syn_table", self.syn_table_slots)
+        _, half_open = self.half_open()
         _, udp = self._dump("udp_table", self.udp_table_slots)
         values = np.concatenate([main, half_open, udp])
         live = self.live(values)

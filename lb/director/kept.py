@@ -35,6 +35,7 @@ RECORDS = RUN_DIR / "kept"
 KEPT_MAPS = ("conn_table", "syn_table", "udp_table", "persist_table", "wrr_pos")
 CONN_MAPS = ("conn_table", "syn_table", "udp_table")   # conn_key -> conn_value each
 PROGRAM_PIN = "program"     # the attached program (instances.program_pin)
+BPF_F_MMAPABLE = 1 << 10
 RECORD_VERSION = 1
 
 
@@ -66,6 +67,8 @@ def fingerprints() -> dict[str, str]:
     conn = [_struct("conn_key"), _struct("conn_value"), _enum("conn_state"), _enum("conn_flags")]
     parts = {
         **{name: conn for name in CONN_MAPS},
+        # Its sets are chosen by the hash in bpf/dr_lb.c (conn_hash) with the recorded seed.
+        "syn_table": conn + [_struct("syn_entry"), _struct("syn_set"), "conn_hash splitmix64 v1"],
         "persist_table": [_struct("persist_key"), _struct("persist_value")],
         "wrr_pos": ["u32 svc_id -> {bpf_spin_lock lock; u32 pos}"],
     }
@@ -82,6 +85,8 @@ def expected_attrs(slots: dict[str, int]) -> dict[str, dict]:
         **{name: {"type": "lru_hash", "key_size": size("struct conn_key"),
                   "value_size": size("struct conn_value"),
                   "max_entries": slots[name], "map_flags": 0} for name in CONN_MAPS},
+        "syn_table": {"type": "array", "key_size": 4, "value_size": size("struct syn_set"),
+                      "max_entries": slots["syn_table"], "map_flags": BPF_F_MMAPABLE},
         "persist_table": {"type": "lru_hash", "key_size": size("struct persist_key"),
                           "value_size": size("struct persist_value"),
                           "max_entries": abi.CONST["PERSIST_TABLE_SIZE"], "map_flags": 0},
@@ -190,6 +195,7 @@ class Kept:
     ids: layout_mod.Ids | None = None
     macs: dict[str, str] = field(default_factory=dict)  # real server address -> last MAC
     warnings: list[str] = field(default_factory=list)
+    hash_seed: int | None = None   # the seed that placed the kept syn_table's entries
 
     def notice(self) -> str | None:
         """The one line saying that kept state had another layout, if it had."""
@@ -226,6 +232,8 @@ def prepare(interface: str, slots: dict[str, int]) -> Kept:
         rec = recorded.get(name)
         if rec is None:
             why = "no layout record"
+        elif name == "syn_table" and not isinstance((record or {}).get("hash_seed"), int):
+            why = "no hash seed recorded"
         elif rec.get("fingerprint") != fps[name]:
             why = "made by a build with another bpf/dr_lb_abi.h"
         elif info != want[name]:
@@ -236,6 +244,8 @@ def prepare(interface: str, slots: dict[str, int]) -> Kept:
             continue
         (d / name).unlink()
         out.reset[name] = why
+    if "syn_table" in out.kept:
+        out.hash_seed = record["hash_seed"]
     if record and set(out.kept) & {*CONN_MAPS, "persist_table"}:
         try:
             out.ids = ids_from_json(record["ids"])
@@ -249,9 +259,10 @@ class Recorder:
     """Writes an instance's record whenever the ids or MACs change, and stops once
     another process (a successor, `up --replace`) has taken the record over."""
 
-    def __init__(self, interface: str, slots: dict[str, int]):
+    def __init__(self, interface: str, slots: dict[str, int], hash_seed: int):
         self.interface = interface
         self.slots = slots
+        self.hash_seed = hash_seed
         self.last = ""
         self.active = True
 
@@ -271,7 +282,7 @@ class Recorder:
                     if r.mac}
         data = {"version": RECORD_VERSION, "pid": os.getpid(),
                 "maps": {m: {"fingerprint": fps[m], **attrs[m]} for m in KEPT_MAPS},
-                "ids": ids_to_json(ids), "macs": macs}
+                "ids": ids_to_json(ids), "macs": macs, "hash_seed": self.hash_seed}
         text = json.dumps(data, indent=1, sort_keys=True)
         if text == self.last:
             return
