@@ -309,8 +309,9 @@ static __always_inline struct conn_value *syn_find(const struct conn_key *ck,
 /* Store `ck`'s half-open connection: in its own entry if it has one, else a free one, else
  * the one seen longest ago (evicted: a SYN flood pushes out only half-open connections,
  * as with an LRU, but at the cost of one cache line). Another CPU may read the entry
- * meanwhile: the key is voided first and completed last, so that it never pairs the key
- * with another connection's value; a torn read can only miss, as the evicted one would. */
+ * meanwhile: the key is voided first and completed last, so that a reader that starts
+ * after the write began misses; one that matched the evicted key just before may take
+ * the new value for one packet of the evicted connection, which is lost either way. */
 static __always_inline int syn_put(const struct conn_key *ck, const struct conn_value *cv,
 				   const struct settings *cfg)
 {
