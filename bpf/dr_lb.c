@@ -291,7 +291,25 @@ static __always_inline struct syn_set *syn_set_of(const struct conn_key *ck,
 	return syn_table.lookup(&idx);
 }
 
-/* The half-open connection of `ck`, or NULL. */
+/* When a set last spilled an entry into syn_spill (both of its ways live), in units of
+ * 2^30 ns, 16 bits, kept in way[0]'s key padding (dr_lb_abi.h struct syn_set). A set
+ * whose last spill is older than a half-open entry can live (SYN_RECV_TIMEOUT_S) has
+ * nothing live there, so only recent spillers pay syn_spill's lookup. */
+#define SPILL_SHIFT 30
+#define SPILL_WINDOW ((SYN_RECV_TIMEOUT_S * NS_PER_S >> SPILL_SHIFT) + 2)
+
+static __always_inline __u16 *spill_mark(struct syn_set *set)
+{
+	return (__u16 *)&set->way[0].key.pad[1];
+}
+
+static __always_inline int spilled_lately(struct syn_set *set, __u64 now)
+{
+	return (__u16)((now >> SPILL_SHIFT) - *spill_mark(set)) <= SPILL_WINDOW;
+}
+
+/* The half-open connection of `ck`, or NULL: in its set, or in syn_spill if the set
+ * spilled lately. */
 static __always_inline struct conn_value *syn_find(const struct conn_key *ck,
 						   const struct settings *cfg)
 {
@@ -303,19 +321,31 @@ static __always_inline struct conn_value *syn_find(const struct conn_key *ck,
 		return &set->way[0].value;
 	if (same_key(&set->way[1].key, ck))
 		return &set->way[1].value;
+	if (spilled_lately(set, now_ns()))
+		return syn_spill.lookup((struct conn_key *)ck);
 	return NULL;
 }
 
-/* Store `ck`'s half-open connection: in its own entry if it has one, else a free one, else
- * the one seen longest ago (evicted: a SYN flood pushes out only half-open connections,
- * as with an LRU, but at the cost of one cache line). Another CPU may read the entry
- * meanwhile: the key is voided first and completed last, so that a reader that starts
- * after the write began misses; one that matched the evicted key just before may take
- * the new value for one packet of the evicted connection, which is lost either way. */
-static __always_inline int syn_put(const struct conn_key *ck, const struct conn_value *cv,
+static __always_inline int way_free(const struct syn_entry *e, const struct settings *cfg,
+				    __u64 now)
+{
+	return !e->key.proto ||
+	       expired(now, e->value.last_seen_ns,
+		       cfg->timeout_ns[e->value.state & (CONN_STATE_SLOTS - 1)]);
+}
+
+/* Store `ck`'s half-open connection (`cv`, stamped now): in its own entry if it has one,
+ * else in a free or expired way of its set; with both ways live, in syn_spill (an LRU
+ * hash, as the whole table was before), so that a collision never loses a connection: a
+ * SYN flood that fills every set and syn_spill evicts only half-open entries, as an LRU.
+ * Another CPU may read the entry meanwhile: the key is voided first and completed last,
+ * so that a reader that starts after the write began misses; one that matched an expired
+ * key just before may take the new value for one packet of that dead connection. */
+static __always_inline int syn_put(struct conn_key *ck, const struct conn_value *cv,
 				   const struct settings *cfg)
 {
 	struct syn_set *set = syn_set_of(ck, cfg);
+	__u64 now = cv->last_seen_ns;
 	struct syn_entry *e;
 
 	if (!set)
@@ -324,13 +354,16 @@ static __always_inline int syn_put(const struct conn_key *ck, const struct conn_
 		e = &set->way[0];
 	else if (same_key(&set->way[1].key, ck))
 		e = &set->way[1];
-	else if (!set->way[0].key.proto)
+	else if (spilled_lately(set, now) && syn_spill.lookup(ck))
+		return syn_spill.update(ck, cv);
+	else if (way_free(&set->way[0], cfg, now))
 		e = &set->way[0];
-	else if (!set->way[1].key.proto)
+	else if (way_free(&set->way[1], cfg, now))
 		e = &set->way[1];
-	else
-		e = (__s64)(set->way[0].value.last_seen_ns - set->way[1].value.last_seen_ns) <= 0 ?
-		    &set->way[0] : &set->way[1];
+	else {
+		*spill_mark(set) = now >> SPILL_SHIFT;
+		return syn_spill.update(ck, cv);
+	}
 	e->key.proto = 0;
 	asm volatile("" ::: "memory");
 	e->value = *cv;
@@ -343,7 +376,7 @@ static __always_inline int syn_put(const struct conn_key *ck, const struct conn_
 }
 
 /* `ck`'s half-open connection is established (or moved): its entry is free again. */
-static __always_inline void syn_drop(const struct conn_key *ck, const struct settings *cfg)
+static __always_inline void syn_drop(struct conn_key *ck, const struct settings *cfg)
 {
 	struct syn_set *set = syn_set_of(ck, cfg);
 
@@ -353,6 +386,8 @@ static __always_inline void syn_drop(const struct conn_key *ck, const struct set
 		set->way[0].key.proto = 0;
 	else if (same_key(&set->way[1].key, ck))
 		set->way[1].key.proto = 0;
+	else if (spilled_lately(set, now_ns()))
+		syn_spill.delete(ck);
 }
 
 /* The set of `ck` in `cpu`'s part of flow_cache (the same set number on every CPU). */
@@ -991,14 +1026,14 @@ static __always_inline int new_connection(struct ethhdr *eth, struct iphdr *iph,
 		if (conn_table.update((struct conn_key *)ck, &fresh))
 			return finish(XDP_DROP, COUNTER_DROP_CONN_TABLE_ERROR);
 	} else if (tcp && !sc->past_syn) {
-		if (syn_put(ck, &fresh, cfg))
+		if (syn_put((struct conn_key *)ck, &fresh, cfg))
 			return finish(XDP_DROP, COUNTER_DROP_CONN_TABLE_ERROR);
 		if (!sc->replaces)
 			count(COUNTER_SYN_TABLE_INSERT);
 	} else if (tcp) {
 		if (conn_table.update((struct conn_key *)ck, &fresh))
 			return finish(XDP_DROP, COUNTER_DROP_CONN_TABLE_ERROR);
-		syn_drop(ck, cfg);
+		syn_drop((struct conn_key *)ck, cfg);
 		count(COUNTER_CONN_TABLE_INSERT);
 	} else {
 		if (udp_table.update((struct conn_key *)ck, &fresh))

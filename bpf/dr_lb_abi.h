@@ -176,7 +176,8 @@ struct syn_entry {
 	struct conn_value value;
 };
 
-/* One set of syn_table (a cache line): the entries whose keys hash to it. */
+/* One set of syn_table (a cache line): the entries whose keys hash to it. way[0].key.pad
+ * bytes 1-2 (a u16) hold when the set last spilled into syn_spill (bpf/dr_lb.c). */
 struct syn_set {
 	struct syn_entry way[2];       /* SYN_TABLE_WAYS */
 };

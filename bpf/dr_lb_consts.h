@@ -29,6 +29,11 @@
 #define SYN_TABLE_SETS 131072
 #endif
 #define SYN_TABLE_WAYS 2
+/* syn_spill: half-open connections whose set was full; the control plane passes the
+ * half-open room plus the LRU's headroom. */
+#ifndef SYN_SPILL_SIZE
+#define SYN_SPILL_SIZE 262144
+#endif
 
 /* UDP flows, kept apart so that a UDP flood evicts only UDP flows, never a TCP
  * connection; the control plane passes a quarter of conn_table_size (at least 1024). */

@@ -106,8 +106,12 @@ KEPT_TABLE("lru_hash", struct conn_key, struct conn_value, conn_table, CONN_TABL
  * (then they move to conn_table), so that spoofed SYNs evict only these. Not a kernel
  * hash: a set-associative array, one cache line per set, that a SYN reads and writes in
  * place (the LRU hash's insert cost more than the rest of a SYN). A new entry takes a
- * free way of its set, else the one seen longest ago (bpf/dr_lb.c syn_put); program. */
+ * free or expired way of its set, else goes to syn_spill (bpf/dr_lb.c syn_put); program. */
 KEPT_TABLE("array", __u32, struct syn_set, syn_table, SYN_TABLE_SETS, BPF_F_MMAPABLE);
+/* conn_key -> conn_value: the half-open connections whose set was full (two live ones),
+ * so that a collision loses nothing; under a SYN flood, what the flood fills (an LRU, as
+ * the whole half-open table was before it had sets); program. */
+KEPT_TABLE("lru_hash", struct conn_key, struct conn_value, syn_spill, SYN_SPILL_SIZE, 0);
 /* UDP flows (a datagram has no handshake to tell a spoofed source from a real one): apart
  * from the TCP tables, so that a UDP flood cannot push out a TCP connection. */
 KEPT_TABLE("lru_hash", struct conn_key, struct conn_value, udp_table, UDP_TABLE_SIZE, 0);

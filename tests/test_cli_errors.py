@@ -124,7 +124,7 @@ def test_check_says_what_the_connection_table_costs(tmp_path):
                                    'interface = "drlb0"\nconn_table_size = 100000000'))
     r = CliRunner(mix_stderr=False).invoke(cli.main, ["check", "--offline", str(path)])
     assert r.exit_code == 0, r.stderr
-    assert "conn_table_size = 100000000: the connection tables take about 12.8 GiB" \
+    assert "conn_table_size = 100000000: the connection tables take about 15.2 GiB" \
         in r.stdout, r.stdout
 
 
@@ -138,5 +138,5 @@ def test_up_refuses_a_table_that_does_not_fit_in_available_memory(up, monkeypatc
                           'interface = "drlb0"\nconn_table_size = 100000000'))
     line = one_line(r)
     assert r.exit_code == 2, line
-    assert "conn_table_size = 100000000 needs about 12.8 GiB" in line and "2,048 MiB" in line
+    assert "conn_table_size = 100000000 needs about 15.2 GiB" in line and "2,048 MiB" in line
     assert "for example" in line, line

@@ -142,10 +142,10 @@ def test_the_table_memory_check_says_what_the_kernel_says(small_dp):
             if line.startswith("memlock:"):
                 return int(line.split()[1])
         raise AssertionError("no memlock in fdinfo")
-    kernel = memlock("conn_table") + memlock("syn_table") + memlock("udp_table") + \
-        memlock("flow_cache")
+    kernel = memlock("conn_table") + memlock("syn_table") + memlock("syn_spill") + \
+        memlock("udp_table") + memlock("flow_cache")
     estimate = config_mod.table_memory_bytes(SMALL_TABLE)
-    print(f"conn_table + syn_table + udp_table + flow_cache for conn_table_size {SMALL_TABLE}: kernel {kernel} bytes, "
+    print(f"conn_table + syn_table + syn_spill + udp_table + flow_cache for conn_table_size {SMALL_TABLE}: kernel {kernel} bytes, "
           f"estimate {estimate}")
     assert abs(kernel - estimate) <= 0.1 * kernel, (kernel, estimate)
 
@@ -259,24 +259,34 @@ def sports_in_one_set(lb, n: int, start: int = 30000) -> list[int]:
     raise AssertionError("no set got n keys")
 
 
-def test_a_full_set_evicts_its_oldest_half_open_connection_and_only_that(small):
-    """Three SYNs aimed at one set of two: the third takes the entry of the oldest, whose
-    ACK then finds no connection; the other two are followed. An ACK that establishes a
-    connection frees its entry at once, so the same three then all fit."""
-    a, b, c = sports_in_one_set(small, 3)
-    syn_table = small.dp.map("syn_table")
-    small.dp.test_run(tcp("S", sport=a))
-    held = syn_table[syn_table.Key(syn_set_of(small, a))]
-    assert [w.key.sport for w in held.way].count(abi.port_be16(a)) == 1, \
+def set_holds(lb, sport: int) -> bool:
+    table = lb.dp.map("syn_table")
+    held = table[table.Key(syn_set_of(lb, sport))]
+    return [w.key.sport for w in held.way if w.key.proto].count(abi.port_be16(sport)) == 1
+
+
+def test_a_full_set_spills_and_loses_nothing(small):
+    """Three SYNs aimed at one set of two: the third goes to syn_spill; all three are
+    followed, and each ACK moves its connection to conn_table and frees its place. An
+    expired entry's way is reused before anything spills."""
+    a, b, c, d = sports_in_one_set(small, 4)
+    for sport in (a, b, c):
+        assert small.dp.test_run(tcp("S", sport=sport)).verdict == "XDP_TX"
+    assert set_holds(small, a) and set_holds(small, b), \
         "the hash oracle does not say where the program puts a key"
-    time.sleep(0.02)          # a later last_seen_ns (the clock ticks every few ms)
-    small.dp.test_run(tcp("S", sport=b))
-    time.sleep(0.02)
-    small.dp.test_run(tcp("S", sport=c))
-    assert tables_holding(small, a) == []
-    assert tables_holding(small, b) == tables_holding(small, c) == ["syn_table"]
-    assert small.dp.test_run(tcp("A", sport=a)).verdict == "XDP_PASS", "a was evicted"
-    for sport in (b, c):
+    assert not set_holds(small, c) and len(small.dp.half_open()[0]) == 3, "c spilled"
+    assert tables_holding(small, c) == ["syn_table"]
+    for sport in (a, b, c):
+        r = small.dp.test_run(tcp("S", sport=sport))      # a repeated SYN: same server
+        assert r.verdict == "XDP_TX" and small.dp.counters()["syn_table_insert"] == 3
+    for sport in (a, c):
         assert small.dp.test_run(tcp("A", sport=sport)).verdict == "XDP_TX"
         assert tables_holding(small, sport) == ["conn_table"]
-    assert small.dp.half_open()[0].size == 0, "each ACK freed its entry"
+    assert len(small.dp.half_open()[0]) == 1, "each ACK freed its entry, spilled or not"
+    # b, the one left, expires: d takes its way instead of spilling.
+    from tests.test_packets import age_conn
+    age_conn(small, 61, b, src="10.0.0.10")
+    small.dp.test_run(tcp("S", sport=d))   # the set has one free way: d takes it
+    e = sports_in_one_set(small, 5)[4]
+    small.dp.test_run(tcp("S", sport=e))   # and the expired b's, not syn_spill
+    assert set_holds(small, d) and set_holds(small, e) and not set_holds(small, b)

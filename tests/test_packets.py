@@ -65,11 +65,13 @@ def find_conn(lb, sport: int, dport: int = 80, proto: int = 6, src: str = CLIENT
     """(table name, value) of the connection, or None."""
     for name in ("conn_table", "syn_table", "udp_table"):
         if name == "syn_table":
-            slot = lb.dp.half_open_slot(key_in(lb.dp.map("conn_table"), sport, dport, proto,
-                                               src))
+            key = key_in(lb.dp.map("conn_table"), sport, dport, proto, src)
+            slot = lb.dp.half_open_slot(key)
             if slot:
                 table = lb.dp.map("syn_table")
                 return name, table[table.Key(slot[0])].way[slot[1]].value
+            if key in lb.dp.map("syn_spill"):
+                return "syn_spill", lb.dp.map("syn_spill")[key]
             continue
         table = lb.dp.map(name)
         key = key_in(table, sport, dport, proto, src)
@@ -308,6 +310,8 @@ def age_conn(lb, seconds: float, sport: int, dport: int = 80, proto: int = 6,
     from its flow_cache: the caches are emptied, as time would have voided them), in
     whichever table holds it."""
     table, key = conn_key(lb, sport, dport, proto, src)
+    if key not in table and key in lb.dp.map("syn_spill"):
+        table = lb.dp.map("syn_spill")
     slot = None if key in table else lb.dp.half_open_slot(key)
     if slot:
         table, key = lb.dp.map("syn_table"), lb.dp.map("syn_table").Key(slot[0])

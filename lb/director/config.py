@@ -221,13 +221,14 @@ def syn_table_sets(conn_table_size: int) -> int:
 
 
 def table_slots(conn_table_size: int, cpus: int | None = None) -> dict[str, int]:
-    """The entries (max_entries) of conn_table, syn_table and udp_table for
+    """The entries (max_entries) of conn_table, syn_table, syn_spill and udp_table for
     `conn_table_size`: syn_table's are sets (syn_table_sets). The LRU keeps some free
     slots on each CPU's list and may evict before it is full, so each LRU table gets
     headroom: conn_table then holds at least conn_table_size connections."""
     headroom = (cpus or possible_cpus()) * abi.CONST["LRU_HEADROOM_PER_CPU"]
     return {"conn_table": conn_table_size + headroom,
             "syn_table": syn_table_sets(conn_table_size),
+            "syn_spill": syn_table_size(conn_table_size) + headroom,
             "udp_table": udp_table_size(conn_table_size) + headroom}
 
 
@@ -251,7 +252,8 @@ def table_memory_bytes(conn_table_size: int, cpus: int | None = None) -> int:
     key, value = abi.ffi.sizeof("struct conn_key"), abi.ffi.sizeof("struct conn_value")
     n_cpus, log2 = flow_cache_shape(conn_table_size, cpus)
     slots = table_slots(conn_table_size, cpus)
-    return sum(_lru_hash_bytes(slots[n], key, value) for n in ("conn_table", "udp_table")) + \
+    return sum(_lru_hash_bytes(slots[n], key, value)
+               for n in ("conn_table", "syn_spill", "udp_table")) + \
         slots["syn_table"] * abi.ffi.sizeof("struct syn_set") + \
         (n_cpus << log2) * FLOW_SET_BYTES
 

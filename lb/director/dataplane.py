@@ -124,10 +124,12 @@ class Dataplane:
         self.flow_cache_cpus, self.flow_cache_log2 = flow_cache_shape(conn_table_size, cpus)
         self.conn_table_slots = slots["conn_table"]
         self.syn_table_sets = slots["syn_table"]
+        self.syn_spill_slots = slots["syn_spill"]
         self.udp_table_slots = slots["udp_table"]
         bpf_dir = bpf_dir or abi.BPF_DIR
         cflags = [f"-I{bpf_dir}", f"-DCONN_TABLE_SIZE={self.conn_table_slots}",
                   f"-DSYN_TABLE_SETS={self.syn_table_sets}",
+                  f"-DSYN_SPILL_SIZE={self.syn_spill_slots}",
                   f"-DUDP_TABLE_SIZE={self.udp_table_slots}",
                   f"-DFLOW_CACHE_CPUS={self.flow_cache_cpus}",
                   f"-DFLOW_CACHE_LOG2={self.flow_cache_log2}",
@@ -355,7 +357,7 @@ class Dataplane:
     def clear_state(self) -> None:
         """Forget connections, persistence and counters (tests start from zero)."""
         self.forget_flows()
-        for name in ("conn_table", "udp_table", "persist_table"):
+        for name in ("conn_table", "syn_spill", "udp_table", "persist_table"):
             self._delete_all(name)
         self._zero_array("syn_table", self.syn_table_sets)
         for name in ("svc_stats", "real_stats", "counters", "wrr_pos", "real_conns"):
@@ -366,7 +368,7 @@ class Dataplane:
         """Empty a hash map in a few syscalls: bcc's clear() deletes key by key, and each
         delete sends its next-key walk back to the start (minutes for 100,000 entries)."""
         table = self.map(name)
-        capacity = {"conn_table": self.conn_table_slots,
+        capacity = {"conn_table": self.conn_table_slots, "syn_spill": self.syn_spill_slots,
                     "udp_table": self.udp_table_slots}.get(name, abi.CONST["PERSIST_TABLE_SIZE"])
         keys, _, n = libbpf.map_dump(table.map_fd, ct.sizeof(table.Key), ct.sizeof(table.Leaf),
                                      capacity)
@@ -411,8 +413,9 @@ class Dataplane:
                 np.frombuffer(values, abi.numpy_dtype("conn_value"), n))
 
     def half_open(self):
-        """syn_table's half-open connections as connections() gives them (keys, values),
-        expired ones included: every entry of its sets whose key is not free."""
+        """The half-open connections as connections() gives them (keys, values), expired
+        ones included: every entry of syn_table's sets whose key is not free, then
+        syn_spill's."""
         import numpy as np
         table = self.map("syn_table")
         _, sets, n = libbpf.map_dump(table.map_fd, 4, ct.sizeof(table.Leaf),
@@ -423,7 +426,9 @@ class Dataplane:
         keys = entries[:, :key_size].copy().view(abi.numpy_dtype("conn_key")).ravel()
         values = entries[:, key_size:].copy().view(abi.numpy_dtype("conn_value")).ravel()
         used = keys["proto"] != 0
-        return keys[used], values[used]
+        spill_keys, spill_values = self._dump("syn_spill", self.syn_spill_slots)
+        return (np.concatenate([keys[used], spill_keys]),
+                np.concatenate([values[used], spill_values]))
 
     def half_open_slot(self, key) -> tuple[int, int] | None:
         """(set, way) of syn_table holding the connection whose conn_key is `key` (any

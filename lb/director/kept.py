@@ -2,7 +2,7 @@
 real server.
 
 - The maps a new program needs to send an existing connection where it went before:
-  conn_table, syn_table, udp_table, persist_table and wrr_pos, pinned on a bpffs at /run/dr-lb/bpffs/<netns>-<if>/
+  conn_table, syn_table, syn_spill, udp_table, persist_table and wrr_pos, pinned on a bpffs at /run/dr-lb/bpffs/<netns>-<if>/
   (bpf/dr_lb_maps.h pins them when bcc gets -DDRLB_PIN_DIR), and the attached program
   (`program`), which a successor takes over by path. bcc opens an existing pin
   whatever its layout, so prepare() checks each one first and removes it unless it is
@@ -32,8 +32,9 @@ from lb.director.instances import BPFFS, RUN_DIR, instance_key
 from lb.errors import UserError
 
 RECORDS = RUN_DIR / "kept"
-KEPT_MAPS = ("conn_table", "syn_table", "udp_table", "persist_table", "wrr_pos")
-CONN_MAPS = ("conn_table", "syn_table", "udp_table")   # conn_key -> conn_value each
+KEPT_MAPS = ("conn_table", "syn_table", "syn_spill", "udp_table", "persist_table", "wrr_pos")
+# The connection tables: conn_key -> conn_value each, but syn_table (sets of them).
+CONN_MAPS = ("conn_table", "syn_table", "syn_spill", "udp_table")
 PROGRAM_PIN = "program"     # the attached program (instances.program_pin)
 BPF_F_MMAPABLE = 1 << 10
 RECORD_VERSION = 1
@@ -68,7 +69,7 @@ def fingerprints() -> dict[str, str]:
     parts = {
         **{name: conn for name in CONN_MAPS},
         # Its sets are chosen by the hash in bpf/dr_lb.c (conn_hash) with the recorded seed.
-        "syn_table": conn + [_struct("syn_entry"), _struct("syn_set"), "conn_hash splitmix64 v1"],
+        "syn_table": conn + [_struct("syn_entry"), _struct("syn_set"), "conn_hash splitmix64 v1, spill mark"],
         "persist_table": [_struct("persist_key"), _struct("persist_value")],
         "wrr_pos": ["u32 svc_id -> {bpf_spin_lock lock; u32 pos}"],
     }
