@@ -38,6 +38,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--repeat", type=int, default=10_000, help="repeats per run")
     ap.add_argument("--new-repeat", type=int, default=20_000, help="SYNs per round")
     ap.add_argument("--cases", default="est,notvip,new")
+    ap.add_argument("--many", type=int, default=0,
+                    help="also est<N>: N established flows, each once per run "
+                         "(--repeat N to see each once)")
     a = ap.parse_args(argv)
     cases = a.cases.split(",")
     names = []
@@ -64,11 +67,19 @@ def main(argv: list[str] | None = None) -> int:
         frames = {"est": m.frame("ack", 64, b.client_mac, b.director_mac),
                   "notvip": m.frame("not_vip", 64, b.client_mac, b.director_mac)}
         expect = {"est": "tx_service", "notvip": "pass_not_vip"}
+        flows = {"est": 1, "notvip": 1}
+        if a.many:   # est<N>: an established packet of N flows, each seen once per run
+            for dp in dps.values():
+                b.dp = dp
+                b.populate(a.many, 64)
+            frames[f"est{a.many}"] = frames["est"]
+            expect[f"est{a.many}"], flows[f"est{a.many}"] = "tx_service", a.many
+            cases.append(f"est{a.many}")
         syn = m.frame("syn", 64, b.client_mac, b.director_mac)
         for r in range(a.rounds):
             for case in (c for c in cases if c in frames):
                 f = frames[case]
-                b.set_flows("ack", 1, f)
+                b.set_flows("ack", flows[case], f)
                 progs = [("tx", b.tx_fd), ("reflector", b.refl_fd)] + \
                         [(n, dp.prog_fd) for n, dp in dps.items()]
                 best: dict[str, float] = {}

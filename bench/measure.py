@@ -38,6 +38,7 @@ from pathlib import Path
 
 from bench import frames
 from lb import abi, lab as lab_mod, libbpf
+from lb.director.config import syn_table_size
 
 HERE = Path(__file__).resolve().parent
 PROGRAMS = ("kernel", "reflector", "dr-lb")
@@ -360,8 +361,10 @@ def run(s: Settings, prefix: str = "drlb-bn", progress: Progress | None = None) 
         timespec="seconds"), "machine": machine(), "settings": asdict(s)}
     with Bench(s, prefix, progress) as b:
         # A new connection, first in a table with room (then emptied), last in a full one.
+        # "With room": a SYN waits in the half-open table (a quarter of conn_table_size)
+        # for its ACK, or 60 s: the rounds together fill at most a quarter of it.
         room = new_conn_test_run(b, s, "new connection", repeat=min(
-            s.repeat, b.dp.conn_table_size // (2 * s.rounds)))
+            s.repeat, syn_table_size(b.dp.conn_table_size) // (4 * s.rounds)))
         b.dp.clear_state()
         most = max(s.flows)
         result["populate"] = b.populate(most, 64)
