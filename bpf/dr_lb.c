@@ -439,6 +439,45 @@ static __always_inline void flow_remember(struct flow_set *fs, const struct conn
 	e->synced_ns = now;
 }
 
+/* This CPU's flow_cache set for `ck`, or NULL while the cache does not pay here: with a
+ * set, *fe is `ck`'s fresh entry (followed for flow_sync_ns after the table's entry was
+ * read) or NULL. Every FLOW_METER_WINDOW probes, fewer hits than half of them (flows
+ * that come back too rarely to be found: each miss costs a cold cache line and, in
+ * the table below, the lookup it was meant to save) turn it off for FLOW_METER_SKIP
+ * packets, which neither read nor fill it. */
+static __always_inline struct flow_set *flow_probe(const struct conn_key *ck,
+						   const struct settings *cfg, __u64 now,
+						   struct flow_entry **fe)
+{
+	__u32 zero = 0, cpu = bpf_get_smp_processor_id();
+	struct flow_meter *fm = flow_meter.lookup(&zero);
+	struct flow_set *fs;
+	int hit;
+
+	*fe = NULL;
+	if (!fm || cpu >= FLOW_CACHE_CPUS)
+		return NULL;
+	if (fm->skip) {
+		fm->skip--;
+		return NULL;
+	}
+	fs = flow_set_on(ck, cpu, cfg);
+	if (!fs)
+		return NULL;
+	*fe = flow_find(fs, ck, cfg->flow_gen);
+	hit = *fe && now - (*fe)->synced_ns < cfg->flow_sync_ns;
+	if (!hit)
+		*fe = NULL;
+	fm->hits += hit;
+	if (++fm->probes >= FLOW_METER_WINDOW) {
+		if (fm->hits * 2 < fm->probes)
+			fm->skip = FLOW_METER_SKIP;
+		fm->probes = 0;
+		fm->hits = 0;
+	}
+	return fs;
+}
+
 /* `ck`'s connection was replaced (a new server): no CPU may follow its cached copy. A
  * state change needs nothing: a CPU that still follows a closing connection from its
  * cache sends it to the same server, and the SYN of a new one never takes the cache. */
@@ -1131,11 +1170,8 @@ static __always_inline int handle_l4(struct xdp_md *ctx, struct hdr_cursor *c,
 	 * tables below (which refresh the entry's last_seen_ns and the cache). */
 	now = now_ns();
 	if (!th || !(th->syn | th->fin | th->rst)) {
-		__u32 cpu = bpf_get_smp_processor_id();
-
-		fs = cpu < FLOW_CACHE_CPUS ? flow_set_on(&ck, cpu, cfg) : NULL;
-		fe = fs ? flow_find(fs, &ck, cfg->flow_gen) : NULL;
-		if (fe && now - fe->synced_ns < cfg->flow_sync_ns) {
+		fs = flow_probe(&ck, cfg, now, &fe);
+		if (fe) {
 			real_id = fe->real_id;
 			real = reals.lookup(&real_id);
 			if (real && (real->flags & (REAL_F_MAC_KNOWN | REAL_F_RESCHEDULE)) ==

@@ -72,6 +72,15 @@ struct flow_set {
 	struct flow_entry way[FLOW_CACHE_WAYS];
 };
 
+/* How well this CPU's flow_cache pays lately: of the last probes, how many hit; while
+ * `skip` is not 0, that many packets pass it by (bpf/dr_lb.c flow_probe). */
+struct flow_meter {
+	__u32 probes;
+	__u32 hits;
+	__u32 skip;
+	__u32 pad;
+};
+
 /* svc_key (VIP, port, protocol) -> svc_info (id, scheduler and its tables, persistence);
  * control plane. */
 BPF_HASH(services, struct svc_key, struct svc_info, MAX_SERVICES);
@@ -126,6 +135,8 @@ KEPT_TABLE("lru_hash", struct persist_key, struct persist_value, persist_table,
  * replaced connection forgets the key on every CPU (bpf/dr_lb.c); program. */
 BPF_F_TABLE("array", __u32, struct flow_set, flow_cache, FLOW_CACHE_CPUS << FLOW_CACHE_LOG2,
 	    BPF_F_MMAPABLE);
+/* 0 -> per-CPU flow_meter; program. */
+BPF_PERCPU_ARRAY(flow_meter, struct flow_meter, 1);
 /* 0 -> settings (interface MAC, flags, timeouts; all zero until written); control plane. */
 BPF_ARRAY(settings, struct settings, 1);
 /* service id -> per-CPU stats (new connections, packets, IP bytes forwarded); program. */

@@ -90,8 +90,10 @@ M = Mutant
 MUTANTS: list[Mutant] = [
     # ---- flow_cache --------------------------------------------------------------------
     M("flow-cache-ignores-generation", "(e->gen ^ gen)) == 0;", "0) == 0;", ("flow-cache",)),
-    M("flow-cache-never-syncs", "if (fe && now - fe->synced_ns < cfg->flow_sync_ns) {",
-      "if (fe) {", ("flow-cache",)),
+    M("flow-cache-never-syncs", "hit = *fe && now - (*fe)->synced_ns < cfg->flow_sync_ns;",
+      "hit = *fe != NULL;", ("flow-cache",)),
+    M("flow-meter-never-pauses", "\t\t\tfm->skip = FLOW_METER_SKIP;\n", "", ("flow-cache",)),
+    M("flow-meter-pauses-for-ever", "\t\tfm->skip--;\n", "", ("flow-cache",)),
     M("flow-cache-takes-state-changes", "if (!th || !(th->syn | th->fin | th->rst)) {",
       "if (1) {", ("flow-cache-state",)),
     M("flow-cache-replaced-not-forgotten", "\t\tflow_forget(ck, cfg);\n", "",

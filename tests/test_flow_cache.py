@@ -157,3 +157,22 @@ def test_a_cached_connection_is_not_sent_to_a_server_whose_mac_is_unknown(lb):
     before = lb.dp.counters()["drop_real_mac_unknown"]
     assert mac(lb, tcp("A", sport=51500)) is None
     assert lb.dp.counters()["drop_real_mac_unknown"] == before + 1
+
+
+def test_a_cpu_whose_cache_does_not_pay_passes_it_by_for_a_while(lb):
+    """Flows that never come back (each probe a miss, each a cold cache line) turn this
+    CPU's cache off for FLOW_METER_SKIP packets (neither read nor filled), then it is
+    probed again."""
+    window, skip = abi.CONST["FLOW_METER_WINDOW"], abi.CONST["FLOW_METER_SKIP"]
+    with on_cpu(sorted(os.sched_getaffinity(0))[0]):
+        for i in range(window):            # each ACK a miss: the meter turns it off
+            mac(lb, tcp("S", sport=52000 + i))
+            mac(lb, tcp("A", sport=52000 + i))
+        for _ in range(3):
+            assert mac(lb, tcp("A", sport=52000)) == RS1
+        assert cached(lb, 52000) == 0, "the cache was filled while it should be off"
+        for _ in range(skip - 3):
+            mac(lb, tcp("A", sport=52001))
+        for _ in range(2):
+            mac(lb, tcp("A", sport=52002))
+        assert cached(lb, 52002) == 1, "the cache was not probed again after the pause"

@@ -360,7 +360,8 @@ class Dataplane:
         for name in ("conn_table", "syn_spill", "udp_table", "persist_table"):
             self._delete_all(name)
         self._zero_array("syn_table", self.syn_table_sets)
-        for name in ("svc_stats", "real_stats", "counters", "wrr_pos", "real_conns"):
+        for name in ("svc_stats", "real_stats", "counters", "wrr_pos", "real_conns",
+                     "flow_meter"):
             self.map(name).clear()   # arrays: zeroes every slot
         self.write_conn_fix({})
 
