@@ -355,14 +355,14 @@ static __always_inline int syn_put(struct conn_key *ck, const struct conn_value 
 	else if (same_key(&set->way[1].key, ck))
 		e = &set->way[1];
 	else if (spilled_lately(set, now) && syn_spill.lookup(ck))
-		return syn_spill.update(ck, cv);
+		return syn_spill.update(ck, (struct conn_value *)cv);
 	else if (way_free(&set->way[0], cfg, now))
 		e = &set->way[0];
 	else if (way_free(&set->way[1], cfg, now))
 		e = &set->way[1];
 	else {
 		*spill_mark(set) = now >> SPILL_SHIFT;
-		return syn_spill.update(ck, cv);
+		return syn_spill.update(ck, (struct conn_value *)cv);
 	}
 	e->key.proto = 0;
 	asm volatile("" ::: "memory");

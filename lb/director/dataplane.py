@@ -158,6 +158,7 @@ class Dataplane:
         self._fix: dict[int, tuple[int, int]] = {}
         self._flow_gen = 0   # settings.flow_gen last written (write, forget_flows)
         self.hash_seed = secrets.randbits(64) if hash_seed is None else hash_seed
+        self._syn_mmap = None   # syn_table, mapped on first read (_syn_entries)
 
     @property
     def prog_fd(self) -> int:
@@ -413,34 +414,40 @@ class Dataplane:
         return (np.frombuffer(keys, abi.numpy_dtype("conn_key"), n),
                 np.frombuffer(values, abi.numpy_dtype("conn_value"), n))
 
+    def _syn_entries(self):
+        """syn_table's entries as a (n, sizeof(struct syn_entry)) array of bytes, read in
+        place: the table is mmapable, so no copy out of the kernel (a batch copy of its
+        8 MiB made every sweep slow enough that `status` stopped counting afresh)."""
+        import mmap
+        import numpy as np
+        if self._syn_mmap is None:
+            size = self.syn_table_sets * abi.ffi.sizeof("struct syn_set")
+            self._syn_mmap = mmap.mmap(self.map("syn_table").map_fd,
+                                       -(-size // mmap.PAGESIZE) * mmap.PAGESIZE,
+                                       mmap.MAP_SHARED, mmap.PROT_READ)
+        entry = abi.ffi.sizeof("struct syn_entry")
+        ways = self.syn_table_sets * abi.CONST["SYN_TABLE_WAYS"]
+        return np.frombuffer(self._syn_mmap, np.uint8, ways * entry).reshape(ways, entry)
+
     def half_open(self):
         """The half-open connections as connections() gives them (keys, values), expired
         ones included: every entry of syn_table's sets whose key is not free, then
         syn_spill's."""
         import numpy as np
-        table = self.map("syn_table")
-        _, sets, n = libbpf.map_dump(table.map_fd, 4, ct.sizeof(table.Leaf),
-                                     self.syn_table_sets)
-        entries = np.frombuffer(sets, np.uint8, n * ct.sizeof(table.Leaf)).reshape(
-            -1, abi.ffi.sizeof("struct syn_entry"))
+        entries = self._syn_entries()
         key_size = abi.ffi.sizeof("struct conn_key")
-        keys = entries[:, :key_size].copy().view(abi.numpy_dtype("conn_key")).ravel()
-        values = entries[:, key_size:].copy().view(abi.numpy_dtype("conn_value")).ravel()
-        used = keys["proto"] != 0
+        used = entries[np.flatnonzero(entries[:, abi.ffi.offsetof("struct conn_key", "proto")])]
+        keys = used[:, :key_size].copy().view(abi.numpy_dtype("conn_key")).ravel()
+        values = used[:, key_size:].copy().view(abi.numpy_dtype("conn_value")).ravel()
         spill_keys, spill_values = self._dump("syn_spill", self.syn_spill_slots)
-        return (np.concatenate([keys[used], spill_keys]),
-                np.concatenate([values[used], spill_values]))
+        return np.concatenate([keys, spill_keys]), np.concatenate([values, spill_values])
 
     def half_open_slot(self, key) -> tuple[int, int] | None:
         """(set, way) of syn_table holding the connection whose conn_key is `key` (any
         object with its fields), or None. A scan of the table: for tests and tools."""
         import numpy as np
-        table = self.map("syn_table")
-        _, sets, n = libbpf.map_dump(table.map_fd, 4, ct.sizeof(table.Leaf),
-                                     self.syn_table_sets)
         ways = abi.CONST["SYN_TABLE_WAYS"]
-        keys = np.frombuffer(sets, np.uint8, n * ct.sizeof(table.Leaf)).reshape(
-            -1, abi.ffi.sizeof("struct syn_entry"))[:, :abi.ffi.sizeof("struct conn_key")]
+        keys = self._syn_entries()[:, :abi.ffi.sizeof("struct conn_key")]
         keys = keys.copy().view(abi.numpy_dtype("conn_key")).ravel()
         hit = np.flatnonzero((keys["saddr"] == key.saddr) & (keys["daddr"] == key.daddr) &
                              (keys["sport"] == key.sport) & (keys["dport"] == key.dport) &
@@ -544,4 +551,6 @@ class Dataplane:
         try:
             return self.detach()
         finally:
+            if self._syn_mmap is not None:
+                self._syn_mmap.close()
             self.bpf.cleanup()
