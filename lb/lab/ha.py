@@ -107,11 +107,14 @@ class HaLab(Lab):
 
         from lb.director import instances
         existing = set(netns.listnetns())
+        paths = []
         for d in self.directors:
             if self.ns(d.name) in existing:
                 with self.inside(d.name):
-                    instances.vrrp_path("eth0").unlink(missing_ok=True)
+                    paths.append(instances.vrrp_path("eth0"))
         super().destroy()
+        for path in paths:   # after keepalived is gone: its last notify may write it again
+            path.unlink(missing_ok=True)
         self.procs.clear()
         shutil.rmtree(getattr(self, "workdir", "/nonexistent"), ignore_errors=True)
 
