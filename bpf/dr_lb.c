@@ -432,7 +432,6 @@ static __always_inline void flow_remember(struct flow_set *fs, const struct conn
 	e->daddr = ck->daddr;
 	e->ports = *(const __u32 *)&ck->sport;
 	e->proto = ck->proto;
-	e->state = cv->state;
 	e->svc_id = cv->svc_id;
 	e->real_id = cv->real_id;
 	e->gen = gen;

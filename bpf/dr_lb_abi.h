@@ -182,6 +182,26 @@ struct syn_set {
 	struct syn_entry way[2];       /* SYN_TABLE_WAYS */
 };
 
+/* A connection (ESTABLISHED in conn_table, or in udp_table) as one CPU last read it: the
+ * key, and what forwarding needs. Only the program writes it; config.py sizes the cache. */
+struct flow_entry {
+	uint32_t saddr;
+	uint32_t daddr;
+	uint32_t ports;                /* conn_key's sport and dport, as one word */
+	uint8_t proto;
+	uint8_t pad;
+	uint16_t svc_id;
+	uint32_t real_id;
+	uint32_t gen;                  /* settings.flow_gen when stored */
+	uint64_t synced_ns;            /* when its table entry was last read and refreshed */
+};
+
+/* One set of flow_cache: a cache line (the array is mmapable, so its values start on a
+ * page and each set on a line of its own). */
+struct flow_set {
+	struct flow_entry way[2];      /* FLOW_CACHE_WAYS */
+};
+
 struct persist_key {
 	uint32_t client_net;           /* client address AND persistent_netmask */
 	uint32_t vip;

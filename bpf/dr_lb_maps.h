@@ -52,26 +52,6 @@ struct sched_scratch {
 	struct persist_key pk;         /* the new connection's persistence template key */
 };
 
-/* A connection as one CPU last found it in conn_table (ESTABLISHED) or udp_table: the key,
- * and what forwarding needs. Only the program uses it. */
-struct flow_entry {
-	__u32 saddr;
-	__u32 daddr;
-	__u32 ports;                   /* conn_key's sport and dport, as one word */
-	__u8 proto;
-	__u8 state;                    /* CONN_ESTABLISHED or CONN_UDP */
-	__u16 svc_id;
-	__u32 real_id;
-	__u32 gen;                     /* settings.flow_gen when stored */
-	__u64 synced_ns;               /* when its table entry was last read and refreshed */
-};
-
-/* One set of flow_cache: a cache line (the array is mmapable, so its values start on a
- * page and each set on a line of its own). */
-struct flow_set {
-	struct flow_entry way[FLOW_CACHE_WAYS];
-};
-
 /* How well this CPU's flow_cache pays lately: of the last probes, how many hit; while
  * `skip` is not 0, that many packets pass it by (bpf/dr_lb.c flow_probe). */
 struct flow_meter {

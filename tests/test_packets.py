@@ -90,7 +90,8 @@ def find_conn(lb, sport: int, dport: int = 80, proto: int = 6, src: str = CLIENT
     ("conn_table", "Key", "conn_key"), ("conn_table", "Leaf", "conn_value"),
     ("persist_table", "Key", "persist_key"), ("persist_table", "Leaf", "persist_value"),
     ("settings", "Leaf", "settings"), ("svc_stats", "Leaf", "stats"),
-    ("real_conns", "Leaf", "real_conns"),
+    ("real_conns", "Leaf", "real_conns"), ("syn_table", "Leaf", "syn_set"),
+    ("flow_cache", "Leaf", "flow_set"),
 ])
 def test_abi_layout_matches_compiled_program(dataplane, map_name, side, struct):
     """cffi's reading of dr_lb_abi.h and the compiled program's BTF must agree."""

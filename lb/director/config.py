@@ -232,9 +232,6 @@ def table_slots(conn_table_size: int, cpus: int | None = None) -> dict[str, int]
             "udp_table": udp_table_size(conn_table_size) + headroom}
 
 
-FLOW_SET_BYTES = 64   # struct flow_set (bpf/dr_lb_maps.h): FLOW_CACHE_WAYS 32-byte entries
-
-
 def flow_cache_shape(conn_table_size: int, cpus: int | None = None) -> tuple[int, int]:
     """(CPUs, log2 of the sets per CPU) of flow_cache, each CPU's cache of the connections
     it forwards: with flows spread over the CPUs, room for about half of conn_table_size's
@@ -255,7 +252,7 @@ def table_memory_bytes(conn_table_size: int, cpus: int | None = None) -> int:
     return sum(_lru_hash_bytes(slots[n], key, value)
                for n in ("conn_table", "syn_spill", "udp_table")) + \
         slots["syn_table"] * abi.ffi.sizeof("struct syn_set") + \
-        (n_cpus << log2) * FLOW_SET_BYTES
+        (n_cpus << log2) * abi.ffi.sizeof("struct flow_set")
 
 
 def mib(n: int) -> str:

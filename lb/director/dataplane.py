@@ -429,16 +429,21 @@ class Dataplane:
         ways = self.syn_table_sets * abi.CONST["SYN_TABLE_WAYS"]
         return np.frombuffer(self._syn_mmap, np.uint8, ways * entry).reshape(ways, entry)
 
+    @staticmethod
+    def _split(entries):
+        """Rows of struct syn_entry bytes -> (conn_key, conn_value) record arrays."""
+        key_size = abi.ffi.sizeof("struct conn_key")
+        return (entries[:, :key_size].copy().view(abi.numpy_dtype("conn_key")).ravel(),
+                entries[:, key_size:].copy().view(abi.numpy_dtype("conn_value")).ravel())
+
     def half_open(self):
         """The half-open connections as connections() gives them (keys, values), expired
         ones included: every entry of syn_table's sets whose key is not free, then
         syn_spill's."""
         import numpy as np
         entries = self._syn_entries()
-        key_size = abi.ffi.sizeof("struct conn_key")
-        used = entries[np.flatnonzero(entries[:, abi.ffi.offsetof("struct conn_key", "proto")])]
-        keys = used[:, :key_size].copy().view(abi.numpy_dtype("conn_key")).ravel()
-        values = used[:, key_size:].copy().view(abi.numpy_dtype("conn_value")).ravel()
+        keys, values = self._split(
+            entries[np.flatnonzero(entries[:, abi.ffi.offsetof("struct conn_key", "proto")])])
         spill_keys, spill_values = self._dump("syn_spill", self.syn_spill_slots)
         return np.concatenate([keys, spill_keys]), np.concatenate([values, spill_values])
 
@@ -447,8 +452,7 @@ class Dataplane:
         object with its fields), or None. A scan of the table: for tests and tools."""
         import numpy as np
         ways = abi.CONST["SYN_TABLE_WAYS"]
-        keys = self._syn_entries()[:, :abi.ffi.sizeof("struct conn_key")]
-        keys = keys.copy().view(abi.numpy_dtype("conn_key")).ravel()
+        keys, _ = self._split(self._syn_entries())
         hit = np.flatnonzero((keys["saddr"] == key.saddr) & (keys["daddr"] == key.daddr) &
                              (keys["sport"] == key.sport) & (keys["dport"] == key.dport) &
                              (keys["proto"] == key.proto) & (keys["proto"] != 0))
