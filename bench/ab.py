@@ -38,6 +38,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--repeat", type=int, default=10_000, help="repeats per run")
     ap.add_argument("--new-repeat", type=int, default=20_000, help="SYNs per round")
     ap.add_argument("--cases", default="est,notvip,new")
+    ap.add_argument("--order", choices=m.ORDERS, default="shuffled",
+                    help="est<N>: the flows' order in a pass (bench/measure.py Settings)")
     ap.add_argument("--many", type=int, default=0,
                     help="also est<N>: N established flows, each once per run "
                          "(--repeat N to see each once)")
@@ -51,6 +53,7 @@ def main(argv: list[str] | None = None) -> int:
         names.append(n)
     s = m.Settings.quick()
     s.flows = [1]
+    s.order = a.order
     res: dict[tuple[str, str], list[float]] = {}
     with m.Bench(s, prefix="drlb-ab") as b:
         cfg = config_mod.parse(lab_mod.Lab().director_config(), source="bench.ab")

@@ -27,6 +27,7 @@ import contextlib
 import ctypes as ct
 import datetime
 import ipaddress
+import math
 import os
 import platform
 import socket
@@ -50,6 +51,7 @@ NEW_CONN_SADDR = "10.64.0.0"                    # every SYN new: a range of its 
 PORTS_PER_ADDR = 16384
 FRAME_HEAD = 64
 UNBOUNDED = 0xFFFFFFFF                          # flows for "every SYN new"
+ORDERS = ("shuffled", "insert")
 REAL_MAC = "02:00:00:00:01:02"                  # the kernel's neighbour for the real server
 
 
@@ -63,6 +65,12 @@ class Settings:
     repeat: int           # test-run repeats per figure
     syn_frames: int       # live SYNs per run for the new-connection rate
     status_entries: int = 0   # `dr-lb status` latency with this many connections (0: skip)
+    # The order of the flows within a pass: "shuffled" (flow_stride: unrelated to the
+    # order their connections were made in, as real clients' packets come), or "insert"
+    # (that same order, as before: the kernel's preallocated table then hands its entries
+    # out in address order, and a pass reads them as a stream, which real traffic never
+    # does).
+    order: str = "shuffled"
 
     @classmethod
     def quick(cls) -> "Settings":
@@ -128,6 +136,18 @@ class Progress:
         if self.tty and self.last:
             self.stream.write("\n")
             self.stream.flush()
+
+
+def flow_stride(flows: int) -> int:
+    """The stride of a shuffled pass over `flows` flows (bench/progs.c): coprime to it, so
+    that each flow comes once per pass, and near flows * (golden ratio - 1), so that
+    consecutive frames are from flows made far apart."""
+    if flows < 3:
+        return 1
+    s = round(flows * 0.6180339887)
+    while math.gcd(s, flows) != 1:
+        s += 1
+    return s
 
 
 def machine() -> dict:
@@ -231,10 +251,15 @@ class Bench:
         self.fds = {"reflector": self.refl_fd, "dr-lb": self.dp.prog_fd}
 
     # ---- the generator's settings ------------------------------------------------------
-    def set_flows(self, kind: str, flows: int, frame_bytes: bytes, seq: int = 0) -> None:
+    def set_flows(self, kind: str, flows: int, frame_bytes: bytes, seq: int = 0,
+                  order: str | None = None) -> None:
+        """The generator's next frames: `flows` flows of `kind` from `seq` on, in the
+        settings' order (or `order`: populate makes the connections "insert"-ed)."""
         table = self.gen[b"gen_cfg"]
         cfg = table.Leaf()
         cfg.flows = flows
+        shuffled = (order or self.s.order) == "shuffled" and flows != UNBOUNDED
+        cfg.stride = flow_stride(flows) if shuffled else 1
         base = NEW_CONN_SADDR if kind == "syn" else ESTABLISHED_SADDR
         cfg.base_saddr = int(ipaddress.IPv4Address(base))
         cfg.base_sport = SPORT
@@ -267,7 +292,7 @@ class Bench:
         for start in range(0, flows, chunk):
             n = min(chunk, flows - start)
             for f in (syn, ack):
-                self.set_flows("ack", flows, f, seq=start)
+                self.set_flows("ack", flows, f, seq=start, order="insert")
                 self.test_run(self.dp.prog_fd, f, n)
         after = self.dp.counters()
         made = sum(a for a, _ in self.dp.conn_counts().per_real.values())
@@ -401,6 +426,8 @@ def test_run_figures(b: Bench, s: Settings) -> list[dict]:
         for prog, case, flows, f, fd, expect in rotate(cases, r):
             b.set_flows("ack", flows, f)    # the harness does the same work for both
             base = b.harness_ns(f, s.repeat)
+            if flows > 1:   # steady state: a pass over the flows, untimed
+                b.test_run(fd, f, min(s.repeat, flows))
             before = b.dp.counters()
             res = b.test_run(fd, f, s.repeat)
             after = b.dp.counters()
@@ -452,6 +479,9 @@ def live_figures(b: Bench, s: Settings) -> list[dict]:
                 for r in range(s.rounds):
                     for p in rotate(programs, r):
                         count = s.frames // 4 if p == "kernel" else s.frames
+                        if flows > 1:   # steady state: a pass over the flows, untimed
+                            b.live(p, mode, "ack", flows, size, min(count, flows),
+                                   stats=False)
                         before = b.dp.counters() if p == "dr-lb" else None
                         m = b.live(p, mode, "ack", flows, size, count, stats=False)
                         if before is not None:

@@ -13,6 +13,9 @@
  *   xdp_tx     returns XDP_TX, nothing else;
  *   xdp_sink   counts and drops what comes back (native, on the generator's veth).
  *
+ * The i-th frame of a run is from flow i % flows, or with a stride, from flow
+ * (i % flows) * stride % flows (a stride coprime to flows: each flow once per pass, in
+ * an order unrelated to the one the connections were made in).
  * Flow i of a frame: source address base_saddr + i / 16384 and source port
  * base_sport + i % 16384, the IPv4 header checksum recomputed so that the kernel's own
  * forwarding (the baseline) accepts the frame. Frames are built by bench/frames.py.
@@ -27,7 +30,7 @@ struct gen_cfg {
 	__u32 flows;        /* flows to cycle through; 1: the frame as built */
 	__u32 base_saddr;   /* host byte order */
 	__u32 base_sport;   /* host byte order */
-	__u32 pad;
+	__u32 stride;       /* flow i of a run is flow (i * stride) % flows: 0 or 1, in order */
 	__u8 frame[FRAME_HEAD];   /* the frame's first bytes, as built */
 };
 
@@ -58,6 +61,8 @@ static __always_inline int set_flow(struct xdp_md *ctx, struct gen_cfg *cfg, int
 		return -1;
 	i = *seq % cfg->flows;
 	*seq += 1;
+	if (cfg->stride > 1)
+		i = (__u64)i * cfg->stride % cfg->flows;
 	saddr = bpf_htonl(cfg->base_saddr + i / PORTS_PER_ADDR);
 	__builtin_memcpy(data + IP_OFF + 12, &saddr, 4);
 	*(__u16 *)(data + IP_OFF + 20) = bpf_htons(cfg->base_sport + i % PORTS_PER_ADDR);

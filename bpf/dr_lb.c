@@ -390,12 +390,15 @@ static __always_inline void syn_drop(struct conn_key *ck, const struct settings 
 		syn_spill.delete(ck);
 }
 
-/* The set of `ck` in `cpu`'s part of flow_cache (the same set number on every CPU). */
+/* The set of `ck` in `cpu`'s part of flow_cache (the same set number on every CPU), and
+ * in *way the way a fill that does not read the set gives it (flow_remember). */
 static __always_inline struct flow_set *flow_set_on(const struct conn_key *ck, __u32 cpu,
-						    const struct settings *cfg)
+						    const struct settings *cfg, __u32 *way)
 {
-	__u32 idx = conn_hash(ck, cfg->hash_seed) >> (64 - FLOW_CACHE_LOG2);
+	__u64 h = conn_hash(ck, cfg->hash_seed);
+	__u32 idx = h >> (64 - FLOW_CACHE_LOG2);
 
+	*way = h & 1;
 	idx += cpu << FLOW_CACHE_LOG2;
 	return flow_cache.lookup(&idx);
 }
@@ -419,15 +422,27 @@ static __always_inline struct flow_entry *flow_find(struct flow_set *fs,
 	return NULL;
 }
 
-/* Store what the table says of `ck` (read and refreshed just now) in this CPU's set: in
- * its own way if it has one, else in the way synced longest ago. */
+/* Store what the table says of `ck` (read and refreshed just now) in this CPU's set: after
+ * a probe (the set's line is in the cache), in its own way if it has one, else in the way
+ * synced longest ago; else (FLOW_FILL_BLIND + way: the cache is off) in that way, written
+ * without a read, which a CPU's store buffer absorbs instead of waiting for a cold line.
+ * A key may then be in both ways: flow_find takes the first, flow_forget voids both. */
 static __always_inline void flow_remember(struct flow_set *fs, const struct conn_key *ck,
-					  const struct conn_value *cv, __u32 gen, __u64 now)
+					  const struct conn_value *cv, __u32 gen, __u64 now,
+					  __u32 fill)
 {
-	struct flow_entry *e = flow_find(fs, ck, gen);
+	struct flow_entry *e;
 
-	if (!e)
-		e = fs->way[0].synced_ns <= fs->way[1].synced_ns ? &fs->way[0] : &fs->way[1];
+	if (fill == FLOW_FILL_BLIND)
+		e = &fs->way[0];
+	else if (fill == FLOW_FILL_BLIND + 1)
+		e = &fs->way[1];
+	else {
+		e = flow_find(fs, ck, gen);
+		if (!e)
+			e = fs->way[0].synced_ns <= fs->way[1].synced_ns ? &fs->way[0]
+									 : &fs->way[1];
+	}
 	e->saddr = ck->saddr;
 	e->daddr = ck->daddr;
 	e->ports = *(const __u32 *)&ck->sport;
@@ -438,17 +453,20 @@ static __always_inline void flow_remember(struct flow_set *fs, const struct conn
 	e->synced_ns = now;
 }
 
-/* This CPU's flow_cache set for `ck`, or NULL while the cache does not pay here: with a
- * set, *fe is `ck`'s fresh entry (followed for flow_sync_ns after the table's entry was
- * read) or NULL. Every FLOW_METER_WINDOW probes, fewer hits than half of them (flows
- * that come back too rarely to be found: each miss costs a cold cache line and, in
- * the table below, the lookup it was meant to save) turn it off for FLOW_METER_SKIP
- * packets, which neither read nor fill it. */
+/* This CPU's flow_cache set for `ck`, or NULL: with a set, *fe is `ck`'s fresh entry
+ * (followed for flow_sync_ns after the table's entry was read) or NULL, and *fill says
+ * how the table's path below refreshes it (flow_remember). Every FLOW_METER_WINDOW
+ * probes, fewer hits than half of them (flows that come back too rarely to be found: each
+ * miss costs a cold cache line and, in the table below, the lookup it was meant to save)
+ * turn the cache off for FLOW_METER_SKIP packets. Those never read it, and one in
+ * FLOW_METER_FILL of them (at random: a fixed one would pick the same flows of a
+ * repeating pattern each time) fills it blind, so that flows that do come back are found
+ * by the next window and turn it on again. */
 static __always_inline struct flow_set *flow_probe(const struct conn_key *ck,
 						   const struct settings *cfg, __u64 now,
-						   struct flow_entry **fe)
+						   struct flow_entry **fe, __u32 *fill)
 {
-	__u32 zero = 0, cpu = bpf_get_smp_processor_id();
+	__u32 zero = 0, cpu = bpf_get_smp_processor_id(), way;
 	struct flow_meter *fm = flow_meter.lookup(&zero);
 	struct flow_set *fs;
 	int hit;
@@ -458,9 +476,14 @@ static __always_inline struct flow_set *flow_probe(const struct conn_key *ck,
 		return NULL;
 	if (fm->skip) {
 		fm->skip--;
-		return NULL;
+		if (bpf_get_prandom_u32() & (FLOW_METER_FILL - 1))
+			return NULL;
+		fs = flow_set_on(ck, cpu, cfg, &way);
+		*fill = FLOW_FILL_BLIND + way;
+		return fs;
 	}
-	fs = flow_set_on(ck, cpu, cfg);
+	fs = flow_set_on(ck, cpu, cfg, &way);
+	*fill = FLOW_FILL_PROBED;
 	if (!fs)
 		return NULL;
 	*fe = flow_find(fs, ck, cfg->flow_gen);
@@ -482,17 +505,17 @@ static __always_inline struct flow_set *flow_probe(const struct conn_key *ck,
  * cache sends it to the same server, and the SYN of a new one never takes the cache. */
 static __always_inline void flow_forget(const struct conn_key *ck, const struct settings *cfg)
 {
-	__u32 gen = cfg->flow_gen;
+	__u32 gen = cfg->flow_gen, way;
 	struct flow_set *fs;
-	struct flow_entry *e;
 
 	for (__u32 cpu = 0; cpu < FLOW_CACHE_CPUS; cpu++) {
-		fs = flow_set_on(ck, cpu, cfg);
+		fs = flow_set_on(ck, cpu, cfg, &way);
 		if (!fs)
 			break;
-		e = flow_find(fs, ck, gen);
-		if (e)
-			e->gen = 0;
+		if (flow_is(&fs->way[0], ck, gen))
+			fs->way[0].gen = 0;
+		if (flow_is(&fs->way[1], ck, gen))
+			fs->way[1].gen = 0;
 	}
 }
 
@@ -1146,7 +1169,7 @@ static __always_inline int handle_l4(struct xdp_md *ctx, struct hdr_cursor *c,
 	struct settings *cfg;
 	struct real_info *real;
 	struct sched_scratch *sc;
-	__u32 real_id, zero = 0;
+	__u32 real_id, zero = 0, fill = FLOW_FILL_PROBED;
 	__u64 now = 0;
 	int moved = 0;
 
@@ -1169,7 +1192,7 @@ static __always_inline int handle_l4(struct xdp_md *ctx, struct hdr_cursor *c,
 	 * tables below (which refresh the entry's last_seen_ns and the cache). */
 	now = now_ns();
 	if (!th || !(th->syn | th->fin | th->rst)) {
-		fs = flow_probe(&ck, cfg, now, &fe);
+		fs = flow_probe(&ck, cfg, now, &fe, &fill);
 		if (fe) {
 			real_id = fe->real_id;
 			real = reals.lookup(&real_id);
@@ -1206,7 +1229,7 @@ static __always_inline int handle_l4(struct xdp_md *ctx, struct hdr_cursor *c,
 				if (cv->flags & CONN_F_PERSISTENT)
 					touch_template(&ck, real_id, now);
 				if (fs && (cv->state == CONN_ESTABLISHED || cv->state == CONN_UDP))
-					flow_remember(fs, &ck, cv, cfg->flow_gen, now);
+					flow_remember(fs, &ck, cv, cfg->flow_gen, now, fill);
 				return forward(eth, iph, cfg, real, real_id, cv->svc_id, 0);
 			} else if (th && !is_new_tcp(th)) {
 				/* Its server is gone from the segment: a SYN or a datagram may

@@ -58,9 +58,14 @@
 #define FLOW_CACHE_WAYS 2
 /* A CPU whose flow_cache hit less than half of its last FLOW_METER_WINDOW probes (flows
  * that each come back too rarely: a miss costs a cold cache line) passes it by for the
- * next FLOW_METER_SKIP packets, then probes again (bpf/dr_lb.c flow_probe). */
+ * next FLOW_METER_SKIP packets, of which one in FLOW_METER_FILL (a power of two) fills it
+ * without reading it, then probes again (bpf/dr_lb.c flow_probe). */
 #define FLOW_METER_WINDOW 64
 #define FLOW_METER_SKIP 1024
+#define FLOW_METER_FILL 2
+/* How flow_remember stores a connection: after a probe, or blind into way 0 or 1. */
+#define FLOW_FILL_PROBED 0
+#define FLOW_FILL_BLIND 1
 /* The longest a CPU follows a connection from its cache before it reads and refreshes
  * the connection's table entry again (settings.flow_sync_ns is at most this, and at most
  * a quarter of the shortest timeout). */

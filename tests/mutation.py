@@ -30,6 +30,9 @@ ROOT = Path(__file__).resolve().parent.parent
 MARK = "root and not netns and not slow"
 SKIPPED = (".git", ".venv", "__pycache__", "*.pyc", ".pytest_cache", "*.egg-info", "build",
            "dist", ".coverage*")
+# A mutant that makes a test loop for ever (say, a pause that never ends) is killed by
+# this: the unmutated run takes about 90 s here.
+TIMEOUT_S = 900
 FAILED = re.compile(r"^(FAILED|ERROR) (\S+)", re.M)
 
 
@@ -39,13 +42,20 @@ def copy_tree(dest: Path, source: Path = ROOT) -> None:
                     ignore=shutil.ignore_patterns(*SKIPPED))
 
 
-def run_tests(tree: Path, extra: list[str]) -> tuple[int, str]:
-    """pytest in `tree`, stopping at the first failure; (exit code, output)."""
+def run_tests(tree: Path, extra: list[str]) -> tuple[int | None, str]:
+    """pytest in `tree`, stopping at the first failure; (exit code, or None if it ran
+    over TIMEOUT_S, and output)."""
     argv = [sys.executable, "-m", "pytest", "-x", "-q", "-rfE", "-p", "no:cacheprovider",
             "-m", MARK, *extra, "tests"]
     env = dict(os.environ, PYTHONDONTWRITEBYTECODE="1")
     env.pop("COV_CORE_SOURCE", None)   # no coverage of a mutant's copy
-    r = subprocess.run(argv, cwd=tree, env=env, capture_output=True, text=True)
+    try:
+        r = subprocess.run(argv, cwd=tree, env=env, capture_output=True, text=True,
+                           timeout=TIMEOUT_S)
+    except subprocess.TimeoutExpired as e:
+        out = (e.stdout or b"").decode(errors="replace") if isinstance(e.stdout, bytes) \
+            else (e.stdout or "")
+        return None, out
     return r.returncode, r.stdout + r.stderr
 
 
@@ -60,6 +70,8 @@ def judge(mutant: Mutant | None, extra: list[str], source: Path) -> tuple[str, s
             path.write_text(mutant.apply(path.read_text()))
         code, out = run_tests(tree, extra)
     took = time.monotonic() - start
+    if code is None:
+        return "killed", f"(the tests ran over {TIMEOUT_S} s)", took
     if code == 0:
         return "survived", "", took
     if "did not compile or load" in out:

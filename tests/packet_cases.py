@@ -94,6 +94,20 @@ def zero_settings(lb) -> None:
 
 # ---- the table ------------------------------------------------------------------------------
 
+
+M64 = (1 << 64) - 1
+
+
+def conn_hash(saddr: int, daddr: int, sport: int, dport: int, proto: int, seed: int) -> int:
+    """bpf/dr_lb.c conn_hash (network-order fields as the program reads them), to aim keys
+    at one set of syn_table or find one in flow_cache: a test's oracle, which
+    test_harden_packets checks against where the program put them."""
+    z = ((daddr << 32) | saddr) ^ seed
+    z ^= ((((dport << 16) | sport) << 8 | proto) * 0x9e3779b97f4a7c15) & M64
+    z = ((z ^ (z >> 30)) * 0xbf58476d1ce4e5b9) & M64
+    z = ((z ^ (z >> 27)) * 0x94d049bb133111eb) & M64
+    return z ^ (z >> 31)
+
 @dataclass(frozen=True)
 class Case:
     name: str

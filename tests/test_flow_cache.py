@@ -5,6 +5,7 @@ forwards still has its table entry refreshed every flow_sync_ns."""
 from __future__ import annotations
 
 import contextlib
+import ctypes as ct
 import os
 import time
 
@@ -13,7 +14,7 @@ import pytest
 from lb import abi
 from lb.director import config as config_mod, layout as layout_mod
 from tests.conftest import needs_root
-from tests.packet_cases import CONFIG, DIRECTOR_MAC, RS1, RS_MACS, tcp, udp
+from tests.packet_cases import CONFIG, DIRECTOR_MAC, RS1, RS_MACS, conn_hash, tcp, udp
 
 pytestmark = needs_root
 
@@ -50,15 +51,27 @@ def entry(lb, sport: int, table: str = "conn_table"):
     return next(v for k, v in lb.dp.map(table).items() if k.sport == abi.port_be16(sport))
 
 
-def cached(lb, sport: int) -> int:
-    """How many CPUs hold the connection from CLIENT_IP:sport in their flow_cache."""
+def cache_sets(lb, sport: int) -> list[int]:
+    """The index of CLIENT_IP:sport's set (to VIP:80) in each CPU's part of flow_cache."""
+    h = conn_hash(abi.ip_be32("10.0.0.10"), abi.ip_be32("10.0.0.21"), abi.port_be16(sport),
+                  abi.port_be16(80), 6, lb.dp.hash_seed)
+    log2 = lb.dp.flow_cache_log2
+    return [(cpu << log2) + (h >> (64 - log2)) for cpu in range(lb.dp.flow_cache_cpus)]
+
+
+def cached_ways(lb, sport: int):
+    """(index, set, way) of every live entry of CLIENT_IP:sport in flow_cache."""
     fc = lb.dp.map("flow_cache")
-    found = 0
-    for _, value in fc.items_lookup_batch():
+    for idx in cache_sets(lb, sport):
+        value = fc[fc.Key(idx)]
         for way in value.way:
             if way.gen and way.ports & 0xFFFF == abi.port_be16(sport):
-                found += 1
-    return found
+                yield idx, value, way
+
+
+def cached(lb, sport: int) -> int:
+    """How many CPUs hold the connection from CLIENT_IP:sport in their flow_cache."""
+    return len({idx for idx, _, _ in cached_ways(lb, sport)})
 
 
 def test_a_port_reused_on_one_cpu_is_not_followed_from_another_cpus_cache(lb):
@@ -159,20 +172,109 @@ def test_a_cached_connection_is_not_sent_to_a_server_whose_mac_is_unknown(lb):
     assert lb.dp.counters()["drop_real_mac_unknown"] == before + 1
 
 
+def point_cache_elsewhere(lb, sport: int) -> None:
+    """Make every cached copy of CLIENT_IP:sport's connection (fresh, this generation)
+    name another server of its service than the table does, as no writer would: a packet
+    that reads the cache then goes there, one that reads the table does not."""
+    real_id = entry(lb, sport).real_id
+    other = next(r for r in lb.layout.services[0].sequence if r != real_id)
+    fc = lb.dp.map("flow_cache")
+    found = list(cached_ways(lb, sport))
+    for idx, value, way in found:
+        way.real_id = other
+        fc[fc.Key(idx)] = value
+    assert found, "nothing cached to point elsewhere"
+
+
+def meter(lb, cpu: int):
+    return lb.dp.map("flow_meter")[0][cpu]
+
+
 def test_a_cpu_whose_cache_does_not_pay_passes_it_by_for_a_while(lb):
     """Flows that never come back (each probe a miss, each a cold cache line) turn this
-    CPU's cache off for FLOW_METER_SKIP packets (neither read nor filled), then it is
-    probed again."""
+    CPU's cache off for FLOW_METER_SKIP packets, which do not read it; then it is probed
+    again."""
     window, skip = abi.CONST["FLOW_METER_WINDOW"], abi.CONST["FLOW_METER_SKIP"]
-    with on_cpu(sorted(os.sched_getaffinity(0))[0]):
-        for i in range(window):            # each ACK a miss: the meter turns it off
+    cpu = sorted(os.sched_getaffinity(0))[0]
+    with on_cpu(cpu):
+        mac(lb, tcp("S", sport=52000))
+        mac(lb, tcp("A", sport=52000))     # established (moves from syn_table)
+        server = mac(lb, tcp("A", sport=52000))   # and cached
+        point_cache_elsewhere(lb, 52000)
+        assert mac(lb, tcp("A", sport=52000)) not in (server, None), "the cache is not read"
+        for i in range(1, window):         # each ACK a miss: the meter turns it off
             mac(lb, tcp("S", sport=52000 + i))
             mac(lb, tcp("A", sport=52000 + i))
+        assert meter(lb, cpu).skip > skip - 2 * window
+        point_cache_elsewhere(lb, 52000)
         for _ in range(3):
-            assert mac(lb, tcp("A", sport=52000)) == RS1
-        assert cached(lb, 52000) == 0, "the cache was filled while it should be off"
-        for _ in range(skip - 3):
+            assert mac(lb, tcp("A", sport=52000)) == server, "the cache was read while off"
+        for _ in range(skip):
+            if not meter(lb, cpu).skip:
+                break
             mac(lb, tcp("A", sport=52001))
-        for _ in range(2):
-            mac(lb, tcp("A", sport=52002))
-        assert cached(lb, 52002) == 1, "the cache was not probed again after the pause"
+        assert not meter(lb, cpu).skip, "the pause never ends"
+        server = mac(lb, tcp("A", sport=52002))
+        point_cache_elsewhere(lb, 52002)
+        assert mac(lb, tcp("A", sport=52002)) not in (server, None), \
+            "the cache was not probed again after the pause"
+
+
+def test_flows_that_come_back_turn_the_cache_on_again(lb):
+    """While the cache is off, one in FLOW_METER_FILL packets of the table's path fills
+    it (without reading it), so that a CPU whose flows turn out to come back finds them
+    in the next window and keeps its cache on; without those fills it would stay off
+    for as long as each window finds nothing it could have filled itself."""
+    window, skip = abi.CONST["FLOW_METER_WINDOW"], abi.CONST["FLOW_METER_SKIP"]
+    cpu = sorted(os.sched_getaffinity(0))[0]
+    back = range(52100, 52100 + window)        # flows that keep coming back
+    with on_cpu(cpu):
+        for sport in back:
+            mac(lb, tcp("S", sport=sport))
+            mac(lb, tcp("A", sport=sport))
+        for i in range(window):                # flows that never come back: off
+            mac(lb, tcp("S", sport=52300 + i))
+            mac(lb, tcp("A", sport=52300 + i))
+        assert meter(lb, cpu).skip > skip - 2 * window
+        rounds = 0
+        while meter(lb, cpu).skip and rounds <= skip // window:   # the pause: ~16 each
+            for sport in back:
+                assert mac(lb, tcp("A", sport=sport)) is not None
+            rounds += 1
+        assert not meter(lb, cpu).skip, "the pause never ends"
+        assert rounds >= (skip - 2 * window) // window
+        filled = sum(cached(lb, sport) for sport in back)
+        assert filled >= window * 0.9, f"{filled} of {window} flows cached while off"
+        for sport in back:                     # the next window: hits, so it stays on
+            assert mac(lb, tcp("A", sport=sport)) is not None
+        m = meter(lb, cpu)
+        assert m.skip == 0 and m.probes == 0 and m.hits == 0, \
+            "a window of flows that came back turned the cache off"
+        server = next(r.mac for r in lb.layout.reals if r.real_id == entry(lb, back[0]).real_id)
+        point_cache_elsewhere(lb, back[0])
+        assert mac(lb, tcp("A", sport=back[0])) not in (server, None), \
+            "followed from the table, not the cache"
+
+
+def test_a_replaced_connection_is_forgotten_in_both_ways_of_a_set(lb):
+    """A blind fill (while the cache was off) may put a key in the other way of a set that
+    already holds it: a replaced connection voids both copies."""
+    cpu = sorted(os.sched_getaffinity(0))[0]
+    with on_cpu(cpu):
+        mac(lb, tcp("S", sport=52500))
+        mac(lb, tcp("A", sport=52500))
+        first = mac(lb, tcp("A", sport=52500))
+        (idx, value, way), = [w for w in cached_ways(lb, 52500)]
+        ct.pointer(value.way[0])[0], ct.pointer(value.way[1])[0] = way, way   # both ways
+        lb.dp.map("flow_cache")[lb.dp.map("flow_cache").Key(idx)] = value
+        assert len(list(cached_ways(lb, 52500))) == 2
+        mac(lb, tcp("FA", sport=52500))
+        seq = lb.layout.services[0].sequence
+        pos, sport = 1, 52501
+        while seq[pos % len(seq)] == seq[0]:
+            mac(lb, tcp("S", sport=sport))
+            pos, sport = pos + 1, sport + 1
+        again = mac(lb, tcp("S", sport=52500))
+        assert again != first, "the test needs the reused port to get another server"
+        assert mac(lb, tcp("A", sport=52500)) == again, \
+            "a copy of the replaced connection was followed"

@@ -11,7 +11,7 @@ import pytest
 from lb import abi, libbpf
 from lb.director import config as config_mod, layout as layout_mod
 from tests.conftest import Programmed, needs_root
-from tests.packet_cases import CONFIG, DIRECTOR_MAC, RS1, RS_MACS, tcp
+from tests.packet_cases import CONFIG, DIRECTOR_MAC, RS1, RS_MACS, conn_hash, tcp
 
 pytestmark = needs_root
 
@@ -229,19 +229,6 @@ def test_a_spoofed_udp_flood_evicts_no_tcp_connection(small):
 
 
 # ---- syn_table: a set-associative array --------------------------------------------------
-
-M64 = (1 << 64) - 1
-
-
-def conn_hash(saddr: int, daddr: int, sport: int, dport: int, proto: int, seed: int) -> int:
-    """bpf/dr_lb.c conn_hash, to aim keys at one set (a test's oracle: the test below
-    checks it against where the program put them)."""
-    z = ((daddr << 32) | saddr) ^ seed
-    z ^= ((((dport << 16) | sport) << 8 | proto) * 0x9e3779b97f4a7c15) & M64
-    z = ((z ^ (z >> 30)) * 0xbf58476d1ce4e5b9) & M64
-    z = ((z ^ (z >> 27)) * 0x94d049bb133111eb) & M64
-    return z ^ (z >> 31)
-
 
 def syn_set_of(lb, sport: int, src: str = "10.0.0.10") -> int:
     h = conn_hash(abi.ip_be32(src), abi.ip_be32("10.0.0.21"), abi.port_be16(sport),

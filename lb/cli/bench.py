@@ -31,13 +31,17 @@ def _ints(text: str) -> list[int]:
 @click.option("--syn-frames", type=click.IntRange(1000), help="Live SYNs per run.")
 @click.option("--status-entries", type=click.IntRange(0),
               help="Time `dr-lb status` with this many connections (0: skip).")
+@click.option("--order", type=click.Choice(["shuffled", "insert"]),
+              help="Flows' order within a pass: shuffled (default; unrelated to the order "
+                   "their connections were made in, as real traffic) or insert (the same "
+                   "order: the kernel's table is then read as a stream).")
 @click.option("--json", "json_file", type=click.Path(dir_okay=False, writable=True),
               help="Write every figure, with each round, to this file.")
 @click.option("--plot", "plot_file", type=click.Path(dir_okay=False, writable=True),
               help="Draw ns/packet and pps against flows into this PNG (matplotlib).")
 @click.option("--lab-prefix", default="drlb-bn", show_default=True, hidden=True)
 def bench(quick, rounds, flows, sizes, modes, frames, repeat, syn_frames, status_entries,
-          json_file, plot_file, lab_prefix) -> None:
+          order, json_file, plot_file, lab_prefix) -> None:
     """Measure dr-lb against a MAC-swap reflector and the kernel's own forwarding of the
     same frames, in one run: ns/packet in situ, pps, and test-run ns (reset method), over
     flows, frame sizes and XDP modes, and the new-connection rate."""
@@ -59,7 +63,7 @@ def bench(quick, rounds, flows, sizes, modes, frames, repeat, syn_frames, status
         if bad:
             raise UserError(f"--modes: {bad[0]!r}: use native and/or generic", 2)
     for name, value in (("frames", frames), ("repeat", repeat), ("syn_frames", syn_frames),
-                        ("status_entries", status_entries)):
+                        ("status_entries", status_entries), ("order", order)):
         if value is not None:
             setattr(s, name, value)
     if plot_file:
