@@ -40,6 +40,24 @@ def test_needs_root(monkeypatch):
     assert r.exit_code == 1 and "root" in one_line_error(r)
 
 
+@pytest.mark.parametrize("flows", [1, 2, 3, 1000, 100_000, 1_000_000, 65_536, 3 ** 10])
+def test_a_shuffled_pass_takes_each_flow_once_and_far_from_the_one_before(flows):
+    """bench/progs.c: frame i of a pass is from flow i * stride % flows."""
+    from bench.measure import flow_stride
+    stride = flow_stride(flows)
+    order = [i * stride % flows for i in range(flows)]
+    assert sorted(order) == list(range(flows))
+    if flows >= 1000:
+        gaps = {min((b - a) % flows, (a - b) % flows) for a, b in zip(order, order[1:])}
+        assert min(gaps) > flows // 4, "consecutive frames from flows made close together"
+
+
+def test_the_order_is_an_option(monkeypatch):
+    monkeypatch.setattr("os.geteuid", lambda: 1000)
+    r = CliRunner(mix_stderr=False).invoke(cli.main, ["bench", "--order", "random"])
+    assert r.exit_code == 2 and "shuffled" in r.stderr
+
+
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory):
     if __import__("os").geteuid() != 0:
