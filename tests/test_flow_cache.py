@@ -74,6 +74,21 @@ def cached(lb, sport: int) -> int:
     return len({idx for idx, _, _ in cached_ways(lb, sport)})
 
 
+def reopen_elsewhere(lb, sport: int, first: str) -> str:
+    """Close CLIENT_IP:sport's connection (to `first`, the first of a fresh WRR cycle) and
+    open it again on another server: new connections from the next ports until the
+    cycle's next slot is another server, then the SYN. Its server's MAC."""
+    mac(lb, tcp("FA", sport=sport))
+    seq = lb.layout.services[0].sequence
+    pos, other = 1, sport + 1
+    while seq[pos % len(seq)] == seq[0]:
+        mac(lb, tcp("S", sport=other))
+        pos, other = pos + 1, other + 1
+    again = mac(lb, tcp("S", sport=sport))
+    assert again != first, "the test needs the reused port to get another server"
+    return again
+
+
 def test_a_port_reused_on_one_cpu_is_not_followed_from_another_cpus_cache(lb):
     """A connection closes and its 5-tuple opens a new one (to another server) on CPU a;
     CPU b had the old one in its cache: its next packet goes to the new server."""
@@ -86,15 +101,7 @@ def test_a_port_reused_on_one_cpu_is_not_followed_from_another_cpus_cache(lb):
         assert mac(lb, tcp("A", sport=51000)) == first   # now from b's cache
     assert cached(lb, 51000) >= 1
     with on_cpu(a):
-        mac(lb, tcp("FA", sport=51000))
-        # New connections elsewhere until the WRR cycle's next slot is another server.
-        seq = lb.layout.services[0].sequence
-        pos, sport = 1, 51001
-        while seq[pos % len(seq)] == seq[0]:
-            mac(lb, tcp("S", sport=sport))
-            pos, sport = pos + 1, sport + 1
-        again = mac(lb, tcp("S", sport=51000))
-        assert again != first, "the test needs the reused port to get another server"
+        again = reopen_elsewhere(lb, 51000, first)
         assert mac(lb, tcp("A", sport=51000)) == again
     with on_cpu(b):
         assert mac(lb, tcp("A", sport=51000)) == again, \
@@ -268,13 +275,6 @@ def test_a_replaced_connection_is_forgotten_in_both_ways_of_a_set(lb):
         ct.pointer(value.way[0])[0], ct.pointer(value.way[1])[0] = way, way   # both ways
         lb.dp.map("flow_cache")[lb.dp.map("flow_cache").Key(idx)] = value
         assert len(list(cached_ways(lb, 52500))) == 2
-        mac(lb, tcp("FA", sport=52500))
-        seq = lb.layout.services[0].sequence
-        pos, sport = 1, 52501
-        while seq[pos % len(seq)] == seq[0]:
-            mac(lb, tcp("S", sport=sport))
-            pos, sport = pos + 1, sport + 1
-        again = mac(lb, tcp("S", sport=52500))
-        assert again != first, "the test needs the reused port to get another server"
+        again = reopen_elsewhere(lb, 52500, first)
         assert mac(lb, tcp("A", sport=52500)) == again, \
             "a copy of the replaced connection was followed"
