@@ -100,10 +100,13 @@ def retransmissions(lab: Lab) -> int:
 
 
 # A client that writes a line every `interval` s over one TCP connection for `duration` s
-# and reads the echoes ("SERVER line") back; then it closes and reports.
+# (or until SIGUSR1, see stop_stream()) and reads the echoes ("SERVER line") back; then it
+# closes and reports.
 TCP_STREAM = textwrap.dedent("""
-    import json, socket, sys, threading, time
+    import json, signal, socket, sys, threading, time
     vip, port, duration, interval = sys.argv[1], int(sys.argv[2]), float(sys.argv[3]), float(sys.argv[4])
+    stop = threading.Event()
+    signal.signal(signal.SIGUSR1, lambda *_: stop.set())
     errors, servers, stalls = [], {}, [0.0]
     s = socket.create_connection((vip, port), timeout=90)
     s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
@@ -128,10 +131,10 @@ TCP_STREAM = textwrap.dedent("""
     print("connected", flush=True)
     sent, start = 1, time.monotonic()
     try:
-        while time.monotonic() - start < duration:
+        while time.monotonic() - start < duration and not stop.is_set():
             s.sendall(f"{sent}\\n".encode())
             sent += 1
-            time.sleep(interval)
+            stop.wait(interval)
         s.shutdown(socket.SHUT_WR)
     except Exception as e:
         errors.append(repr(e))
@@ -140,10 +143,13 @@ TCP_STREAM = textwrap.dedent("""
                       "servers": servers, "longest_stall_s": round(stalls[0], 3)}))
 """)
 
-# Datagrams at `rate`/s for `duration` s on one flow; the UDP echo answers "SERVER seq".
+# Datagrams at `rate`/s for `duration` s (or until SIGUSR1, see stop_stream()) on one
+# flow; the UDP echo answers "SERVER seq". "sent": the datagrams that went out.
 UDP_STREAM = textwrap.dedent("""
-    import json, socket, sys, threading, time
+    import json, signal, socket, sys, threading, time
     vip, port, duration, rate = sys.argv[1], int(sys.argv[2]), float(sys.argv[3]), float(sys.argv[4])
+    stop = threading.Event()
+    signal.signal(signal.SIGUSR1, lambda *_: stop.set())
     def ranges(xs):
         out = []
         for x in xs:
@@ -155,20 +161,28 @@ UDP_STREAM = textwrap.dedent("""
     s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     s.connect((vip, port))
     s.settimeout(3)
-    seen, servers, errors, finished = set(), {}, [], threading.Event()
-    def reader():       # until 3 s of silence after the last datagram went out
+    seen, servers, errors, sent = set(), {}, [], [None]
+    def reader():       # until every datagram is answered, or 3 s of silence after the
+        last = None     # last one went out
+        s.settimeout(0.1)
         while True:
+            if sent[0] is not None:
+                if len(seen) > sent[0]:         # 0..sent all answered
+                    return
+                last = last or time.monotonic()
+                if time.monotonic() - last >= 3:
+                    return
             try:
                 data = s.recv(2048)
             except socket.timeout:
-                if finished.is_set():
-                    return
                 continue
             except Exception as e:
                 errors.append(repr(e)); return
             name, seq = data.decode().split()
             seen.add(int(seq))
             servers[name] = servers.get(name, 0) + 1
+            if last is not None:
+                last = time.monotonic()
     for _ in range(30):     # the first answer names the server; ask again if it is lost
         s.send(b"0")
         try:
@@ -187,14 +201,17 @@ UDP_STREAM = textwrap.dedent("""
     for i in range(1, n + 1):
         delay = start + i / rate - time.monotonic()
         if delay > 0:
-            time.sleep(delay)
+            stop.wait(delay)
+        if stop.is_set():
+            n = i - 1
+            break
         s.send(str(i).encode())
-    finished.set()
+    sent[0] = n
     t.join(timeout=10)
     lost = [i for i in range(1, n + 1) if i not in seen]
     print(json.dumps({"sent": n, "lost": len(lost), "first_lost": lost[:10],
                       "lost_ranges": ranges(lost),
-                      "servers": servers, "errors": errors}))
+                      "servers": dict(servers), "errors": errors}))
 """)
 
 
@@ -205,6 +222,18 @@ def start_stream(lab: Lab, script: str, port: int, *args: str) -> subprocess.Pop
     assert line.strip() == "connected", f"the client did not connect: {line!r} " \
                                         f"{p.stderr.read() if p.poll() is not None else ''}"
     return p
+
+
+def stop_stream(p: subprocess.Popen) -> None:
+    """Have a TCP_STREAM or UDP_STREAM stop sending now (its duration is then a cap); it
+    reports as usual (result_of())."""
+    if p.poll() is None:
+        p.send_signal(signal.SIGUSR1)
+
+
+# How long the streams of a restart test go on after the director said ready: traffic that
+# only the new director can have carried, for the assertions that the flows came back.
+AFTER_READY_S = 2
 
 
 def result_of(p: subprocess.Popen, timeout: float = 120) -> dict:
@@ -220,9 +249,10 @@ def report(what: str, mode: str, **figures) -> None:
 def test_tcp_connection_survives_down_and_up(running):
     lab = running.lab
     retrans = retransmissions(lab)
-    client = start_stream(lab, TCP_STREAM, ECHO_PORT, "10", "0.05")
-    # A UDP flow too, long enough to outlast the restart: what a restart loses (nothing
-    # balances between down and ready) and that the flow comes back to its server.
+    # Both streams outlast the restart (`up` may take 6-20 s to be ready; 40 s is their
+    # cap) and stop AFTER_READY_S after it: the UDP flow shows what a restart loses
+    # (nothing balances between down and ready) and that the flow comes back to its server.
+    client = start_stream(lab, TCP_STREAM, ECHO_PORT, "40", "0.05")
     udp = start_stream(lab, UDP_STREAM, UDP_PORT, "40", "200")
     time.sleep(2)
     t0 = time.monotonic()
@@ -230,6 +260,11 @@ def test_tcp_connection_survives_down_and_up(running):
     assert "stopped" in said, said
     _, ready_s = running.up()
     gap_s = time.monotonic() - t0
+    time.sleep(AFTER_READY_S)
+    assert client.poll() is None and udp.poll() is None, \
+        "a stream ended before the director was ready again: raise its cap"
+    stop_stream(client)
+    stop_stream(udp)
     r, u = result_of(client), result_of(udp)
     report("TCP across down + up", lab.xdp_mode, errors=len(r["errors"]),
            lines=f"{r['echoed']}/{r['sent']}", servers=r["servers"],
@@ -249,11 +284,16 @@ def test_tcp_connection_survives_down_and_up(running):
 def test_tcp_connection_and_udp_flow_survive_up_replace(running):
     lab = running.lab
     retrans = retransmissions(lab)
-    tcp = start_stream(lab, TCP_STREAM, ECHO_PORT, "10", "0.05")
-    udp = start_stream(lab, UDP_STREAM, UDP_PORT, "10", "200")
+    tcp = start_stream(lab, TCP_STREAM, ECHO_PORT, "40", "0.05")
+    udp = start_stream(lab, UDP_STREAM, UDP_PORT, "40", "200")
     time.sleep(2)
     said, ready_s = running.replace()
     assert "left eth0 to its successor" in said, said
+    time.sleep(AFTER_READY_S)
+    assert tcp.poll() is None and udp.poll() is None, \
+        "a stream ended before the replace was done: raise its cap"
+    stop_stream(tcp)
+    stop_stream(udp)
     t, u = result_of(tcp), result_of(udp)
     report("up --replace", lab.xdp_mode, tcp_errors=len(t["errors"]),
            tcp_lines=f"{t['echoed']}/{t['sent']}", tcp_servers=t["servers"],
@@ -297,7 +337,7 @@ def holder_of(lab: Lab, port: int) -> str:
 def test_a_config_changed_between_stop_and_start_leaves_connections_where_they_are(running):
     lab = running.lab
     original = running.config.read_text()
-    tcp = start_stream(lab, TCP_STREAM, ECHO_PORT, "8", "0.05")
+    tcp = start_stream(lab, TCP_STREAM, ECHO_PORT, "40", "0.05")
     try:
         holder = holder_of(lab, ECHO_PORT)
         running.down()
@@ -306,6 +346,9 @@ def test_a_config_changed_between_stop_and_start_leaves_connections_where_they_a
         weights = {h.name: 3 for h in lab.real_servers} | {holder: 0}
         running.config.write_text(_reverse_real_servers(running.config_text(weights=weights)))
         running.up()
+        time.sleep(AFTER_READY_S)
+        assert tcp.poll() is None, "the stream ended before the director was up: raise its cap"
+        stop_stream(tcp)
         t = result_of(tcp)
         assert t["errors"] == [] and t["echoed"] == t["sent"], t
         assert list(t["servers"]) == [holder], \
@@ -314,8 +357,8 @@ def test_a_config_changed_between_stop_and_start_leaves_connections_where_they_a
         assert holder not in new, f"{holder} has weight 0 now, yet took one of {new}"
     finally:
         running.config.write_text(original)
-        running.down()
-        running.up()
+        if running.director.poll() is None:   # else the next test's ensure_running() starts it
+            lab.run("director", *python_cmd("lb", "reload"))
 
 
 def _reverse_real_servers(text: str) -> str:
