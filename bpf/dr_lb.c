@@ -398,7 +398,7 @@ static __always_inline struct flow_set *flow_set_on(const struct conn_key *ck, _
 	__u64 h = conn_hash(ck, cfg->hash_seed);
 	__u32 idx = h >> (64 - FLOW_CACHE_LOG2);
 
-	*way = h & 1;
+	*way = h & (FLOW_CACHE_WAYS - 1);
 	idx += cpu << FLOW_CACHE_LOG2;
 	return flow_cache.lookup(&idx);
 }
@@ -415,33 +415,46 @@ static __always_inline int flow_is(const struct flow_entry *e, const struct conn
 static __always_inline struct flow_entry *flow_find(struct flow_set *fs,
 						    const struct conn_key *ck, __u32 gen)
 {
-	if (flow_is(&fs->way[0], ck, gen))
-		return &fs->way[0];
-	if (flow_is(&fs->way[1], ck, gen))
-		return &fs->way[1];
+#pragma unroll
+	for (int w = 0; w < FLOW_CACHE_WAYS; w++)
+		if (flow_is(&fs->way[w], ck, gen))
+			return &fs->way[w];
 	return NULL;
 }
 
+/* The way of `fs` a connection not in it takes after a probe: one that is void (another
+ * generation) or stale (not synced for flow_sync_ns: its flow went quiet), else one at
+ * random. Not the one synced longest ago: flows that take turns in a set holding one
+ * more of them than it has ways would each push out the next one to come, and all miss;
+ * at random, most of them stay. */
+static __always_inline struct flow_entry *flow_victim(struct flow_set *fs,
+						      const struct settings *cfg, __u64 now)
+{
+#pragma unroll
+	for (int w = 0; w < FLOW_CACHE_WAYS; w++)
+		if (fs->way[w].gen != cfg->flow_gen ||
+		    now - fs->way[w].synced_ns >= cfg->flow_sync_ns)
+			return &fs->way[w];
+	return &fs->way[bpf_get_prandom_u32() & (FLOW_CACHE_WAYS - 1)];
+}
+
 /* Store what the table says of `ck` (read and refreshed just now) in this CPU's set: after
- * a probe (the set's line is in the cache), in its own way if it has one, else in the way
- * synced longest ago; else (FLOW_FILL_BLIND + way: the cache is off) in that way, written
+ * a probe (the set's lines are in the cache), in its own way if it has one, else in
+ * flow_victim's; else (FLOW_FILL_BLIND + way: the cache is off) in that way, written
  * without a read, which a CPU's store buffer absorbs instead of waiting for a cold line.
- * A key may then be in both ways: flow_find takes the first, flow_forget voids both. */
+ * A key may then be in two ways: flow_find takes the first, flow_forget voids all. */
 static __always_inline void flow_remember(struct flow_set *fs, const struct conn_key *ck,
-					  const struct conn_value *cv, __u32 gen, __u64 now,
-					  __u32 fill)
+					  const struct conn_value *cv,
+					  const struct settings *cfg, __u64 now, __u32 fill)
 {
 	struct flow_entry *e;
 
-	if (fill == FLOW_FILL_BLIND)
-		e = &fs->way[0];
-	else if (fill == FLOW_FILL_BLIND + 1)
-		e = &fs->way[1];
+	if (fill >= FLOW_FILL_BLIND)
+		e = &fs->way[(fill - FLOW_FILL_BLIND) & (FLOW_CACHE_WAYS - 1)];
 	else {
-		e = flow_find(fs, ck, gen);
+		e = flow_find(fs, ck, cfg->flow_gen);
 		if (!e)
-			e = fs->way[0].synced_ns <= fs->way[1].synced_ns ? &fs->way[0]
-									 : &fs->way[1];
+			e = flow_victim(fs, cfg, now);
 	}
 	e->saddr = ck->saddr;
 	e->daddr = ck->daddr;
@@ -449,14 +462,14 @@ static __always_inline void flow_remember(struct flow_set *fs, const struct conn
 	e->proto = ck->proto;
 	e->svc_id = cv->svc_id;
 	e->real_id = cv->real_id;
-	e->gen = gen;
+	e->gen = cfg->flow_gen;
 	e->synced_ns = now;
 }
 
 /* This CPU's flow_cache set for `ck`, or NULL: with a set, *fe is `ck`'s fresh entry
  * (followed for flow_sync_ns after the table's entry was read) or NULL, and *fill says
  * how the table's path below refreshes it (flow_remember). Every FLOW_METER_WINDOW
- * probes, fewer hits than half of them (flows that come back too rarely to be found: each
+ * probes, fewer than half of them finding their flow (flows that come back too rarely: each
  * miss costs a cold cache line and, in the table below, the lookup it was meant to save)
  * turn the cache off for FLOW_METER_SKIP packets. Those never read it, and one in
  * FLOW_METER_FILL of them (at random: a fixed one would pick the same flows of a
@@ -469,7 +482,6 @@ static __always_inline struct flow_set *flow_probe(const struct conn_key *ck,
 	__u32 zero = 0, cpu = bpf_get_smp_processor_id(), way;
 	struct flow_meter *fm = flow_meter.lookup(&zero);
 	struct flow_set *fs;
-	int hit;
 
 	*fe = NULL;
 	if (!fm || cpu >= FLOW_CACHE_CPUS)
@@ -487,10 +499,12 @@ static __always_inline struct flow_set *flow_probe(const struct conn_key *ck,
 	if (!fs)
 		return NULL;
 	*fe = flow_find(fs, ck, cfg->flow_gen);
-	hit = *fe && now - (*fe)->synced_ns < cfg->flow_sync_ns;
-	if (!hit)
+	/* Found counts for the meter even when due for its sync: the table's path below
+	 * refreshes it (the probe paid). Flows filled together fall due together, which
+	 * would otherwise look like a run of misses and turn the cache off. */
+	fm->hits += *fe != NULL;
+	if (*fe && now - (*fe)->synced_ns >= cfg->flow_sync_ns)
 		*fe = NULL;
-	fm->hits += hit;
 	if (++fm->probes >= FLOW_METER_WINDOW) {
 		if (fm->hits * 2 < fm->probes)
 			fm->skip = FLOW_METER_SKIP;
@@ -512,10 +526,10 @@ static __always_inline void flow_forget(const struct conn_key *ck, const struct 
 		fs = flow_set_on(ck, cpu, cfg, &way);
 		if (!fs)
 			break;
-		if (flow_is(&fs->way[0], ck, gen))
-			fs->way[0].gen = 0;
-		if (flow_is(&fs->way[1], ck, gen))
-			fs->way[1].gen = 0;
+#pragma unroll
+		for (int w = 0; w < FLOW_CACHE_WAYS; w++)
+			if (flow_is(&fs->way[w], ck, gen))
+				fs->way[w].gen = 0;
 	}
 }
 
@@ -1229,7 +1243,7 @@ static __always_inline int handle_l4(struct xdp_md *ctx, struct hdr_cursor *c,
 				if (cv->flags & CONN_F_PERSISTENT)
 					touch_template(&ck, real_id, now);
 				if (fs && (cv->state == CONN_ESTABLISHED || cv->state == CONN_UDP))
-					flow_remember(fs, &ck, cv, cfg->flow_gen, now, fill);
+					flow_remember(fs, &ck, cv, cfg, now, fill);
 				return forward(eth, iph, cfg, real, real_id, cv->svc_id, 0);
 			} else if (th && !is_new_tcp(th)) {
 				/* Its server is gone from the segment: a SYN or a datagram may

@@ -196,10 +196,10 @@ struct flow_entry {
 	uint64_t synced_ns;            /* when its table entry was last read and refreshed */
 };
 
-/* One set of flow_cache: a cache line (the array is mmapable, so its values start on a
- * page and each set on a line of its own). */
+/* One set of flow_cache: two adjacent cache lines, fetched together (the array is
+ * mmapable, so its values start on a page and each set on a pair of lines of its own). */
 struct flow_set {
-	struct flow_entry way[2];      /* FLOW_CACHE_WAYS */
+	struct flow_entry way[4];      /* FLOW_CACHE_WAYS */
 };
 
 struct persist_key {

@@ -55,7 +55,7 @@
 #ifndef FLOW_CACHE_LOG2
 #define FLOW_CACHE_LOG2 17
 #endif
-#define FLOW_CACHE_WAYS 2
+#define FLOW_CACHE_WAYS 4
 /* A CPU whose flow_cache hit less than half of its last FLOW_METER_WINDOW probes (flows
  * that each come back too rarely: a miss costs a cold cache line) passes it by for the
  * next FLOW_METER_SKIP packets, of which one in FLOW_METER_FILL (a power of two) fills it
@@ -63,7 +63,7 @@
 #define FLOW_METER_WINDOW 64
 #define FLOW_METER_SKIP 1024
 #define FLOW_METER_FILL 2
-/* How flow_remember stores a connection: after a probe, or blind into way 0 or 1. */
+/* How flow_remember stores a connection: after a probe, or blind into way 0, 1, 2 or 3. */
 #define FLOW_FILL_PROBED 0
 #define FLOW_FILL_BLIND 1
 /* The longest a CPU follows a connection from its cache before it reads and refreshes

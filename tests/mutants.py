@@ -90,16 +90,28 @@ M = Mutant
 MUTANTS: list[Mutant] = [
     # ---- flow_cache --------------------------------------------------------------------
     M("flow-cache-ignores-generation", "(e->gen ^ gen)) == 0;", "0) == 0;", ("flow-cache",)),
-    M("flow-cache-never-syncs", "hit = *fe && now - (*fe)->synced_ns < cfg->flow_sync_ns;",
-      "hit = *fe != NULL;", ("flow-cache",)),
+    M("flow-cache-never-syncs", "if (*fe && now - (*fe)->synced_ns >= cfg->flow_sync_ns)",
+      "if (0)", ("flow-cache",)),
+    M("flow-meter-counts-due-as-miss", "fm->hits += *fe != NULL;",
+      "fm->hits += *fe && now - (*fe)->synced_ns < cfg->flow_sync_ns;", ("flow-cache",)),
+    M("flow-victim-synced-longest-ago",
+      "\treturn &fs->way[bpf_get_prandom_u32() & (FLOW_CACHE_WAYS - 1)];\n",
+      "\tstruct flow_entry *o = &fs->way[0];\n"
+      "#pragma unroll\n"
+      "\tfor (int w = 1; w < FLOW_CACHE_WAYS; w++)\n"
+      "\t\tif (fs->way[w].synced_ns < o->synced_ns)\n"
+      "\t\t\to = &fs->way[w];\n"
+      "\treturn o;\n", ("flow-cache",)),
     M("flow-meter-never-pauses", "\t\t\tfm->skip = FLOW_METER_SKIP;\n", "", ("flow-cache",)),
     M("flow-meter-pauses-for-ever", "\t\tfm->skip--;\n", "", ("flow-cache",)),
     M("flow-meter-never-fills", "\t\t*fill = FLOW_FILL_BLIND + way;\n\t\treturn fs;\n",
       "\t\treturn NULL;\n", ("flow-cache",)),
     M("flow-meter-reads-while-off", "\t\t*fill = FLOW_FILL_BLIND + way;\n\t\treturn fs;\n",
       "", ("flow-cache",)),
-    M("flow-forget-first-way-only", "\t\tif (flow_is(&fs->way[1], ck, gen))\n\t\t\tfs->way[1].gen = 0;\n",
-      "", ("flow-cache-replaced",)),
+    M("flow-forget-first-way-only",
+      "\t\tfor (int w = 0; w < FLOW_CACHE_WAYS; w++)\n\t\t\tif (flow_is(&fs->way[w], ck, gen))",
+      "\t\tfor (int w = 0; w < 1; w++)\n\t\t\tif (flow_is(&fs->way[w], ck, gen))",
+      ("flow-cache-replaced",)),
     M("flow-cache-takes-state-changes", "if (!th || !(th->syn | th->fin | th->rst)) {",
       "if (1) {", ("flow-cache-state",)),
     M("flow-cache-replaced-not-forgotten", "\t\tflow_forget(ck, cfg);\n", "",

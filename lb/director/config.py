@@ -235,10 +235,11 @@ def table_slots(conn_table_size: int, cpus: int | None = None) -> dict[str, int]
 def flow_cache_shape(conn_table_size: int, cpus: int | None = None) -> tuple[int, int]:
     """(CPUs, log2 of the sets per CPU) of flow_cache, each CPU's cache of the connections
     it forwards: with flows spread over the CPUs, room for about half of conn_table_size's
-    share of each (a power of two of sets, 2^9 to 2^18: 32 KiB to 16 MiB a CPU)."""
+    share of each (a power of two of sets of FLOW_CACHE_WAYS, 2^8 to 2^17: 32 KiB to
+    16 MiB a CPU)."""
     cpus = cpus or possible_cpus()
     want = -(-conn_table_size // (2 * cpus * abi.CONST["FLOW_CACHE_WAYS"]))
-    return cpus, min(18, max(9, (want - 1).bit_length()))
+    return cpus, min(17, max(8, (want - 1).bit_length()))
 
 
 def table_memory_bytes(conn_table_size: int, cpus: int | None = None) -> int:
