@@ -11,6 +11,7 @@ import os
 import signal
 import subprocess
 import time
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 
 import pytest
@@ -43,9 +44,17 @@ def bgp():
         lab.start_bird("router")
         for d in DIRECTORS:
             lab.start_bird(d)
-            lab.start_director(d)
+        start_directors(lab, {d: None for d in DIRECTORS})
         lab.wait_next_hops(BOTH)
         yield lab
+
+
+def start_directors(lab: HaLab, configs: dict[str, str | None]) -> None:
+    """lab.start_director() on several directors at once (each waits until its dr-lb
+    is ready; they compile their programs side by side)."""
+    with ThreadPoolExecutor(len(configs)) as pool:
+        for f in [pool.submit(lab.start_director, d, text) for d, text in configs.items()]:
+            f.result()
 
 
 class Flows(list):
@@ -94,6 +103,16 @@ def assert_unbroken(results: list[dict]) -> None:
         assert len(r["names"]) == 1, (
             f"connection from port {r['sport']} changed real server: {r['names']}")
         assert r["answers"] > 10
+
+
+def eventually(condition, what: str, timeout: float = 20):
+    """Poll `condition()` every 0.1 s until it gives something true, and return that; the
+    timeout is far above the expected time, only so that a broken path fails."""
+    deadline = time.monotonic() + timeout
+    while not (got := condition()):
+        assert time.monotonic() < deadline, f"{what}: not within {timeout} s"
+        time.sleep(0.1)
+    return got
 
 
 def restart_director(lab: HaLab, d: str) -> None:
@@ -182,8 +201,10 @@ def test_a_director_fails_and_comes_back_without_breaking_connections(bgp, how):
                 bgp.link("dir1", "down")
             gone = bgp.wait_next_hops(DIR2_ONLY)
             record(f"{how}: the router's route leaves dir1", gone)
-            time.sleep(2)
-            picked = conns(bgp, "dir2", results.ports)
+            # Until every moved connection has been through dir2 (their next request).
+            picked = eventually(lambda: (p := conns(bgp, "dir2", results.ports))
+                                .keys() >= moved.keys() and p,
+                                "dir1's connections in dir2's table")
             for sport, name in moved.items():
                 assert picked.get(sport) == name, (
                     f"port {sport} was on dir1 to {name}, on dir2 it goes to {picked.get(sport)}")
@@ -199,8 +220,8 @@ def test_a_director_fails_and_comes_back_without_breaking_connections(bgp, how):
             bgp.wait_next_hops(BOTH)
             record(f"{how}: dir1 back in the route after its return", time.monotonic() - back)
             before = counter(bgp, "dir1", "tx_service")
-            time.sleep(2)
-            assert counter(bgp, "dir1", "tx_service") > before, "no flow came back to dir1"
+            eventually(lambda: counter(bgp, "dir1", "tx_service") > before,
+                       "a flow coming back to dir1")
             # After SIGKILL the restarted dr-lb reuses the table it kept (restarts keep
             # connections), so returning flows find their entries; dir2 above had none and
             # picked them up (sloppy). Either way: unbroken, on the same real server (below).
@@ -247,19 +268,30 @@ def test_sigterm_withdraws(bgp):
 # ---- active/backup --------------------------------------------------------------------------
 
 def wait_arp(lab: HaLab, want: list[str], timeout: float = 20) -> float:
+    """Wait until exactly `want` answer ARP for the VIP; seconds taken. Polled with short
+    who-has rounds (in-process, 0.2 s); a match is then confirmed by lab.arp_answers()
+    (listening 1 s, as lab.arp_answers()), so that a late second answer is still caught."""
+    from lb.director import arp
     start = time.monotonic()
-    while (got := lab.arp_answers()) != want:
+    while True:
+        with lab.inside("router"):
+            got = sorted(arp.who_has("eth0", [VIP], wait_s=0.2, rounds=1)[VIP])
+        if got == want:
+            took = time.monotonic() - start
+            with lab.inside("router"):   # as lab.arp_answers() asks, without a new process
+                got = sorted(arp.who_has("eth0", [VIP], wait_s=1.0, rounds=1)[VIP])
+            if got == want:
+                return took
         assert time.monotonic() - start < timeout, f"ARP for {VIP} answered by {got}, not {want}"
-        time.sleep(0.1)
-    return time.monotonic() - start
+        time.sleep(0.05)
 
 
 def test_keepalived_moves_the_arp_answer_and_connections_continue():
     with HaLab(prefix="drlb-ha2") as lab:
         lab.prepare_real_servers()
         lab.start_servers()
-        for d in DIRECTORS:
-            lab.start_director(d, lab.director_config(d, announce=False, vrrp=True))
+        start_directors(lab, {d: lab.director_config(d, announce=False, vrrp=True)
+                              for d in DIRECTORS})
         assert lab.arp_answers() == [], "a director without keepalived's word is a backup"
         lab.start_keepalived("dir1", 150)
         lab.start_keepalived("dir2", 100)
