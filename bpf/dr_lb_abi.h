@@ -185,13 +185,9 @@ struct syn_set {
 /* A connection (ESTABLISHED in conn_table, or in udp_table) as one CPU last read it: the
  * key, and what forwarding needs. Only the program writes it; config.py sizes the cache. */
 struct flow_entry {
-	uint32_t saddr;
-	uint32_t daddr;
-	uint32_t ports;                /* conn_key's sport and dport, as one word */
-	uint8_t proto;
-	uint8_t pad;
+	struct conn_key key;           /* as in conn_table (pad zero): compared as two words */
+	uint16_t real_id;              /* < MAX_REALS */
 	uint16_t svc_id;
-	uint32_t real_id;
 	uint32_t gen;                  /* settings.flow_gen when stored */
 	uint64_t synced_ns;            /* when its table entry was last read and refreshed */
 };

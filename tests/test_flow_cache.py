@@ -65,7 +65,7 @@ def cached_ways(lb, sport: int):
     for idx in cache_sets(lb, sport):
         value = fc[fc.Key(idx)]
         for way in value.way:
-            if way.gen and way.ports & 0xFFFF == abi.port_be16(sport):
+            if way.gen and way.key.sport == abi.port_be16(sport):
                 yield idx, value, way
 
 
