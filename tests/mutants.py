@@ -92,6 +92,8 @@ MUTANTS: list[Mutant] = [
     M("flow-cache-ignores-generation", "(e->gen ^ gen)) == 0;", "0) == 0;", ("flow-cache",)),
     M("flow-cache-never-syncs", "if (*fe && now - (*fe)->synced_ns >= cfg->flow_sync_ns)",
       "if (0)", ("flow-cache",)),
+    M("flow-cache-key-first-word-only", "((a[0] ^ b[0]) | (a[1] ^ b[1]) | (e->gen ^ gen))",
+      "((a[0] ^ b[0]) | (e->gen ^ gen))", ("flow-cache",)),
     M("flow-meter-counts-due-as-miss", "fm->hits += *fe != NULL;",
       "fm->hits += *fe && now - (*fe)->synced_ns < cfg->flow_sync_ns;", ("flow-cache",)),
     M("flow-victim-synced-longest-ago",
