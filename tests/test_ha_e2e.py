@@ -91,9 +91,13 @@ def conns(lab: HaLab, director: str, ports: set[int]) -> dict[int, str]:
     return {port: name for port, name in out.items() if port in ports}
 
 
-def counter(lab: HaLab, director: str, name: str) -> int:
+def counters(lab: HaLab, director: str) -> dict[str, int]:
     r = lab.run(director, *python_cmd("lb", "status", "--json"))
-    return json.loads(r.stdout)["counters"][name]
+    return json.loads(r.stdout)["counters"]
+
+
+def counter(lab: HaLab, director: str, name: str) -> int:
+    return counters(lab, director)[name]
 
 
 def assert_unbroken(results: list[dict]) -> None:
@@ -219,9 +223,15 @@ def test_a_director_fails_and_comes_back_without_breaking_connections(bgp, how):
             back = time.monotonic()
             bgp.wait_next_hops(BOTH)
             record(f"{how}: dir1 back in the route after its return", time.monotonic() - back)
-            before = counter(bgp, "dir1", "tx_service")
-            eventually(lambda: counter(bgp, "dir1", "tx_service") > before,
-                       "a flow coming back to dir1")
+            before = counters(bgp, "dir1")
+            try:
+                eventually(lambda: counter(bgp, "dir1", "tx_service") > before["tx_service"],
+                           "a flow coming back to dir1")
+            except AssertionError as e:   # say where dir1's frames went instead
+                after = counters(bgp, "dir1")
+                moved_on = {k: n - before.get(k, 0) for k, n in after.items()
+                            if n != before.get(k, 0)}
+                raise AssertionError(f"{e}; dir1's counters meanwhile: {moved_on}") from None
             # After SIGKILL the restarted dr-lb reuses the table it kept (restarts keep
             # connections), so returning flows find their entries; dir2 above had none and
             # picked them up (sloppy). Either way: unbroken, on the same real server (below).
