@@ -87,6 +87,9 @@ def c(name: str) -> str:
 
 
 M = Mutant
+# flow_probe's blind fill while the meter has the cache off.
+BLIND_FILL = "\t\t*fill = FLOW_FILL_BLIND + way;\n\t\treturn fs;\n"
+
 MUTANTS: list[Mutant] = [
     # ---- flow_cache --------------------------------------------------------------------
     M("flow-cache-ignores-generation", "(e->gen ^ gen)) == 0;", "0) == 0;", ("flow-cache",)),
@@ -106,9 +109,9 @@ MUTANTS: list[Mutant] = [
       "\treturn o;\n", ("flow-cache",)),
     M("flow-meter-never-pauses", "\t\t\tfm->skip = FLOW_METER_SKIP;\n", "", ("flow-cache",)),
     M("flow-meter-pauses-for-ever", "\t\tfm->skip--;\n", "", ("flow-cache",)),
-    M("flow-meter-never-fills", "\t\t*fill = FLOW_FILL_BLIND + way;\n\t\treturn fs;\n",
+    M("flow-meter-never-fills", BLIND_FILL,
       "\t\treturn NULL;\n", ("flow-cache",)),
-    M("flow-meter-reads-while-off", "\t\t*fill = FLOW_FILL_BLIND + way;\n\t\treturn fs;\n",
+    M("flow-meter-reads-while-off", BLIND_FILL,
       "", ("flow-cache",)),
     M("flow-forget-first-way-only",
       "\t\tfor (int w = 0; w < FLOW_CACHE_WAYS; w++)\n\t\t\tif (flow_is(&fs->way[w], ck, gen))",
