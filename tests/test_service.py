@@ -100,7 +100,7 @@ def retransmissions(lab: Lab) -> int:
 
 
 # A client that writes a line every `interval` s over one TCP connection for `duration` s
-# (or until SIGUSR1, see stop_stream()) and reads the echoes ("SERVER line") back; then it
+# (or until SIGUSR1, see stop_after_ready()) and reads the echoes ("SERVER line") back; then it
 # closes and reports.
 TCP_STREAM = textwrap.dedent("""
     import json, signal, socket, sys, threading, time
@@ -143,7 +143,7 @@ TCP_STREAM = textwrap.dedent("""
                       "servers": servers, "longest_stall_s": round(stalls[0], 3)}))
 """)
 
-# Datagrams at `rate`/s for `duration` s (or until SIGUSR1, see stop_stream()) on one
+# Datagrams at `rate`/s for `duration` s (or until SIGUSR1, see stop_after_ready()) on one
 # flow; the UDP echo answers "SERVER seq". "sent": the datagrams that went out.
 UDP_STREAM = textwrap.dedent("""
     import json, signal, socket, sys, threading, time
@@ -224,16 +224,20 @@ def start_stream(lab: Lab, script: str, port: int, *args: str) -> subprocess.Pop
     return p
 
 
-def stop_stream(p: subprocess.Popen) -> None:
-    """Have a TCP_STREAM or UDP_STREAM stop sending now (its duration is then a cap); it
-    reports as usual (result_of())."""
-    if p.poll() is None:
-        p.send_signal(signal.SIGUSR1)
-
-
 # How long the streams of a restart test go on after the director said ready: traffic that
 # only the new director can have carried, for the assertions that the flows came back.
 AFTER_READY_S = 2
+
+
+def stop_after_ready(*streams: subprocess.Popen) -> None:
+    """AFTER_READY_S after the director said ready, have these TCP_STREAMs/UDP_STREAMs stop
+    sending (their duration is a cap, which none may have reached: else raise it); each
+    reports as usual (result_of())."""
+    time.sleep(AFTER_READY_S)
+    assert all(p.poll() is None for p in streams), \
+        "a stream ended before the director was ready again: raise its cap"
+    for p in streams:
+        p.send_signal(signal.SIGUSR1)
 
 
 def result_of(p: subprocess.Popen, timeout: float = 120) -> dict:
@@ -260,11 +264,7 @@ def test_tcp_connection_survives_down_and_up(running):
     assert "stopped" in said, said
     _, ready_s = running.up()
     gap_s = time.monotonic() - t0
-    time.sleep(AFTER_READY_S)
-    assert client.poll() is None and udp.poll() is None, \
-        "a stream ended before the director was ready again: raise its cap"
-    stop_stream(client)
-    stop_stream(udp)
+    stop_after_ready(client, udp)
     r, u = result_of(client), result_of(udp)
     report("TCP across down + up", lab.xdp_mode, errors=len(r["errors"]),
            lines=f"{r['echoed']}/{r['sent']}", servers=r["servers"],
@@ -289,11 +289,7 @@ def test_tcp_connection_and_udp_flow_survive_up_replace(running):
     time.sleep(2)
     said, ready_s = running.replace()
     assert "left eth0 to its successor" in said, said
-    time.sleep(AFTER_READY_S)
-    assert tcp.poll() is None and udp.poll() is None, \
-        "a stream ended before the replace was done: raise its cap"
-    stop_stream(tcp)
-    stop_stream(udp)
+    stop_after_ready(tcp, udp)
     t, u = result_of(tcp), result_of(udp)
     report("up --replace", lab.xdp_mode, tcp_errors=len(t["errors"]),
            tcp_lines=f"{t['echoed']}/{t['sent']}", tcp_servers=t["servers"],
@@ -346,9 +342,7 @@ def test_a_config_changed_between_stop_and_start_leaves_connections_where_they_a
         weights = {h.name: 3 for h in lab.real_servers} | {holder: 0}
         running.config.write_text(_reverse_real_servers(running.config_text(weights=weights)))
         running.up()
-        time.sleep(AFTER_READY_S)
-        assert tcp.poll() is None, "the stream ended before the director was up: raise its cap"
-        stop_stream(tcp)
+        stop_after_ready(tcp)
         t = result_of(tcp)
         assert t["errors"] == [] and t["echoed"] == t["sent"], t
         assert list(t["servers"]) == [holder], \
