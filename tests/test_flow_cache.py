@@ -285,10 +285,9 @@ def test_a_replaced_connection_is_forgotten_in_every_way_of_a_set(lb):
 def same_set_ports(lb, count: int, start: int = 1024) -> list[int]:
     """`count` source ports of CLIENT_IP whose connections to VIP:80 share one set of
     flow_cache (the same set on every CPU)."""
-    log2 = lb.dp.flow_cache_log2
     by_set: dict[int, list[int]] = {}
     for sport in range(start, 65536):
-        ports = by_set.setdefault(cache_sets(lb, sport)[0] & ((1 << log2) - 1), [])
+        ports = by_set.setdefault(cache_sets(lb, sport)[0], [])   # CPU 0's: the set
         ports.append(sport)
         if len(ports) == count:
             return ports
