@@ -30,9 +30,6 @@ typedef __u64 uint64_t;
 #include "dr_lb_maps.h"
 
 #define NS_PER_S 1000000000ULL
-/* A conn_key on the stack, read as two 64-bit words (flow_is): the verifier wants stack
- * accesses aligned to their size. */
-#define KEY_ALIGN __attribute__((aligned(8)))
 
 /* The one clock of the program (last_seen_ns, timeouts): jiffies in ns. The verifier
  * inlines bpf_jiffies64 into a load; bpf_ktime_get_coarse_ns, a helper call, cost about
@@ -42,6 +39,13 @@ typedef __u64 uint64_t;
 static __always_inline __u64 now_ns(void)
 {
 	return bpf_jiffies64() * TICK_NS;
+}
+
+/* The same clock in ticks (now_ns() = now_ticks() * TICK_NS). flow_cache keeps the low
+ * 32 bits (struct flow_entry synced), which wrap every 2^32 ticks (198 days at 250 Hz). */
+static __always_inline __u64 now_ticks(void)
+{
+	return bpf_jiffies64();
 }
 #pragma GCC poison bpf_ktime_get_coarse_ns bpf_ktime_get_ns
 
@@ -263,8 +267,7 @@ static __always_inline int expired(__u64 now, __u64 last_seen, __u64 timeout)
 
 /* ---- flow_cache: each CPU's cache of the connections it forwards ----------------------- */
 
-/* The hash that places a connection in syn_table and flow_cache (their sets are its top
- * bits): the key's two words and the secret settings.hash_seed, through splitmix64's
+/* The hash that places a half-open connection in syn_table (its sets are its top bits): the key's two words and the secret settings.hash_seed, through splitmix64's
  * finalizer, so that nobody who does not know the seed can aim packets at one set. */
 static __always_inline __u64 conn_hash(const struct conn_key *ck, __u64 seed)
 {
@@ -393,83 +396,147 @@ static __always_inline void syn_drop(struct conn_key *ck, const struct settings 
 		syn_spill.delete(ck);
 }
 
-/* The set of `ck` in `cpu`'s part of flow_cache (the same set number on every CPU), and
- * in *way the way a fill that does not read the set gives it (flow_remember). */
-static __always_inline struct flow_set *flow_set_on(const struct conn_key *ck, __u32 cpu,
+/* ---- svc_slots: a packet's service id in one array read -------------------------------- */
+
+/* The id + 1 of the service of `ck`'s VIP, port and protocol, if it has a slot, else 0.
+ * A slot holds the service's key (a struct svc_key read as a u64) and, in the pad byte,
+ * its id + 1: the whole key is compared, so the answer is exact. */
+static __always_inline __u32 svc_slot_id(const struct conn_key *ck)
+{
+	__u64 want = ck->daddr | (__u64)ck->dport << 32 | (__u64)ck->proto << 48;
+	__u32 pair = ((ck->daddr ^ ((__u32)ck->dport << 16 | ck->proto)) *
+		      (__u32)SVC_SLOT_MULT) >> (32 - SVC_PAIRS_LOG2);
+	struct svc_pair *p = svc_slots.lookup(&pair);
+	const __u64 key_bits = 0x00ffffffffffffffULL;
+
+	if (!p)
+		return 0;
+	if (!((p->slot[0] ^ want) & key_bits))
+		return p->slot[0] >> 56;
+	if (!((p->slot[1] ^ want) & key_bits))
+		return p->slot[1] >> 56;
+	return 0;
+}
+
+/* ---- flow_cache: each CPU's cache of the connections it forwards ----------------------- */
+
+/* A connection's key in flow_cache: client address and port, and its service's id + 1
+ * (never 0, so that a zeroed way matches nothing). */
+static __always_inline __u64 flow_key(const struct conn_key *ck, __u32 svc_id1)
+{
+	return ck->saddr | (__u64)ck->sport << 32 | (__u64)svc_id1 << 48;
+}
+
+/* The set of `key` in `cpu`'s part of flow_cache (the same set number on every CPU), and
+ * in *way the way a fill that does not read the set gives it (flow_remember): the key
+ * and the secret settings.hash_seed through splitmix64's finalizer, so that nobody who
+ * does not know the seed can aim packets at one set. */
+static __always_inline struct flow_set *flow_set_on(__u64 key, __u32 cpu,
 						    const struct settings *cfg, __u32 *way)
 {
-	__u64 h = conn_hash(ck, cfg->hash_seed);
-	__u32 idx = h >> (64 - FLOW_CACHE_LOG2);
+	__u64 h = key ^ cfg->hash_seed;
+	__u32 idx;
 
+	h = (h ^ (h >> 30)) * 0xbf58476d1ce4e5b9ULL;
+	h = (h ^ (h >> 27)) * 0x94d049bb133111ebULL;
+	h ^= h >> 31;
+	idx = h >> (64 - FLOW_CACHE_LOG2);
 	*way = h & (FLOW_CACHE_WAYS - 1);
 	idx += cpu << FLOW_CACHE_LOG2;
 	return flow_cache.lookup(&idx);
 }
 
-/* Whether `e` is `ck`'s, of generation `gen`: the key as two 64-bit words (every conn_key
- * the program makes is zeroed first, pad included, and 8-byte aligned: KEY_ALIGN). */
-static __always_inline int flow_is(const struct flow_entry *e, const struct conn_key *ck,
-				   __u32 gen)
+/* All ones if `e` holds `key` of generation `gen`, else 0, without a branch: the way a
+ * key is in is as random as the line it needs is cold, and a branch on each way's
+ * comparison would be mispredicted once the line comes. */
+static __always_inline __u64 flow_match(const struct flow_entry *e, __u64 key, __u16 gen)
 {
-	const __u64 *a = (const __u64 *)&e->key, *b = (const __u64 *)ck;
+	__u64 d = (e->key ^ key) | (__u16)(e->gen ^ gen), n = -d, m;
 
-	return ((a[0] ^ b[0]) | (a[1] ^ b[1]) | (e->gen ^ gen)) == 0;
+	asm volatile("" : "+r"(n));   /* or LLVM makes a compare and a branch of it */
+	m = ~((__s64)(d | n) >> 63);
+	asm volatile("" : "+r"(m));   /* or LLVM, knowing it 0 or -1, makes selects of it */
+	return m;
 }
 
-/* The entry of `ck` in `fs`, or NULL. */
-static __always_inline struct flow_entry *flow_find(struct flow_set *fs,
-						    const struct conn_key *ck, __u32 gen)
+/* The way of `key` among the four of `fs` from `first` (one cache line), + 1, or 0: the
+ * first that holds it, found without a branch on the ways' contents. */
+static __always_inline __u64 flow_find_line(struct flow_set *fs, int first, __u64 key,
+					    __u16 gen)
 {
+	__u64 taken = 0, way = 0, m;
+
 #pragma unroll
-	for (int w = 0; w < FLOW_CACHE_WAYS; w++)
-		if (flow_is(&fs->way[w], ck, gen))
-			return &fs->way[w];
-	return NULL;
+	for (int w = first; w < first + FLOW_CACHE_WAYS / 2; w++) {
+		m = flow_match(&fs->way[w], key, gen) & ~taken;
+		taken |= m;
+		way |= m & (w + 1);
+	}
+	return way;
 }
 
-/* The way of `fs` a connection not in it takes after a probe: one that is void (another
- * generation) or stale (not synced for flow_sync_ns: its flow went quiet), else one at
- * random. Not the one synced longest ago: flows that take turns in a set holding one
- * more of them than it has ways would each push out the next one to come, and all miss;
- * at random, most of them stay. */
+/* The entry of `key` in `fs`, or NULL: the first way that holds it. The first line's
+ * ways fill first (flow_victim), so most flows are found there and the second line's
+ * comparisons are skipped. */
+static __always_inline struct flow_entry *flow_find(struct flow_set *fs, __u64 key, __u16 gen)
+{
+	__u64 way = flow_find_line(fs, 0, key, gen);
+
+	if (!way)
+		way = flow_find_line(fs, FLOW_CACHE_WAYS / 2, key, gen);
+	if (!way)
+		return NULL;
+	return &fs->way[(way - 1) & (FLOW_CACHE_WAYS - 1)];
+}
+
+/* Whether `e` was synced flow_sync_ns or more ago (ticks: the clock's, low 32 bits). */
+static __always_inline int flow_due(const struct flow_entry *e, __u32 ticks,
+				    const struct settings *cfg)
+{
+	return (__u64)(__u32)(ticks - e->synced) * TICK_NS >= cfg->flow_sync_ns;
+}
+
+/* The way of `fs` a connection not in it takes after a probe: one that is void (no key,
+ * or another generation) or stale (not synced for flow_sync_ns: its flow went quiet),
+ * else one at random. Not the one synced longest ago: flows that take turns in a set
+ * holding one more of them than it has ways would each push out the next one to come,
+ * and all miss; at random, most of them stay. */
 static __always_inline struct flow_entry *flow_victim(struct flow_set *fs,
-						      const struct settings *cfg, __u64 now)
+						      const struct settings *cfg, __u32 ticks)
 {
 #pragma unroll
 	for (int w = 0; w < FLOW_CACHE_WAYS; w++)
-		if (fs->way[w].gen != cfg->flow_gen ||
-		    now - fs->way[w].synced_ns >= cfg->flow_sync_ns)
+		if (!fs->way[w].key || fs->way[w].gen != (__u16)cfg->flow_gen ||
+		    flow_due(&fs->way[w], ticks, cfg))
 			return &fs->way[w];
 	return &fs->way[bpf_get_prandom_u32() & (FLOW_CACHE_WAYS - 1)];
 }
 
-/* Store what the table says of `ck` (read and refreshed just now) in this CPU's set: after
- * a probe (the set's lines are in the cache), in its own way if it has one, else in
- * flow_victim's; else (FLOW_FILL_BLIND + way: the cache is off) in that way, written
- * without a read, which a CPU's store buffer absorbs instead of waiting for a cold line.
- * A key may then be in two ways: flow_find takes the first, flow_forget voids all. */
-static __always_inline void flow_remember(struct flow_set *fs, const struct conn_key *ck,
-					  const struct conn_value *cv,
-					  const struct settings *cfg, __u64 now, __u32 fill)
+/* Store what the table says of `key`'s connection (read and refreshed just now: real
+ * server `real_id`) in this CPU's set: after a probe (the set's line is in the cache), in
+ * its own way if it has one, else in flow_victim's; else (FLOW_FILL_BLIND + way: the
+ * cache is off) in that way, written without a read, which a CPU's store buffer absorbs
+ * instead of waiting for a cold line. A key may then be in two ways: flow_find takes
+ * the first, flow_forget voids all. */
+static __always_inline void flow_remember(struct flow_set *fs, __u64 key, __u32 real_id,
+					  const struct settings *cfg, __u32 ticks, __u32 fill)
 {
 	struct flow_entry *e;
 
 	if (fill >= FLOW_FILL_BLIND)
 		e = &fs->way[(fill - FLOW_FILL_BLIND) & (FLOW_CACHE_WAYS - 1)];
 	else {
-		e = flow_find(fs, ck, cfg->flow_gen);
+		e = flow_find(fs, key, cfg->flow_gen);
 		if (!e)
-			e = flow_victim(fs, cfg, now);
+			e = flow_victim(fs, cfg, ticks);
 	}
-	((__u64 *)&e->key)[0] = ((const __u64 *)ck)[0];
-	((__u64 *)&e->key)[1] = ((const __u64 *)ck)[1];
-	e->svc_id = cv->svc_id;
-	e->real_id = cv->real_id;
+	e->key = key;
+	e->real_id = real_id;
 	e->gen = cfg->flow_gen;
-	e->synced_ns = now;
+	e->synced = ticks;
 }
 
-/* This CPU's flow_cache set for `ck`, or NULL: with a set, *fe is `ck`'s fresh entry
+/* This CPU's flow_cache set for `key`, or NULL: with a set, *fe is `key`'s fresh entry
  * (followed for flow_sync_ns after the table's entry was read) or NULL, and *fill says
  * how the table's path below refreshes it (flow_remember). Every FLOW_METER_WINDOW
  * probes, fewer than half of them finding their flow (flows that come back too rarely: each
@@ -478,9 +545,9 @@ static __always_inline void flow_remember(struct flow_set *fs, const struct conn
  * FLOW_METER_FILL of them (at random: a fixed one would pick the same flows of a
  * repeating pattern each time) fills it blind, so that flows that do come back are found
  * by the next window and turn it on again. */
-static __always_inline struct flow_set *flow_probe(const struct conn_key *ck,
-						   const struct settings *cfg, __u64 now,
-						   struct flow_entry **fe, __u32 *fill)
+static __always_inline struct flow_set *flow_probe(__u64 key, const struct settings *cfg,
+						   __u32 ticks, struct flow_entry **fe,
+						   __u32 *fill)
 {
 	__u32 zero = 0, cpu = bpf_get_smp_processor_id(), way;
 	struct flow_meter *fm = flow_meter.lookup(&zero);
@@ -493,23 +560,20 @@ static __always_inline struct flow_set *flow_probe(const struct conn_key *ck,
 		fm->skip--;
 		if (bpf_get_prandom_u32() & (FLOW_METER_FILL - 1))
 			return NULL;
-		fs = flow_set_on(ck, cpu, cfg, &way);
+		fs = flow_set_on(key, cpu, cfg, &way);
 		*fill = FLOW_FILL_BLIND + way;
 		return fs;
 	}
-	fs = flow_set_on(ck, cpu, cfg, &way);
+	fs = flow_set_on(key, cpu, cfg, &way);
 	*fill = FLOW_FILL_PROBED;
 	if (!fs)
 		return NULL;
-	/* The set's second line, read now: its miss overlaps the first line's instead of
-	 * waiting for the first line's ways to be compared. */
-	asm volatile("" :: "r"(fs->way[FLOW_CACHE_WAYS / 2].gen));
-	*fe = flow_find(fs, ck, cfg->flow_gen);
+	*fe = flow_find(fs, key, cfg->flow_gen);
 	/* Found counts for the meter even when due for its sync: the table's path below
 	 * refreshes it (the probe paid). Flows filled together fall due together, which
 	 * would otherwise look like a run of misses and turn the cache off. */
 	fm->hits += *fe != NULL;
-	if (*fe && now - (*fe)->synced_ns >= cfg->flow_sync_ns)
+	if (*fe && flow_due(*fe, ticks, cfg))
 		*fe = NULL;
 	if (++fm->probes >= FLOW_METER_WINDOW) {
 		if (fm->hits * 2 < fm->probes)
@@ -520,22 +584,25 @@ static __always_inline struct flow_set *flow_probe(const struct conn_key *ck,
 	return fs;
 }
 
-/* `ck`'s connection was replaced (a new server): no CPU may follow its cached copy. A
- * state change needs nothing: a CPU that still follows a closing connection from its
- * cache sends it to the same server, and the SYN of a new one never takes the cache. */
-static __always_inline void flow_forget(const struct conn_key *ck, const struct settings *cfg)
+/* `ck`'s connection to service `svc_id` was replaced (a new server): no CPU may follow its
+ * cached copy. A state change needs nothing: a CPU that still follows a closing
+ * connection from its cache sends it to the same server, and the SYN of a new one never
+ * takes the cache. */
+static __always_inline void flow_forget(const struct conn_key *ck, __u32 svc_id,
+					const struct settings *cfg)
 {
-	__u32 gen = cfg->flow_gen, way;
+	__u64 key = flow_key(ck, svc_id + 1);
 	struct flow_set *fs;
+	__u32 way;
 
 	for (__u32 cpu = 0; cpu < FLOW_CACHE_CPUS; cpu++) {
-		fs = flow_set_on(ck, cpu, cfg, &way);
+		fs = flow_set_on(key, cpu, cfg, &way);
 		if (!fs)
 			break;
 #pragma unroll
 		for (int w = 0; w < FLOW_CACHE_WAYS; w++)
-			if (flow_is(&fs->way[w], ck, gen))
-				fs->way[w].gen = 0;
+			if (fs->way[w].key == key)
+				fs->way[w].key = 0;
 	}
 }
 
@@ -1124,7 +1191,7 @@ static __always_inline int new_connection(struct ethhdr *eth, struct iphdr *iph,
 	}
 	if (sc->replaces) {   /* the entry this one replaces leaves its server's count */
 		count_conn(sc->old_real, sc->old_state, -1);
-		flow_forget(ck, cfg);
+		flow_forget(ck, svc->id, cfg);
 	}
 	if (sc->moved)
 		count(COUNTER_CONN_RESCHEDULED);
@@ -1180,7 +1247,7 @@ static __always_inline int handle_l4(struct xdp_md *ctx, struct hdr_cursor *c,
 				     struct ethhdr *eth, struct iphdr *iph)
 {
 	struct svc_key sk = {};
-	struct conn_key ck KEY_ALIGN = {};
+	struct conn_key ck = {};
 	struct conn_value *cv, *hv = NULL, *old;
 	struct flow_set *fs = NULL;
 	struct flow_entry *fe;
@@ -1189,8 +1256,8 @@ static __always_inline int handle_l4(struct xdp_md *ctx, struct hdr_cursor *c,
 	struct settings *cfg;
 	struct real_info *real;
 	struct sched_scratch *sc;
-	__u32 real_id, zero = 0, fill = FLOW_FILL_PROBED;
-	__u64 now = 0;
+	__u32 real_id, zero = 0, fill = FLOW_FILL_PROBED, svc_id1 = 0, ticks;
+	__u64 now = 0, key = 0;
 	int moved = 0;
 
 	if (read_flow(c, iph, &th, &ck))
@@ -1210,15 +1277,18 @@ static __always_inline int handle_l4(struct xdp_md *ctx, struct hdr_cursor *c,
 	 * less than flow_sync_ns ago, goes where the entry said, its real server's flags
 	 * read as ever. Anything else, and each flow once per flow_sync_ns, takes the
 	 * tables below (which refresh the entry's last_seen_ns and the cache). */
-	now = now_ns();
-	if (!th || !(th->syn | th->fin | th->rst)) {
-		fs = flow_probe(&ck, cfg, now, &fe, &fill);
+	now = now_ticks();
+	ticks = now;
+	now *= TICK_NS;
+	if ((!th || !(th->syn | th->fin | th->rst)) && (svc_id1 = svc_slot_id(&ck))) {
+		key = flow_key(&ck, svc_id1);
+		fs = flow_probe(key, cfg, ticks, &fe, &fill);
 		if (fe) {
 			real_id = fe->real_id;
 			real = reals.lookup(&real_id);
 			if (real && (real->flags & (REAL_F_MAC_KNOWN | REAL_F_RESCHEDULE)) ==
 				    REAL_F_MAC_KNOWN)
-				return forward(eth, iph, cfg, real, real_id, fe->svc_id, 0);
+				return forward(eth, iph, cfg, real, real_id, svc_id1 - 1, 0);
 		}
 	}
 
@@ -1248,8 +1318,11 @@ static __always_inline int handle_l4(struct xdp_md *ctx, struct hdr_cursor *c,
 					follow_tcp_state(cv, th);
 				if (cv->flags & CONN_F_PERSISTENT)
 					touch_template(&ck, real_id, now);
-				if (fs && (cv->state == CONN_ESTABLISHED || cv->state == CONN_UDP))
-					flow_remember(fs, &ck, cv, cfg, now, fill);
+				/* Cached under the service the packet's key has now: the
+				 * connection's own (svc_id is the key's), or not at all. */
+				if (fs && (cv->state == CONN_ESTABLISHED || cv->state == CONN_UDP) &&
+				    cv->svc_id + 1 == svc_id1)
+					flow_remember(fs, key, cv->real_id, cfg, ticks, fill);
 				return forward(eth, iph, cfg, real, real_id, cv->svc_id, 0);
 			} else if (th && !is_new_tcp(th)) {
 				/* Its server is gone from the segment: a SYN or a datagram may
@@ -1326,7 +1399,7 @@ static __always_inline int handle_icmp_error(struct hdr_cursor *c, struct ethhdr
 					     struct iphdr *iph)
 {
 	struct iphdr *inner = parse_iphdr(c);
-	struct conn_key ck KEY_ALIGN = {};
+	struct conn_key ck = {};
 	struct conn_value *cv;
 	struct l4ports *ports;
 	struct real_info *real;
@@ -1429,7 +1502,7 @@ int xdp_sched(struct xdp_md *ctx)
 		.end = (void *)(long)ctx->data_end,
 	};
 	struct ethhdr *eth = parse_ethhdr(&c);
-	struct conn_key ck KEY_ALIGN = {};
+	struct conn_key ck = {};
 	struct svc_key sk = {};
 	struct tcphdr *th = NULL;
 	struct sched_scratch *sc;

@@ -182,20 +182,31 @@ struct syn_set {
 	struct syn_entry way[2];       /* SYN_TABLE_WAYS */
 };
 
-/* A connection (ESTABLISHED in conn_table, or in udp_table) as one CPU last read it: the
- * key, and what forwarding needs. Only the program writes it; config.py sizes the cache. */
+/* A connection (ESTABLISHED in conn_table, or in udp_table) as one CPU last read it, in
+ * 16 bytes, so that a set of eight is two adjacent cache lines. The key is the client's address and
+ * port and the service's id + 1 (from svc_slots: the service stands for the VIP, port and
+ * protocol): exact, and never 0, so that a zeroed entry is void. Only the program writes
+ * it; config.py sizes the cache. */
 struct flow_entry {
-	struct conn_key key;           /* as in conn_table (pad zero): compared as two words */
+	uint64_t key;                  /* saddr | sport << 32 | (svc_id + 1) << 48 */
 	uint16_t real_id;              /* < MAX_REALS */
-	uint16_t svc_id;
-	uint32_t gen;                  /* settings.flow_gen when stored */
-	uint64_t synced_ns;            /* when its table entry was last read and refreshed */
+	uint16_t gen;                  /* settings.flow_gen's low 16 bits when stored */
+	uint32_t synced;               /* the clock's tick (bpf_jiffies64, low 32 bits) when
+	                                  its table entry was last read and refreshed */
 };
 
-/* One set of flow_cache: two adjacent cache lines, fetched together (the array is
- * mmapable, so its values start on a page and each set on a pair of lines of its own). */
+/* One set of flow_cache: two adjacent cache lines, which a CPU fetches together (the array
+ * is mmapable, so its values start on a page and each set on a pair of lines of its own). */
 struct flow_set {
-	struct flow_entry way[4];      /* FLOW_CACHE_WAYS */
+	struct flow_entry way[8];      /* FLOW_CACHE_WAYS */
+};
+
+/* Two slots of svc_slots: a service's key as the u64 of a struct svc_key whose pad byte
+ * holds the service's id + 1 (0: an empty slot). The pair of a service is fixed by its
+ * key (bpf/dr_lb.c svc_pair_of, lb/director/layout.py); a service that finds both slots
+ * of its pair taken has none, and its packets take the tables (correct, only slower). */
+struct svc_pair {
+	uint64_t slot[2];
 };
 
 struct persist_key {

@@ -55,7 +55,7 @@
 #ifndef FLOW_CACHE_LOG2
 #define FLOW_CACHE_LOG2 17
 #endif
-#define FLOW_CACHE_WAYS 4
+#define FLOW_CACHE_WAYS 8
 /* A CPU whose flow_cache hit less than half of its last FLOW_METER_WINDOW probes (flows
  * that each come back too rarely: a miss costs a cold cache line) passes it by for the
  * next FLOW_METER_SKIP packets, of which one in FLOW_METER_FILL (a power of two) fills it
@@ -63,7 +63,7 @@
 #define FLOW_METER_WINDOW 64
 #define FLOW_METER_SKIP 1024
 #define FLOW_METER_FILL 2
-/* How flow_remember stores a connection: after a probe, or blind into way 0, 1, 2 or 3. */
+/* How flow_remember stores a connection: after a probe, or blind into any way. */
 #define FLOW_FILL_PROBED 0
 #define FLOW_FILL_BLIND 1
 /* The longest a CPU follows a connection from its cache before it reads and refreshes
@@ -74,6 +74,13 @@
 #ifndef PERSIST_TABLE_SIZE
 #define PERSIST_TABLE_SIZE 262144
 #endif
+
+/* svc_slots: SVC_PAIRS pairs of slots, a service's pair being the top SVC_PAIRS_LOG2 bits
+ * of ((vip ^ (port << 16 | proto)) * SVC_SLOT_MULT) mod 2^32, vip, port and proto as
+ * the program reads them; lb/director/layout.py computes the same. 32 KiB. */
+#define SVC_PAIRS_LOG2 11
+#define SVC_PAIRS (1 << SVC_PAIRS_LOG2)
+#define SVC_SLOT_MULT 2246822519
 
 /* The VIP pre-filter (vip_filter): 2^VIP_FILTER_LOG2 bits, bit h set for every VIP whose
  * hash is h, the hash being the top VIP_FILTER_LOG2 bits of (address as the program reads

@@ -92,19 +92,22 @@ BLIND_FILL = "\t\t*fill = FLOW_FILL_BLIND + way;\n\t\treturn fs;\n"
 
 MUTANTS: list[Mutant] = [
     # ---- flow_cache --------------------------------------------------------------------
-    M("flow-cache-ignores-generation", "(e->gen ^ gen)) == 0;", "0) == 0;", ("flow-cache",)),
-    M("flow-cache-never-syncs", "if (*fe && now - (*fe)->synced_ns >= cfg->flow_sync_ns)",
+    M("flow-cache-ignores-generation", "(e->key ^ key) | (__u16)(e->gen ^ gen)",
+      "(e->key ^ key)", ("flow-cache",)),
+    M("flow-cache-never-syncs", "if (*fe && flow_due(*fe, ticks, cfg))",
       "if (0)", ("flow-cache",)),
-    M("flow-cache-key-first-word-only", "((a[0] ^ b[0]) | (a[1] ^ b[1]) | (e->gen ^ gen))",
-      "((a[0] ^ b[0]) | (e->gen ^ gen))", ("flow-cache",)),
+    M("flow-key-ignores-service", "ck->saddr | (__u64)ck->sport << 32 | (__u64)svc_id1 << 48",
+      "ck->saddr | (__u64)ck->sport << 32 | 1ULL << 48", ("flow-cache",)),
+    M("svc-slot-second-slot-unread", "\tif (!((p->slot[1] ^ want) & key_bits))\n"
+      "\t\treturn p->slot[1] >> 56;\n", "", ("flow-cache",)),
     M("flow-meter-counts-due-as-miss", "fm->hits += *fe != NULL;",
-      "fm->hits += *fe && now - (*fe)->synced_ns < cfg->flow_sync_ns;", ("flow-cache",)),
+      "fm->hits += *fe && !flow_due(*fe, ticks, cfg);", ("flow-cache",)),
     M("flow-victim-synced-longest-ago",
       "\treturn &fs->way[bpf_get_prandom_u32() & (FLOW_CACHE_WAYS - 1)];\n",
       "\tstruct flow_entry *o = &fs->way[0];\n"
       "#pragma unroll\n"
       "\tfor (int w = 1; w < FLOW_CACHE_WAYS; w++)\n"
-      "\t\tif (fs->way[w].synced_ns < o->synced_ns)\n"
+      "\t\tif (fs->way[w].synced < o->synced)\n"
       "\t\t\to = &fs->way[w];\n"
       "\treturn o;\n", ("flow-cache",)),
     M("flow-meter-never-pauses", "\t\t\tfm->skip = FLOW_METER_SKIP;\n", "", ("flow-cache",)),
@@ -114,12 +117,12 @@ MUTANTS: list[Mutant] = [
     M("flow-meter-reads-while-off", BLIND_FILL,
       "", ("flow-cache",)),
     M("flow-forget-first-way-only",
-      "\t\tfor (int w = 0; w < FLOW_CACHE_WAYS; w++)\n\t\t\tif (flow_is(&fs->way[w], ck, gen))",
-      "\t\tfor (int w = 0; w < 1; w++)\n\t\t\tif (flow_is(&fs->way[w], ck, gen))",
+      "\t\tfor (int w = 0; w < FLOW_CACHE_WAYS; w++)\n\t\t\tif (fs->way[w].key == key)",
+      "\t\tfor (int w = 0; w < 1; w++)\n\t\t\tif (fs->way[w].key == key)",
       ("flow-cache-replaced",)),
-    M("flow-cache-takes-state-changes", "if (!th || !(th->syn | th->fin | th->rst)) {",
-      "if (1) {", ("flow-cache-state",)),
-    M("flow-cache-replaced-not-forgotten", "\t\tflow_forget(ck, cfg);\n", "",
+    M("flow-cache-takes-state-changes", "if ((!th || !(th->syn | th->fin | th->rst)) && (svc_id1",
+      "if ((1) && (svc_id1", ("flow-cache-state",)),
+    M("flow-cache-replaced-not-forgotten", "\t\tflow_forget(ck, svc->id, cfg);\n", "",
       ("flow-cache-replaced",)),
     M("flow-cache-ignores-real-flags",
       "(REAL_F_MAC_KNOWN | REAL_F_RESCHEDULE)) ==\n\t\t\t\t    REAL_F_MAC_KNOWN)",

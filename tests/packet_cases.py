@@ -100,13 +100,27 @@ M64 = (1 << 64) - 1
 
 def conn_hash(saddr: int, daddr: int, sport: int, dport: int, proto: int, seed: int) -> int:
     """bpf/dr_lb.c conn_hash (network-order fields as the program reads them), to aim keys
-    at one set of syn_table or find one in flow_cache: a test's oracle, which
-    test_harden_packets checks against where the program put them."""
+    at one set of syn_table: a test's oracle, which test_harden_packets checks against
+    where the program put them."""
     z = ((daddr << 32) | saddr) ^ seed
     z ^= ((((dport << 16) | sport) << 8 | proto) * 0x9e3779b97f4a7c15) & M64
     z = ((z ^ (z >> 30)) * 0xbf58476d1ce4e5b9) & M64
     z = ((z ^ (z >> 27)) * 0x94d049bb133111eb) & M64
     return z ^ (z >> 31)
+
+
+def flow_key(saddr: int, sport: int, svc_id: int) -> int:
+    """bpf/dr_lb.c flow_key: a connection's key in flow_cache (network-order fields)."""
+    return saddr | sport << 32 | (svc_id + 1) << 48
+
+
+def flow_hash(key: int, seed: int) -> int:
+    """bpf/dr_lb.c flow_set_on's hash of a flow key (its set: the top bits)."""
+    z = key ^ seed
+    z = ((z ^ (z >> 30)) * 0xbf58476d1ce4e5b9) & M64
+    z = ((z ^ (z >> 27)) * 0x94d049bb133111eb) & M64
+    return z ^ (z >> 31)
+
 
 @dataclass(frozen=True)
 class Case:

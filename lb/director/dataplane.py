@@ -157,6 +157,8 @@ class Dataplane:
         self._real_rows: dict[int, dict] = {}
         self._fix: dict[int, tuple[int, int]] = {}
         self._flow_gen = 0   # settings.flow_gen last written (write, forget_flows)
+        self._flow_gen_at = time.monotonic()   # when (renew_flow_gen)
+        self._svc_pairs: dict[int, list[int]] = {}   # svc_slots as last written
         self.hash_seed = secrets.randbits(64) if hash_seed is None else hash_seed
         self._syn_mmap = None   # syn_table, mapped on first read (_syn_entries)
 
@@ -279,6 +281,7 @@ class Dataplane:
         to them (each services entry changes atomically).
         """
         self._flow_gen = self._flow_gen % 0xFFFFFFFF + 1   # 1, 2, ... never 0
+        self._flow_gen_at = time.monotonic()
         self._put("settings", [(0, dict(layout.settings_row(), flow_gen=self._flow_gen,
                                         hash_seed=self.hash_seed))])
         with self._reals_lock:
@@ -289,6 +292,18 @@ class Dataplane:
         self._put("sched_table", layout.sched_rows())
         self._put("services", layout.service_rows(), prune=True)
         self._put("vips", layout.vip_rows(), prune=True)
+        self._write_svc_slots(layout.svc_slot_pairs())
+
+    def _write_svc_slots(self, pairs: dict[int, list[int]]) -> None:
+        """svc_slots as `pairs` says: every pair of a service written, the ones no longer
+        used emptied. Each slot is one aligned u64, so a packet reads either the old or
+        the new key with its id, and compares the whole key."""
+        table = self.map("svc_slots")
+        for pair in set(pairs) | set(self._svc_pairs):
+            leaf = table.Leaf()
+            leaf.slot[0], leaf.slot[1] = pairs.get(pair, [0, 0])
+            table[ct.c_uint32(pair)] = leaf
+        self._svc_pairs = {p: list(v) for p, v in pairs.items()}
 
     def _with_fix(self, real_id: int, row: dict) -> dict:
         active, inactive = self._fix.get(real_id, (0, 0))
@@ -354,6 +369,22 @@ class Dataplane:
         self._flow_gen = self._flow_gen % 0xFFFFFFFF + 1
         row.flow_gen = self._flow_gen
         table[ct.c_uint32(0)] = row
+        self._flow_gen_at = time.monotonic()
+
+    FLOW_GEN_MAX_AGE_S = 7 * 86400
+
+    def renew_flow_gen(self, now: float | None = None) -> bool:
+        """A new generation if the last is FLOW_GEN_MAX_AGE_S old (True if so). flow_cache
+        keeps when an entry was synced in the clock's low 32 bits, which wrap (every 49.7
+        days at HZ=1000): an entry left untouched that long would look fresh again; a
+        generation a week empties every cache long before (and costs each live flow one
+        read of its table entry)."""
+        now = time.monotonic() if now is None else now
+        if now - self._flow_gen_at < self.FLOW_GEN_MAX_AGE_S:
+            return False
+        self.forget_flows()
+        self._flow_gen_at = now
+        return True
 
     def clear_state(self) -> None:
         """Forget connections, persistence and counters (tests start from zero)."""

@@ -233,6 +233,21 @@ class Layout:
     def vip_rows(self) -> list[tuple[int, dict]]:
         return [(abi.ip_be32(vip), {"services": n}) for vip, n in self.vips.items()]
 
+    def svc_slot_pairs(self) -> dict[int, list[int]]:
+        """pair -> its two slots (struct svc_pair) for these services: each service's key
+        with its id + 1 in the pad byte, in the pair svc_pair_of gives it, as the
+        program's svc_slot_id() reads them. A service whose pair already holds two has
+        no slot (its packets take the tables: correct, only without the flow cache)."""
+        pairs: dict[int, list[int]] = {}
+        for s in self.services:
+            vip = abi.ip_be32(s.service.vip)
+            port = abi.port_be16(s.service.port)
+            proto = abi.IPPROTO[s.service.protocol]
+            slots = pairs.setdefault(svc_pair_of(vip, port, proto), [0, 0])
+            if 0 in slots:
+                slots[slots.index(0)] = vip | port << 32 | proto << 48 | (s.svc_id + 1) << 56
+        return pairs
+
     def vip_filter_words(self) -> dict[int, int]:
         """word -> bits of the VIP pre-filter for these VIPs (bpf/dr_lb.c maybe_vip)."""
         words: dict[int, int] = {}
@@ -240,6 +255,13 @@ class Layout:
             h = vip_hash(vip)
             words[h // 64] = words.get(h // 64, 0) | 1 << (h % 64)
         return words
+
+
+def svc_pair_of(vip: int, port: int, proto: int) -> int:
+    """The pair of svc_slots of a service (vip, port as the program reads them), as
+    bpf/dr_lb.c's svc_slot_id() finds it."""
+    product = ((vip ^ (port << 16 | proto)) * abi.CONST["SVC_SLOT_MULT"]) & 0xFFFFFFFF
+    return product >> (32 - abi.CONST["SVC_PAIRS_LOG2"])
 
 
 def vip_hash(address: str) -> int:
