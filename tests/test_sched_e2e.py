@@ -197,16 +197,22 @@ def test_wlc_with_held_connections_and_curl_picks_what_ipvs_picks(scene):
 def test_ops_schedules_each_datagram_of_one_flow(scene):
     """One UDP socket, six datagrams: with ops each is scheduled on its own (rr goes
     round the servers) and no connection entry is made."""
-    before = scene.status()["counters"]
+    def udp_service(status):
+        return next(s for s in status["services"] if s["port"] == UDP_PORT)
+
+    status = scene.status()
+    before, svc_before = status["counters"], udp_service(status)["counters"]
     out = scene.lab.run("client", sys.executable, "-c", UDP_CLIENT, VIP, str(UDP_PORT),
                         "6").stdout.split()
     assert len(out) == 6 and set(out) == set(NAMES), out
     assert out[:3] == out[3:], f"round robin, datagram by datagram: {out}"
-    after = scene.status()["counters"]
-    assert after["conn_table_insert"] == before["conn_table_insert"]
-    assert after["tx_service"] - before["tx_service"] == 6
-    svc = next(s for s in scene.status()["services"] if s["port"] == UDP_PORT)
-    assert svc["ops"] and svc["counters"]["conns"] >= 6
+    status = scene.status()
+    after, svc = status["counters"], udp_service(status)
+    assert after["udp_table_insert"] == before["udp_table_insert"]
+    # The service's own counters: the global tx_service also counts a late segment of
+    # an earlier test's TCP connection (seen once in a full run: 7 for 6).
+    assert svc["counters"]["in_packets"] - svc_before["in_packets"] == 6
+    assert svc["ops"] and svc["counters"]["conns"] - svc_before["conns"] == 6
 
 
 def test_upper_threshold_stops_a_server_until_it_falls_below_lower(scene):
