@@ -446,12 +446,12 @@ static __always_inline struct flow_set *flow_set_on(__u64 key, __u32 cpu,
 	return flow_cache.lookup(&idx);
 }
 
-/* All ones if `e` holds `key` of generation `gen`, else 0, without a branch: the way a
- * key is in is as random as the line it needs is cold, and a branch on each way's
- * comparison would be mispredicted once the line comes. */
-static __always_inline __u64 flow_match(const struct flow_entry *e, __u64 key, __u16 gen)
+/* All ones if `e` holds `key`, else 0, without a branch: the way a key is in is as random
+ * as the line it needs is cold, and a branch on each way's comparison would be
+ * mispredicted once the line comes. */
+static __always_inline __u64 flow_match(const struct flow_entry *e, __u64 key)
 {
-	__u64 d = (e->key ^ key) | (__u16)(e->gen ^ gen), n = -d, m;
+	__u64 d = e->key ^ key, n = -d, m;
 
 	asm volatile("" : "+r"(n));   /* or LLVM makes a compare and a branch of it */
 	m = ~((__s64)(d | n) >> 63);
@@ -461,32 +461,39 @@ static __always_inline __u64 flow_match(const struct flow_entry *e, __u64 key, _
 
 /* The way of `key` among the four of `fs` from `first` (one cache line), + 1, or 0: the
  * first that holds it, found without a branch on the ways' contents. */
-static __always_inline __u64 flow_find_line(struct flow_set *fs, int first, __u64 key,
-					    __u16 gen)
+static __always_inline __u64 flow_find_line(struct flow_set *fs, int first, __u64 key)
 {
 	__u64 taken = 0, way = 0, m;
 
 #pragma unroll
 	for (int w = first; w < first + FLOW_CACHE_WAYS / 2; w++) {
-		m = flow_match(&fs->way[w], key, gen) & ~taken;
+		m = flow_match(&fs->way[w], key) & ~taken;
 		taken |= m;
 		way |= m & (w + 1);
 	}
 	return way;
 }
 
-/* The entry of `key` in `fs`, or NULL: the first way that holds it. The first line's
+/* The first way of `fs` that holds `key`, of any generation, or NULL. The first line's
  * ways fill first (flow_victim), so most flows are found there and the second line's
  * comparisons are skipped. */
-static __always_inline struct flow_entry *flow_find(struct flow_set *fs, __u64 key, __u16 gen)
+static __always_inline struct flow_entry *flow_find_any(struct flow_set *fs, __u64 key)
 {
-	__u64 way = flow_find_line(fs, 0, key, gen);
+	__u64 way = flow_find_line(fs, 0, key);
 
 	if (!way)
-		way = flow_find_line(fs, FLOW_CACHE_WAYS / 2, key, gen);
-	if (!way)
-		return NULL;
-	return &fs->way[(way - 1) & (FLOW_CACHE_WAYS - 1)];
+		way = flow_find_line(fs, FLOW_CACHE_WAYS / 2, key);
+	return way ? &fs->way[(way - 1) & (FLOW_CACHE_WAYS - 1)] : NULL;
+}
+
+/* The entry of `key` of generation `gen` in `fs`, or NULL: a copy of another generation
+ * in an earlier way hides a later one until the table's path below refreshes it in
+ * place (flow_remember). The generation is compared once, not in every way. */
+static __always_inline struct flow_entry *flow_find(struct flow_set *fs, __u64 key, __u16 gen)
+{
+	struct flow_entry *e = flow_find_any(fs, key);
+
+	return e && e->gen == gen ? e : NULL;
 }
 
 /* Whether `e` was synced flow_sync_ns or more ago (ticks: the clock's, low 32 bits). */
@@ -526,7 +533,7 @@ static __always_inline void flow_remember(struct flow_set *fs, __u64 key, __u32 
 	if (fill >= FLOW_FILL_BLIND)
 		e = &fs->way[(fill - FLOW_FILL_BLIND) & (FLOW_CACHE_WAYS - 1)];
 	else {
-		e = flow_find(fs, key, cfg->flow_gen);
+		e = flow_find_any(fs, key);
 		if (!e)
 			e = flow_victim(fs, cfg, ticks);
 	}

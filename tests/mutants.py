@@ -92,8 +92,8 @@ BLIND_FILL = "\t\t*fill = FLOW_FILL_BLIND + way;\n\t\treturn fs;\n"
 
 MUTANTS: list[Mutant] = [
     # ---- flow_cache --------------------------------------------------------------------
-    M("flow-cache-ignores-generation", "(e->key ^ key) | (__u16)(e->gen ^ gen)",
-      "(e->key ^ key)", ("flow-cache",)),
+    M("flow-cache-ignores-generation", "return e && e->gen == gen ? e : NULL;",
+      "return e;", ("flow-cache",)),
     M("flow-cache-never-syncs", "if (*fe && flow_due(*fe, ticks, cfg))",
       "if (0)", ("flow-cache",)),
     M("flow-key-ignores-service", "ck->saddr | (__u64)ck->sport << 32 | (__u64)svc_id1 << 48",
