@@ -265,10 +265,9 @@ static __always_inline int expired(__u64 now, __u64 last_seen, __u64 timeout)
 	return (__s64)(now - last_seen) > (__s64)timeout;
 }
 
-/* ---- flow_cache: each CPU's cache of the connections it forwards ----------------------- */
-
-/* The hash that places a half-open connection in syn_table (its sets are its top bits): the key's two words and the secret settings.hash_seed, through splitmix64's
- * finalizer, so that nobody who does not know the seed can aim packets at one set. */
+/* The hash that places a half-open connection in syn_table (its sets are its top bits):
+ * the key's two words and the secret settings.hash_seed, through splitmix64's finalizer,
+ * so that nobody who does not know the seed can aim packets at one set. */
 static __always_inline __u64 conn_hash(const struct conn_key *ck, __u64 seed)
 {
 	__u64 z = (((__u64)ck->daddr << 32) | ck->saddr) ^ seed;
