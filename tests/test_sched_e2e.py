@@ -15,7 +15,7 @@ import pytest
 
 from lb.director import instances
 from lb.lab import DIRECTOR2, HOSTS, UDP_PORT, VIP, Lab, python_cmd
-from lb.lab.demo import start_director
+from lb.lab.demo import start_director, wait_ready
 from tests import ipvs_reference as ref
 from tests.conftest import SUITE_XDP_MODES, needs_netns
 
@@ -147,8 +147,12 @@ def scene(request):
         for source in SOURCES:
             lab.run("client", "ip", "addr", "add", f"{source}/24", "dev", "eth0")
         text = config(lab.xdp_mode)
-        directors = {name: start_director(lab, text, host=name)
+        # Both started at once (they compile their programs side by side), then each
+        # waited for until ready; Lab's exit stops them whatever happens.
+        directors = {name: start_director(lab, text, host=name, wait=False)
                      for name in ("director", "director2")}
+        for proc in directors.values():
+            wait_ready(proc)
         s = Scene(lab, directors)
         s.use("director")
         try:
