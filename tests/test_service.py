@@ -70,6 +70,16 @@ class Scene:
                 leftover = netif.interface("eth0").xdp_mode
             self.up("--replace") if leftover else self.up()
 
+    def ensure_stopped(self) -> None:
+        """No `dr-lb up` running, and no program of one left attached."""
+        if self.director.poll() is None:
+            self.down()
+            return
+        with self.lab.inside("director"):
+            leftover = netif.interface("eth0").xdp_mode
+        if leftover:
+            self.lab.run("director", *python_cmd("lb", "down"))
+
 
 @pytest.fixture(scope="module", params=SUITE_XDP_MODES)
 def scene(request):
@@ -86,6 +96,14 @@ def scene(request):
 @pytest.fixture
 def running(scene):
     scene.ensure_running()
+    return scene
+
+
+@pytest.fixture
+def stopped(scene):
+    """The scene with `dr-lb up` stopped (it is not started only to be stopped: the test
+    before may have left it so)."""
+    scene.ensure_stopped()
     return scene
 
 
@@ -476,6 +494,25 @@ def backend(m: dict, name: str, port: int, rip: str) -> float:
                                   "proto": "TCP", "local_mark": ""}.items())))]
 
 
+# Before the tests that need `up` running: it follows test_notify_ready_reloading_stopping,
+# which leaves it stopped, so that `up` is not started here only to be stopped.
+def test_metrics_port_in_use_is_one_line_at_up(stopped):
+    lab = stopped.lab
+    # SO_REUSEADDR: scrapes (this module's others) may have left the port in TIME_WAIT; a
+    # listening socket still keeps every other socket off it.
+    script = ("import socket, subprocess, sys; s = socket.socket(); "
+              "s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1); "
+              f"s.bind(('127.0.0.1', {METRICS_PORT})); s.listen(); "
+              "r = subprocess.run(sys.argv[1:], capture_output=True, text=True); "
+              "print(r.returncode); print(r.stderr, end='')")
+    r = lab.run("director", sys.executable, "-c", script,
+                *python_cmd("lb", "up", str(stopped.config)))
+    code, *lines = r.stdout.splitlines()
+    assert code == "1" and len(lines) == 1, r.stdout
+    assert f"[metrics] listen = \"127.0.0.1:{METRICS_PORT}\"" in lines[0] and \
+        "in use" in lines[0], lines
+
+
 def test_metrics_match_what_the_clients_did(running):
     lab = running.lab
     before = scrape(lab)
@@ -528,24 +565,6 @@ def test_zero_and_reload_never_take_a_counter_back(running):
     assert total(after, "node_ipvs_connections_total") == \
         total(before, "node_ipvs_connections_total") + 1
     assert total(after, "drlb_reload_errors_total") == total(before, "drlb_reload_errors_total")
-
-
-def test_metrics_port_in_use_is_one_line_at_up(running):
-    lab = running.lab
-    running.down()
-    # SO_REUSEADDR: this test's scrapes left the port in TIME_WAIT; a listening socket
-    # still keeps every other socket off it.
-    script = ("import socket, subprocess, sys; s = socket.socket(); "
-              "s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1); "
-              f"s.bind(('127.0.0.1', {METRICS_PORT})); s.listen(); "
-              "r = subprocess.run(sys.argv[1:], capture_output=True, text=True); "
-              "print(r.returncode); print(r.stderr, end='')")
-    r = lab.run("director", sys.executable, "-c", script,
-                *python_cmd("lb", "up", str(running.config)))
-    code, *lines = r.stdout.splitlines()
-    assert code == "1" and len(lines) == 1, r.stdout
-    assert f"[metrics] listen = \"127.0.0.1:{METRICS_PORT}\"" in lines[0] and \
-        "in use" in lines[0], lines
 
 
 # A scrape timed from inside the director's namespace while the control socket is asked
