@@ -40,6 +40,7 @@ from pathlib import Path
 from bench import frames
 from lb import abi, lab as lab_mod, libbpf
 from lb.director.config import syn_table_size
+from lb.errors import UserError
 
 HERE = Path(__file__).resolve().parent
 PROGRAMS = ("kernel", "reflector", "dr-lb")
@@ -71,11 +72,16 @@ class Settings:
     # out in address order, and a pass reads them as a stream, which real traffic never
     # does).
     order: str = "shuffled"
+    # The CPU the whole run is pinned to (None: the last one this process may use). The
+    # generator's frames are handled on the CPU that sends them, so pinned, every flow
+    # comes to the same CPU, as a NIC's RSS gives it; unpinned, a run that the scheduler
+    # moves finds the other CPU's flow_cache cold, and the figure is of that move.
+    cpu: int | None = None
 
     @classmethod
     def quick(cls) -> "Settings":
         return cls(flows=[1, 100_000], sizes=[64], modes=["native"], rounds=3,
-                   frames=100_000, repeat=100_000, syn_frames=100_000)
+                   frames=800_000, repeat=100_000, syn_frames=100_000)
 
     @classmethod
     def full(cls) -> "Settings":
@@ -186,6 +192,7 @@ class Bench:
         self.progress = progress
         self.stack = contextlib.ExitStack()
         self.syn_seq = 0   # new-connection flows used so far: every SYN of a run is new
+        self._stream: dict[tuple[str, int], int] = {}   # (kind, flows) -> next flow (live)
 
     def new_syns(self, count: int) -> int:
         start, self.syn_seq = self.syn_seq, self.syn_seq + count
@@ -332,7 +339,12 @@ class Bench:
         """Send `count` frames of `flows` flows; what came back per second, and with
         stats the program's in-situ ns/packet."""
         f = frame(kind, size, self.client_mac, self.director_mac)
-        self.set_flows(kind, flows, f, seq=0)
+        # Each run goes on with the flows where the last run of as many flows stopped, as
+        # one stream would: with fewer frames than flows, runs that each began at the
+        # first flow would only ever send the first `count` of them.
+        seq = self._stream.get((kind, flows), 0)
+        self.set_flows(kind, flows, f, seq=seq)
+        self._stream[(kind, flows)] = (seq + count) % flows
         with self.attached(program, mode) as fd:
             stats_fd = libbpf.enable_stats() if stats and fd is not None else None
             try:
@@ -379,12 +391,30 @@ def path_check(delta: dict, expect: str, frames_in: int) -> dict:
             "counters": {k: v for k, v in delta.items() if v}}
 
 
+@contextlib.contextmanager
+def pinned(cpu: int | None):
+    """This process (and what it starts) on one CPU, `cpu` or the last it may use; yields
+    the CPU. The affinity it had is restored after."""
+    before = os.sched_getaffinity(0)
+    cpu = max(before) if cpu is None else cpu
+    try:
+        os.sched_setaffinity(0, {cpu})
+    except OSError as e:
+        raise UserError(f"--cpu {cpu}: cannot run there ({e.strerror}); "
+                        f"this process may use CPUs {sorted(before)}", 2) from None
+    try:
+        yield cpu
+    finally:
+        os.sched_setaffinity(0, before)
+
+
 def run(s: Settings, prefix: str = "drlb-bn", progress: Progress | None = None) -> dict:
     t0 = time.monotonic()
     progress = progress or Progress(steps(s))
     result: dict = {"date": datetime.datetime.now(datetime.timezone.utc).isoformat(
         timespec="seconds"), "machine": machine(), "settings": asdict(s)}
-    with Bench(s, prefix, progress) as b:
+    with pinned(s.cpu) as cpu, Bench(s, prefix, progress) as b:
+        result["machine"]["pinned_cpu"] = cpu
         # A new connection, first in a table with room (then emptied), last in a full one.
         # "With room": a SYN waits in the half-open table (a quarter of conn_table_size)
         # for its ACK, or 60 s: the rounds together fill at most a quarter of it.

@@ -28,8 +28,9 @@ def _ratio(a, b) -> str:
 def table(result: dict) -> str:
     s = result["settings"]
     m = result["machine"]
+    pin = f", pinned to CPU {m['pinned_cpu']}" if m.get("pinned_cpu") is not None else ""
     out = [f"dr-lb bench, {result['date']}, {m['host']} ({m['cpu']}, {m['cpus']} CPUs, "
-           f"Linux {m['kernel']}); median (best) of {s['rounds']} rounds, programs "
+           f"Linux {m['kernel']}{pin}); median (best) of {s['rounds']} rounds, programs "
            "alternated within each round", ""]
     out.append(f"test-run, reset method, ns/packet (repeat {s['repeat']:,}, 64 B frames):")
     rows = result["test_run"]

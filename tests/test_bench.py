@@ -4,6 +4,7 @@ measured path (its exit counters), never for a time. Argument errors need no roo
 from __future__ import annotations
 
 import json
+import os
 
 import pytest
 from click.testing import CliRunner
@@ -58,10 +59,24 @@ def test_the_order_is_an_option(monkeypatch):
     assert r.exit_code == 2 and "shuffled" in r.stderr
 
 
+def test_a_cpu_it_may_not_use_is_one_line_and_the_affinity_stays():
+    from bench.measure import pinned
+    from lb.errors import UserError
+    before = os.sched_getaffinity(0)
+    with pytest.raises(UserError, match=r"--cpu 4096: cannot run there"):
+        with pinned(4096):
+            pass
+    assert os.sched_getaffinity(0) == before
+    with pinned(None) as cpu:
+        assert cpu == max(before) and os.sched_getaffinity(0) == {cpu}
+    assert os.sched_getaffinity(0) == before
+
+
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory):
-    if __import__("os").geteuid() != 0:
+    if os.geteuid() != 0:
         pytest.skip("needs root")
+    affinity = os.sched_getaffinity(0)
     out = tmp_path_factory.mktemp("bench")
     args = ["bench", "--quick", "--rounds", "2", "--flows", "1 1000", "--sizes", "64 512",
             "--modes", "native generic", "--frames", "4000", "--repeat", "4000",
@@ -69,6 +84,7 @@ def tiny_run(tmp_path_factory):
             "--plot", str(out / "b.png"), "--lab-prefix", "drlb-bn2"]
     r = CliRunner(mix_stderr=False).invoke(cli.main, args)
     assert r.exit_code == 0, (r.stdout, r.stderr, r.exception)
+    assert os.sched_getaffinity(0) == affinity, "the run's pinning outlived it"
     return r, json.loads((out / "b.json").read_text()), out / "b.png"
 
 
@@ -81,6 +97,8 @@ class TestTinyRun:
         assert {"date", "machine", "settings", "test_run", "live", "new_connections",
                 "elapsed_s"} <= set(res)
         assert res["settings"]["rounds"] == 2
+        # The whole run on one CPU (every flow's frames on the same one, as RSS gives).
+        assert res["machine"]["pinned_cpu"] == max(os.sched_getaffinity(0))
         live = res["live"]
         keys = {(r["mode"], r["size"], r["flows"], r["program"]) for r in live}
         assert keys == {(m, s, f, p) for m in ("native", "generic") for s in (64, 512)

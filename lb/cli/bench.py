@@ -35,13 +35,16 @@ def _ints(text: str) -> list[int]:
               help="Flows' order within a pass: shuffled (default; unrelated to the order "
                    "their connections were made in, as real traffic) or insert (the same "
                    "order: the kernel's table is then read as a stream).")
+@click.option("--cpu", type=click.IntRange(0),
+              help="Pin the run to this CPU (default: the last one it may use), so that "
+                   "every flow comes to one CPU, as a NIC's RSS gives it.")
 @click.option("--json", "json_file", type=click.Path(dir_okay=False, writable=True),
               help="Write every figure, with each round, to this file.")
 @click.option("--plot", "plot_file", type=click.Path(dir_okay=False, writable=True),
               help="Draw ns/packet and pps against flows into this PNG (matplotlib).")
 @click.option("--lab-prefix", default="drlb-bn", show_default=True, hidden=True)
 def bench(quick, rounds, flows, sizes, modes, frames, repeat, syn_frames, status_entries,
-          order, json_file, plot_file, lab_prefix) -> None:
+          order, cpu, json_file, plot_file, lab_prefix) -> None:
     """Measure dr-lb against a MAC-swap reflector and the kernel's own forwarding of the
     same frames, in one run: ns/packet in situ, pps, and test-run ns (reset method), over
     flows, frame sizes and XDP modes, and the new-connection rate."""
@@ -63,7 +66,7 @@ def bench(quick, rounds, flows, sizes, modes, frames, repeat, syn_frames, status
         if bad:
             raise UserError(f"--modes: {bad[0]!r}: use native and/or generic", 2)
     for name, value in (("frames", frames), ("repeat", repeat), ("syn_frames", syn_frames),
-                        ("status_entries", status_entries), ("order", order)):
+                        ("status_entries", status_entries), ("order", order), ("cpu", cpu)):
         if value is not None:
             setattr(s, name, value)
     if plot_file:
