@@ -214,6 +214,7 @@ class Bench:
         from bcc import BPF
         from lb.director import config as config_mod, layout as layout_mod
         from lb.director.dataplane import Dataplane
+        self.cpu = self.stack.enter_context(pinned(self.s.cpu))   # before anything runs
         hosts = tuple(h for h in lab_mod.HOSTS if h.role in ("client", "director"))
         self.lab = self.stack.enter_context(lab_mod.Lab(prefix=self.prefix, hosts=hosts))
         self.gen_if, self.dir_if = self.lab.link("client", "director", IFNAME)
@@ -413,8 +414,8 @@ def run(s: Settings, prefix: str = "drlb-bn", progress: Progress | None = None) 
     progress = progress or Progress(steps(s))
     result: dict = {"date": datetime.datetime.now(datetime.timezone.utc).isoformat(
         timespec="seconds"), "machine": machine(), "settings": asdict(s)}
-    with pinned(s.cpu) as cpu, Bench(s, prefix, progress) as b:
-        result["machine"]["pinned_cpu"] = cpu
+    with Bench(s, prefix, progress) as b:
+        result["machine"]["pinned_cpu"] = b.cpu
         # A new connection, first in a table with room (then emptied), last in a full one.
         # "With room": a SYN waits in the half-open table (a quarter of conn_table_size)
         # for its ACK, or 60 s: the rounds together fill at most a quarter of it.
