@@ -1,14 +1,21 @@
 """Issue 11, end to end in namespaces: nothing the network does makes dr-lb forward
-wrongly or lose its connections. Each test builds its own lab (prefix drlb-hd*)."""
+wrongly or lose its connections. A test that changes the lab for good (other hosts, a
+flooding bridge, the director's eth0 deleted) builds its own (prefix drlb-hd*); the others
+share one (drlb-hd), and those that only need `dr-lb up` with the default config share its
+director too."""
 from __future__ import annotations
 
 import json
+import os
 import queue
+import signal
 import subprocess
 import sys
 import textwrap
 import threading
 import time
+
+import pytest
 
 from lb.lab import HOSTS, HTTP_PORT, VIP, Host, Lab, python_cmd
 from lb.lab.demo import start_director, wait_ready
@@ -21,6 +28,57 @@ DIRECTOR2 = Host("director", "director2", "198.18.0.15")
 
 def status(lab: Lab, host: str = "director") -> dict:
     return json.loads(lab.run(host, *python_cmd("lb", "status", "--json")).stdout)
+
+
+class Shared:
+    """The module's lab (the default hosts, prepared and serving), and the shared
+    `dr-lb up` with the default config (None while stopped)."""
+
+    def __init__(self, lab: Lab):
+        self.lab = lab
+        self.director: subprocess.Popen | None = None
+
+
+@pytest.fixture(scope="module")
+def shared():
+    with Lab(prefix="drlb-hd") as lab:
+        lab.prepare_real_servers()
+        lab.start_servers()
+        yield Shared(lab)
+        # Lab.destroy() (the with-exit) stops whatever `up` a test left running.
+
+
+@pytest.fixture
+def running(shared):
+    """The shared lab with the shared `dr-lb up` running: started again if it is not, so
+    that no test depends on the order they run in. Tests using it leave the lab as they
+    found it."""
+    s = shared
+    if s.director is None or s.director.poll() is not None:
+        s.director = start_director(s.lab, s.lab.director_config())
+    return s.lab, s.director
+
+
+@pytest.fixture
+def idle_lab(shared):
+    """The shared lab with no `dr-lb up` running (the shared one stopped if it ran). What
+    the test started in it and left running (after a failure) is stopped after it, so that
+    the next test finds the lab as this one did."""
+    s = shared
+    if s.director is not None and s.director.poll() is None:
+        s.director.send_signal(signal.SIGTERM)
+        s.director.wait(timeout=20)
+    s.director = None
+    started = len(s.lab._procs)
+    yield s.lab
+    for p in s.lab._procs[started:]:
+        if p.poll() is None:
+            os.killpg(p.pid, signal.SIGTERM)
+            try:
+                p.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                os.killpg(p.pid, signal.SIGKILL)
+                p.wait()
 
 
 def test_two_directors_on_a_flooding_segment_do_not_loop():
@@ -264,50 +322,53 @@ def instances_files(lab: Lab):
     return [p for p in instances.RUN_DIR.glob(f"{prefix}eth0.*") if p.suffix != ".lock"]
 
 
-def test_interface_renamed_away_and_back():
+def test_interface_renamed_away_and_back(running):
     """Renamed away, the interface keeps no dr-lb program (it is not the one the config
     names); renamed back, it is attached again and balances."""
-    with Lab(prefix="drlb-hdr") as lab:
-        lab.prepare_real_servers()
-        lab.start_servers()
-        director = start_director(lab, lab.director_config())
-        out = Output(director)
+    lab, director = running
+    out = Output(director)
+    renamed_away = False
+    try:
         assert lab.curl(f"http://{VIP}:{HTTP_PORT}/") in ("rs1", "rs2", "rs3")
         lab.run("director", "ip", "link", "set", "eth0", "down")
         renamed = time.monotonic()
         lab.run("director", "ip", "link", "set", "eth0", "name", "eth7")
+        renamed_away = True
         noticed = out.wait_for("is gone") - renamed
         link = lab.run("director", "ip", "-d", "link", "show", "eth7").stdout
         assert "xdp" not in link.split("\n", 1)[0] and "prog/xdp" not in link, link
         assert status(lab)["link"]["state"] == "gone"
         lab.run("director", "ip", "link", "set", "eth7", "name", "eth0")
+        renamed_away = False
         lab.run("director", "ip", "link", "set", "eth0", "up")
         out.wait_for("is back")
         assert status(lab)["link"]["state"] == "up"
         assert lab.curl(f"http://{VIP}:{HTTP_PORT}/") in ("rs1", "rs2", "rs3")
         print(f"interface renamed: noticed within {noticed:.3f} s")
         assert noticed < 1
+    finally:   # the shared lab as it was, whatever failed (the next test restarts `up`)
+        if renamed_away:
+            lab.run("director", "ip", "link", "set", "eth7", "name", "eth0", check=False)
+        lab.run("director", "ip", "link", "set", "eth0", "up", check=False)
 
 
 # ---- a real server's MAC changes -------------------------------------------------------------
 
-def test_a_real_servers_new_mac_is_used_within_2_s():
+def test_a_real_servers_new_mac_is_used_within_2_s(running):
     """rs1 gets a new MAC (a new NIC, a failover) and says nothing: the director's active
     ARP finds it, and new connections reach rs1 at its new MAC."""
     new_mac = "02:aa:00:00:00:01"
-    with Lab(prefix="drlb-hdm") as lab:
-        lab.prepare_real_servers()
-        lab.start_servers()
-        start_director(lab, lab.director_config())
-        rs1 = lab.host("rs1").address
+    lab, _ = running
+    rs1 = lab.host("rs1").address
 
-        def mac_in_use() -> str:   # through the control socket: a quick poll
-            from lb.director import instances
-            with lab.inside("director"):
-                svc = instances.request("eth0", "status")["services"][0]
-            return next(r["mac"] for r in svc["real_servers"] if r["address"] == rs1)
+    def mac_in_use() -> str:   # through the control socket: a quick poll
+        from lb.director import instances
+        with lab.inside("director"):
+            svc = instances.request("eth0", "status")["services"][0]
+        return next(r["mac"] for r in svc["real_servers"] if r["address"] == rs1)
 
-        assert mac_in_use() == lab.macs["rs1"]
+    assert mac_in_use() == lab.macs["rs1"]
+    try:
         changed = time.monotonic()
         lab.run("rs1", "ip", "link", "set", "dev", "eth0", "address", new_mac)
         took = None
@@ -321,6 +382,12 @@ def test_a_real_servers_new_mac_is_used_within_2_s():
         assert took is not None, "the director never learnt rs1's new MAC"
         assert took < 2, f"the new MAC took {took:.2f} s"
         assert "rs1" in answers
+    finally:   # the shared lab as it was: rs1's own MAC, in the director's maps again
+        lab.run("rs1", "ip", "link", "set", "dev", "eth0", "address", lab.macs["rs1"])
+        deadline = time.monotonic() + 15
+        while mac_in_use() != lab.macs["rs1"]:
+            assert time.monotonic() < deadline, "rs1's own MAC never came back to the maps"
+            time.sleep(0.05)
 
 
 # ---- one owner per interface -----------------------------------------------------------------
@@ -335,71 +402,67 @@ def state_file(lab: Lab):
         return instances.state_path("eth0")
 
 
-def test_two_ups_at_once_one_owner_and_down_stops_the_real_one():
-    with Lab(prefix="drlb-hdo") as lab:
-        lab.prepare_real_servers()
-        lab.start_servers()
-        config = lab.director_config()
-        racers = [start_director(lab, config, wait=False) for _ in range(2)]
-        outs = {}
-        for i, p in enumerate(racers):   # each until its ready line, or its end
-            lines = []
-            for line in p.stdout:
-                lines.append(line)
-                if line.startswith("dr-lb: ready on "):
-                    break
-            outs[i] = "".join(lines)
-        winners = [i for i, text in outs.items() if "dr-lb: ready on " in text]
-        losers = [i for i in outs if i not in winners]
-        assert len(winners) == 1 and len(losers) == 1, outs
-        loser, winner = racers[losers[0]], racers[winners[0]]
-        loser.wait(timeout=10)
-        assert loser.returncode != 0 and "already runs on eth0" in outs[losers[0]], outs
-        assert "Traceback" not in outs[losers[0]]
-        # The winner's files survived the loser.
-        assert status(lab)["interface"] == "eth0"
-        assert lab.curl(f"http://{VIP}:{HTTP_PORT}/") in ("rs1", "rs2", "rs3")
-        r = dr_lb(lab, "down")
-        assert r.returncode == 0, r.stdout + r.stderr
-        winner.wait(timeout=10)
-        assert winner.poll() is not None, "down must stop the instance that owns eth0"
-        assert "xdp" not in lab.run("director", "ip", "link", "show", "eth0").stdout
-        assert not state_file(lab).exists()
+def test_two_ups_at_once_one_owner_and_down_stops_the_real_one(idle_lab):
+    lab = idle_lab
+    config = lab.director_config()
+    racers = [start_director(lab, config, wait=False) for _ in range(2)]
+    outs = {}
+    for i, p in enumerate(racers):   # each until its ready line, or its end
+        lines = []
+        for line in p.stdout:
+            lines.append(line)
+            if line.startswith("dr-lb: ready on "):
+                break
+        outs[i] = "".join(lines)
+    winners = [i for i, text in outs.items() if "dr-lb: ready on " in text]
+    losers = [i for i in outs if i not in winners]
+    assert len(winners) == 1 and len(losers) == 1, outs
+    loser, winner = racers[losers[0]], racers[winners[0]]
+    loser.wait(timeout=10)
+    assert loser.returncode != 0 and "already runs on eth0" in outs[losers[0]], outs
+    assert "Traceback" not in outs[losers[0]]
+    # The winner's files survived the loser.
+    assert status(lab)["interface"] == "eth0"
+    assert lab.curl(f"http://{VIP}:{HTTP_PORT}/") in ("rs1", "rs2", "rs3")
+    r = dr_lb(lab, "down")
+    assert r.returncode == 0, r.stdout + r.stderr
+    winner.wait(timeout=10)
+    assert winner.poll() is not None, "down must stop the instance that owns eth0"
+    assert "xdp" not in lab.run("director", "ip", "link", "show", "eth0").stdout
+    assert not state_file(lab).exists()
 
 
-def test_a_tampered_state_file_is_never_acted_on():
+def test_a_tampered_state_file_is_never_acted_on(idle_lab):
+    lab = idle_lab
     sleeper = subprocess.Popen(["sleep", "600"])   # "another process's pid"
     try:
-        with Lab(prefix="drlb-hdt") as lab:
-            lab.prepare_real_servers()
-            lab.start_servers()
-            director = start_director(lab, lab.director_config())
-            path = state_file(lab)
-            good = path.read_text()
-            for text in ("[]", '{"pid": 1}', json.dumps({"pid": sleeper.pid,
-                                                          "interface": "eth0"}), "{",
-                         b"\xff\xfe"):
-                if isinstance(text, bytes):
-                    path.write_bytes(text)
-                else:
-                    path.write_text(text)
-                for args in (("status",), ("status", "-i", "eth0")):
-                    r = dr_lb(lab, *args)
-                    assert "Traceback" not in r.stderr + r.stdout, (text, args, r.stderr)
-                    assert len((r.stderr or "").strip().splitlines()) <= 1, (text, r.stderr)
-                assert director.poll() is None and sleeper.poll() is None
-            path.write_text(json.dumps({"pid": sleeper.pid, "interface": "eth0"}))
-            r = dr_lb(lab, "down", "-i", "eth0")
-            assert r.returncode == 0 and "Traceback" not in r.stderr, r.stderr
-            director.wait(timeout=10)
-            assert sleeper.poll() is None, "down must not signal a pid it cannot verify"
-            assert "xdp" not in lab.run("director", "ip", "link", "show", "eth0").stdout
-            # No instance, a stale file naming another process: down signals nothing.
-            path.write_text(json.dumps({"pid": sleeper.pid, "interface": "eth0"}))
-            r = dr_lb(lab, "down", "-i", "eth0")
-            assert r.returncode == 0 and "stale state file" in r.stdout, r.stdout + r.stderr
-            assert sleeper.poll() is None and not path.exists()
-            del good
+        director = start_director(lab, lab.director_config())
+        path = state_file(lab)
+        good = path.read_text()
+        for text in ("[]", '{"pid": 1}', json.dumps({"pid": sleeper.pid,
+                                                      "interface": "eth0"}), "{",
+                     b"\xff\xfe"):
+            if isinstance(text, bytes):
+                path.write_bytes(text)
+            else:
+                path.write_text(text)
+            for args in (("status",), ("status", "-i", "eth0")):
+                r = dr_lb(lab, *args)
+                assert "Traceback" not in r.stderr + r.stdout, (text, args, r.stderr)
+                assert len((r.stderr or "").strip().splitlines()) <= 1, (text, r.stderr)
+            assert director.poll() is None and sleeper.poll() is None
+        path.write_text(json.dumps({"pid": sleeper.pid, "interface": "eth0"}))
+        r = dr_lb(lab, "down", "-i", "eth0")
+        assert r.returncode == 0 and "Traceback" not in r.stderr, r.stderr
+        director.wait(timeout=10)
+        assert sleeper.poll() is None, "down must not signal a pid it cannot verify"
+        assert "xdp" not in lab.run("director", "ip", "link", "show", "eth0").stdout
+        # No instance, a stale file naming another process: down signals nothing.
+        path.write_text(json.dumps({"pid": sleeper.pid, "interface": "eth0"}))
+        r = dr_lb(lab, "down", "-i", "eth0")
+        assert r.returncode == 0 and "stale state file" in r.stdout, r.stdout + r.stderr
+        assert sleeper.poll() is None and not path.exists()
+        del good
     finally:
         sleeper.kill()
         sleeper.wait()
