@@ -12,23 +12,31 @@ root, isolated:
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 from pathlib import Path
 
-import cffi
-
 from bench import measure as m
+from lb import libbpf
 
 HERE = Path(__file__).parent
-ARRAYS = {                       # name -> cflags
-    "line of 256 KiB": ["-DLINES=(1<<12)", "-DFLAGS=0"],
-    "line of 1 MiB": ["-DLINES=(1<<14)", "-DFLAGS=0"],
-    "line of 4 MiB": ["-DLINES=(1<<16)", "-DFLAGS=0"],
-    "line of 8 MiB": ["-DLINES=(1<<17)", "-DFLAGS=0"],
-    "line of 8 MiB, mmapable": ["-DLINES=(1<<17)", "-DFLAGS=BPF_F_MMAPABLE"],
-    "line of 32 MiB": ["-DLINES=(1<<19)", "-DFLAGS=0"],
-    "line of 8 MiB, 32 KiB maps": ["-DINNER=512", "-DOUTERN=256"],
+LINE = 64
+# name -> (lines, array flags, lines per inner map or 0: one array)
+ARRAYS = {
+    "line of 256 KiB": (1 << 12, "0", 0),
+    "line of 1 MiB": (1 << 14, "0", 0),
+    "line of 4 MiB": (1 << 16, "0", 0),
+    "line of 8 MiB": (1 << 17, "0", 0),
+    "line of 8 MiB, mmapable": (1 << 17, "BPF_F_MMAPABLE", 0),
+    "line of 32 MiB": (1 << 19, "0", 0),
+    "line of 8 MiB, 32 KiB maps": (1 << 17, "0", 512),
 }
+
+
+def cflags(lines: int, flags: str, inner: int) -> list[str]:
+    if inner:
+        return [f"-DINNER={inner}", f"-DOUTERN={lines // inner}"]
+    return [f"-DLINES={lines}", f"-DFLAGS={flags}"]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -41,23 +49,17 @@ def main(argv: list[str] | None = None) -> int:
     from bcc import BPF
     s = m.Settings.quick()
     s.flows = [args.flows]
-    ffi = cffi.FFI()
-    ffi.cdef("int bpf_map_create(int t, const char *n, unsigned k, unsigned v, unsigned m,"
-             " void *o);")
-    lib = ffi.dlopen("libbpf.so.1")
     with m.Bench(s, prefix="drlb-cl") as b:
-        for name, cflags in ARRAYS.items():
-            bpf = BPF(src_file=str(HERE / "cold_line.c").encode(), cflags=cflags)
+        for name, (lines, flags, inner) in ARRAYS.items():
+            bpf = BPF(src_file=str(HERE / "cold_line.c").encode(),
+                      cflags=cflags(lines, flags, inner))
             b.stack.callback(bpf.cleanup)
-            if any(f.startswith("-DINNER") for f in cflags):
-                inner = int(cflags[0].split("=")[1])
+            if inner:   # the outer array's maps, made here (bcc makes only the template)
                 outer = bpf[b"outer"]
-                for i in range(int(cflags[1].split("=")[1])):
-                    fd = lib.bpf_map_create(2, b"cold", 4, 64, inner, ffi.NULL)   # array
-                    if fd < 0:
-                        raise OSError("bpf_map_create failed")
+                for i in range(lines // inner):
+                    fd = libbpf.array_map("cold", LINE, inner)
+                    b.stack.callback(os.close, fd)
                     outer[outer.Key(i)] = outer.Leaf(fd)
-                    b.stack.callback(__import__("os").close, fd)
             b.fds[name] = bpf.load_func(b"xdp_cold_line", BPF.XDP).fd
         b.populate(args.flows, 64)
         programs = ["reflector", "dr-lb", *ARRAYS]

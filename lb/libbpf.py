@@ -72,6 +72,8 @@ struct bpf_map_info_head {      /* the first fields of struct bpf_map_info */
     char name[16];
 };
 int bpf_enable_stats(int type);
+int bpf_map_create(int map_type, const char *map_name, uint32_t key_size,
+                   uint32_t value_size, uint32_t max_entries, const void *opts);
 struct bpf_map_batch_opts {
     size_t sz;
     uint64_t elem_flags;
@@ -272,6 +274,18 @@ def obj_pin(fd: int, path: str) -> None:
     err = _lib().bpf_obj_pin(fd, os.fsencode(path))
     if err:
         raise OSError(-err, f"pinning at {path}: {os.strerror(-err)}")
+
+
+BPF_MAP_TYPE_ARRAY = 2
+
+
+def array_map(name: str, value_size: int, entries: int) -> int:
+    """A new BPF array (u32 keys), for an array of maps; the caller closes the fd."""
+    fd = _lib().bpf_map_create(BPF_MAP_TYPE_ARRAY, name.encode(), 4, value_size, entries,
+                               ffi.NULL)
+    if fd < 0:
+        raise OSError(-fd, f"bpf_map_create: {os.strerror(-fd)}")
+    return fd
 
 
 BPF_STATS_RUN_TIME = 0
