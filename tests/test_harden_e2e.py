@@ -6,7 +6,6 @@ director too."""
 from __future__ import annotations
 
 import json
-import os
 import queue
 import signal
 import subprocess
@@ -69,16 +68,8 @@ def idle_lab(shared):
         s.director.send_signal(signal.SIGTERM)
         s.director.wait(timeout=20)
     s.director = None
-    started = len(s.lab._procs)
-    yield s.lab
-    for p in s.lab._procs[started:]:
-        if p.poll() is None:
-            os.killpg(p.pid, signal.SIGTERM)
-            try:
-                p.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                os.killpg(p.pid, signal.SIGKILL)
-                p.wait()
+    with s.lab.processes_stopped_after(wait_s=20):
+        yield s.lab
 
 
 def test_two_directors_on_a_flooding_segment_do_not_loop():

@@ -222,20 +222,35 @@ class Lab:
         finally:
             netns.popns()
 
-    def destroy(self) -> None:
-        for p in self._procs:
+    def stop_processes(self, since: int = 0, wait_s: float = 5) -> None:
+        """Stop the processes started in the lab from the `since`-th on (SIGTERM to each
+        one's group, SIGKILL after `wait_s`), and forget them."""
+        procs = self._procs[since:]
+        for p in procs:
             if p.poll() is None:
                 try:
                     os.killpg(p.pid, signal.SIGTERM)
                 except ProcessLookupError:
                     pass
-        for p in self._procs:
+        for p in procs:
             try:
-                p.wait(timeout=5)
+                p.wait(timeout=wait_s)
             except subprocess.TimeoutExpired:
                 os.killpg(p.pid, signal.SIGKILL)
                 p.wait()
-        self._procs.clear()
+        del self._procs[since:]
+
+    @contextlib.contextmanager
+    def processes_stopped_after(self, wait_s: float = 5):
+        """What is started in the lab inside the block is stopped when it ends."""
+        since = len(self._procs)
+        try:
+            yield
+        finally:
+            self.stop_processes(since, wait_s)
+
+    def destroy(self) -> None:
+        self.stop_processes()
         existing = set(netns.listnetns())
         for h in self.hosts:
             if h.role == "director" and self.ns(h.name) in existing:
