@@ -395,35 +395,29 @@ static __always_inline void syn_drop(struct conn_key *ck, const struct settings 
 		syn_spill.delete(ck);
 }
 
-/* ---- svc_slots: a packet's service id in one array read -------------------------------- */
-
-/* The id + 1 of the service of `ck`'s VIP, port and protocol, if it has a slot, else 0.
- * A slot holds the service's key (a struct svc_key read as a u64) and, in the pad byte,
- * its id + 1: the whole key is compared, so the answer is exact. */
-static __always_inline __u32 svc_slot_id(const struct conn_key *ck)
-{
-	__u64 want = ck->daddr | (__u64)ck->dport << 32 | (__u64)ck->proto << 48;
-	__u32 pair = ((ck->daddr ^ ((__u32)ck->dport << 16 | ck->proto)) *
-		      (__u32)SVC_SLOT_MULT) >> (32 - SVC_PAIRS_LOG2);
-	struct svc_pair *p = svc_slots.lookup(&pair);
-	const __u64 key_bits = 0x00ffffffffffffffULL;
-
-	if (!p)
-		return 0;
-	if (!((p->slot[0] ^ want) & key_bits))
-		return p->slot[0] >> 56;
-	if (!((p->slot[1] ^ want) & key_bits))
-		return p->slot[1] >> 56;
-	return 0;
-}
-
 /* ---- flow_cache: each CPU's cache of the connections it forwards ----------------------- */
 
-/* A connection's key in flow_cache: client address and port, and its service's id + 1
- * (never 0, so that a zeroed way matches nothing). */
-static __always_inline __u64 flow_key(const struct conn_key *ck, __u32 svc_id1)
+/* A connection's key in flow_cache: client address and port, and 16 bits of its VIP,
+ * port and protocol (never 0, so that a zeroed way matches nothing). Two services' can be
+ * the same: a hit is followed only to a real server of the packet's service
+ * (real_info.svc), so that a collision costs a miss, never a wrong server. */
+static __always_inline __u64 flow_key(const struct conn_key *ck)
 {
-	return ck->saddr | (__u64)ck->sport << 32 | (__u64)svc_id1 << 48;
+	__u32 tag = ((ck->daddr ^ ((__u32)ck->dport << 16 | ck->proto)) *
+		     (__u32)FLOW_TAG_MULT) >> 16;
+
+	return ck->saddr | (__u64)ck->sport << 32 | (__u64)(tag | 1) << 48;
+}
+
+/* `ck`'s VIP, port and protocol as the 8 bytes of a struct svc_key (little-endian). */
+static __always_inline __u64 svc_bits(const struct conn_key *ck)
+{
+	return ck->daddr | (__u64)ck->dport << 32 | (__u64)ck->proto << 48;
+}
+
+static __always_inline int serves(const struct real_info *real, __u64 svc)
+{
+	return *(const __u64 *)&real->svc == svc;
 }
 
 /* The set of `key` in `cpu`'s part of flow_cache (the same set number on every CPU), and
@@ -476,9 +470,15 @@ static __always_inline __u64 flow_find_line(struct flow_set *fs, int first, __u6
 /* The first way of `fs` that holds `key`, of any generation, or NULL. The first line's
  * ways fill first (flow_victim), so most flows are found there and the second line's
  * comparisons are skipped. */
-static __always_inline struct flow_entry *flow_find_any(struct flow_set *fs, __u64 key)
+static __always_inline struct flow_entry *flow_find_any(struct flow_set *fs, __u64 key,
+							 __u32 home)
 {
-	__u64 way = flow_find_line(fs, 0, key);
+	__u64 way;
+
+	home &= FLOW_CACHE_WAYS / 2 - 1;
+	if (fs->way[home].key == key)
+		return &fs->way[home];
+	way = flow_find_line(fs, 0, key);
 
 	if (!way)
 		way = flow_find_line(fs, FLOW_CACHE_WAYS / 2, key);
@@ -488,9 +488,10 @@ static __always_inline struct flow_entry *flow_find_any(struct flow_set *fs, __u
 /* The entry of `key` of generation `gen` in `fs`, or NULL: a copy of another generation
  * in an earlier way hides a later one until the table's path below refreshes it in
  * place (flow_remember). The generation is compared once, not in every way. */
-static __always_inline struct flow_entry *flow_find(struct flow_set *fs, __u64 key, __u16 gen)
+static __always_inline struct flow_entry *flow_find(struct flow_set *fs, __u64 key, __u16 gen,
+						     __u32 home)
 {
-	struct flow_entry *e = flow_find_any(fs, key);
+	struct flow_entry *e = flow_find_any(fs, key, home);
 
 	return e && e->gen == gen ? e : NULL;
 }
@@ -508,8 +509,13 @@ static __always_inline int flow_due(const struct flow_entry *e, __u32 ticks,
  * holding one more of them than it has ways would each push out the next one to come,
  * and all miss; at random, most of them stay. */
 static __always_inline struct flow_entry *flow_victim(struct flow_set *fs,
-						      const struct settings *cfg, __u32 ticks)
+						      const struct settings *cfg, __u32 ticks,
+						      __u32 home)
 {
+	home &= FLOW_CACHE_WAYS / 2 - 1;
+	if (!fs->way[home].key || fs->way[home].gen != (__u16)cfg->flow_gen ||
+	    flow_due(&fs->way[home], ticks, cfg))
+		return &fs->way[home];
 #pragma unroll
 	for (int w = 0; w < FLOW_CACHE_WAYS; w++)
 		if (!fs->way[w].key || fs->way[w].gen != (__u16)cfg->flow_gen ||
@@ -532,9 +538,9 @@ static __always_inline void flow_remember(struct flow_set *fs, __u64 key, __u32 
 	if (fill >= FLOW_FILL_BLIND)
 		e = &fs->way[(fill - FLOW_FILL_BLIND) & (FLOW_CACHE_WAYS - 1)];
 	else {
-		e = flow_find_any(fs, key);
+		e = flow_find_any(fs, key, fill);
 		if (!e)
-			e = flow_victim(fs, cfg, ticks);
+			e = flow_victim(fs, cfg, ticks, fill);
 	}
 	e->key = key;
 	e->real_id = real_id;
@@ -571,10 +577,10 @@ static __always_inline struct flow_set *flow_probe(__u64 key, const struct setti
 		return fs;
 	}
 	fs = flow_set_on(key, cpu, cfg, &way);
-	*fill = FLOW_FILL_PROBED;
+	*fill = way & (FLOW_CACHE_WAYS / 2 - 1);
 	if (!fs)
 		return NULL;
-	*fe = flow_find(fs, key, cfg->flow_gen);
+	*fe = flow_find(fs, key, cfg->flow_gen, way);
 	/* Found counts for the meter even when due for its sync: the table's path below
 	 * refreshes it (the probe paid). Flows filled together fall due together, which
 	 * would otherwise look like a run of misses and turn the cache off. */
@@ -594,10 +600,9 @@ static __always_inline struct flow_set *flow_probe(__u64 key, const struct setti
  * cached copy. A state change needs nothing: a CPU that still follows a closing
  * connection from its cache sends it to the same server, and the SYN of a new one never
  * takes the cache. */
-static __always_inline void flow_forget(const struct conn_key *ck, __u32 svc_id,
-					const struct settings *cfg)
+static __always_inline void flow_forget(const struct conn_key *ck, const struct settings *cfg)
 {
-	__u64 key = flow_key(ck, svc_id + 1);
+	__u64 key = flow_key(ck);
 	struct flow_set *fs;
 	__u32 way;
 
@@ -1197,7 +1202,7 @@ static __always_inline int new_connection(struct ethhdr *eth, struct iphdr *iph,
 	}
 	if (sc->replaces) {   /* the entry this one replaces leaves its server's count */
 		count_conn(sc->old_real, sc->old_state, -1);
-		flow_forget(ck, svc->id, cfg);
+		flow_forget(ck, cfg);
 	}
 	if (sc->moved)
 		count(COUNTER_CONN_RESCHEDULED);
@@ -1262,8 +1267,8 @@ static __always_inline int handle_l4(struct xdp_md *ctx, struct hdr_cursor *c,
 	struct settings *cfg;
 	struct real_info *real;
 	struct sched_scratch *sc;
-	__u32 real_id, zero = 0, fill = FLOW_FILL_PROBED, svc_id1 = 0, ticks;
-	__u64 now = 0, key = 0;
+	__u32 real_id, zero = 0, fill = FLOW_FILL_PROBED, ticks;
+	__u64 now = 0, key = 0, want = 0;
 	int moved = 0;
 
 	if (read_flow(c, iph, &th, &ck))
@@ -1286,15 +1291,16 @@ static __always_inline int handle_l4(struct xdp_md *ctx, struct hdr_cursor *c,
 	now = now_ticks();
 	ticks = now;
 	now *= TICK_NS;
-	if ((!th || !(th->syn | th->fin | th->rst)) && (svc_id1 = svc_slot_id(&ck))) {
-		key = flow_key(&ck, svc_id1);
+	want = svc_bits(&ck);
+	if (!th || !(th->syn | th->fin | th->rst)) {
+		key = flow_key(&ck);
 		fs = flow_probe(key, cfg, ticks, &fe, &fill);
 		if (fe) {
 			real_id = fe->real_id;
 			real = reals.lookup(&real_id);
-			if (real && (real->flags & (REAL_F_MAC_KNOWN | REAL_F_RESCHEDULE)) ==
-				    REAL_F_MAC_KNOWN)
-				return forward(eth, iph, cfg, real, real_id, svc_id1 - 1, 0);
+			if (real && serves(real, want) &&
+			    (real->flags & (REAL_F_MAC_KNOWN | REAL_F_RESCHEDULE)) == REAL_F_MAC_KNOWN)
+				return forward(eth, iph, cfg, real, real_id, real->svc_id, 0);
 		}
 	}
 
@@ -1327,7 +1333,7 @@ static __always_inline int handle_l4(struct xdp_md *ctx, struct hdr_cursor *c,
 				/* Cached under the service the packet's key has now: the
 				 * connection's own (svc_id is the key's), or not at all. */
 				if (fs && (cv->state == CONN_ESTABLISHED || cv->state == CONN_UDP) &&
-				    cv->svc_id + 1 == svc_id1)
+				    serves(real, want))
 					flow_remember(fs, key, cv->real_id, cfg, ticks, fill);
 				return forward(eth, iph, cfg, real, real_id, cv->svc_id, 0);
 			} else if (th && !is_new_tcp(th)) {

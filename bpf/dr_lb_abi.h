@@ -143,6 +143,10 @@ struct vip_info {
 struct real_info {
 	uint8_t mac[6];
 	uint16_t flags;                /* enum real_flags */
+	struct svc_key svc;            /* its service's (a real_id is one service's server):
+	                                  what a packet that flow_cache sends here must be to */
+	uint16_t svc_id;               /* its service's id: index into svc_stats */
+	uint16_t pad;
 	uint32_t addr;
 	uint32_t weight;               /* as the schedulers see it: 0 when drained */
 	uint32_t upper;                /* connection thresholds (ipvsadm -x); 0: none */
@@ -183,12 +187,13 @@ struct syn_set {
 };
 
 /* A connection (ESTABLISHED in conn_table, or in udp_table) as one CPU last read it, in
- * 16 bytes, so that a set of eight is two adjacent cache lines. The key is the client's address and
- * port and the service's id + 1 (from svc_slots: the service stands for the VIP, port and
- * protocol): exact, and never 0, so that a zeroed entry is void. Only the program writes
- * it; config.py sizes the cache. */
+ * 16 bytes, so that a set of eight is two adjacent cache lines. The key is the client's
+ * address and port and a 16-bit tag of the VIP, port and protocol (bpf/dr_lb.c flow_key),
+ * never 0, so that a zeroed entry is void; two services' tags may be equal, so a hit is
+ * followed only to a real server of the packet's own service (real_info.svc). Only the
+ * program writes it; config.py sizes the cache. */
 struct flow_entry {
-	uint64_t key;                  /* saddr | sport << 32 | (svc_id + 1) << 48 */
+	uint64_t key;                  /* saddr | sport << 32 | tag << 48 */
 	uint16_t real_id;              /* < MAX_REALS */
 	uint16_t gen;                  /* settings.flow_gen's low 16 bits when stored */
 	uint32_t synced;               /* the clock's tick (bpf_jiffies64, low 32 bits) when
@@ -199,14 +204,6 @@ struct flow_entry {
  * is mmapable, so its values start on a page and each set on a pair of lines of its own). */
 struct flow_set {
 	struct flow_entry way[8];      /* FLOW_CACHE_WAYS */
-};
-
-/* Two slots of svc_slots: a service's key as the u64 of a struct svc_key whose pad byte
- * holds the service's id + 1 (0: an empty slot). The pair of a service is fixed by its
- * key (bpf/dr_lb.c svc_pair_of, lb/director/layout.py); a service that finds both slots
- * of its pair taken has none, and its packets take the tables (correct, only slower). */
-struct svc_pair {
-	uint64_t slot[2];
 };
 
 struct persist_key {

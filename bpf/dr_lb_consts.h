@@ -65,7 +65,7 @@
 #define FLOW_METER_FILL 2
 /* How flow_remember stores a connection: after a probe, or blind into any way. */
 #define FLOW_FILL_PROBED 0
-#define FLOW_FILL_BLIND 1
+#define FLOW_FILL_BLIND 8
 /* The longest a CPU follows a connection from its cache before it reads and refreshes
  * the connection's table entry again (settings.flow_sync_ns is at most this, and at most
  * a quarter of the shortest timeout). */
@@ -75,12 +75,9 @@
 #define PERSIST_TABLE_SIZE 262144
 #endif
 
-/* svc_slots: SVC_PAIRS pairs of slots, a service's pair being the top SVC_PAIRS_LOG2 bits
- * of ((vip ^ (port << 16 | proto)) * SVC_SLOT_MULT) mod 2^32, vip, port and proto as
- * the program reads them; lb/director/layout.py computes the same. 32 KiB. */
-#define SVC_PAIRS_LOG2 11
-#define SVC_PAIRS (1 << SVC_PAIRS_LOG2)
-#define SVC_SLOT_MULT 2246822519
+/* flow_cache's tag of a service (bpf/dr_lb.c flow_key): the top 16 bits of
+ * ((vip ^ (port << 16 | proto)) * FLOW_TAG_MULT) mod 2^32. */
+#define FLOW_TAG_MULT 2246822519
 
 /* The VIP pre-filter (vip_filter): 2^VIP_FILTER_LOG2 bits, bit h set for every VIP whose
  * hash is h, the hash being the top VIP_FILTER_LOG2 bits of (address as the program reads

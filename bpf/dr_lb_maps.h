@@ -107,15 +107,11 @@ KEPT_TABLE("lru_hash", struct conn_key, struct conn_value, udp_table, UDP_TABLE_
 /* persist_key (client net, VIP, port, proto) -> persist_value (real, last seen); program. */
 KEPT_TABLE("lru_hash", struct persist_key, struct persist_value, persist_table,
 	   PERSIST_TABLE_SIZE, 0);
-/* pair -> two slots of the configured services' keys and ids (svc_pair): the flow cache's
- * way from a packet's VIP, port and protocol to its service's id in one array read;
- * control plane. */
-BPF_ARRAY(svc_slots, struct svc_pair, SVC_PAIRS);
 /* cpu * 2^FLOW_CACHE_LOG2 + hash(flow key) -> flow_set: each CPU's cache of the connections
  * it forwards, in front of conn_table and udp_table, so that an established packet costs
- * one set (two adjacent lines) instead of the kernel hash's bucket, entry and LRU node;
- * only a service with a slot in svc_slots has a flow key, and so a cache. Never the
- * authority: a CPU follows an entry only for settings.flow_sync_ns after it read the
+ * one set (two adjacent lines) instead of the kernel hash's bucket, entry and LRU node,
+ * and a hit is followed only to a server of the packet's service (real_info.svc). Never
+ * the authority: a CPU follows an entry only for settings.flow_sync_ns after it read the
  * table's, only TCP segments without SYN, FIN or RST (a state change) take it, and a
  * replaced connection forgets the key on every CPU (bpf/dr_lb.c); program. */
 BPF_F_TABLE("array", __u32, struct flow_set, flow_cache, FLOW_CACHE_CPUS << FLOW_CACHE_LOG2,

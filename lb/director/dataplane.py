@@ -77,6 +77,8 @@ def _fill(obj, value):
     for name, v in value.items():
         if isinstance(v, bytes):
             ct.memmove(getattr(obj, name), v, len(v))
+        elif isinstance(v, dict):
+            _fill(getattr(obj, name), v)
         elif isinstance(v, list):
             array = getattr(obj, name)
             for i, item in enumerate(v):
@@ -158,7 +160,6 @@ class Dataplane:
         self._fix: dict[int, tuple[int, int]] = {}
         self._flow_gen = 0   # settings.flow_gen last written (write, forget_flows)
         self._flow_gen_at = time.monotonic()   # when (renew_flow_gen)
-        self._svc_pairs: dict[int, list[int]] = {}   # svc_slots as last written
         self.hash_seed = secrets.randbits(64) if hash_seed is None else hash_seed
         self._syn_mmap = None   # syn_table, mapped on first read (_syn_entries)
 
@@ -292,18 +293,6 @@ class Dataplane:
         self._put("sched_table", layout.sched_rows())
         self._put("services", layout.service_rows(), prune=True)
         self._put("vips", layout.vip_rows(), prune=True)
-        self._write_svc_slots(layout.svc_slot_pairs())
-
-    def _write_svc_slots(self, pairs: dict[int, list[int]]) -> None:
-        """svc_slots as `pairs` says: every pair of a service written, the ones no longer
-        used emptied. Each slot is one aligned u64, so a packet reads either the old or
-        the new key with its id, and compares the whole key."""
-        table = self.map("svc_slots")
-        for pair in set(pairs) | set(self._svc_pairs):
-            leaf = table.Leaf()
-            leaf.slot[0], leaf.slot[1] = pairs.get(pair, [0, 0])
-            table[ct.c_uint32(pair)] = leaf
-        self._svc_pairs = {p: list(v) for p, v in pairs.items()}
 
     def _with_fix(self, real_id: int, row: dict) -> dict:
         active, inactive = self._fix.get(real_id, (0, 0))

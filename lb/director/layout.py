@@ -34,6 +34,8 @@ class RealEntry:
     server: RealServer
     mac: str | None
     healthy: bool = True     # False: failing its health check
+    service: tuple[str, int, str] = ("0.0.0.0", 0, "tcp")   # (VIP, port, protocol)
+    svc_id: int = 0
 
     @property
     def flags(self) -> int:
@@ -123,6 +125,10 @@ class Ids:
         self.servers[real_id] = rs
         return real_id
 
+    def service_of(self, real_id: int) -> tuple[str, int, str]:
+        """The (VIP, port, protocol) of the service `real_id` is a server of."""
+        return next(key[:3] for key, i in self.reals.items() if i == real_id)
+
     def room_for(self, config: Config) -> str | None:
         """Why `config` cannot be loaded without a restart, or None."""
         new_svcs = {(s.vip, s.port, s.protocol) for s in config.services} - set(self.services)
@@ -195,7 +201,8 @@ class Layout:
         rows = [(r, r.flags) for r in self.reals] + \
             [(r, abi.REAL_F_MAC_KNOWN if r.mac else 0) for r in self.removed_reals]
         return [(r.real_id, {"mac": abi.mac_bytes(r.mac) if r.mac else bytes(6),
-                             "flags": flags, "addr": abi.ip_be32(r.server.address),
+                             "flags": flags, "svc": svc_key_row(*r.service),
+                             "svc_id": r.svc_id, "addr": abi.ip_be32(r.server.address),
                              "weight": r.server.effective_weight, "upper": r.server.upper,
                              "lower": r.server.effective_lower if r.server.upper else 0})
                 for r, flags in rows]
@@ -233,20 +240,6 @@ class Layout:
     def vip_rows(self) -> list[tuple[int, dict]]:
         return [(abi.ip_be32(vip), {"services": n}) for vip, n in self.vips.items()]
 
-    def svc_slot_pairs(self) -> dict[int, list[int]]:
-        """pair -> its two slots (struct svc_pair) for these services: each service's key
-        with its id + 1 in the pad byte, in the pair svc_pair_of gives it, as the
-        program's svc_slot_id() reads them. A service whose pair already holds two has
-        no slot (its packets take the tables: correct, only without the flow cache)."""
-        pairs: dict[int, list[int]] = {}
-        for s in self.services:
-            vip = abi.ip_be32(s.service.vip)
-            port = abi.port_be16(s.service.port)
-            proto = abi.IPPROTO[s.service.protocol]
-            slots = pairs.setdefault(svc_pair_of(vip, port, proto), [0, 0])
-            if 0 in slots:
-                slots[slots.index(0)] = vip | port << 32 | proto << 48 | (s.svc_id + 1) << 56
-        return pairs
 
     def vip_filter_words(self) -> dict[int, int]:
         """word -> bits of the VIP pre-filter for these VIPs (bpf/dr_lb.c maybe_vip)."""
@@ -257,11 +250,9 @@ class Layout:
         return words
 
 
-def svc_pair_of(vip: int, port: int, proto: int) -> int:
-    """The pair of svc_slots of a service (vip, port as the program reads them), as
-    bpf/dr_lb.c's svc_slot_id() finds it."""
-    product = ((vip ^ (port << 16 | proto)) * abi.CONST["SVC_SLOT_MULT"]) & 0xFFFFFFFF
-    return product >> (32 - abi.CONST["SVC_PAIRS_LOG2"])
+def svc_key_row(vip: str, port: int, protocol: str) -> dict:
+    """A struct svc_key: a service's VIP, port and protocol as the program reads them."""
+    return {"vip": abi.ip_be32(vip), "port": abi.port_be16(port), "proto": abi.IPPROTO[protocol]}
 
 
 def vip_hash(address: str) -> int:
@@ -287,8 +278,9 @@ def build(config: Config, macs: dict[str, str | None], interface_mac: str,
     services = []
     offset = sched_offset = 0
     for svc in config.services:
+        key, svc_id = (svc.vip, svc.port, svc.protocol), ids.service(svc)
         reals = tuple(RealEntry(ids.real(svc, rs), rs, rs.mac or macs.get(rs.address),
-                                health.get(real_key(svc, rs.address)) != DOWN)
+                                health.get(real_key(svc, rs.address)) != DOWN, key, svc_id)
                       for rs in svc.real_servers)
         sequence: tuple[int, ...] = ()
         if svc.round_robin:
@@ -304,15 +296,17 @@ def build(config: Config, macs: dict[str, str | None], interface_mac: str,
             in_use = mac is not None and \
                 not any(r.flags & abi.REAL_F_SCHEDULABLE for r in reals)
             server = RealServer(svc.sorry_server, svc.port, weight=1 if in_use else 0)
-            sorry = RealEntry(ids.real(svc, server), server, mac)
+            sorry = RealEntry(ids.real(svc, server), server, mac, service=key, svc_id=svc_id)
             sequence = (sorry.real_id,) if in_use else sequence
-        services.append(ServiceEntry(ids.service(svc), svc, offset, sequence, reals,
+        services.append(ServiceEntry(svc_id, svc, offset, sequence, reals,
                                      sched_offset, table, orders, sorry))
         offset += svc.seq_slots()
         sched_offset += svc.sched_slots()
     in_use = {r.real_id for s in services for r in s.reals} | \
         {s.sorry.real_id for s in services if s.sorry}
-    removed = tuple(RealEntry(real_id, rs, rs.mac or macs.get(rs.address))
+    removed = tuple(RealEntry(real_id, rs, rs.mac or macs.get(rs.address),
+                              service=ids.service_of(real_id),
+                              svc_id=ids.services[ids.service_of(real_id)])
                     for real_id, rs in sorted(ids.servers.items()) if real_id not in in_use)
     t = config.timeouts
     return Layout(
