@@ -1255,7 +1255,7 @@ static __always_inline int maybe_vip(__u32 addr)
  * a tail call, for every other scheduler and for wrr/rr with thresholds: their loops
  * are verified once there, whatever path led to them here. */
 static __always_inline int handle_l4(struct xdp_md *ctx, struct hdr_cursor *c,
-				     struct ethhdr *eth, struct iphdr *iph)
+				     struct ethhdr *eth, struct iphdr *iph, struct settings *cfg)
 {
 	struct svc_key sk = {};
 	struct conn_key ck = {};
@@ -1264,7 +1264,6 @@ static __always_inline int handle_l4(struct xdp_md *ctx, struct hdr_cursor *c,
 	struct flow_entry *fe;
 	struct tcphdr *th = NULL;
 	struct svc_info *svc;
-	struct settings *cfg;
 	struct real_info *real;
 	struct sched_scratch *sc;
 	__u32 real_id, zero = 0, fill = FLOW_FILL_PROBED, ticks;
@@ -1276,10 +1275,8 @@ static __always_inline int handle_l4(struct xdp_md *ctx, struct hdr_cursor *c,
 	/* Neither to a VIP nor (TCP, to a probe port) maybe a probe reply from one: not ours.
 	 * The port test first: a frame to the director itself rarely goes to a probe port. */
 	if (!maybe_vip(ck.daddr) && !(th && probe_port(ck.dport) && maybe_vip(ck.saddr)))
-		return finish(XDP_PASS, programmed(get_settings()) ? COUNTER_PASS_NOT_VIP
-								  : COUNTER_PASS_NOT_PROGRAMMED);
-
-	cfg = get_settings();
+		return finish(XDP_PASS, programmed(cfg) ? COUNTER_PASS_NOT_VIP
+							: COUNTER_PASS_NOT_PROGRAMMED);
 	if (!cfg)   /* never (an array entry), but the established path reads it */
 		return finish(XDP_PASS, COUNTER_PASS_NOT_PROGRAMMED);
 
@@ -1471,7 +1468,7 @@ static __always_inline int handle_ipv4(struct xdp_md *ctx, struct hdr_cursor *c,
 	switch (iph->protocol) {
 	case IPPROTO_TCP:
 	case IPPROTO_UDP:
-		return handle_l4(ctx, c, eth, iph);
+		return handle_l4(ctx, c, eth, iph, cfg);
 	case IPPROTO_ICMP:
 		return handle_icmp(c, eth, iph);
 	default: {
@@ -1493,12 +1490,15 @@ int xdp_main(struct xdp_md *ctx)
 		.end = (void *)(long)ctx->data_end,
 	};
 	struct ethhdr *eth = parse_ethhdr(&c);
+	__be16 proto;
 
 	if (!eth)
 		return finish(XDP_PASS, COUNTER_PASS_MALFORMED);
-	if (eth->h_proto == bpf_htons(ETH_P_IP))
+	/* One 16-bit load: struct ethhdr is packed, and clang reads its h_proto byte by byte. */
+	proto = *(const __be16 *)((const __u8 *)eth + offsetof(struct ethhdr, h_proto));
+	if (proto == bpf_htons(ETH_P_IP))
 		return handle_ipv4(ctx, &c, eth);
-	if (eth->h_proto == bpf_htons(ETH_P_ARP))
+	if (proto == bpf_htons(ETH_P_ARP))
 		return handle_arp(&c, eth);
 	return finish(XDP_PASS, COUNTER_PASS_NOT_IPV4);
 }
