@@ -1327,10 +1327,7 @@ static __always_inline int handle_l4(struct xdp_md *ctx, struct hdr_cursor *c,
 					follow_tcp_state(cv, th);
 				if (cv->flags & CONN_F_PERSISTENT)
 					touch_template(&ck, real_id, now);
-				/* Cached under the service the packet's key has now: the
-				 * connection's own (svc_id is the key's), or not at all. */
-				if (fs && (cv->state == CONN_ESTABLISHED || cv->state == CONN_UDP) &&
-				    serves(real, want))
+				if (fs && (cv->state == CONN_ESTABLISHED || cv->state == CONN_UDP))
 					flow_remember(fs, key, cv->real_id, cfg, ticks, fill);
 				return forward(eth, iph, cfg, real, real_id, cv->svc_id, 0);
 			} else if (th && !is_new_tcp(th)) {

@@ -109,9 +109,15 @@ def conn_hash(saddr: int, daddr: int, sport: int, dport: int, proto: int, seed: 
     return z ^ (z >> 31)
 
 
-def flow_key(saddr: int, sport: int, svc_id: int) -> int:
+def flow_tag(vip: int, port: int, proto: int) -> int:
+    """bpf/dr_lb.c flow_key's 16-bit tag of a service (network-order fields)."""
+    product = ((vip ^ (port << 16 | proto)) * abi.CONST["FLOW_TAG_MULT"]) & 0xFFFFFFFF
+    return product >> 16 | 1
+
+
+def flow_key(saddr: int, sport: int, vip: int, port: int, proto: int) -> int:
     """bpf/dr_lb.c flow_key: a connection's key in flow_cache (network-order fields)."""
-    return saddr | sport << 32 | (svc_id + 1) << 48
+    return saddr | sport << 32 | flow_tag(vip, port, proto) << 48
 
 
 def flow_hash(key: int, seed: int) -> int:

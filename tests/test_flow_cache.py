@@ -15,7 +15,8 @@ from lb import abi
 from lb.director import config as config_mod, layout as layout_mod
 from tests.conftest import needs_root
 from lb import libbpf
-from tests.packet_cases import CONFIG, DIRECTOR_MAC, RS1, RS_MACS, flow_hash, flow_key, tcp, udp
+from tests.packet_cases import (CONFIG, DIRECTOR_MAC, RS1, RS_MACS, flow_hash, flow_key, flow_tag,
+                                 tcp, udp)
 
 pytestmark = needs_root
 
@@ -52,13 +53,11 @@ def entry(lb, sport: int, table: str = "conn_table"):
     return next(v for k, v in lb.dp.map(table).items() if k.sport == abi.port_be16(sport))
 
 
-def svc_id(lb, port: int = 80) -> int:
-    return next(s.svc_id for s in lb.layout.services if s.service.port == port)
-
-
 def client_key(lb, sport: int, port: int = 80) -> int:
     """CLIENT_IP:sport's flow key (to VIP:port)."""
-    return flow_key(abi.ip_be32("10.0.0.10"), abi.port_be16(sport), svc_id(lb, port))
+    svc = next(s.service for s in lb.layout.services if s.service.port == port)
+    return flow_key(abi.ip_be32("10.0.0.10"), abi.port_be16(sport), abi.ip_be32(svc.vip),
+                    abi.port_be16(port), abi.IPPROTO[svc.protocol])
 
 
 def cache_sets(lb, sport: int, port: int = 80) -> list[int]:
@@ -383,40 +382,57 @@ def test_one_client_port_to_two_services_is_two_flows(lb):
         "VIP:443's packets were followed to VIP:80's connection"
 
 
-def test_a_service_without_a_slot_is_still_forwarded_from_the_tables(lb):
-    """A service that finds both slots of its pair taken (svc_slots) has no flow key: its
-    packets take the tables, every one, and are forwarded all the same."""
-    table = lb.dp.map("svc_slots")
-    for k, v in list(table.items()):
-        if v.slot[0] or v.slot[1]:
-            v.slot[0] = v.slot[1] = 0
-            table[k] = v
-    mac(lb, tcp("S", sport=53000))
-    first = mac(lb, tcp("A", sport=53000))
-    seen = entry(lb, 53000).last_seen_ns
-    time.sleep(0.05)
-    assert mac(lb, tcp("A", sport=53000)) == first
-    assert not list(cached_ways(lb, 53000))
-    assert entry(lb, 53000).last_seen_ns > seen, "not read from the table"
+def tag_twins(vip: str, first: int = 80) -> int:
+    """A port whose service on `vip` has the flow tag of VIP:first's (TCP)."""
+    v, proto = abi.ip_be32(vip), abi.IPPROTO["tcp"]
+    want = flow_tag(v, abi.port_be16(first), proto)
+    return next(p for p in range(first + 1, 65536)
+                if flow_tag(v, abi.port_be16(p), proto) == want)
 
 
-def test_services_sharing_a_pair_of_slots_are_cached_and_a_third_is_forwarded(program):
-    """Two services whose keys give one pair of svc_slots take both of its slots and both
-    have their connections cached; a third finds none and goes by the tables alone."""
-    vip, tcp_proto = abi.ip_be32("10.0.0.21"), abi.IPPROTO["tcp"]
-    pair = layout_mod.svc_pair_of(vip, abi.port_be16(80), tcp_proto)
-    ports = [p for p in range(81, 65536)
-             if layout_mod.svc_pair_of(vip, abi.port_be16(p), tcp_proto) == pair][:2]
+def test_two_services_with_one_tag_each_keep_their_own_servers(program):
+    """Two services whose flow tags are equal give one client port the same flow key: each
+    packet still goes to its own service's server (a cached copy of the other's is not
+    followed), and the one that comes back most is served from the cache."""
+    vip = "10.0.0.21"
+    twin = tag_twins(vip)
     service = CONFIG[CONFIG.index("[[service]]"):CONFIG.index("[[service]]\nvip = \"10.0.0.21\"\nport = 53")]
-    text = CONFIG + "".join(service.replace("port = 80", f"port = {p}") for p in ports)
+    text = CONFIG + service.replace("port = 80", f"port = {twin}")
     lb = program(text, dict(RS_MACS), DIRECTOR_MAC)
-    slots = lb.dp.map("svc_slots")[ct.c_uint32(pair)]
-    assert slots.slot[0] and slots.slot[1]
-    for port, cached_too in [(80, True), (ports[0], True), (ports[1], False)]:
+    assert client_key(lb, 53100, 80) == client_key(lb, 53100, twin)
+    ids = {}
+    for port in (80, twin):
         mac(lb, tcp("S", sport=53100, dport=port))
         assert mac(lb, tcp("A", sport=53100, dport=port)) is not None
-        assert mac(lb, tcp("A", sport=53100, dport=port)) is not None
-        assert bool(list(cached_ways(lb, 53100, port))) == cached_too, port
+        ids[port] = next(v.real_id for k, v in lb.dp.map("conn_table").items()
+                         if k.sport == abi.port_be16(53100) and k.dport == abi.port_be16(port))
+    assert ids[80] != ids[twin]
+    for _ in range(3):
+        for port in (80, twin):
+            before = lb.dp.real_stats(ids[port]).packets
+            assert mac(lb, tcp("A", sport=53100, dport=port)) is not None
+            assert lb.dp.real_stats(ids[port]).packets == before + 1, \
+                f"VIP:{port}'s packet was followed to the other service's server"
+    for _ in range(3):
+        assert mac(lb, tcp("A", sport=53100, dport=twin)) is not None
+    assert ids[twin] in {way.real_id for _, _, way in cached_ways(lb, 53100, twin)}, \
+        "the connection that came last is not cached"
+
+
+def test_a_cached_server_of_another_service_is_not_followed(lb):
+    """A way whose key matches but whose server serves another service (two services' tags
+    are equal) is a miss: the packet goes by the table, to its own service's server."""
+    mac(lb, tcp("S", sport=53150))
+    server = mac(lb, tcp("A", sport=53150))
+    assert mac(lb, tcp("A", sport=53150)) == server and list(cached_ways(lb, 53150))
+    foreign = next(r.real_id for s in lb.layout.services if s.service.port == 53 for r in s.reals)
+    fc = lb.dp.map("flow_cache")
+    for idx, value, way in list(cached_ways(lb, 53150)):
+        way.real_id = foreign
+        fc[fc.Key(idx)] = value
+    stats = lb.dp.real_stats(foreign).packets
+    assert mac(lb, tcp("A", sport=53150)) == server, "followed to another service's server"
+    assert lb.dp.real_stats(foreign).packets == stats
 
 
 def test_the_generation_is_renewed_before_the_clock_kept_in_a_way_wraps(lb):

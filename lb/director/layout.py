@@ -240,7 +240,6 @@ class Layout:
     def vip_rows(self) -> list[tuple[int, dict]]:
         return [(abi.ip_be32(vip), {"services": n}) for vip, n in self.vips.items()]
 
-
     def vip_filter_words(self) -> dict[int, int]:
         """word -> bits of the VIP pre-filter for these VIPs (bpf/dr_lb.c maybe_vip)."""
         words: dict[int, int] = {}
@@ -304,9 +303,7 @@ def build(config: Config, macs: dict[str, str | None], interface_mac: str,
         sched_offset += svc.sched_slots()
     in_use = {r.real_id for s in services for r in s.reals} | \
         {s.sorry.real_id for s in services if s.sorry}
-    removed = tuple(RealEntry(real_id, rs, rs.mac or macs.get(rs.address),
-                              service=ids.service_of(real_id),
-                              svc_id=ids.services[ids.service_of(real_id)])
+    removed = tuple(_removed(ids, real_id, rs, rs.mac or macs.get(rs.address))
                     for real_id, rs in sorted(ids.servers.items()) if real_id not in in_use)
     t = config.timeouts
     return Layout(
@@ -318,6 +315,14 @@ def build(config: Config, macs: dict[str, str | None], interface_mac: str,
                     abi.STATE["ESTABLISHED"]: t.tcp, abi.STATE["FIN_WAIT"]: t.tcpfin,
                     abi.STATE["CLOSE"]: abi.CONST["CLOSE_TIMEOUT_S"],
                     abi.STATE["UDP"]: t.udp})
+
+
+def _removed(ids: Ids, real_id: int, rs: RealServer, mac: str | None) -> RealEntry:
+    """The entry of a real server dropped from the config, whose connections go on. Its
+    service's id may be forgotten already (kept.compact, when only a persistence template
+    still names the server): then no connection of it is left to count under one."""
+    key = ids.service_of(real_id)
+    return RealEntry(real_id, rs, mac, service=key, svc_id=ids.services.get(key, 0))
 
 
 def _hash_table(svc: Service, reals: tuple[RealEntry, ...]
