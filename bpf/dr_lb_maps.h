@@ -70,8 +70,8 @@ BPF_HASH(vips, __u32, struct vip_info, MAX_SERVICES);
  * life of the instance, so a frame to a VIP, or to one that was a VIP, always gets the
  * full lookups; control plane. */
 BPF_ARRAY(vip_filter, __u64, VIP_FILTER_WORDS);
-/* real_id (a service's real server) -> real_info (MAC, flags, address, weight,
- * thresholds, correction of its connection count); control plane. */
+/* real_id (a service's real server) -> real_info (MAC, flags, its service's key and id,
+ * address, weight, thresholds, correction of its connection count); control plane. */
 BPF_ARRAY(reals, struct real_info, MAX_REALS);
 /* slot -> real_id: every service's WRR cycle, at svc_info.seq_offset; control plane. */
 BPF_ARRAY(wrr_seq, __u32, WRR_SEQ_CAPACITY);

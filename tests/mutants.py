@@ -96,7 +96,7 @@ MUTANTS: list[Mutant] = [
       "return e;", ("flow-cache",)),
     M("flow-cache-never-syncs", "if (*fe && flow_due(*fe, ticks, cfg))",
       "if (0)", ("flow-cache",)),
-    M("flow-cache-follows-another-service", "if (real && serves(real, want) &&",
+    M("flow-cache-follows-another-service", "if (real && serves(real, svc_bits(&ck)) &&",
       "if (real && 1 &&", ("flow-cache",)),
     M("flow-meter-counts-due-as-miss", "fm->hits += *fe != NULL;",
       "fm->hits += *fe && !flow_due(*fe, ticks, cfg);", ("flow-cache",)),
