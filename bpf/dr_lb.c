@@ -425,12 +425,11 @@ static __always_inline int serves(const struct real_info *real, __u64 svc)
 }
 
 /* The set of `key` in `cpu`'s part of flow_cache (the same set number on every CPU), and
- * in *way the way a fill that does not read the set gives it (flow_remember), whose low
- * two bits are its home way (flow_find_any): the key
- * and the secret settings.hash_seed through splitmix64's finalizer, so that nobody who
- * does not know the seed can aim packets at one set. */
+ * in *home its home way, one of the first line's (flow_find_any), from the key and the
+ * secret settings.hash_seed through splitmix64's finalizer, so that nobody who does not
+ * know the seed can aim packets at one set. */
 static __always_inline struct flow_set *flow_set_on(__u64 key, __u32 cpu,
-						    const struct settings *cfg, __u32 *way)
+						    const struct settings *cfg, __u32 *home)
 {
 	__u64 h = key ^ cfg->hash_seed;
 	__u32 idx;
@@ -439,7 +438,7 @@ static __always_inline struct flow_set *flow_set_on(__u64 key, __u32 cpu,
 	h = (h ^ (h >> 27)) * 0x94d049bb133111ebULL;
 	h ^= h >> 31;
 	idx = h >> (64 - FLOW_CACHE_LOG2);
-	*way = h & (FLOW_CACHE_WAYS - 1);
+	*home = h & (FLOW_CACHE_WAYS / 2 - 1);
 	idx += cpu << FLOW_CACHE_LOG2;
 	return flow_cache.lookup(&idx);
 }
@@ -535,17 +534,18 @@ static __always_inline struct flow_entry *flow_victim(struct flow_set *fs,
 /* Store what the table says of `key`'s connection (read and refreshed just now: real
  * server `real_id`) in this CPU's set: after a probe (fill: FLOW_FILL_PROBED + the key's
  * home way; the set's line is in the cache), in its own way if it has one, else in
- * flow_victim's; else (FLOW_FILL_BLIND + way: the
- * cache is off) in that way, written without a read, which a CPU's store buffer absorbs
- * instead of waiting for a cold line. A key may then be in two ways: flow_find takes
- * the first, flow_forget voids all. */
+ * flow_victim's; else (FLOW_FILL_BLIND + home way: the cache is off) in its home way,
+ * written without a read, which a CPU's store buffer absorbs instead of waiting for a
+ * cold line (and where the first probe after looks first: a blind fill elsewhere would
+ * cost that flow the home test and a scan on every packet after). A key may then be in
+ * two ways: flow_find takes the first, flow_forget voids all. */
 static __always_inline void flow_remember(struct flow_set *fs, __u64 key, __u32 real_id,
 					  const struct settings *cfg, __u32 ticks, __u32 fill)
 {
 	struct flow_entry *e;
 
 	if (fill >= FLOW_FILL_BLIND)
-		e = &fs->way[(fill - FLOW_FILL_BLIND) & (FLOW_CACHE_WAYS - 1)];
+		e = &fs->way[(fill - FLOW_FILL_BLIND) & (FLOW_CACHE_WAYS / 2 - 1)];
 	else {
 		e = flow_find_any(fs, key, fill - FLOW_FILL_PROBED);
 		if (!e)
@@ -570,7 +570,7 @@ static __always_inline struct flow_set *flow_probe(__u64 key, const struct setti
 						   __u32 ticks, struct flow_entry **fe,
 						   __u32 *fill)
 {
-	__u32 zero = 0, cpu = bpf_get_smp_processor_id(), way;
+	__u32 zero = 0, cpu = bpf_get_smp_processor_id(), home;
 	struct flow_meter *fm = flow_meter.lookup(&zero);
 	struct flow_set *fs;
 
@@ -581,15 +581,15 @@ static __always_inline struct flow_set *flow_probe(__u64 key, const struct setti
 		fm->skip--;
 		if (bpf_get_prandom_u32() & (FLOW_METER_FILL - 1))
 			return NULL;
-		fs = flow_set_on(key, cpu, cfg, &way);
-		*fill = FLOW_FILL_BLIND + way;
+		fs = flow_set_on(key, cpu, cfg, &home);
+		*fill = FLOW_FILL_BLIND + home;
 		return fs;
 	}
-	fs = flow_set_on(key, cpu, cfg, &way);
-	*fill = FLOW_FILL_PROBED + (way & (FLOW_CACHE_WAYS / 2 - 1));
+	fs = flow_set_on(key, cpu, cfg, &home);
+	*fill = FLOW_FILL_PROBED + home;
 	if (!fs)
 		return NULL;
-	*fe = flow_find(fs, key, cfg->flow_gen, way);
+	*fe = flow_find(fs, key, cfg->flow_gen, home);
 	/* Found counts for the meter even when due for its sync: the table's path below
 	 * refreshes it (the probe paid). Flows filled together fall due together, which
 	 * would otherwise look like a run of misses and turn the cache off. */

@@ -88,7 +88,7 @@ def c(name: str) -> str:
 
 M = Mutant
 # flow_probe's blind fill while the meter has the cache off.
-BLIND_FILL = "\t\t*fill = FLOW_FILL_BLIND + way;\n\t\treturn fs;\n"
+BLIND_FILL = "\t\t*fill = FLOW_FILL_BLIND + home;\n\t\treturn fs;\n"
 
 MUTANTS: list[Mutant] = [
     # ---- flow_cache --------------------------------------------------------------------
@@ -108,6 +108,12 @@ MUTANTS: list[Mutant] = [
       "\t\tif (fs->way[w].synced < o->synced)\n"
       "\t\t\to = &fs->way[w];\n"
       "\treturn o;\n", ("flow-cache",)),
+    M("flow-victim-ignores-home", "\tif (!fs->way[home].key || fs->way[home].gen != (__u16)cfg->flow_gen ||\n"
+      "\t    flow_due(&fs->way[home], ticks, cfg))\n\t\treturn &fs->way[home];\n", "",
+      ("flow-cache",)),
+    M("flow-blind-fill-away-from-home",
+      "e = &fs->way[(fill - FLOW_FILL_BLIND) & (FLOW_CACHE_WAYS / 2 - 1)];",
+      "e = &fs->way[bpf_get_prandom_u32() & (FLOW_CACHE_WAYS - 1)];", ("flow-cache",)),
     M("flow-meter-never-pauses", "\t\t\tfm->skip = FLOW_METER_SKIP;\n", "", ("flow-cache",)),
     M("flow-meter-pauses-for-ever", "\t\tfm->skip--;\n", "", ("flow-cache",)),
     M("flow-meter-never-fills", BLIND_FILL,

@@ -202,6 +202,18 @@ def point_cache_elsewhere(lb, sport: int) -> None:
     assert found, "nothing cached to point elsewhere"
 
 
+def home_way(lb, sport: int) -> int:
+    """CLIENT_IP:sport's home way (to VIP:80): bpf/dr_lb.c flow_set_on."""
+    return flow_hash(client_key(lb, sport), lb.dp.hash_seed) & (abi.CONST["FLOW_CACHE_WAYS"] // 2 - 1)
+
+
+def ways_holding(lb, sport: int) -> set[int]:
+    """The ways of CLIENT_IP:sport's sets (to VIP:80) that hold its key."""
+    key = client_key(lb, sport)
+    return {w for _, value, _ in cached_ways(lb, sport)
+            for w, way in enumerate(value.way) if way.key == key}
+
+
 def meter(lb, cpu: int):
     return lb.dp.map("flow_meter")[0][cpu]
 
@@ -261,6 +273,8 @@ def test_flows_that_come_back_turn_the_cache_on_again(lb):
         assert rounds >= (skip - 2 * window) // window
         filled = sum(cached(lb, sport) for sport in back)
         assert filled >= window * 0.9, f"{filled} of {window} flows cached while off"
+        away = [p for p in back if cached(lb, p) and ways_holding(lb, p) != {home_way(lb, p)}]
+        assert len(away) <= 2, f"blind fills away from their home way: {away}"
         for sport in back:                     # the next window: hits, so it stays on
             assert mac(lb, tcp("A", sport=sport)) is not None
         m = meter(lb, cpu)
@@ -270,6 +284,18 @@ def test_flows_that_come_back_turn_the_cache_on_again(lb):
         point_cache_elsewhere(lb, back[0])
         assert mac(lb, tcp("A", sport=back[0])) not in (server, None), \
             "followed from the table, not the cache"
+
+
+def test_a_flow_is_cached_in_its_home_way(lb):
+    """A flow's entry goes to its home way (one of the first line's four, from the hash)
+    when that is free, where every probe looks first."""
+    sports = range(52600, 52616)
+    for sport in sports:
+        mac(lb, tcp("S", sport=sport))
+        mac(lb, tcp("A", sport=sport))
+        mac(lb, tcp("A", sport=sport))
+    homes = {sport: (ways_holding(lb, sport), home_way(lb, sport)) for sport in sports}
+    assert all(held == {home} for held, home in homes.values()), homes
 
 
 def test_a_replaced_connection_is_forgotten_in_every_way_of_a_set(lb):
