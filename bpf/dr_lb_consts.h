@@ -63,10 +63,9 @@
 #define FLOW_METER_WINDOW 64
 #define FLOW_METER_SKIP 1024
 #define FLOW_METER_FILL 2
-/* How flow_remember stores a connection, + its home way (0-3, of the first line): after
- * a probe, or blind. */
+/* How flow_remember stores a connection, + its home way (0-7): after a probe, or blind. */
 #define FLOW_FILL_PROBED 0
-#define FLOW_FILL_BLIND 4
+#define FLOW_FILL_BLIND 8
 /* The longest a CPU follows a connection from its cache before it reads and refreshes
  * the connection's table entry again (settings.flow_sync_ns is at most this, and at most
  * a quarter of the shortest timeout). */

@@ -204,7 +204,7 @@ def point_cache_elsewhere(lb, sport: int) -> None:
 
 def home_way(lb, sport: int) -> int:
     """CLIENT_IP:sport's home way (to VIP:80): bpf/dr_lb.c flow_set_on."""
-    return flow_hash(client_key(lb, sport), lb.dp.hash_seed) & (abi.CONST["FLOW_CACHE_WAYS"] // 2 - 1)
+    return flow_hash(client_key(lb, sport), lb.dp.hash_seed) & (abi.CONST["FLOW_CACHE_WAYS"] - 1)
 
 
 def ways_holding(lb, sport: int) -> set[int]:
