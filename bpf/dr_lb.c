@@ -1483,7 +1483,7 @@ static __always_inline int handle_ipv4(struct xdp_md *ctx, struct hdr_cursor *c,
 	default: {
 		__be32 daddr = iph->daddr;
 
-		if (!programmed(get_settings()))
+		if (!programmed(cfg))
 			return finish(XDP_PASS, COUNTER_PASS_NOT_PROGRAMMED);
 		if (vips.lookup(&daddr))
 			return finish(XDP_PASS, COUNTER_PASS_VIP_OTHER_PORT);
