@@ -118,7 +118,7 @@ struct svc_key {
 };
 
 struct svc_info {
-	uint32_t id;                   /* index into svc_stats and wrr_pos */
+	uint32_t id;                   /* index into wrr_pos; a connection's svc_id */
 	uint32_t seq_offset;           /* this service's slice of wrr_seq (wrr, rr) */
 	uint32_t seq_len;              /* 0: no real server can take new connections */
 	uint32_t persist_timeout_s;    /* 0: no persistence */
@@ -145,8 +145,6 @@ struct real_info {
 	uint16_t flags;                /* enum real_flags */
 	struct svc_key svc;            /* its service's (a real_id is one service's server):
 	                                  what a packet that flow_cache sends here must be to */
-	uint16_t svc_id;               /* its service's id: index into svc_stats */
-	uint16_t pad;
 	uint32_t addr;
 	uint32_t weight;               /* as the schedulers see it: 0 when drained */
 	uint32_t upper;                /* connection thresholds (ipvsadm -x); 0: none */
@@ -169,7 +167,7 @@ struct conn_key {
 struct conn_value {
 	uint64_t last_seen_ns;
 	uint32_t real_id;              /* index into reals and real_stats */
-	uint16_t svc_id;               /* index into svc_stats */
+	uint16_t svc_id;               /* its service: struct svc_info.id */
 	uint8_t state;                 /* enum conn_state */
 	uint8_t flags;                 /* enum conn_flags */
 };

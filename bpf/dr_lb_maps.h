@@ -120,9 +120,8 @@ BPF_F_TABLE("array", __u32, struct flow_set, flow_cache, FLOW_CACHE_CPUS << FLOW
 BPF_PERCPU_ARRAY(flow_meter, struct flow_meter, 1);
 /* 0 -> settings (interface MAC, flags, timeouts; all zero until written); control plane. */
 BPF_ARRAY(settings, struct settings, 1);
-/* service id -> per-CPU stats (new connections, packets, IP bytes forwarded); program. */
-BPF_PERCPU_ARRAY(svc_stats, struct stats, MAX_SERVICES);
-/* real_id -> per-CPU stats (new connections, packets, IP bytes forwarded); program. */
+/* real_id -> per-CPU stats (new connections, packets, IP bytes forwarded; a service's are
+ * the sum of its real servers'); program. */
 BPF_PERCPU_ARRAY(real_stats, struct stats, MAX_REALS);
 /* enum drlb_counter -> per-CPU count (each exit's reason, and events); program. */
 BPF_PERCPU_ARRAY(counters, __u64, COUNTER_COUNT);

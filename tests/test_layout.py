@@ -170,10 +170,10 @@ def test_real_rows_carry_mac_flags_address_and_service():
            "proto": abi.IPPROTO["tcp"]}
     assert rows[0] == {"mac": bytes.fromhex("525400000012"),
                        "flags": abi.REAL_F_MAC_KNOWN | abi.REAL_F_SCHEDULABLE,
-                       "svc": svc, "svc_id": 0,
+                       "svc": svc,
                        "addr": abi.ip_be32("192.168.0.12"), "weight": 2, "upper": 0,
                        "lower": 0}
-    assert rows[1] == {"mac": bytes(6), "flags": 0, "svc": svc, "svc_id": 0,
+    assert rows[1] == {"mac": bytes(6), "flags": 0, "svc": svc,
                        "addr": abi.ip_be32("192.168.0.13"), "weight": 1, "upper": 0,
                        "lower": 0}
 
@@ -188,8 +188,9 @@ def test_a_removed_real_server_keeps_its_mac_but_is_never_schedulable():
     assert rows[1]["flags"] == abi.REAL_F_MAC_KNOWN, \
         "its connections go on (MAC known) but no template may send it new ones"
     assert rows[1]["addr"] == abi.ip_be32("192.168.0.13")
-    assert rows[1]["svc"]["port"] == abi.port_be16(80) and rows[1]["svc_id"] == 0, \
+    assert rows[1]["svc"]["port"] == abi.port_be16(80), \
         "a removed server still names its service (flow_cache checks it)"
+    assert [r.svc_id for r in after.removed_reals] == [0], "and counts for it"
     assert [r.real_id for r in after.reals] == [0, 2], "ids stay put across a reload"
     back = layout.build(make_config(SEED_SERVICE), MACS, DIRECTOR_MAC, ids, after)
     assert [r.real_id for r in back.reals] == [0, 1, 2] and not back.removed_reals

@@ -4,6 +4,7 @@ stateless cases (one frame, one verdict, one counter) are a table in tests/packe
 from __future__ import annotations
 
 import ctypes as ct
+import re
 import socket
 import struct
 
@@ -89,7 +90,7 @@ def find_conn(lb, sport: int, dport: int = 80, proto: int = 6, src: str = CLIENT
     ("vips", "Leaf", "vip_info"), ("reals", "Leaf", "real_info"),
     ("conn_table", "Key", "conn_key"), ("conn_table", "Leaf", "conn_value"),
     ("persist_table", "Key", "persist_key"), ("persist_table", "Leaf", "persist_value"),
-    ("settings", "Leaf", "settings"), ("svc_stats", "Leaf", "stats"),
+    ("settings", "Leaf", "settings"), ("real_stats", "Leaf", "stats"),
     ("real_conns", "Leaf", "real_conns"), ("syn_table", "Leaf", "syn_set"),
     ("flow_cache", "Leaf", "flow_set"),
 ])
@@ -390,6 +391,33 @@ def test_real_server_removed_from_config_gets_no_new_persistent_connections(lb):
         r = run(lb, tcp("S", sport=port, dport=443))
         assert abi.mac_str(r.data[:6]) != pinned, \
             "the template of a removed real server must not place new connections"
+
+
+def test_a_service_counts_what_its_dropped_servers_forwarded_until_zeroed(lb):
+    """A service's stats are its real servers' together, a server dropped from the config
+    included (its connections were the service's traffic, as IPVS counts it); zeroing the
+    service zeroes them all, and what was taken is kept for /metrics."""
+    from lb.director import config as config_mod
+    svc = lb.layout.services[0]
+    first = run(lb, tcp("S", sport=49300))
+    sent_to = abi.mac_str(first.data[:6])
+    gone_ip = next(ip for ip, mac in RS_MACS.items() if mac == sent_to)
+    gone = next(r.real_id for r in svc.reals if r.server.address == gone_ip)
+    for _ in range(3):
+        assert_sent_to(lb, tcp("A", sport=49300), sent_to)
+    before = lb.dp.service_stats(svc.svc_id)
+    assert before.packets >= 4 and before.conns >= 1
+    text = re.sub(rf'\[\[service\.real_server\]\]\naddress = "{gone_ip}"\n(weight = \d+\n)?', "",
+                  CONFIG, count=1)
+    lb.reprogram(config_mod.parse(text), dict(RS_MACS))
+    assert gone not in [r.real_id for r in lb.layout.services[0].reals]
+    assert_sent_to(lb, tcp("A", sport=49300), sent_to, "the connection goes on")
+    after = lb.dp.service_stats(svc.svc_id)
+    assert after.packets == before.packets + 1 and after.conns == before.conns
+    lb.dp.zero_stats([svc.svc_id], [r.real_id for r in lb.layout.services[0].reals])
+    assert lb.dp.service_stats(svc.svc_id).packets == 0
+    assert lb.dp.real_stats(gone).packets == 0, "the dropped server's share was left"
+    assert lb.dp.zeroed_stats("svc_stats", svc.svc_id).packets == after.packets
 
 
 def test_reprogramming_never_mixes_services_wrr_cycles(lb):

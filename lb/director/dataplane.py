@@ -95,6 +95,14 @@ class Stats:
     bytes: int = 0
 
 
+def _sum(stats) -> Stats:
+    out = Stats()
+    for s in stats:
+        out.conns, out.packets, out.bytes = (out.conns + s.conns, out.packets + s.packets,
+                                             out.bytes + s.bytes)
+    return out
+
+
 @dataclass
 class ConnCounts:
     per_real: dict[int, tuple[int, int]]   # real_id -> (active, inactive)
@@ -152,6 +160,10 @@ class Dataplane:
         self.conn_table_size = conn_table_size
         # (map, id) -> what zero_stats() took away, so that totals never go back (metrics).
         self.zeroed: dict[tuple[str, int], Stats] = {}
+        # svc_id -> its real_ids, dropped ones included (layout.removed_reals; ids are not
+        # reused while the program runs): the service's stats are the sum of theirs
+        # (real_stats; the program keeps no second count). Written by write().
+        self._svc_reals: dict[int, list[int]] = {}
         self.attached: tuple[int, str] | None = None   # (ifindex, mode)
         # reals rows hold the layout's fields and the connection-count correction, which
         # the monitor's sweeps write; both writers take this lock.
@@ -285,6 +297,10 @@ class Dataplane:
         self._flow_gen_at = time.monotonic()
         self._put("settings", [(0, dict(layout.settings_row(), flow_gen=self._flow_gen,
                                         hash_seed=self.hash_seed))])
+        svc_reals: dict[int, list[int]] = {}
+        for r in [*layout.reals, *layout.removed_reals]:
+            svc_reals.setdefault(r.svc_id, []).append(r.real_id)
+        self._svc_reals = svc_reals
         with self._reals_lock:
             self._real_rows = dict(layout.real_rows())
             self._put("reals", [(i, self._with_fix(i, row)) for i, row in self._real_rows.items()])
@@ -381,7 +397,7 @@ class Dataplane:
         for name in ("conn_table", "syn_spill", "udp_table", "persist_table"):
             self._delete_all(name)
         self._zero_array("syn_table", self.syn_table_sets)
-        for name in ("svc_stats", "real_stats", "counters", "wrr_pos", "real_conns",
+        for name in ("real_stats", "counters", "wrr_pos", "real_conns",
                      "flow_meter"):
             self.map(name).clear()   # arrays: zeroes every slot
         self.write_conn_fix({})
@@ -410,7 +426,9 @@ class Dataplane:
                      bytes=sum(v.bytes for v in per_cpu))
 
     def service_stats(self, svc_id: int) -> Stats:
-        return self._stats("svc_stats", svc_id)
+        """A service's stats: the sum of its real servers', those dropped from the config
+        included (their traffic was the service's, as IPVS counts it)."""
+        return _sum(self.real_stats(i) for i in self._svc_reals.get(svc_id, ()))
 
     def real_stats(self, real_id: int) -> Stats:
         return self._stats("real_stats", real_id)
@@ -551,19 +569,22 @@ class Dataplane:
         return {int(i) for i in np.flatnonzero(v["overloaded"])}
 
     def zero_stats(self, svc_ids: list[int], real_ids: list[int]) -> None:
-        """Packet, byte and connection counters of these services and real servers to 0."""
-        for name, ids in (("svc_stats", svc_ids), ("real_stats", real_ids)):
-            table = self.map(name)
-            for i in ids:
-                before = self._stats(name, i)
-                table[ct.c_uint32(i)] = table.Leaf()   # per-CPU: every CPU's slot zeroed
-                z = self.zeroed.setdefault((name, i), Stats())
-                z.conns, z.packets, z.bytes = (z.conns + before.conns,
-                                               z.packets + before.packets,
-                                               z.bytes + before.bytes)
+        """Packet, byte and connection counters of these services (all their real servers,
+        dropped ones included) and real servers to 0."""
+        table = self.map("real_stats")
+        for i in dict.fromkeys([*real_ids, *(r for s in svc_ids for r in self._svc_reals.get(s, ()))]):
+            before = self.real_stats(i)
+            table[ct.c_uint32(i)] = table.Leaf()   # per-CPU: every CPU's slot zeroed
+            z = self.zeroed.setdefault(("real_stats", i), Stats())
+            z.conns, z.packets, z.bytes = (z.conns + before.conns,
+                                           z.packets + before.packets,
+                                           z.bytes + before.bytes)
 
     def zeroed_stats(self, name: str, index: int) -> Stats:
-        """What zero_stats() has taken from this entry since the program was loaded."""
+        """What zero_stats() has taken from this entry ("real_stats", a real_id) or service
+        ("svc_stats", a svc_id: its servers') since the program was loaded."""
+        if name == "svc_stats":
+            return _sum(self.zeroed_stats("real_stats", i) for i in self._svc_reals.get(index, ()))
         return self.zeroed.get((name, index), Stats())
 
     # ---- running packets without a network -----------------------------------------------

@@ -35,7 +35,7 @@ class RealEntry:
     mac: str | None
     healthy: bool = True     # False: failing its health check
     service: tuple[str, int, str] = ("0.0.0.0", 0, "tcp")   # (VIP, port, protocol)
-    svc_id: int = 0
+    svc_id: int = 0          # its service's: the service's stats are its servers' sum
 
     @property
     def flags(self) -> int:
@@ -202,7 +202,7 @@ class Layout:
             [(r, abi.REAL_F_MAC_KNOWN if r.mac else 0) for r in self.removed_reals]
         return [(r.real_id, {"mac": abi.mac_bytes(r.mac) if r.mac else bytes(6),
                              "flags": flags, "svc": svc_key_row(*r.service),
-                             "svc_id": r.svc_id, "addr": abi.ip_be32(r.server.address),
+                             "addr": abi.ip_be32(r.server.address),
                              "weight": r.server.effective_weight, "upper": r.server.upper,
                              "lower": r.server.effective_lower if r.server.upper else 0})
                 for r, flags in rows]
