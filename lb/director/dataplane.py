@@ -572,7 +572,8 @@ class Dataplane:
         """Packet, byte and connection counters of these services (all their real servers,
         dropped ones included) and real servers to 0."""
         table = self.map("real_stats")
-        for i in dict.fromkeys([*real_ids, *(r for s in svc_ids for r in self._svc_reals.get(s, ()))]):
+        of_services = [r for s in svc_ids for r in self._svc_reals.get(s, ())]
+        for i in dict.fromkeys([*real_ids, *of_services]):
             before = self.real_stats(i)
             table[ct.c_uint32(i)] = table.Leaf()   # per-CPU: every CPU's slot zeroed
             z = self.zeroed.setdefault(("real_stats", i), Stats())
@@ -584,7 +585,8 @@ class Dataplane:
         """What zero_stats() has taken from this entry ("real_stats", a real_id) or service
         ("svc_stats", a svc_id: its servers') since the program was loaded."""
         if name == "svc_stats":
-            return _sum(self.zeroed_stats("real_stats", i) for i in self._svc_reals.get(index, ()))
+            return _sum(self.zeroed_stats("real_stats", i)
+                        for i in self._svc_reals.get(index, ()))
         return self.zeroed.get((name, index), Stats())
 
     # ---- running packets without a network -----------------------------------------------

@@ -225,8 +225,7 @@ class Layout:
     def service_rows(self) -> list[tuple[dict, dict]]:
         base = self.half * abi.SEQ_HALF
         sched_base = self.half * abi.SCHED_HALF
-        return [({"vip": abi.ip_be32(s.service.vip), "port": abi.port_be16(s.service.port),
-                  "proto": abi.IPPROTO[s.service.protocol]},
+        return [(svc_key_row(s.service.vip, s.service.port, s.service.protocol),
                  {"id": s.svc_id, "seq_offset": base + s.seq_offset,
                   "seq_len": len(s.sequence), "persist_timeout_s": s.service.persistent,
                   "persist_mask": abi.ip_be32(s.service.persistent_netmask),
