@@ -15,6 +15,7 @@ APT_PACKAGES=(
     linux-headers-amd64 iproute2 ethtool tcpdump iputils-ping arping curl bpftool
     python3-pyroute2 python3-click python3-cffi python3-tomlkit python3-numpy python3-scapy python3-pytest python3-pytest-cov python3-matplotlib
     python3-prometheus-client systemd shellcheck bird2 keepalived vagrant
+    vagrant-libvirt
 )
 missing=()
 for p in "${APT_PACKAGES[@]}"; do
