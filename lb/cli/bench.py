@@ -29,6 +29,10 @@ def _ints(text: str) -> list[int]:
 @click.option("--frames", type=click.IntRange(1000), help="Live frames per run.")
 @click.option("--repeat", type=click.IntRange(100), help="Test-run repeats per figure.")
 @click.option("--syn-frames", type=click.IntRange(1000), help="Live SYNs per run.")
+@click.option("--min-seconds", type=click.FloatRange(0, 60),
+              help="Send a timed live run's frames again until it has lasted this long "
+                   "(default 0.3; not SYNs, which fill the table): its end is seen to a "
+                   "scheduler tick.")
 @click.option("--status-entries", type=click.IntRange(0),
               help="Time `dr-lb status` with this many connections (0: skip).")
 @click.option("--order", type=click.Choice(["shuffled", "insert"]),
@@ -43,8 +47,8 @@ def _ints(text: str) -> list[int]:
 @click.option("--plot", "plot_file", type=click.Path(dir_okay=False, writable=True),
               help="Draw ns/packet and pps against flows into this PNG (matplotlib).")
 @click.option("--lab-prefix", default="drlb-bn", show_default=True, hidden=True)
-def bench(quick, rounds, flows, sizes, modes, frames, repeat, syn_frames, status_entries,
-          order, cpu, json_file, plot_file, lab_prefix) -> None:
+def bench(quick, rounds, flows, sizes, modes, frames, repeat, syn_frames, min_seconds,
+          status_entries, order, cpu, json_file, plot_file, lab_prefix) -> None:
     """Measure dr-lb against a MAC-swap reflector and the kernel's own forwarding of the
     same frames, in one run: ns/packet in situ, pps, and test-run ns (reset method), over
     flows, frame sizes and XDP modes, and the new-connection rate."""
@@ -66,7 +70,8 @@ def bench(quick, rounds, flows, sizes, modes, frames, repeat, syn_frames, status
         if bad:
             raise UserError(f"--modes: {bad[0]!r}: use native and/or generic", 2)
     for name, value in (("frames", frames), ("repeat", repeat), ("syn_frames", syn_frames),
-                        ("status_entries", status_entries), ("order", order), ("cpu", cpu)):
+                        ("min_seconds", min_seconds), ("status_entries", status_entries),
+                        ("order", order), ("cpu", cpu)):
         if value is not None:
             setattr(s, name, value)
     if plot_file:
