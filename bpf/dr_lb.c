@@ -397,18 +397,22 @@ static __always_inline void syn_drop(struct conn_key *ck, const struct settings 
 
 /* ---- flow_cache: each CPU's cache of the connections it forwards ----------------------- */
 
-/* A connection's key in flow_cache: client address and port, and a 16-bit tag of its
- * VIP, port and protocol (never 0, so that a zeroed way matches nothing). Two services'
- * tags can be equal: a hit is followed only to a real server of the packet's service
- * (serves()), so that a collision costs a miss, never a wrong server. The service's id
- * in the key instead (from svc_slots, an array read a packet) cost 3 ns more a packet
- * (in situ, 1 flow, same run). */
+/* A connection's key in flow_cache: the client's address and port and FLOW_TAG_BITS of
+ * a tag of its VIP, port and protocol, FLOW_KEY_BITS in all, so that the set (the top
+ * FLOW_CACHE_LOG2 bits of its hash) and the FLOW_CHECK_BITS an entry keeps (the rest)
+ * tell the key exactly (flow_hash is a bijection). Two services' tags can be equal (and
+ * with the smallest caches there is none): a hit is followed only to a real server of
+ * the packet's service (serves()), so that a collision costs a miss, never a wrong
+ * server. */
 static __always_inline __u64 flow_key(const struct conn_key *ck)
 {
-	__u32 tag = ((ck->daddr ^ ((__u32)ck->dport << 16 | ck->proto)) *
-		     (__u32)FLOW_TAG_MULT) >> 16;
+	__u64 key = ck->saddr | (__u64)ck->sport << 32;
+#if FLOW_TAG_BITS > 0
+	__u32 tag = (ck->daddr ^ ((__u32)ck->dport << 16 | ck->proto)) * (__u32)FLOW_TAG_MULT;
 
-	return ck->saddr | (__u64)ck->sport << 32 | (__u64)(tag | 1) << 48;
+	key |= (__u64)(tag >> (32 - FLOW_TAG_BITS)) << 48;
+#endif
+	return key;
 }
 
 /* `ck`'s VIP, port and protocol as the 8 bytes of a struct svc_key (little-endian). */
@@ -424,31 +428,58 @@ static __always_inline int serves(const struct real_info *real, __u64 svc)
 	return *(const __u64 *)&real->svc == svc;
 }
 
-/* The set of `key` in `cpu`'s part of flow_cache (the same set number on every CPU), and
- * in *home its home way, any of the eight (flow_find_any), from the key and the
- * secret settings.hash_seed through splitmix64's finalizer, so that nobody who does not
- * know the seed can aim packets at one set. */
-static __always_inline struct flow_set *flow_set_on(__u64 key, __u32 cpu,
-						    const struct settings *cfg, __u32 *home)
-{
-	__u64 h = key ^ cfg->hash_seed;
-	__u32 idx;
+#define FLOW_KEY_MASK ((1ULL << FLOW_KEY_BITS) - 1)
 
-	h = (h ^ (h >> 30)) * 0xbf58476d1ce4e5b9ULL;
-	h = (h ^ (h >> 27)) * 0x94d049bb133111ebULL;
+/* A bijection of FLOW_KEY_BITS-bit keys, keyed by the secret settings.hash_seed (so that
+ * nobody who does not know it can aim packets at one set): xor-shifts and odd multipliers
+ * modulo 2^FLOW_KEY_BITS, as splitmix64's finalizer is of 64 bits. */
+static __always_inline __u64 flow_hash(__u64 key, const struct settings *cfg)
+{
+	__u64 h = (key ^ cfg->hash_seed) & FLOW_KEY_MASK;
+
+	h ^= h >> 29;
+	h = (h * 0xbf58476d1ce4e5b9ULL) & FLOW_KEY_MASK;
+	h ^= h >> 27;
+	h = (h * 0x94d049bb133111ebULL) & FLOW_KEY_MASK;
 	h ^= h >> 31;
-	idx = h >> (64 - FLOW_CACHE_LOG2);
-	*home = h & (FLOW_CACHE_WAYS - 1);
-	idx += cpu << FLOW_CACHE_LOG2;
+	return h;
+}
+
+/* What an entry of the key whose hash is `h` holds above its real_id and stamp: the
+ * hash's low FLOW_CHECK_BITS and the valid bit (so that a zeroed way matches nothing). */
+static __always_inline __u64 flow_want(__u64 h)
+{
+	return (h & ((1ULL << FLOW_CHECK_BITS) - 1)) << FLOW_CHECK_SHIFT | FLOW_VALID;
+}
+
+/* The set of hash `h` in `cpu`'s part of flow_cache (the same set number on every CPU).*/
+static __always_inline struct flow_set *flow_set_on(__u64 h, __u32 cpu)
+{
+	__u32 idx = (h >> FLOW_CHECK_BITS) + (cpu << FLOW_CACHE_LOG2);
+
 	return flow_cache.lookup(&idx);
 }
 
-/* All ones if `e` holds `key`, else 0, without a branch: the way a key is in is as random
- * as the line it needs is cold, and a branch on each way's comparison would be
- * mispredicted once the line comes. */
-static __always_inline __u64 flow_match(const struct flow_entry *e, __u64 key)
+/* The stamp an entry stored now gets: the clock in units of 2^FLOW_STAMP_SHIFT ticks,
+ * plus the generation's offset, modulo 2^FLOW_STAMP_BITS. */
+static __always_inline __u32 flow_stamp(__u32 ticks, const struct settings *cfg)
 {
-	__u64 d = e->key ^ key, n = -d, m;
+	return ((ticks >> FLOW_STAMP_SHIFT) + (cfg->flow_gen << (FLOW_STAMP_BITS - 1))) &
+	       ((1 << FLOW_STAMP_BITS) - 1);
+}
+
+/* Whether entry `e` was synced flow_sync_ns or more ago (or in another generation). */
+static __always_inline int flow_due(__u64 e, __u32 stamp, const struct settings *cfg)
+{
+	__u32 age = (stamp - (__u32)(e >> FLOW_STAMP_SHIFT_IN)) & ((1 << FLOW_STAMP_BITS) - 1);
+
+	return ((__u64)age << FLOW_STAMP_SHIFT) * TICK_NS >= cfg->flow_sync_ns;
+}
+
+/* All ones if way `e` holds `want`, else 0, without a branch. */
+static __always_inline __u64 flow_match(__u64 e, __u64 want)
+{
+	__u64 d = (e ^ want) >> FLOW_VALID_SHIFT, n = -d, m;
 
 	asm volatile("" : "+r"(n));   /* or LLVM makes a compare and a branch of it */
 	m = ~((__s64)(d | n) >> 63);
@@ -456,124 +487,79 @@ static __always_inline __u64 flow_match(const struct flow_entry *e, __u64 key)
 	return m;
 }
 
-/* The way of `key` among the four of `fs` from `first` (one cache line), + 1, or 0: the
- * first that holds it, found without a branch on the ways' contents. */
-static __always_inline __u64 flow_find_line(struct flow_set *fs, int first, __u64 key)
+/* The way of `fs` that holds `want` (flow_want), or NULL: its home way (`home`, from the
+ * hash, which every fill gives it when free) tested with a branch, as nearly every flow is
+ * found there; else the first way that holds it, found without a branch on the ways'
+ * contents (the set is one cache line). */
+static __always_inline __u64 *flow_find(struct flow_set *fs, __u64 want, __u32 home)
 {
 	__u64 taken = 0, way = 0, m;
 
+	home &= FLOW_CACHE_WAYS - 1;
+	if (!((fs->way[home] ^ want) >> FLOW_VALID_SHIFT))
+		return &fs->way[home];
 #pragma unroll
-	for (int w = first; w < first + FLOW_CACHE_WAYS / 2; w++) {
-		m = flow_match(&fs->way[w], key) & ~taken;
+	for (int w = 0; w < FLOW_CACHE_WAYS; w++) {
+		m = flow_match(fs->way[w], want) & ~taken;
 		taken |= m;
 		way |= m & (w + 1);
 	}
-	return way;
-}
-
-/* The way of `fs` that holds `key`, of any generation, or NULL: its home way (`home`: the
- * one the key's hash gives it, which every fill gives it when free), tested with a
- * branch, as nearly every flow is found there; else the first way that holds it, the
- * first line's four first, found without a branch on the ways' contents (the way a key is
- * in is then as random as its line is cold). Measured (`liveab`, in situ, same run): the
- * home test saves 5 ns a packet at 1 flow and at 100,000 flows alike. Homes spread over
- * all eight ways, not only the first line's four: blind fills (flow_remember), which
- * cannot look for a free way, collide half as often, which at 100,000 flows seen once a
- * pass keeps the meter's hit rate above its threshold (test-run: 176 against 327 ns). */
-static __always_inline struct flow_entry *flow_find_any(struct flow_set *fs, __u64 key,
-							 __u32 home)
-{
-	__u64 way;
-
-	home &= FLOW_CACHE_WAYS - 1;
-	if (fs->way[home].key == key)
-		return &fs->way[home];
-	way = flow_find_line(fs, 0, key);
-	if (!way)
-		way = flow_find_line(fs, FLOW_CACHE_WAYS / 2, key);
 	return way ? &fs->way[(way - 1) & (FLOW_CACHE_WAYS - 1)] : NULL;
 }
 
-/* The entry of `key` of generation `gen` in `fs`, or NULL: a copy of another generation
- * found first (flow_find_any's order) hides a later one until the table's path below
- * refreshes it in place (flow_remember finds it the same way). The generation is
- * compared once, not in every way. */
-static __always_inline struct flow_entry *flow_find(struct flow_set *fs, __u64 key, __u16 gen,
-						     __u32 home)
-{
-	struct flow_entry *e = flow_find_any(fs, key, home);
-
-	return e && e->gen == gen ? e : NULL;
-}
-
-/* Whether `e` was synced flow_sync_ns or more ago (ticks: the clock's, low 32 bits). */
-static __always_inline int flow_due(const struct flow_entry *e, __u32 ticks,
-				    const struct settings *cfg)
-{
-	return (__u64)(__u32)(ticks - e->synced) * TICK_NS >= cfg->flow_sync_ns;
-}
-
 /* The way of `fs` a connection not in it takes after a probe: its home way if that is
- * void (no key, or another generation) or stale (not synced for flow_sync_ns: its flow
- * went quiet), else the first such way, else one at random. Not the one synced longest ago: flows that take turns in a set
- * holding one more of them than it has ways would each push out the next one to come,
- * and all miss; at random, most of them stay. */
-static __always_inline struct flow_entry *flow_victim(struct flow_set *fs,
-						      const struct settings *cfg, __u32 ticks,
-						      __u32 home)
+ * void or due (its flow went quiet), else the first such way, else one at random. Not the
+ * one synced longest ago: flows that take turns in a set holding one more of them than it
+ * has ways would each push out the next one to come, and all miss; at random, most of
+ * them stay. */
+static __always_inline __u64 *flow_victim(struct flow_set *fs, const struct settings *cfg,
+					  __u32 stamp, __u32 home)
 {
 	home &= FLOW_CACHE_WAYS - 1;
-	if (!fs->way[home].key || fs->way[home].gen != (__u16)cfg->flow_gen ||
-	    flow_due(&fs->way[home], ticks, cfg))
+	if (!fs->way[home] || flow_due(fs->way[home], stamp, cfg))
 		return &fs->way[home];
 #pragma unroll
 	for (int w = 0; w < FLOW_CACHE_WAYS; w++)
-		if (!fs->way[w].key || fs->way[w].gen != (__u16)cfg->flow_gen ||
-		    flow_due(&fs->way[w], ticks, cfg))
+		if (!fs->way[w] || flow_due(fs->way[w], stamp, cfg))
 			return &fs->way[w];
 	return &fs->way[bpf_get_prandom_u32() & (FLOW_CACHE_WAYS - 1)];
 }
 
-/* Store what the table says of `key`'s connection (read and refreshed just now: real
- * server `real_id`) in this CPU's set: after a probe (fill: FLOW_FILL_PROBED + the key's
- * home way; the set's line is in the cache), in its own way if it has one, else in
- * flow_victim's; else (FLOW_FILL_BLIND + home way: the cache is off) in its home way,
- * written without a read, which a CPU's store buffer absorbs instead of waiting for a
- * cold line (and where the first probe after looks first: a blind fill elsewhere would
- * cost that flow the home test and a scan on every packet after). A key may then be in
- * two ways: flow_find takes the first, flow_forget voids all. */
-static __always_inline void flow_remember(struct flow_set *fs, __u64 key, __u32 real_id,
-					  const struct settings *cfg, __u32 ticks, __u32 fill)
+/* Store what the table says of the connection whose flow_want is `want` (read and
+ * refreshed just now: real server `real_id`) in this CPU's set: after a probe (fill:
+ * FLOW_FILL_PROBED + the key's home way; the set's line is in the cache), in its own way
+ * if it has one, else in flow_victim's; else (FLOW_FILL_BLIND + home way: the cache is
+ * off) in its home way, written without a read, which a CPU's store buffer absorbs
+ * instead of waiting for a cold line. One 8-byte store: no CPU reads half an entry. A
+ * key may then be in two ways: flow_find takes the first, flow_forget voids all. */
+static __always_inline void flow_remember(struct flow_set *fs, __u64 want, __u32 real_id,
+					  const struct settings *cfg, __u32 stamp, __u32 fill)
 {
-	struct flow_entry *e;
+	__u64 *e;
 
 	if (fill >= FLOW_FILL_BLIND)
 		e = &fs->way[(fill - FLOW_FILL_BLIND) & (FLOW_CACHE_WAYS - 1)];
 	else {
-		e = flow_find_any(fs, key, fill - FLOW_FILL_PROBED);
+		e = flow_find(fs, want, fill - FLOW_FILL_PROBED);
 		if (!e)
-			e = flow_victim(fs, cfg, ticks, fill - FLOW_FILL_PROBED);
+			e = flow_victim(fs, cfg, stamp, fill - FLOW_FILL_PROBED);
 	}
-	e->key = key;
-	e->real_id = real_id;
-	e->gen = cfg->flow_gen;
-	e->synced = ticks;
+	*e = want | (__u64)stamp << FLOW_STAMP_SHIFT_IN | real_id;
 }
 
-/* This CPU's flow_cache set for `key`, or NULL: with a set, *fe is `key`'s fresh entry
- * (followed for flow_sync_ns after the table's entry was read) or NULL, and *fill says
- * how the table's path below refreshes it (flow_remember). Every FLOW_METER_WINDOW
- * probes, fewer than half of them finding their flow (flows that come back too rarely: each
- * miss costs a cold cache line and, in the table below, the lookup it was meant to save)
- * turn the cache off for FLOW_METER_SKIP packets. Those never read it, and one in
- * FLOW_METER_FILL of them (at random: a fixed one would pick the same flows of a
- * repeating pattern each time) fills it blind, so that flows that do come back are found
- * by the next window and turn it on again. */
-static __always_inline struct flow_set *flow_probe(__u64 key, const struct settings *cfg,
-						   __u32 ticks, struct flow_entry **fe,
-						   __u32 *fill)
+/* This CPU's flow_cache set for the key whose hash is `h`, or NULL: with a set, *fe is
+ * the key's fresh entry (followed for flow_sync_ns after the table's entry was read) or
+ * NULL, and *fill says how the table's path below refreshes it (flow_remember). Every
+ * FLOW_METER_WINDOW probes, fewer than half of them finding their flow (flows that come
+ * back too rarely: each miss costs a cold cache line and, in the table below, the lookup
+ * it was meant to save) turn the cache off for FLOW_METER_SKIP packets. Those never read
+ * it, and one in FLOW_METER_FILL of them (at random: a fixed one would pick the same
+ * flows of a repeating pattern each time) fills it blind, so that flows that do come back
+ * are found by the next window and turn it on again. */
+static __always_inline struct flow_set *flow_probe(__u64 h, const struct settings *cfg,
+						   __u32 stamp, __u64 **fe, __u32 *fill)
 {
-	__u32 zero = 0, cpu = bpf_get_smp_processor_id(), home;
+	__u32 zero = 0, cpu = bpf_get_smp_processor_id(), home = h;
 	struct flow_meter *fm = flow_meter.lookup(&zero);
 	struct flow_set *fs;
 
@@ -584,20 +570,19 @@ static __always_inline struct flow_set *flow_probe(__u64 key, const struct setti
 		fm->skip--;
 		if (bpf_get_prandom_u32() & (FLOW_METER_FILL - 1))
 			return NULL;
-		fs = flow_set_on(key, cpu, cfg, &home);
-		*fill = FLOW_FILL_BLIND + home;
-		return fs;
+		*fill = FLOW_FILL_BLIND + (home & (FLOW_CACHE_WAYS - 1));
+		return flow_set_on(h, cpu);
 	}
-	fs = flow_set_on(key, cpu, cfg, &home);
-	*fill = FLOW_FILL_PROBED + home;
+	fs = flow_set_on(h, cpu);
+	*fill = FLOW_FILL_PROBED + (home & (FLOW_CACHE_WAYS - 1));
 	if (!fs)
 		return NULL;
-	*fe = flow_find(fs, key, cfg->flow_gen, home);
+	*fe = flow_find(fs, flow_want(h), home);
 	/* Found counts for the meter even when due for its sync: the table's path below
 	 * refreshes it (the probe paid). Flows filled together fall due together, which
 	 * would otherwise look like a run of misses and turn the cache off. */
 	fm->hits += *fe != NULL;
-	if (*fe && flow_due(*fe, ticks, cfg))
+	if (*fe && flow_due(**fe, stamp, cfg))
 		*fe = NULL;
 	if (++fm->probes >= FLOW_METER_WINDOW) {
 		if (fm->hits * 2 < fm->probes)
@@ -614,18 +599,17 @@ static __always_inline struct flow_set *flow_probe(__u64 key, const struct setti
  * takes the cache. */
 static __always_inline void flow_forget(const struct conn_key *ck, const struct settings *cfg)
 {
-	__u64 key = flow_key(ck);
+	__u64 h = flow_hash(flow_key(ck), cfg), want = flow_want(h);
 	struct flow_set *fs;
-	__u32 way;
 
 	for (__u32 cpu = 0; cpu < FLOW_CACHE_CPUS; cpu++) {
-		fs = flow_set_on(key, cpu, cfg, &way);
+		fs = flow_set_on(h, cpu);
 		if (!fs)
 			break;
 #pragma unroll
 		for (int w = 0; w < FLOW_CACHE_WAYS; w++)
-			if (fs->way[w].key == key)
-				fs->way[w].key = 0;
+			if (!((fs->way[w] ^ want) >> FLOW_VALID_SHIFT))
+				fs->way[w] = 0;
 	}
 }
 
@@ -1275,12 +1259,12 @@ static __always_inline int handle_l4(struct xdp_md *ctx, struct hdr_cursor *c,
 	struct conn_key ck = {};
 	struct conn_value *cv, *hv = NULL, *old;
 	struct flow_set *fs = NULL;
-	struct flow_entry *fe;
+	__u64 *fe;
 	struct tcphdr *th = NULL;
 	struct svc_info *svc;
 	struct real_info *real;
 	struct sched_scratch *sc;
-	__u32 real_id, zero = 0, fill = FLOW_FILL_PROBED, ticks;
+	__u32 real_id, zero = 0, fill = FLOW_FILL_PROBED, ticks, stamp = 0;
 	__u64 now = 0, key = 0;
 	int moved = 0;
 
@@ -1304,10 +1288,11 @@ static __always_inline int handle_l4(struct xdp_md *ctx, struct hdr_cursor *c,
 	ticks = now;
 	now *= TICK_NS;
 	if (!th || !(th->syn | th->fin | th->rst)) {
-		key = flow_key(&ck);
-		fs = flow_probe(key, cfg, ticks, &fe, &fill);
+		key = flow_hash(flow_key(&ck), cfg);
+		stamp = flow_stamp(ticks, cfg);
+		fs = flow_probe(key, cfg, stamp, &fe, &fill);
 		if (fe) {
-			real_id = fe->real_id;
+			real_id = *fe & FLOW_REAL_MASK;
 			real = reals.lookup(&real_id);
 			if (real && serves(real, svc_bits(&ck)) &&
 			    (real->flags & (REAL_F_MAC_KNOWN | REAL_F_RESCHEDULE)) == REAL_F_MAC_KNOWN)
@@ -1342,7 +1327,8 @@ static __always_inline int handle_l4(struct xdp_md *ctx, struct hdr_cursor *c,
 				if (cv->flags & CONN_F_PERSISTENT)
 					touch_template(&ck, real_id, now);
 				if (fs && (cv->state == CONN_ESTABLISHED || cv->state == CONN_UDP))
-					flow_remember(fs, key, cv->real_id, cfg, ticks, fill);
+					flow_remember(fs, flow_want(key), cv->real_id, cfg,
+						      stamp, fill);
 				return forward(eth, iph, cfg, real, real_id, 0);
 			} else if (th && !is_new_tcp(th)) {
 				/* Its server is gone from the segment: a SYN or a datagram may

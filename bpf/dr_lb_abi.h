@@ -184,24 +184,16 @@ struct syn_set {
 	struct syn_entry way[2];       /* SYN_TABLE_WAYS */
 };
 
-/* A connection (ESTABLISHED in conn_table, or in udp_table) as one CPU last read it, in
- * 16 bytes, so that a set of eight is two adjacent cache lines. The key is the client's
- * address and port and a 16-bit tag of the VIP, port and protocol (bpf/dr_lb.c flow_key),
- * never 0, so that a zeroed entry is void; two services' tags may be equal, so a hit is
- * followed only to a real server of the packet's own service (real_info.svc). Only the
- * program writes it; config.py sizes the cache. */
-struct flow_entry {
-	uint64_t key;                  /* saddr | sport << 32 | tag << 48 */
-	uint16_t real_id;              /* < MAX_REALS */
-	uint16_t gen;                  /* settings.flow_gen's low 16 bits when stored */
-	uint32_t synced;               /* the clock's tick (bpf_jiffies64, low 32 bits) when
-	                                  its table entry was last read and refreshed */
-};
-
-/* One set of flow_cache: two adjacent cache lines, which a CPU fetches together (the array
- * is mmapable, so its values start on a page and each set on a pair of lines of its own). */
+/* One set of flow_cache: FLOW_CACHE_WAYS connections (ESTABLISHED in conn_table, or in
+ * udp_table) as one CPU last read them, 8 bytes each, so that a set is one cache line
+ * (the array is mmapable: its values start on a page). A way is, from the top bit:
+ * FLOW_CHECK_BITS of its key's hash (bpf/dr_lb.c flow_hash; the set is the rest, so the
+ * key is exact), a valid bit, FLOW_STAMP_BITS of stamp (when its table entry was last
+ * read: the clock in units of 2^FLOW_STAMP_SHIFT ticks, plus the generation's offset) and
+ * FLOW_REAL_BITS of real_id; 0: void. Only the program writes it; config.py sizes the
+ * cache. */
 struct flow_set {
-	struct flow_entry way[8];      /* FLOW_CACHE_WAYS */
+	uint64_t way[8];               /* FLOW_CACHE_WAYS */
 };
 
 struct persist_key {

@@ -56,6 +56,23 @@
 #define FLOW_CACHE_LOG2 17
 #endif
 #define FLOW_CACHE_WAYS 8
+/* A flow_cache way's bits (struct flow_set), from the lowest: real_id, stamp, valid,
+ * check. The key has FLOW_CHECK_BITS + FLOW_CACHE_LOG2 bits (at least the client's
+ * address and port: FLOW_CACHE_LOG2 >= 9), the rest of them a tag of the service. */
+#define FLOW_REAL_BITS 12
+#define FLOW_REAL_MASK ((1ULL << FLOW_REAL_BITS) - 1)
+#define FLOW_STAMP_BITS 12
+#define FLOW_STAMP_SHIFT_IN FLOW_REAL_BITS
+#define FLOW_VALID_SHIFT (FLOW_REAL_BITS + FLOW_STAMP_BITS)
+#define FLOW_VALID (1ULL << FLOW_VALID_SHIFT)
+#define FLOW_CHECK_SHIFT (FLOW_VALID_SHIFT + 1)
+#define FLOW_CHECK_BITS (64 - FLOW_CHECK_SHIFT)
+#define FLOW_KEY_BITS (FLOW_CHECK_BITS + FLOW_CACHE_LOG2)
+#define FLOW_TAG_BITS (FLOW_KEY_BITS - 48)
+/* The stamp's unit: 2^FLOW_STAMP_SHIFT ticks, about FLOW_SYNC_MAX_NS / 32. */
+#ifndef FLOW_STAMP_SHIFT
+#define FLOW_STAMP_SHIFT 3
+#endif
 /* A CPU whose flow_cache hit less than half of its last FLOW_METER_WINDOW probes (flows
  * that each come back too rarely: a miss costs a cold cache line) passes it by for the
  * next FLOW_METER_SKIP packets, of which one in FLOW_METER_FILL (a power of two) fills it
