@@ -460,12 +460,14 @@ static __always_inline struct flow_set *flow_set_on(__u64 h, __u32 cpu)
 	return flow_cache.lookup(&idx);
 }
 
-/* The stamp an entry stored now gets: the clock in units of 2^FLOW_STAMP_SHIFT ticks,
- * plus the generation's offset, modulo 2^FLOW_STAMP_BITS. */
+/* The stamp an entry stored now gets: the clock in units of 2^FLOW_STAMP_SHIFT ticks plus
+ * settings.flow_gen, modulo 2^FLOW_STAMP_BITS. The control plane adds FLOW_GEN_STEP to
+ * flow_gen to make every entry due at once (as if that much time had passed), and
+ * clears ways too old to tell from fresh ones after the stamp wraps (lb/director/
+ * dataplane.py forget_flows, sweep_flows). */
 static __always_inline __u32 flow_stamp(__u32 ticks, const struct settings *cfg)
 {
-	return ((ticks >> FLOW_STAMP_SHIFT) + (cfg->flow_gen << (FLOW_STAMP_BITS - 1))) &
-	       ((1 << FLOW_STAMP_BITS) - 1);
+	return ((ticks >> FLOW_STAMP_SHIFT) + cfg->flow_gen) & ((1 << FLOW_STAMP_BITS) - 1);
 }
 
 /* Whether entry `e` was synced flow_sync_ns or more ago (or in another generation). */

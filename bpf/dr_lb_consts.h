@@ -69,10 +69,18 @@
 #define FLOW_CHECK_BITS (64 - FLOW_CHECK_SHIFT)
 #define FLOW_KEY_BITS (FLOW_CHECK_BITS + FLOW_CACHE_LOG2)
 #define FLOW_TAG_BITS (FLOW_KEY_BITS - 48)
-/* The stamp's unit: 2^FLOW_STAMP_SHIFT ticks, about FLOW_SYNC_MAX_NS / 32. */
+/* The stamp's unit: 2^FLOW_STAMP_SHIFT ticks, at most FLOW_SYNC_MAX_NS / 32 (the control
+ * plane passes it with TICK_NS: lb/director/dataplane.py), so that a stamp wraps after
+ * 2^FLOW_STAMP_BITS units, 64 s or more. */
 #ifndef FLOW_STAMP_SHIFT
-#define FLOW_STAMP_SHIFT 3
+#define FLOW_STAMP_SHIFT 2
 #endif
+/* What the control plane adds to settings.flow_gen to make every flow_cache way due: more
+ * units than a sync lasts (FLOW_SYNC_MAX_NS is 32 units or fewer). */
+#define FLOW_GEN_STEP 64
+/* Ways this many units old or older are cleared by the control plane (sweep_flows), long
+ * before their stamp, wrapping, could look fresh again. */
+#define FLOW_STALE_UNITS 1024
 /* A CPU whose flow_cache hit less than half of its last FLOW_METER_WINDOW probes (flows
  * that each come back too rarely: a miss costs a cold cache line) passes it by for the
  * next FLOW_METER_SKIP packets, of which one in FLOW_METER_FILL (a power of two) fills it

@@ -88,28 +88,30 @@ def c(name: str) -> str:
 
 M = Mutant
 # flow_probe's blind fill while the meter has the cache off.
-BLIND_FILL = "\t\t*fill = FLOW_FILL_BLIND + home;\n\t\treturn fs;\n"
+BLIND_FILL = ("\t\t*fill = FLOW_FILL_BLIND + (home & (FLOW_CACHE_WAYS - 1));\n"
+              "\t\treturn flow_set_on(h, cpu);\n")
 
 MUTANTS: list[Mutant] = [
     # ---- flow_cache --------------------------------------------------------------------
-    M("flow-cache-ignores-generation", "return e && e->gen == gen ? e : NULL;",
-      "return e;", ("flow-cache",)),
-    M("flow-cache-never-syncs", "if (*fe && flow_due(*fe, ticks, cfg))",
+    M("flow-cache-ignores-generation", "((ticks >> FLOW_STAMP_SHIFT) + cfg->flow_gen)",
+      "((ticks >> FLOW_STAMP_SHIFT) + 0)", ("flow-cache",)),
+    M("flow-cache-never-syncs", "if (*fe && flow_due(**fe, stamp, cfg))",
       "if (0)", ("flow-cache",)),
     M("flow-cache-follows-another-service", "if (real && serves(real, svc_bits(&ck)) &&",
       "if (real && 1 &&", ("flow-cache",)),
     M("flow-meter-counts-due-as-miss", "fm->hits += *fe != NULL;",
-      "fm->hits += *fe && !flow_due(*fe, ticks, cfg);", ("flow-cache",)),
+      "fm->hits += *fe && !flow_due(**fe, stamp, cfg);", ("flow-cache",)),
     M("flow-victim-synced-longest-ago",
       "\treturn &fs->way[bpf_get_prandom_u32() & (FLOW_CACHE_WAYS - 1)];\n",
-      "\tstruct flow_entry *o = &fs->way[0];\n"
+      "\t__u64 *o = &fs->way[0];\n"
       "#pragma unroll\n"
       "\tfor (int w = 1; w < FLOW_CACHE_WAYS; w++)\n"
-      "\t\tif (fs->way[w].synced < o->synced)\n"
+      "\t\tif (((fs->way[w] >> FLOW_STAMP_SHIFT_IN) & 0xfff) <\n"
+      "\t\t    ((*o >> FLOW_STAMP_SHIFT_IN) & 0xfff))\n"
       "\t\t\to = &fs->way[w];\n"
       "\treturn o;\n", ("flow-cache",)),
-    M("flow-victim-ignores-home", "\tif (!fs->way[home].key || fs->way[home].gen != (__u16)cfg->flow_gen ||\n"
-      "\t    flow_due(&fs->way[home], ticks, cfg))\n\t\treturn &fs->way[home];\n", "",
+    M("flow-victim-ignores-home", "\tif (!fs->way[home] || flow_due(fs->way[home], stamp, cfg))\n"
+      "\t\treturn &fs->way[home];\n", "",
       ("flow-cache",)),
     M("flow-blind-fill-away-from-home",
       "e = &fs->way[(fill - FLOW_FILL_BLIND) & (FLOW_CACHE_WAYS - 1)];",
@@ -121,8 +123,10 @@ MUTANTS: list[Mutant] = [
     M("flow-meter-reads-while-off", BLIND_FILL,
       "", ("flow-cache",)),
     M("flow-forget-first-way-only",
-      "\t\tfor (int w = 0; w < FLOW_CACHE_WAYS; w++)\n\t\t\tif (fs->way[w].key == key)",
-      "\t\tfor (int w = 0; w < 1; w++)\n\t\t\tif (fs->way[w].key == key)",
+      "\t\tfor (int w = 0; w < FLOW_CACHE_WAYS; w++)\n"
+      "\t\t\tif (!((fs->way[w] ^ want) >> FLOW_VALID_SHIFT))",
+      "\t\tfor (int w = 0; w < 1; w++)\n"
+      "\t\t\tif (!((fs->way[w] ^ want) >> FLOW_VALID_SHIFT))",
       ("flow-cache-replaced",)),
     M("flow-cache-takes-state-changes", "if (!th || !(th->syn | th->fin | th->rst)) {",
       "if (1) {", ("flow-cache-state",)),

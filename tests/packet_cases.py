@@ -109,23 +109,67 @@ def conn_hash(saddr: int, daddr: int, sport: int, dport: int, proto: int, seed: 
     return z ^ (z >> 31)
 
 
-def flow_tag(vip: int, port: int, proto: int) -> int:
-    """bpf/dr_lb.c flow_key's 16-bit tag of a service (network-order fields)."""
+# A flow_cache way's bits (bpf/dr_lb_consts.h): real_id, stamp, valid, check.
+FLOW_REAL_BITS = abi.CONST["FLOW_REAL_BITS"]
+FLOW_STAMP_BITS = abi.CONST["FLOW_STAMP_BITS"]
+FLOW_VALID_SHIFT = FLOW_REAL_BITS + FLOW_STAMP_BITS
+FLOW_CHECK_BITS = 64 - FLOW_VALID_SHIFT - 1
+
+
+def flow_key_bits(log2: int) -> int:
+    return FLOW_CHECK_BITS + log2
+
+
+def flow_tag(vip: int, port: int, proto: int, log2: int) -> int:
+    """bpf/dr_lb.c flow_key's tag of a service (network-order fields): its top
+    flow_key_bits(log2) - 48 bits."""
+    bits = flow_key_bits(log2) - 48
     product = ((vip ^ (port << 16 | proto)) * abi.CONST["FLOW_TAG_MULT"]) & 0xFFFFFFFF
-    return product >> 16 | 1
+    return product >> (32 - bits) if bits else 0
 
 
-def flow_key(saddr: int, sport: int, vip: int, port: int, proto: int) -> int:
+def flow_key(saddr: int, sport: int, vip: int, port: int, proto: int, log2: int) -> int:
     """bpf/dr_lb.c flow_key: a connection's key in flow_cache (network-order fields)."""
-    return saddr | sport << 32 | flow_tag(vip, port, proto) << 48
+    return saddr | sport << 32 | flow_tag(vip, port, proto, log2) << 48
 
 
-def flow_hash(key: int, seed: int) -> int:
-    """bpf/dr_lb.c flow_set_on's hash of a flow key (its set: the top bits)."""
-    z = key ^ seed
-    z = ((z ^ (z >> 30)) * 0xbf58476d1ce4e5b9) & M64
-    z = ((z ^ (z >> 27)) * 0x94d049bb133111eb) & M64
+def flow_hash(key: int, seed: int, log2: int) -> int:
+    """bpf/dr_lb.c flow_hash, a bijection of flow_key_bits(log2)-bit keys: the set is its
+    top log2 bits, a way keeps the rest (flow_want)."""
+    mask = (1 << flow_key_bits(log2)) - 1
+    z = (key ^ seed) & mask
+    z ^= z >> 29
+    z = (z * 0xbf58476d1ce4e5b9) & mask
+    z ^= z >> 27
+    z = (z * 0x94d049bb133111eb) & mask
     return z ^ (z >> 31)
+
+
+def flow_want(h: int) -> int:
+    """bpf/dr_lb.c flow_want: a way of the key whose hash is `h`, above real_id and stamp."""
+    return (h & ((1 << FLOW_CHECK_BITS) - 1)) << (FLOW_VALID_SHIFT + 1) | 1 << FLOW_VALID_SHIFT
+
+
+def way_holds(way: int, want: int) -> bool:
+    return (way ^ want) >> FLOW_VALID_SHIFT == 0
+
+
+def way_real(way: int) -> int:
+    return way & ((1 << FLOW_REAL_BITS) - 1)
+
+
+def way_stamp(way: int) -> int:
+    return (way >> FLOW_REAL_BITS) & ((1 << FLOW_STAMP_BITS) - 1)
+
+
+def way_with(way: int, real_id: int | None = None, stamp: int | None = None) -> int:
+    """`way` with another real_id or stamp."""
+    if real_id is not None:
+        way = way & ~((1 << FLOW_REAL_BITS) - 1) | real_id
+    if stamp is not None:
+        mask = ((1 << FLOW_STAMP_BITS) - 1) << FLOW_REAL_BITS
+        way = way & ~mask | stamp << FLOW_REAL_BITS
+    return way
 
 
 @dataclass(frozen=True)

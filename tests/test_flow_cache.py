@@ -15,8 +15,9 @@ from lb import abi
 from lb.director import config as config_mod, layout as layout_mod
 from tests.conftest import needs_root
 from lb import libbpf
-from tests.packet_cases import (CONFIG, DIRECTOR_MAC, RS1, RS_MACS, flow_hash, flow_key, flow_tag,
-                                 tcp, udp)
+from tests.packet_cases import (CONFIG, DIRECTOR_MAC, FLOW_CHECK_BITS, RS1, RS_MACS, flow_hash,
+                                 flow_key, flow_tag, flow_want, tcp, udp, way_holds, way_real,
+                                 way_stamp, way_with)
 
 pytestmark = needs_root
 
@@ -57,25 +58,30 @@ def client_key(lb, sport: int, port: int = 80) -> int:
     """CLIENT_IP:sport's flow key (to VIP:port)."""
     svc = next(s.service for s in lb.layout.services if s.service.port == port)
     return flow_key(abi.ip_be32("10.0.0.10"), abi.port_be16(sport), abi.ip_be32(svc.vip),
-                    abi.port_be16(port), abi.IPPROTO[svc.protocol])
+                    abi.port_be16(port), abi.IPPROTO[svc.protocol], lb.dp.flow_cache_log2)
+
+
+def client_hash(lb, sport: int, port: int = 80) -> int:
+    return flow_hash(client_key(lb, sport, port), lb.dp.hash_seed, lb.dp.flow_cache_log2)
 
 
 def cache_sets(lb, sport: int, port: int = 80) -> list[int]:
     """The index of CLIENT_IP:sport's set (to VIP:port) in each CPU's part of flow_cache."""
-    h = flow_hash(client_key(lb, sport, port), lb.dp.hash_seed)
+    h = client_hash(lb, sport, port)
     log2 = lb.dp.flow_cache_log2
-    return [(cpu << log2) + (h >> (64 - log2)) for cpu in range(lb.dp.flow_cache_cpus)]
+    return [(cpu << log2) + (h >> FLOW_CHECK_BITS) for cpu in range(lb.dp.flow_cache_cpus)]
 
 
 def cached_ways(lb, sport: int, port: int = 80):
-    """(index, set, way) of every entry of CLIENT_IP:sport (to VIP:port) in flow_cache."""
+    """(index, set, way number) of every way of flow_cache that holds CLIENT_IP:sport (to
+    VIP:port)."""
     fc = lb.dp.map("flow_cache")
-    key = client_key(lb, sport, port)
+    want = flow_want(client_hash(lb, sport, port))
     for idx in cache_sets(lb, sport, port):
         value = fc[fc.Key(idx)]
-        for way in value.way:
-            if way.key == key:
-                yield idx, value, way
+        for w, way in enumerate(value.way):
+            if way_holds(way, want):
+                yield idx, value, w
 
 
 def cached(lb, sport: int) -> int:
@@ -196,22 +202,20 @@ def point_cache_elsewhere(lb, sport: int) -> None:
     other = next(r for r in lb.layout.services[0].sequence if r != real_id)
     fc = lb.dp.map("flow_cache")
     found = list(cached_ways(lb, sport))
-    for idx, value, way in found:
-        way.real_id = other
+    for idx, value, w in found:
+        value.way[w] = way_with(value.way[w], real_id=other)
         fc[fc.Key(idx)] = value
     assert found, "nothing cached to point elsewhere"
 
 
 def home_way(lb, sport: int) -> int:
-    """CLIENT_IP:sport's home way (to VIP:80): bpf/dr_lb.c flow_set_on."""
-    return flow_hash(client_key(lb, sport), lb.dp.hash_seed) & (abi.CONST["FLOW_CACHE_WAYS"] - 1)
+    """CLIENT_IP:sport's home way (to VIP:80): bpf/dr_lb.c flow_probe."""
+    return client_hash(lb, sport) & (abi.CONST["FLOW_CACHE_WAYS"] - 1)
 
 
 def ways_holding(lb, sport: int) -> set[int]:
     """The ways of CLIENT_IP:sport's sets (to VIP:80) that hold its key."""
-    key = client_key(lb, sport)
-    return {w for _, value, _ in cached_ways(lb, sport)
-            for w, way in enumerate(value.way) if way.key == key}
+    return {w for _, _, w in cached_ways(lb, sport)}
 
 
 def meter(lb, cpu: int):
@@ -287,8 +291,8 @@ def test_flows_that_come_back_turn_the_cache_on_again(lb):
 
 
 def test_a_flow_is_cached_in_its_home_way(lb):
-    """A flow's entry goes to its home way (one of the first line's four, from the hash)
-    when that is free, where every probe looks first."""
+    """A flow's entry goes to its home way (one of the set's eight, from the hash) when
+    that is free, where every probe looks first."""
     sports = range(52600, 52616)
     for sport in sports:
         mac(lb, tcp("S", sport=sport))
@@ -307,9 +311,9 @@ def test_a_replaced_connection_is_forgotten_in_every_way_of_a_set(lb):
         mac(lb, tcp("S", sport=52500))
         mac(lb, tcp("A", sport=52500))
         first = mac(lb, tcp("A", sport=52500))
-        (idx, value, way), = [w for w in cached_ways(lb, 52500)]
+        (idx, value, found), = [w for w in cached_ways(lb, 52500)]
         for w in range(ways):
-            ct.pointer(value.way[w])[0] = way
+            value.way[w] = value.way[found]
         lb.dp.map("flow_cache")[lb.dp.map("flow_cache").Key(idx)] = value
         assert len(list(cached_ways(lb, 52500))) == ways
         again = reopen_elsewhere(lb, 52500, first)
@@ -372,17 +376,19 @@ def test_flows_due_for_their_sync_keep_the_cache_on(lb):
             lb.dp.map("flow_meter").clear()     # (each a miss so far: the meter starts over)
         assert all(cached(lb, sport) == 1 for sport in ports)
         fc = lb.dp.map("flow_cache")
-        long_ago = (libbpf.jiffies() - 100_000) & 0xFFFFFFFF
-        for sport in ports:                     # every one due: synced long ago
-            for idx, value, way in list(cached_ways(lb, sport)):
-                way.synced = long_ago
+        # every one due: synced 100 units ago (a sync is 32 units or fewer)
+        long_ago = (lb.dp.flow_stamp_now() - 100) % (1 << abi.CONST["FLOW_STAMP_BITS"])
+        for sport in ports:
+            for idx, value, w in list(cached_ways(lb, sport)):
+                value.way[w] = way_with(value.way[w], stamp=long_ago)
                 fc[fc.Key(idx)] = value
         for sport in ports:
             assert mac(lb, tcp("A", sport=sport)) is not None
         m = meter(lb, cpu)
         assert m.skip == 0, "flows due for their sync turned the cache off"
     assert all(cached(lb, sport) == 1 for sport in ports)
-    synced = [way.synced for sport in ports for _, _, way in cached_ways(lb, sport)]
+    synced = [way_stamp(value.way[w]) for sport in ports
+              for _, value, w in cached_ways(lb, sport)]
     assert long_ago not in synced, "a flow due for its sync was not refreshed"
 
 
@@ -408,12 +414,12 @@ def test_one_client_port_to_two_services_is_two_flows(lb):
         "VIP:443's packets were followed to VIP:80's connection"
 
 
-def tag_twins(vip: str, first: int = 80) -> int:
+def tag_twins(vip: str, log2: int, first: int = 80) -> int:
     """A port whose service on `vip` has the flow tag of VIP:first's (TCP)."""
     v, proto = abi.ip_be32(vip), abi.IPPROTO["tcp"]
-    want = flow_tag(v, abi.port_be16(first), proto)
+    want = flow_tag(v, abi.port_be16(first), proto, log2)
     return next(p for p in range(first + 1, 65536)
-                if flow_tag(v, abi.port_be16(p), proto) == want)
+                if flow_tag(v, abi.port_be16(p), proto, log2) == want)
 
 
 def test_two_services_with_one_tag_each_keep_their_own_servers(program):
@@ -421,7 +427,7 @@ def test_two_services_with_one_tag_each_keep_their_own_servers(program):
     packet still goes to its own service's server (a cached copy of the other's is not
     followed), and the one that comes back most is served from the cache."""
     vip = "10.0.0.21"
-    twin = tag_twins(vip)
+    twin = tag_twins(vip, program(CONFIG, dict(RS_MACS), DIRECTOR_MAC).dp.flow_cache_log2)
     service = CONFIG[CONFIG.index("[[service]]"):CONFIG.index("[[service]]\nvip = \"10.0.0.21\"\nport = 53")]
     text = CONFIG + service.replace("port = 80", f"port = {twin}")
     lb = program(text, dict(RS_MACS), DIRECTOR_MAC)
@@ -441,7 +447,7 @@ def test_two_services_with_one_tag_each_keep_their_own_servers(program):
                 f"VIP:{port}'s packet was followed to the other service's server"
     for _ in range(3):
         assert mac(lb, tcp("A", sport=53100, dport=twin)) is not None
-    assert ids[twin] in {way.real_id for _, _, way in cached_ways(lb, 53100, twin)}, \
+    assert ids[twin] in {way_real(value.way[w]) for _, value, w in cached_ways(lb, 53100, twin)}, \
         "the connection that came last is not cached"
 
 
@@ -453,24 +459,45 @@ def test_a_cached_server_of_another_service_is_not_followed(lb):
     assert mac(lb, tcp("A", sport=53150)) == server and list(cached_ways(lb, 53150))
     foreign = next(r.real_id for s in lb.layout.services if s.service.port == 53 for r in s.reals)
     fc = lb.dp.map("flow_cache")
-    for idx, value, way in list(cached_ways(lb, 53150)):
-        way.real_id = foreign
+    for idx, value, w in list(cached_ways(lb, 53150)):
+        value.way[w] = way_with(value.way[w], real_id=foreign)
         fc[fc.Key(idx)] = value
     stats = lb.dp.real_stats(foreign).packets
     assert mac(lb, tcp("A", sport=53150)) == server, "followed to another service's server"
     assert lb.dp.real_stats(foreign).packets == stats
 
 
-def test_the_generation_is_renewed_before_the_clock_kept_in_a_way_wraps(lb):
-    """A way keeps its sync time in the clock's low 32 bits, which wrap (49.7 days at
-    HZ=1000): the daemon's loop renews the generation once a week, voiding every entry
-    long before one left untouched could look fresh again."""
-    mac(lb, tcp("S", sport=53200))
-    server = mac(lb, tcp("A", sport=53200))
-    assert mac(lb, tcp("A", sport=53200)) == server
-    point_cache_elsewhere(lb, 53200)
-    assert mac(lb, tcp("A", sport=53200)) != server, "the cache is not read"
-    assert not lb.dp.renew_flow_gen(time.monotonic() + 86400)
-    assert mac(lb, tcp("A", sport=53200)) != server
-    assert lb.dp.renew_flow_gen(time.monotonic() + lb.dp.FLOW_GEN_MAX_AGE_S)
-    assert mac(lb, tcp("A", sport=53200)) == server, "an entry of the old generation was followed"
+def test_ways_too_old_to_tell_from_fresh_are_swept(lb):
+    """A way keeps its sync time in FLOW_STAMP_BITS units, which wrap (a minute or more):
+    the daemon's loop sweeps ways FLOW_STALE_UNITS old, long before one left untouched
+    could look fresh again, and leaves the others."""
+    for sport in (53200, 53201):
+        mac(lb, tcp("S", sport=sport))
+        mac(lb, tcp("A", sport=sport))
+        assert mac(lb, tcp("A", sport=sport)) is not None and cached(lb, sport)
+    old = (lb.dp.flow_stamp_now() - abi.CONST["FLOW_STALE_UNITS"]) % \
+        (1 << abi.CONST["FLOW_STAMP_BITS"])
+    fc = lb.dp.map("flow_cache")
+    for idx, value, w in list(cached_ways(lb, 53200)):
+        value.way[w] = way_with(value.way[w], stamp=old)
+        fc[fc.Key(idx)] = value
+    assert lb.dp.sweep_flows() >= 1
+    assert not cached(lb, 53200), "a way too old was left"
+    assert cached(lb, 53201), "a fresh way was swept"
+
+
+def test_generations_that_add_up_to_stale_clear_the_cache(lb):
+    """Each new generation ages every way by FLOW_GEN_STEP units (due: read the table
+    again); so many that a way left untouched would be FLOW_STALE_UNITS old clear the
+    cache first, so that none comes back round to fresh."""
+    mac(lb, tcp("S", sport=53300))
+    server = mac(lb, tcp("A", sport=53300))
+    assert mac(lb, tcp("A", sport=53300)) == server and cached(lb, 53300)
+    point_cache_elsewhere(lb, 53300)
+    lb.dp.forget_flows()
+    assert mac(lb, tcp("A", sport=53300)) == server, "a way of an old generation was followed"
+    steps = abi.CONST["FLOW_STALE_UNITS"] // abi.CONST["FLOW_GEN_STEP"]
+    point_cache_elsewhere(lb, 53300)
+    for _ in range(steps):
+        lb.dp.forget_flows()
+    assert not cached(lb, 53300), "generations added up to a wrap without a clear"

@@ -190,7 +190,7 @@ def run(config: Config, config_path: str, replace: bool = False,
                     for line in result.get("problems", [result.get("message", "")]):
                         say(f"{'' if result['ok'] else 'reload refused: '}{line}")
                 director.refresh_neighbours()
-                dp.renew_flow_gen()
+                dp.sweep_flows()
                 director.follow_vrrp_file()
                 director.announce_again()
             except Exception as e:   # keep balancing; the next round tries again

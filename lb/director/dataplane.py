@@ -69,6 +69,16 @@ def program_clock_ns() -> int:
 monotonic_coarse_ns = program_clock_ns   # the old name, for code written before
 
 
+@functools.cache
+def flow_stamp_shift() -> int:
+    """log2 of the ticks in a unit of a flow_cache way's stamp (bpf/dr_lb_consts.h
+    FLOW_STAMP_SHIFT): the most that keeps FLOW_SYNC_MAX_NS 32 units or more (4 ticks at
+    HZ=250, 16 at HZ=1000), so that a sync is timed to a 32nd and a stamp wraps after
+    2^FLOW_STAMP_BITS units (a minute or more)."""
+    ticks = abi.CONST["FLOW_SYNC_MAX_NS"] // tick_ns()
+    return max(0, (ticks // 32).bit_length() - 1)
+
+
 def _fill(obj, value):
     """A ctypes key or leaf from an int or a {field: value} of the C struct's fields."""
     if not isinstance(value, dict):
@@ -143,7 +153,8 @@ class Dataplane:
                   f"-DUDP_TABLE_SIZE={self.udp_table_slots}",
                   f"-DFLOW_CACHE_CPUS={self.flow_cache_cpus}",
                   f"-DFLOW_CACHE_LOG2={self.flow_cache_log2}",
-                  f"-DTICK_NS={tick_ns()}ULL"]
+                  f"-DTICK_NS={tick_ns()}ULL",
+                  f"-DFLOW_STAMP_SHIFT={flow_stamp_shift()}"]
         if pin_dir is not None:
             cflags.append(f'-DDRLB_PIN_DIR="{pin_dir}"')
         self.pin_dir = pin_dir
@@ -171,7 +182,8 @@ class Dataplane:
         self._real_rows: dict[int, dict] = {}
         self._fix: dict[int, tuple[int, int]] = {}
         self._flow_gen = 0   # settings.flow_gen last written (write, forget_flows)
-        self._flow_gen_at = time.monotonic()   # when (renew_flow_gen)
+        self._flow_aged = 0  # units it was advanced by since flow_cache was last cleared
+        self._flow_mmap = None   # flow_cache, mapped on first use (_flow_ways)
         self.hash_seed = secrets.randbits(64) if hash_seed is None else hash_seed
         self._syn_mmap = None   # syn_table, mapped on first read (_syn_entries)
 
@@ -293,9 +305,7 @@ class Dataplane:
         half of wrr_seq that no service points at, and only then do the services switch
         to them (each services entry changes atomically).
         """
-        self._flow_gen = self._flow_gen % 0xFFFFFFFF + 1   # 1, 2, ... never 0
-        self._flow_gen_at = time.monotonic()
-        self._put("settings", [(0, dict(layout.settings_row(), flow_gen=self._flow_gen,
+        self._put("settings", [(0, dict(layout.settings_row(), flow_gen=self._next_flow_gen(),
                                         hash_seed=self.hash_seed))])
         svc_reals: dict[int, list[int]] = {}
         for r in [*layout.reals, *layout.removed_reals]:
@@ -364,32 +374,61 @@ class Dataplane:
         return written
 
     def forget_flows(self) -> None:
-        """Empty every CPU's flow_cache at once (a new settings.flow_gen): needed after
-        anything but the program changes conn_table or udp_table, so that no CPU follows
-        its cached copy of an entry that is no longer there (or no longer the same)."""
+        """Make every CPU's flow_cache way due at once (settings.flow_gen advanced by
+        FLOW_GEN_STEP units, as if a sync's time had passed): needed after anything but
+        the program changes conn_table or udp_table, so that no CPU follows its cached
+        copy of an entry that is no longer there (or no longer the same) without reading
+        the table first."""
         table = self.map("settings")
         row = table[ct.c_uint32(0)]
         if not row.flow_gen:
             return   # not written yet: the cache is void anyway (flow_sync_ns = 0)
-        self._flow_gen = self._flow_gen % 0xFFFFFFFF + 1
-        row.flow_gen = self._flow_gen
+        row.flow_gen = self._next_flow_gen()
         table[ct.c_uint32(0)] = row
-        self._flow_gen_at = time.monotonic()
 
-    FLOW_GEN_MAX_AGE_S = 7 * 86400
+    def _next_flow_gen(self) -> int:
+        """settings.flow_gen advanced by FLOW_GEN_STEP (never 0: "not written yet"). A
+        stamp has FLOW_STAMP_BITS, so advances that add up to FLOW_STALE_UNITS would bring
+        a way untouched since back towards fresh: flow_cache is cleared first (every
+        CPU's flows then read their table entries once, as after a sync)."""
+        step = abi.CONST["FLOW_GEN_STEP"]
+        if self._flow_aged + step >= abi.CONST["FLOW_STALE_UNITS"]:
+            self._flow_ways()[:] = 0
+            self._flow_aged = 0
+        self._flow_aged += step
+        self._flow_gen = (self._flow_gen + step) % 2**32 or step
+        return self._flow_gen
 
-    def renew_flow_gen(self, now: float | None = None) -> bool:
-        """A new generation if the last is FLOW_GEN_MAX_AGE_S old (True if so). flow_cache
-        keeps when an entry was synced in the clock's low 32 bits, which wrap (every 49.7
-        days at HZ=1000): an entry left untouched that long would look fresh again; a
-        generation a week empties every cache long before (and costs each live flow one
-        read of its table entry)."""
-        now = time.monotonic() if now is None else now
-        if now - self._flow_gen_at < self.FLOW_GEN_MAX_AGE_S:
-            return False
-        self.forget_flows()
-        self._flow_gen_at = now
-        return True
+    def _flow_ways(self):
+        """flow_cache's ways as one array of uint64, in place (the array is mmapable)."""
+        import mmap
+        import numpy as np
+        size = (self.flow_cache_cpus << self.flow_cache_log2) * \
+            abi.ffi.sizeof("struct flow_set")
+        if self._flow_mmap is None:
+            self._flow_mmap = mmap.mmap(self.map("flow_cache").map_fd,
+                                        -(-size // mmap.PAGESIZE) * mmap.PAGESIZE,
+                                        mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
+        return np.frombuffer(self._flow_mmap, np.uint64, size // 8)
+
+    def flow_stamp_now(self) -> int:
+        """The stamp a way stored now gets (bpf/dr_lb.c flow_stamp)."""
+        units = (libbpf.jiffies() % 2**32) >> flow_stamp_shift()
+        return (units + self._flow_gen) % (1 << abi.CONST["FLOW_STAMP_BITS"])
+
+    def sweep_flows(self) -> int:
+        """Clear flow_cache's ways FLOW_STALE_UNITS old or older (how many): a way's
+        stamp wraps after 2^FLOW_STAMP_BITS units (a minute or more), and one left
+        untouched that long would look fresh again. The daemon's loop calls it every few
+        seconds. A way the program refills meanwhile may be cleared with them: a miss, and
+        the table's path refills it."""
+        ways = self._flow_ways()
+        bits = abi.CONST["FLOW_STAMP_BITS"]
+        stamps = (ways >> abi.CONST["FLOW_REAL_BITS"]) & ((1 << bits) - 1)
+        age = (self.flow_stamp_now() - stamps.astype("int64")) % (1 << bits)
+        stale = (ways != 0) & (age >= abi.CONST["FLOW_STALE_UNITS"])
+        ways[stale] = 0
+        return int(stale.sum())
 
     def clear_state(self) -> None:
         """Forget connections, persistence and counters (tests start from zero)."""
@@ -598,6 +637,7 @@ class Dataplane:
         try:
             return self.detach()
         finally:
-            if self._syn_mmap is not None:
-                self._syn_mmap.close()
+            for mapped in (self._syn_mmap, self._flow_mmap):
+                if mapped is not None:
+                    mapped.close()
             self.bpf.cleanup()
