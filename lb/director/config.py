@@ -235,11 +235,12 @@ def table_slots(conn_table_size: int, cpus: int | None = None) -> dict[str, int]
 def flow_cache_shape(conn_table_size: int, cpus: int | None = None) -> tuple[int, int]:
     """(CPUs, log2 of the sets per CPU) of flow_cache, each CPU's cache of the connections
     it forwards: with flows spread over the CPUs, room for about half of conn_table_size's
-    share of each (a power of two of sets of FLOW_CACHE_WAYS, 2^8 to 2^17: 32 KiB to
-    16 MiB a CPU)."""
+    share of each (a power of two of sets of FLOW_CACHE_WAYS, one cache line each, 2^9 to
+    2^17: 32 KiB to 8 MiB a CPU; at least 2^9 so that a way's check bits and the set
+    tell the client's address and port exactly: bpf/dr_lb_consts.h)."""
     cpus = cpus or possible_cpus()
     want = -(-conn_table_size // (2 * cpus * abi.CONST["FLOW_CACHE_WAYS"]))
-    return cpus, min(17, max(8, (want - 1).bit_length()))
+    return cpus, min(17, max(9, (want - 1).bit_length()))
 
 
 def table_memory_bytes(conn_table_size: int, cpus: int | None = None) -> int:
