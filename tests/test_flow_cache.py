@@ -12,7 +12,7 @@ import time
 import pytest
 
 from lb import abi
-from lb.director import config as config_mod, layout as layout_mod
+from lb.director import config as config_mod, dataplane, layout as layout_mod
 from tests.conftest import needs_root
 from lb import libbpf
 from tests.packet_cases import (CONFIG, DIRECTOR_MAC, FLOW_CHECK_BITS, RS1, RS_MACS, flow_hash,
@@ -342,6 +342,8 @@ def test_flows_taking_turns_in_an_overfull_set_mostly_stay_cached(lb):
     ports = same_set_ports(lb, ways + 1)
     cpu = sorted(os.sched_getaffinity(0))[0]
     rounds = 5
+    unit_s = (dataplane.tick_ns() << dataplane.flow_stamp_shift()) / 1e9 + 0.002
+    assert unit_s * len(ports) < lb.layout.flow_sync_ns / 1e9, "a turn must come before a sync"
     with on_cpu(cpu):
         for sport in ports:
             mac(lb, tcp("S", sport=sport))
@@ -352,7 +354,7 @@ def test_flows_taking_turns_in_an_overfull_set_mostly_stay_cached(lb):
         for _ in range(rounds):
             for sport in ports:
                 assert mac(lb, tcp("A", sport=sport)) is not None
-                time.sleep(0.01)                 # a clock tick apart: synced at distinct times
+                time.sleep(unit_s)               # a stamp's unit apart: synced at distinct times
         after = meter(lb, cpu)
     hits, probes = after.hits - before.hits, after.probes - before.probes
     assert probes == rounds * len(ports)

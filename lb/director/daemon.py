@@ -190,7 +190,7 @@ def run(config: Config, config_path: str, replace: bool = False,
                     for line in result.get("problems", [result.get("message", "")]):
                         say(f"{'' if result['ok'] else 'reload refused: '}{line}")
                 director.refresh_neighbours()
-                dp.sweep_flows()
+                dp.sweep_flows(dp.FLOW_SWEEP_S)
                 director.follow_vrrp_file()
                 director.announce_again()
             except Exception as e:   # keep balancing; the next round tries again

@@ -184,6 +184,7 @@ class Dataplane:
         self._flow_gen = 0   # settings.flow_gen last written (write, forget_flows)
         self._flow_aged = 0  # units it was advanced by since flow_cache was last cleared
         self._flow_mmap = None   # flow_cache, mapped on first use (_flow_ways)
+        self._flow_swept_at = 0.0   # time.monotonic() of the last sweep_flows
         self.hash_seed = secrets.randbits(64) if hash_seed is None else hash_seed
         self._syn_mmap = None   # syn_table, mapped on first read (_syn_entries)
 
@@ -416,12 +417,19 @@ class Dataplane:
         units = (libbpf.jiffies() % 2**32) >> flow_stamp_shift()
         return (units + self._flow_gen) % (1 << abi.CONST["FLOW_STAMP_BITS"])
 
-    def sweep_flows(self) -> int:
-        """Clear flow_cache's ways FLOW_STALE_UNITS old or older (how many): a way's
-        stamp wraps after 2^FLOW_STAMP_BITS units (a minute or more), and one left
-        untouched that long would look fresh again. The daemon's loop calls it every few
-        seconds. A way the program refills meanwhile may be cleared with them: a miss, and
-        the table's path refills it."""
+    FLOW_SWEEP_S = 4.0   # well under FLOW_STALE_UNITS' 16 s (a unit is 16 ms or less)
+
+    def sweep_flows(self, every_s: float = 0.0) -> int:
+        """Clear flow_cache's ways FLOW_STALE_UNITS old or older (how many), unless the
+        last sweep was less than `every_s` ago: a way's stamp wraps after
+        2^FLOW_STAMP_BITS units (a minute or more), and one left untouched that long would
+        look fresh again. The daemon's loop calls it with FLOW_SWEEP_S (a few ms for the
+        default table's 4 MiB). A way the program refills meanwhile may be cleared with
+        them: a miss, and the table's path refills it."""
+        now = time.monotonic()
+        if now - self._flow_swept_at < every_s:
+            return 0
+        self._flow_swept_at = now
         ways = self._flow_ways()
         bits = abi.CONST["FLOW_STAMP_BITS"]
         stamps = (ways >> abi.CONST["FLOW_REAL_BITS"]) & ((1 << bits) - 1)
