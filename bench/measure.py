@@ -11,7 +11,8 @@ live test runs (BPF_F_TEST_XDP_LIVE_FRAMES) out of bn0; on the director, one of
   * dr-lb      bpf/dr_lb.c with the lab's config, every flow an established connection;
 handles them, and what comes back out of the director's bn0 is counted and dropped by a
 sink on the client's bn0. Figures:
-  * pps        frames counted at the sink / time the generator ran (bpf stats off);
+  * pps        frames through the sink per second between its first and last time mark
+               of each run (bench/progs.c sink_marks; bpf stats off);
   * ns/packet in situ: run_time_ns / run_cnt of the director's program with the
                kernel's bpf stats on (kernel.bpf_stats_enabled; XDP programs only);
   * test-run ns: bpf_prog_test_run_opts through the reset harness (bench/progs.c), its
@@ -339,23 +340,35 @@ class Bench:
             with self.lab.inside("director"):
                 libbpf.xdp_detach(self.dir_if, mode)
 
-    def send(self, f: bytes, count: int, min_s: float = 0.0) -> tuple[int, int, float]:
+    def send(self, f: bytes, count: int, min_s: float = 0.0) -> tuple[int, int, float, float]:
         """The generator sends `count` frames, and again while the whole has lasted less
-        than `min_s`: (frames sent, frames at the sink, seconds). A run's end is seen to
-        a scheduler tick (ksoftirqd takes turns with the generator on the pinned CPU:
-        4 ms at HZ=250), so a run of 80 ms, which 800,000 frames are on a fast host, is
-        timed to 5 %; one of `min_s` = 0.3 s to about 1 %."""
-        sunk, sent = self.sink_count(), 0
+        than `min_s`: (frames sent, frames at the sink, seconds, frames per second at
+        the sink). The rate is the sink's (bench/progs.c sink_marks: frames between its
+        first and last mark of each run over the time between them, summed over the
+        runs), so that it leaves out what a live test run costs before its first frame
+        and after its last: 16-22 ms a run here, which made a wall-clock rate depend on
+        the frames a run (the reflector's 5.7, 9.3 and 10.8 Mpps for 250,000, 800,000
+        and 3,200,000). The wall-clock rate (got / seconds) stands in when a run is too
+        short for two marks. `min_s` keeps the marks' span long against the clock's and
+        the scheduler's grain."""
+        marks = self.gen[b"sink_marks"]
+        sunk, sent, frames, ns = self.sink_count(), 0, 0, 0
         with self.lab.inside("client"):
             start = time.perf_counter()
             while True:
+                marks.clear()
                 libbpf.test_run(self.gen_fd, f, repeat=count, live_ifindex=self.gen_if)
+                time.sleep(0.002)   # the last batch is still on its way
+                m = max(marks[ct.c_uint32(0)], key=lambda v: v.last_count - v.first_count)
+                frames += m.last_count - m.first_count
+                ns += m.last_ns - m.first_ns
                 sent += count
                 elapsed = time.perf_counter() - start
                 if elapsed >= min_s:
                     break
-        time.sleep(0.01)   # the last batch is still on its way
-        return sent, self.sink_count() - sunk, elapsed
+        time.sleep(0.01)
+        got = self.sink_count() - sunk
+        return sent, got, elapsed, (frames / ns * 1e9 if ns > 0 else got / elapsed)
 
     def live(self, program: str, mode: str, kind: str, flows: int, size: int,
              count: int, stats: bool, min_s: float = 0.0) -> dict:
@@ -372,13 +385,13 @@ class Bench:
             stats_fd = libbpf.enable_stats() if stats and fd is not None else None
             try:
                 ns0 = libbpf.run_stats(fd) if stats_fd is not None else None
-                sent, got, elapsed = self.send(f, count, min_s)
+                sent, got, elapsed, rate = self.send(f, count, min_s)
                 ns1 = libbpf.run_stats(fd) if stats_fd is not None else None
             finally:
                 if stats_fd is not None:
                     os.close(stats_fd)
         self._stream[(kind, flows)] = (seq + sent) % flows
-        out = {"pps": got / elapsed, "returned": got / sent, "sent": sent}
+        out = {"pps": rate, "returned": got / sent, "sent": sent}
         if ns0 and ns1 and ns1[1] > ns0[1]:
             out["ns"] = (ns1[0] - ns0[0]) / (ns1[1] - ns0[1])
         return out
@@ -580,12 +593,12 @@ def new_conn_figures(b: Bench, s: Settings) -> dict:
                         # One send of syn_frames, not min_seconds' worth: every SYN
                         # stays in the half-open table, so a longer run would measure
                         # a fuller table (0.87 against 1.2 M SYN/s on a fast host).
-                        sent, got, elapsed = b.send(f, count)
+                        sent, got, elapsed, rate = b.send(f, count)
                         ns1 = libbpf.run_stats(fd) if fd is not None else None
                     finally:
                         if stats_fd is not None:
                             os.close(stats_fd)
-                figs[p][0].add(got / elapsed)
+                figs[p][0].add(rate)
                 if ns0 and ns1 and ns1[1] > ns0[1]:
                     figs[p][1].add((ns1[0] - ns0[0]) / (ns1[1] - ns0[1]))
                 if p == "dr-lb":
