@@ -25,6 +25,7 @@ LINE = 64
 ARRAYS = {
     "line of 256 KiB": (1 << 12, "0", 0),
     "line of 1 MiB": (1 << 14, "0", 0),
+    "line of 2 MiB": (1 << 15, "0", 0),
     "line of 4 MiB": (1 << 16, "0", 0),
     "line of 8 MiB": (1 << 17, "0", 0),
     "line of 8 MiB, mmapable": (1 << 17, "BPF_F_MMAPABLE", 0),
