@@ -1,0 +1,50 @@
+"""flow_cache's hash (bpf/dr_lb.c flow_hash, mirrored by tests/packet_cases.py, which the
+packet tests check against the program's own placement): a bijection of the key's bits, so
+that a way's 39 check bits and its set give the key back and a match is exact."""
+from __future__ import annotations
+
+import random
+
+import pytest
+
+from tests.packet_cases import FLOW_CHECK_BITS, flow_hash, flow_key, flow_key_bits
+
+
+def unhash(h: int, seed: int, log2: int) -> int:
+    """flow_hash's inverse: each xor-shift and odd multiply undone, last first."""
+    n = flow_key_bits(log2)
+    mask = (1 << n) - 1
+
+    def unshift(x: int, s: int) -> int:   # x ^= x >> s, undone
+        y = x
+        for _ in range(n // s + 1):
+            y = x ^ (y >> s)
+        return y & mask
+
+    z = unshift(h, 31)
+    z = (z * pow(0x94d049bb133111eb, -1, 1 << n)) & mask
+    z = unshift(z, 27)
+    z = (z * pow(0xbf58476d1ce4e5b9, -1, 1 << n)) & mask
+    z = unshift(z, 29)
+    return (z ^ seed) & mask
+
+
+@pytest.mark.parametrize("log2", [9, 15, 17])
+def test_a_ways_check_and_its_set_give_the_key_back(log2):
+    rng = random.Random(log2)
+    seed = rng.getrandbits(64)
+    for _ in range(2000):
+        key = flow_key(rng.getrandbits(32), rng.getrandbits(16), rng.getrandbits(32),
+                       rng.getrandbits(16), rng.choice((6, 17)), log2)
+        h = flow_hash(key, seed, log2)
+        assert h >> flow_key_bits(log2) == 0
+        set_, check = h >> FLOW_CHECK_BITS, h & ((1 << FLOW_CHECK_BITS) - 1)
+        assert set_ < 1 << log2
+        assert unhash(set_ << FLOW_CHECK_BITS | check, seed, log2) == key
+
+
+def test_the_key_holds_the_client_whole_with_the_smallest_cache():
+    """With 2^9 sets (the fewest flow_cache_shape gives) the key is the client's address and
+    port alone, 48 bits: no bit of them is dropped to make room."""
+    assert flow_key_bits(9) == 48
+    assert flow_key(0xFFFFFFFF, 0xFFFF, 1, 2, 6, 9) == (1 << 48) - 1
