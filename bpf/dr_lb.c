@@ -41,8 +41,8 @@ static __always_inline __u64 now_ns(void)
 	return bpf_jiffies64() * TICK_NS;
 }
 
-/* The same clock in ticks (now_ns() = now_ticks() * TICK_NS). flow_cache keeps the low
- * 32 bits (struct flow_entry synced), which wrap every 2^32 ticks (198 days at 250 Hz). */
+/* The same clock in ticks (now_ns() = now_ticks() * TICK_NS). flow_cache keeps it in
+ * 12-bit stamps of 2^FLOW_STAMP_SHIFT ticks (flow_stamp), from its low 32 bits. */
 static __always_inline __u64 now_ticks(void)
 {
 	return bpf_jiffies64();

@@ -109,11 +109,12 @@ KEPT_TABLE("lru_hash", struct persist_key, struct persist_value, persist_table,
 	   PERSIST_TABLE_SIZE, 0);
 /* cpu * 2^FLOW_CACHE_LOG2 + hash(flow key) -> flow_set: each CPU's cache of the connections
  * it forwards, in front of conn_table and udp_table, so that an established packet costs
- * one set (two adjacent lines) instead of the kernel hash's bucket, entry and LRU node,
- * and a hit is followed only to a server of the packet's service (real_info.svc). Never
- * the authority: a CPU follows an entry only for settings.flow_sync_ns after it read the
- * table's, only TCP segments without SYN, FIN or RST (a state change) take it, and a
- * replaced connection forgets the key on every CPU (bpf/dr_lb.c); program. */
+ * one set (one cache line of eight 8-byte ways) instead of the kernel hash's bucket, entry
+ * and LRU node, and a hit is followed only to a server of the packet's service
+ * (real_info.svc). Never the authority: a CPU follows an entry only for
+ * settings.flow_sync_ns after it read the table's, only TCP segments without SYN, FIN or
+ * RST (a state change) take it, and a replaced connection forgets the key on every CPU
+ * (bpf/dr_lb.c); program (the control plane clears stale ways: dataplane.py sweep_flows). */
 BPF_F_TABLE("array", __u32, struct flow_set, flow_cache, FLOW_CACHE_CPUS << FLOW_CACHE_LOG2,
 	    BPF_F_MMAPABLE);
 /* 0 -> per-CPU flow_meter; program. */
