@@ -179,6 +179,10 @@ def run(config: Config, config_path: str, replace: bool = False,
                     say(f"warning: attaching to the new {name}: {e}")
                 except Exception as e:   # keep running; the next event tries again
                     say(f"warning: {type(e).__name__}: {e}")
+            try:   # flow_cache's ways too old to tell from fresh: every round, whatever
+                dp.sweep_flows(dp.FLOW_SWEEP_S)   # else this round does or fails to do
+            except Exception as e:
+                say(f"warning: {type(e).__name__}: {e}")
             if director.link_gone_since is not None:
                 continue   # nothing to refresh on an interface that is not there
             if director.announce_pending:
@@ -190,7 +194,6 @@ def run(config: Config, config_path: str, replace: bool = False,
                     for line in result.get("problems", [result.get("message", "")]):
                         say(f"{'' if result['ok'] else 'reload refused: '}{line}")
                 director.refresh_neighbours()
-                dp.sweep_flows(dp.FLOW_SWEEP_S)
                 director.follow_vrrp_file()
                 director.announce_again()
             except Exception as e:   # keep balancing; the next round tries again
