@@ -429,6 +429,9 @@ static __always_inline int serves(const struct real_info *real, __u64 svc)
 }
 
 #define FLOW_KEY_MASK ((1ULL << FLOW_KEY_BITS) - 1)
+_Static_assert(MAX_REALS <= 1 << FLOW_REAL_BITS, "a flow_cache way's real_id field is too narrow");
+_Static_assert(FLOW_KEY_BITS >= 48, "flow_cache needs 2^9 sets or more: the key must hold "
+	       "the client's address and port whole");
 
 /* A bijection of FLOW_KEY_BITS-bit keys, keyed by the secret settings.hash_seed (so that
  * nobody who does not know it can aim packets at one set): xor-shifts and odd multipliers
@@ -478,6 +481,12 @@ static __always_inline int flow_due(__u64 e, __u32 stamp, const struct settings 
 	return ((__u64)age << FLOW_STAMP_SHIFT) * TICK_NS >= cfg->flow_sync_ns;
 }
 
+/* Whether way `e` holds the key of `want` (flow_want): its check and valid bits. */
+static __always_inline int flow_holds(__u64 e, __u64 want)
+{
+	return !((e ^ want) >> FLOW_VALID_SHIFT);
+}
+
 /* All ones if way `e` holds `want`, else 0, without a branch. */
 static __always_inline __u64 flow_match(__u64 e, __u64 want)
 {
@@ -498,7 +507,7 @@ static __always_inline __u64 *flow_find(struct flow_set *fs, __u64 want, __u32 h
 	__u64 taken = 0, way = 0, m;
 
 	home &= FLOW_CACHE_WAYS - 1;
-	if (!((fs->way[home] ^ want) >> FLOW_VALID_SHIFT))
+	if (flow_holds(fs->way[home], want))
 		return &fs->way[home];
 #pragma unroll
 	for (int w = 0; w < FLOW_CACHE_WAYS; w++) {
@@ -610,7 +619,7 @@ static __always_inline void flow_forget(const struct conn_key *ck, const struct 
 			break;
 #pragma unroll
 		for (int w = 0; w < FLOW_CACHE_WAYS; w++)
-			if (!((fs->way[w] ^ want) >> FLOW_VALID_SHIFT))
+			if (flow_holds(fs->way[w], want))
 				fs->way[w] = 0;
 	}
 }

@@ -124,9 +124,9 @@ MUTANTS: list[Mutant] = [
       "", ("flow-cache",)),
     M("flow-forget-first-way-only",
       "\t\tfor (int w = 0; w < FLOW_CACHE_WAYS; w++)\n"
-      "\t\t\tif (!((fs->way[w] ^ want) >> FLOW_VALID_SHIFT))",
+      "\t\t\tif (flow_holds(fs->way[w], want))",
       "\t\tfor (int w = 0; w < 1; w++)\n"
-      "\t\t\tif (!((fs->way[w] ^ want) >> FLOW_VALID_SHIFT))",
+      "\t\t\tif (flow_holds(fs->way[w], want))",
       ("flow-cache-replaced",)),
     M("flow-cache-takes-state-changes", "if (!th || !(th->syn | th->fin | th->rst)) {",
       "if (1) {", ("flow-cache-state",)),
