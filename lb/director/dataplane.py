@@ -79,6 +79,15 @@ def flow_stamp_shift() -> int:
     return max(0, (ticks // 32).bit_length() - 1)
 
 
+def map_memory(map_fd: int, size: int, writable: bool = False):
+    """The values of an mmapable array map (BPF_F_MMAPABLE), `size` bytes of them, mapped
+    into this process (whole pages): read, or written, in place, with no copy out of the
+    kernel."""
+    import mmap
+    return mmap.mmap(map_fd, -(-size // mmap.PAGESIZE) * mmap.PAGESIZE, mmap.MAP_SHARED,
+                     mmap.PROT_READ | (mmap.PROT_WRITE if writable else 0))
+
+
 def _fill(obj, value):
     """A ctypes key or leaf from an int or a {field: value} of the C struct's fields."""
     if not isinstance(value, dict):
@@ -402,14 +411,11 @@ class Dataplane:
 
     def _flow_ways(self):
         """flow_cache's ways as one array of uint64, in place (the array is mmapable)."""
-        import mmap
         import numpy as np
         size = (self.flow_cache_cpus << self.flow_cache_log2) * \
             abi.ffi.sizeof("struct flow_set")
         if self._flow_mmap is None:
-            self._flow_mmap = mmap.mmap(self.map("flow_cache").map_fd,
-                                        -(-size // mmap.PAGESIZE) * mmap.PAGESIZE,
-                                        mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
+            self._flow_mmap = map_memory(self.map("flow_cache").map_fd, size, writable=True)
         return np.frombuffer(self._flow_mmap, np.uint64, size // 8)
 
     def flow_stamp_now(self) -> int:
@@ -503,13 +509,10 @@ class Dataplane:
         """syn_table's entries as a (n, sizeof(struct syn_entry)) array of bytes, read in
         place: the table is mmapable, so no copy out of the kernel (a batch copy of its
         8 MiB made every sweep slow enough that `status` stopped counting afresh)."""
-        import mmap
         import numpy as np
         if self._syn_mmap is None:
             size = self.syn_table_sets * abi.ffi.sizeof("struct syn_set")
-            self._syn_mmap = mmap.mmap(self.map("syn_table").map_fd,
-                                       -(-size // mmap.PAGESIZE) * mmap.PAGESIZE,
-                                       mmap.MAP_SHARED, mmap.PROT_READ)
+            self._syn_mmap = map_memory(self.map("syn_table").map_fd, size)
         entry = abi.ffi.sizeof("struct syn_entry")
         ways = self.syn_table_sets * abi.CONST["SYN_TABLE_WAYS"]
         return np.frombuffer(self._syn_mmap, np.uint8, ways * entry).reshape(ways, entry)
