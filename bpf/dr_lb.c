@@ -430,8 +430,10 @@ static __always_inline int serves(const struct real_info *real, __u64 svc)
 
 #define FLOW_KEY_MASK ((1ULL << FLOW_KEY_BITS) - 1)
 _Static_assert(MAX_REALS <= 1 << FLOW_REAL_BITS, "a flow_cache way's real_id field is too narrow");
-_Static_assert(FLOW_KEY_BITS >= 48, "flow_cache needs 2^9 sets or more: the key must hold "
+_Static_assert(FLOW_KEY_BITS >= 48, "flow_cache needs 2^10 sets or more: the key must hold "
 	       "the client's address and port whole");
+_Static_assert(FLOW_ALT_FROM + FLOW_CACHE_LOG2 <= FLOW_CHECK_BITS,
+	       "a way's check bits must hold what makes its key's alternate set");
 
 /* A bijection of FLOW_KEY_BITS-bit keys, keyed by the secret settings.hash_seed (so that
  * nobody who does not know it can aim packets at one set): xor-shifts and odd multipliers
@@ -448,17 +450,33 @@ static __always_inline __u64 flow_hash(__u64 key, const struct settings *cfg)
 	return h;
 }
 
-/* What an entry of the key whose hash is `h` holds above its real_id and stamp: the
- * hash's low FLOW_CHECK_BITS and the valid bit (so that a zeroed way matches nothing). */
+/* What an entry of the key whose hash is `h` holds above its real_id and stamp in its
+ * home set: the hash's low FLOW_CHECK_BITS and the valid bit (so that a zeroed way
+ * matches nothing); in its alternate set, FLOW_ALT too. */
 static __always_inline __u64 flow_want(__u64 h)
 {
 	return (h & ((1ULL << FLOW_CHECK_BITS) - 1)) << FLOW_CHECK_SHIFT | FLOW_VALID;
 }
 
-/* The set of hash `h` in `cpu`'s part of flow_cache (the same set number on every CPU).*/
-static __always_inline struct flow_set *flow_set_on(__u64 h, __u32 cpu)
+/* The home set of the key whose hash is `h`: the hash's top FLOW_CACHE_LOG2 bits. */
+static __always_inline __u32 flow_home(__u64 h)
 {
-	__u32 idx = (h >> FLOW_CHECK_BITS) + (cpu << FLOW_CACHE_LOG2);
+	return h >> FLOW_CHECK_BITS;
+}
+
+/* Its alternate set, where it goes when its home set is full: the home set xor an odd
+ * number (never 0) made of FLOW_CACHE_LOG2 of the check bits that a way keeps, so that a
+ * way marked FLOW_ALT in set s, with check bits c, is of the key whose home set is s xor
+ * that number of c: the set and the way still tell the key exactly. */
+static __always_inline __u32 flow_alt(__u64 h)
+{
+	return flow_home(h) ^ (((__u32)(h >> FLOW_ALT_FROM) | 1) & ((1u << FLOW_CACHE_LOG2) - 1));
+}
+
+/* Set number `set` in `cpu`'s part of flow_cache (the same set number on every CPU). */
+static __always_inline struct flow_set *flow_set_on(__u32 set, __u32 cpu)
+{
+	__u32 idx = set + (cpu << FLOW_CACHE_LOG2);
 
 	return flow_cache.lookup(&idx);
 }
@@ -481,7 +499,8 @@ static __always_inline int flow_due(__u64 e, __u32 stamp, const struct settings 
 	return ((__u64)age << FLOW_STAMP_SHIFT) * TICK_NS >= cfg->flow_sync_ns;
 }
 
-/* Whether way `e` holds the key of `want` (flow_want): its check and valid bits. */
+/* Whether way `e` holds the key of `want` (flow_want): its check, alternate and valid
+ * bits. */
 static __always_inline int flow_holds(__u64 e, __u64 want)
 {
 	return !((e ^ want) >> FLOW_VALID_SHIFT);
@@ -518,11 +537,21 @@ static __always_inline __u64 *flow_find(struct flow_set *fs, __u64 want, __u32 h
 	return way ? &fs->way[(way - 1) & (FLOW_CACHE_WAYS - 1)] : NULL;
 }
 
-/* The way of `fs` a connection not in it takes after a probe: its home way if that is
- * void or due (its flow went quiet), else the first such way, else one at random. Not the
- * one synced longest ago: flows that take turns in a set holding one more of them than it
- * has ways would each push out the next one to come, and all miss; at random, most of
- * them stay. */
+/* Whether no way of `fs` is void (0): only then may a key of this home set be in its
+ * alternate set (flow_remember), so only then does a probe that missed look there. A
+ * way is void before its first fill and after forget or sweep. */
+static __always_inline int flow_full(const struct flow_set *fs)
+{
+	__u64 any_void = 0;
+
+#pragma unroll
+	for (int w = 0; w < FLOW_CACHE_WAYS; w++)   /* top bit of (x - 1) & ~x: x is 0 */
+		any_void |= (fs->way[w] - 1) & ~fs->way[w];
+	return !(any_void >> 63);
+}
+
+/* The way of `fs` a connection not in it may take: its home way if that is void or due
+ * (its flow went quiet), else the first such way, else NULL. */
 static __always_inline __u64 *flow_victim(struct flow_set *fs, const struct settings *cfg,
 					  __u32 stamp, __u32 home)
 {
@@ -533,37 +562,60 @@ static __always_inline __u64 *flow_victim(struct flow_set *fs, const struct sett
 	for (int w = 0; w < FLOW_CACHE_WAYS; w++)
 		if (!fs->way[w] || flow_due(fs->way[w], stamp, cfg))
 			return &fs->way[w];
-	return &fs->way[bpf_get_prandom_u32() & (FLOW_CACHE_WAYS - 1)];
+	return NULL;
 }
 
-/* Store what the table says of the connection whose flow_want is `want` (read and
- * refreshed just now: real server `real_id`) in this CPU's set: after a probe (fill:
- * FLOW_FILL_PROBED + the key's home way; the set's line is in the cache), in its own way
- * if it has one, else in flow_victim's; else (FLOW_FILL_BLIND + home way: the cache is
- * off) in its home way, written without a read, which a CPU's store buffer absorbs
- * instead of waiting for a cold line. One 8-byte store: no CPU reads half an entry. A
- * key may then be in two ways: flow_find takes the first, flow_forget voids all. */
-static __always_inline void flow_remember(struct flow_set *fs, __u64 want, __u32 real_id,
+/* Store what the table says of the connection whose hash is `h` (read and refreshed
+ * just now: real server `real_id`) in this CPU's sets: after a probe (fill:
+ * FLOW_FILL_PROBED + the key's home way; the home set's line is in the cache), where it
+ * already is, else in flow_victim's way of its home set, else of its alternate set (a
+ * second line, only when the home set has no way to spare), else in a way of its home
+ * set at random. Not the one synced longest ago: flows that take turns in sets holding
+ * one more of them than they have ways would each push out the next one to come, and
+ * all miss; at random, most of them stay. While the cache is off (FLOW_FILL_BLIND + home
+ * way), in its home way of its home set, written without a read, which a CPU's store
+ * buffer absorbs instead of waiting for a cold line. One 8-byte store: no CPU reads half
+ * an entry. A key may then be in two ways: flow_find takes the first (home set first),
+ * flow_forget voids all. */
+static __always_inline void flow_remember(struct flow_set *fs, __u64 h, __u32 real_id,
 					  const struct settings *cfg, __u32 stamp, __u32 fill)
 {
-	__u64 *e;
+	__u64 want = flow_want(h), *e;
+	__u32 home = fill - FLOW_FILL_PROBED;
+	struct flow_set *fa;
 
-	if (fill >= FLOW_FILL_BLIND)
+	if (fill >= FLOW_FILL_BLIND) {
 		e = &fs->way[(fill - FLOW_FILL_BLIND) & (FLOW_CACHE_WAYS - 1)];
-	else {
-		e = flow_find(fs, want, fill - FLOW_FILL_PROBED);
+	} else {
+		e = flow_find(fs, want, home);
 		if (!e)
-			e = flow_victim(fs, cfg, stamp, fill - FLOW_FILL_PROBED);
+			e = flow_victim(fs, cfg, stamp, home);
+		if (!e) {
+			fa = flow_set_on(flow_alt(h), bpf_get_smp_processor_id());
+			if (fa) {
+				e = flow_find(fa, want | FLOW_ALT, home);
+				if (!e)
+					e = flow_victim(fa, cfg, stamp, home);
+				if (e) {
+					*e = want | FLOW_ALT | (__u64)stamp << FLOW_STAMP_SHIFT_IN |
+					     real_id;
+					return;
+				}
+			}
+			e = &fs->way[bpf_get_prandom_u32() & (FLOW_CACHE_WAYS - 1)];
+		}
 	}
 	*e = want | (__u64)stamp << FLOW_STAMP_SHIFT_IN | real_id;
 }
 
-/* This CPU's flow_cache set for the key whose hash is `h`, or NULL: with a set, *fe is
- * the key's fresh entry (followed for flow_sync_ns after the table's entry was read) or
- * NULL, and *fill says how the table's path below refreshes it (flow_remember). Every
- * FLOW_METER_WINDOW probes, fewer than half of them finding their flow (flows that come
- * back too rarely: each miss costs a cold cache line and, in the table below, the lookup
- * it was meant to save) turn the cache off for FLOW_METER_SKIP packets. Those never read
+/* This CPU's flow_cache home set for the key whose hash is `h`, or NULL: with a set, *fe
+ * is the key's fresh entry (followed for flow_sync_ns after the table's entry was read;
+ * looked for in its alternate set too when the home set is full) or NULL, and *fill says
+ * how the table's path below refreshes it (flow_remember). Every FLOW_METER_WINDOW
+ * probes, fewer than a quarter of them finding their flow (flows that come back too
+ * rarely: each miss costs a cold cache line and, in the table below, the lookup it was
+ * meant to save; a hit saves that lookup, two or three cold lines) turn the cache off for
+ * FLOW_METER_SKIP packets. Those never read
  * it, and one in FLOW_METER_FILL of them (at random: a fixed one would pick the same
  * flows of a repeating pattern each time) fills it blind, so that flows that do come back
  * are found by the next window and turn it on again. */
@@ -582,13 +634,19 @@ static __always_inline struct flow_set *flow_probe(__u64 h, const struct setting
 		if (bpf_get_prandom_u32() & (FLOW_METER_FILL - 1))
 			return NULL;
 		*fill = FLOW_FILL_BLIND + (home & (FLOW_CACHE_WAYS - 1));
-		return flow_set_on(h, cpu);
+		return flow_set_on(flow_home(h), cpu);
 	}
-	fs = flow_set_on(h, cpu);
+	fs = flow_set_on(flow_home(h), cpu);
 	*fill = FLOW_FILL_PROBED + (home & (FLOW_CACHE_WAYS - 1));
 	if (!fs)
 		return NULL;
 	*fe = flow_find(fs, flow_want(h), home);
+	if (!*fe && flow_full(fs)) {
+		struct flow_set *fa = flow_set_on(flow_alt(h), cpu);
+
+		if (fa)
+			*fe = flow_find(fa, flow_want(h) | FLOW_ALT, home);
+	}
 	/* Found counts for the meter even when due for its sync: the table's path below
 	 * refreshes it (the probe paid). Flows filled together fall due together, which
 	 * would otherwise look like a run of misses and turn the cache off. */
@@ -596,7 +654,7 @@ static __always_inline struct flow_set *flow_probe(__u64 h, const struct setting
 	if (*fe && flow_due(**fe, stamp, cfg))
 		*fe = NULL;
 	if (++fm->probes >= FLOW_METER_WINDOW) {
-		if (fm->hits * 2 < fm->probes)
+		if (fm->hits * 4 < fm->probes)
 			fm->skip = FLOW_METER_SKIP;
 		fm->probes = 0;
 		fm->hits = 0;
@@ -605,22 +663,26 @@ static __always_inline struct flow_set *flow_probe(__u64 h, const struct setting
 }
 
 /* `ck`'s connection was replaced (a new server): no CPU may follow its
- * cached copy. A state change needs nothing: a CPU that still follows a closing
+ * cached copy, in its home set or its alternate set. A state change needs nothing: a CPU that still follows a closing
  * connection from its cache sends it to the same server, and the SYN of a new one never
  * takes the cache. */
 static __always_inline void flow_forget(const struct conn_key *ck, const struct settings *cfg)
 {
 	__u64 h = flow_hash(flow_key(ck), cfg), want = flow_want(h);
-	struct flow_set *fs;
+	struct flow_set *fs, *fa;
 
 	for (__u32 cpu = 0; cpu < FLOW_CACHE_CPUS; cpu++) {
-		fs = flow_set_on(h, cpu);
-		if (!fs)
+		fs = flow_set_on(flow_home(h), cpu);
+		fa = flow_set_on(flow_alt(h), cpu);
+		if (!fs || !fa)
 			break;
 #pragma unroll
-		for (int w = 0; w < FLOW_CACHE_WAYS; w++)
+		for (int w = 0; w < FLOW_CACHE_WAYS; w++) {
 			if (flow_holds(fs->way[w], want))
 				fs->way[w] = 0;
+			if (flow_holds(fa->way[w], want | FLOW_ALT))
+				fa->way[w] = 0;
+		}
 	}
 }
 
@@ -1338,7 +1400,7 @@ static __always_inline int handle_l4(struct xdp_md *ctx, struct hdr_cursor *c,
 				if (cv->flags & CONN_F_PERSISTENT)
 					touch_template(&ck, real_id, now);
 				if (fs && (cv->state == CONN_ESTABLISHED || cv->state == CONN_UDP))
-					flow_remember(fs, flow_want(key), cv->real_id, cfg,
+					flow_remember(fs, key, cv->real_id, cfg,
 						      stamp, fill);
 				return forward(eth, iph, cfg, real, real_id, 0);
 			} else if (th && !is_new_tcp(th)) {

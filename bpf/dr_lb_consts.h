@@ -57,18 +57,24 @@
 #endif
 #define FLOW_CACHE_WAYS 8
 /* A flow_cache way's bits (struct flow_set), from the lowest: real_id, stamp, valid,
- * check. The key has FLOW_CHECK_BITS + FLOW_CACHE_LOG2 bits (at least the client's
- * address and port: FLOW_CACHE_LOG2 >= 9), the rest of them a tag of the service. */
+ * alternate (the way is in its key's alternate set), check. The key has FLOW_CHECK_BITS +
+ * FLOW_CACHE_LOG2 bits (at least the client's address and port: FLOW_CACHE_LOG2 >= 10),
+ * the rest of them a tag of the service. */
 #define FLOW_REAL_BITS 12
 #define FLOW_REAL_MASK ((1ULL << FLOW_REAL_BITS) - 1)
 #define FLOW_STAMP_BITS 12
 #define FLOW_STAMP_SHIFT_IN FLOW_REAL_BITS
 #define FLOW_VALID_SHIFT (FLOW_REAL_BITS + FLOW_STAMP_BITS)
 #define FLOW_VALID (1ULL << FLOW_VALID_SHIFT)
-#define FLOW_CHECK_SHIFT (FLOW_VALID_SHIFT + 1)
+#define FLOW_ALT_SHIFT (FLOW_VALID_SHIFT + 1)
+#define FLOW_ALT (1ULL << FLOW_ALT_SHIFT)
+#define FLOW_CHECK_SHIFT (FLOW_ALT_SHIFT + 1)
 #define FLOW_CHECK_BITS (64 - FLOW_CHECK_SHIFT)
 #define FLOW_KEY_BITS (FLOW_CHECK_BITS + FLOW_CACHE_LOG2)
 #define FLOW_TAG_BITS (FLOW_KEY_BITS - 48)
+/* The lowest of the FLOW_CACHE_LOG2 check bits that make a key's alternate set
+ * (bpf/dr_lb.c flow_alt): above the 3 that make its home way. */
+#define FLOW_ALT_FROM 3
 /* The stamp's unit: 2^FLOW_STAMP_SHIFT ticks, at most FLOW_SYNC_MAX_NS / 32 (the control
  * plane passes it with TICK_NS: lb/director/dataplane.py), so that a stamp wraps after
  * 2^FLOW_STAMP_BITS units, 64 s or more. */
@@ -81,8 +87,9 @@
 /* Ways this many units old or older are cleared by the control plane (sweep_flows), long
  * before their stamp, wrapping, could look fresh again. */
 #define FLOW_STALE_UNITS 1024
-/* A CPU whose flow_cache hit less than half of its last FLOW_METER_WINDOW probes (flows
- * that each come back too rarely: a miss costs a cold cache line) passes it by for the
+/* A CPU whose flow_cache hit less than a quarter of its last FLOW_METER_WINDOW probes
+ * (flows that each come back too rarely: a miss costs a cold cache line, a hit saves the
+ * table's two or three) passes it by for the
  * next FLOW_METER_SKIP packets, of which one in FLOW_METER_FILL (a power of two) fills it
  * without reading it, then probes again (bpf/dr_lb.c flow_probe). */
 #define FLOW_METER_WINDOW 64

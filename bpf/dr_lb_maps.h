@@ -107,9 +107,10 @@ KEPT_TABLE("lru_hash", struct conn_key, struct conn_value, udp_table, UDP_TABLE_
 /* persist_key (client net, VIP, port, proto) -> persist_value (real, last seen); program. */
 KEPT_TABLE("lru_hash", struct persist_key, struct persist_value, persist_table,
 	   PERSIST_TABLE_SIZE, 0);
-/* cpu * 2^FLOW_CACHE_LOG2 + hash(flow key) -> flow_set: each CPU's cache of the connections
- * it forwards, in front of conn_table and udp_table, so that an established packet costs
- * one set (one cache line of eight 8-byte ways) instead of the kernel hash's bucket, entry
+/* cpu * 2^FLOW_CACHE_LOG2 + set (the flow key's home set, or its alternate set when that is
+ * full) -> flow_set: each CPU's cache of the connections it forwards, in front of conn_table
+ * and udp_table, so that an established packet costs one set (one cache line of eight
+ * 8-byte ways) instead of the kernel hash's bucket, entry
  * and LRU node, and a hit is followed only to a server of the packet's service
  * (real_info.svc). Never the authority: a CPU follows an entry only for
  * settings.flow_sync_ns after it read the table's, only TCP segments without SYN, FIN or

@@ -89,7 +89,7 @@ def c(name: str) -> str:
 M = Mutant
 # flow_probe's blind fill while the meter has the cache off.
 BLIND_FILL = ("\t\t*fill = FLOW_FILL_BLIND + (home & (FLOW_CACHE_WAYS - 1));\n"
-              "\t\treturn flow_set_on(h, cpu);\n")
+              "\t\treturn flow_set_on(flow_home(h), cpu);\n")
 
 MUTANTS: list[Mutant] = [
     # ---- flow_cache --------------------------------------------------------------------
@@ -102,14 +102,19 @@ MUTANTS: list[Mutant] = [
     M("flow-meter-counts-due-as-miss", "fm->hits += *fe != NULL;",
       "fm->hits += *fe && !flow_due(**fe, stamp, cfg);", ("flow-cache",)),
     M("flow-victim-synced-longest-ago",
-      "\treturn &fs->way[bpf_get_prandom_u32() & (FLOW_CACHE_WAYS - 1)];\n",
-      "\t__u64 *o = &fs->way[0];\n"
+      "\t\t\te = &fs->way[bpf_get_prandom_u32() & (FLOW_CACHE_WAYS - 1)];\n",
+      "\t\t\te = &fs->way[0];\n"
       "#pragma unroll\n"
-      "\tfor (int w = 1; w < FLOW_CACHE_WAYS; w++)\n"
-      "\t\tif (((fs->way[w] >> FLOW_STAMP_SHIFT_IN) & 0xfff) <\n"
-      "\t\t    ((*o >> FLOW_STAMP_SHIFT_IN) & 0xfff))\n"
-      "\t\t\to = &fs->way[w];\n"
-      "\treturn o;\n", ("flow-cache",)),
+      "\t\t\tfor (int w = 1; w < FLOW_CACHE_WAYS; w++)\n"
+      "\t\t\t\tif (((fs->way[w] >> FLOW_STAMP_SHIFT_IN) & 0xfff) <\n"
+      "\t\t\t\t    ((*e >> FLOW_STAMP_SHIFT_IN) & 0xfff))\n"
+      "\t\t\t\t\te = &fs->way[w];\n", ("flow-cache",)),
+    M("flow-alt-never-probed", "\t\tif (fa)\n\t\t\t*fe = flow_find(fa, flow_want(h) | FLOW_ALT, home);\n",
+      "", ("flow-cache",)),
+    M("flow-alt-mark-ignored", "*fe = flow_find(fa, flow_want(h) | FLOW_ALT, home);",
+      "*fe = flow_find(fa, flow_want(h), home);", ("flow-cache",)),
+    M("flow-alt-never-filled", "fa = flow_set_on(flow_alt(h), bpf_get_smp_processor_id());",
+      "fa = NULL;", ("flow-cache",)),
     M("flow-victim-ignores-home", "\tif (!fs->way[home] || flow_due(fs->way[home], stamp, cfg))\n"
       "\t\treturn &fs->way[home];\n", "",
       ("flow-cache",)),
@@ -123,11 +128,13 @@ MUTANTS: list[Mutant] = [
     M("flow-meter-reads-while-off", BLIND_FILL,
       "", ("flow-cache",)),
     M("flow-forget-first-way-only",
-      "\t\tfor (int w = 0; w < FLOW_CACHE_WAYS; w++)\n"
+      "\t\tfor (int w = 0; w < FLOW_CACHE_WAYS; w++) {\n"
       "\t\t\tif (flow_holds(fs->way[w], want))",
-      "\t\tfor (int w = 0; w < 1; w++)\n"
+      "\t\tfor (int w = 0; w < 1; w++) {\n"
       "\t\t\tif (flow_holds(fs->way[w], want))",
       ("flow-cache-replaced",)),
+    M("flow-forget-home-set-only", "\t\t\tif (flow_holds(fa->way[w], want | FLOW_ALT))\n"
+      "\t\t\t\tfa->way[w] = 0;\n", "", ("flow-cache-replaced",)),
     M("flow-cache-takes-state-changes", "if (!th || !(th->syn | th->fin | th->rst)) {",
       "if (1) {", ("flow-cache-state",)),
     M("flow-cache-replaced-not-forgotten", "\t\tflow_forget(ck, cfg);\n", "",

@@ -109,11 +109,13 @@ def conn_hash(saddr: int, daddr: int, sport: int, dport: int, proto: int, seed: 
     return z ^ (z >> 31)
 
 
-# A flow_cache way's bits (bpf/dr_lb_consts.h): real_id, stamp, valid, check.
+# A flow_cache way's bits (bpf/dr_lb_consts.h): real_id, stamp, valid, alternate, check.
 FLOW_REAL_BITS = abi.CONST["FLOW_REAL_BITS"]
 FLOW_STAMP_BITS = abi.CONST["FLOW_STAMP_BITS"]
 FLOW_VALID_SHIFT = FLOW_REAL_BITS + FLOW_STAMP_BITS
-FLOW_CHECK_BITS = 64 - FLOW_VALID_SHIFT - 1
+FLOW_ALT = 1 << (FLOW_VALID_SHIFT + 1)
+FLOW_CHECK_SHIFT = FLOW_VALID_SHIFT + 2
+FLOW_CHECK_BITS = 64 - FLOW_CHECK_SHIFT
 
 
 def flow_key_bits(log2: int) -> int:
@@ -145,9 +147,21 @@ def flow_hash(key: int, seed: int, log2: int) -> int:
     return z ^ (z >> 31)
 
 
-def flow_want(h: int) -> int:
-    """bpf/dr_lb.c flow_want: a way of the key whose hash is `h`, above real_id and stamp."""
-    return (h & ((1 << FLOW_CHECK_BITS) - 1)) << (FLOW_VALID_SHIFT + 1) | 1 << FLOW_VALID_SHIFT
+def flow_want(h: int, alt: bool = False) -> int:
+    """bpf/dr_lb.c flow_want: a way of the key whose hash is `h`, above real_id and stamp,
+    in its home set (or with `alt`, in its alternate set)."""
+    return (h & ((1 << FLOW_CHECK_BITS) - 1)) << FLOW_CHECK_SHIFT | 1 << FLOW_VALID_SHIFT | \
+        (FLOW_ALT if alt else 0)
+
+
+def flow_home(h: int) -> int:
+    """bpf/dr_lb.c flow_home: the key's home set."""
+    return h >> FLOW_CHECK_BITS
+
+
+def flow_alt(h: int, log2: int) -> int:
+    """bpf/dr_lb.c flow_alt: the key's alternate set, from its home set and check bits."""
+    return flow_home(h) ^ ((h >> abi.CONST["FLOW_ALT_FROM"]) | 1) & ((1 << log2) - 1)
 
 
 def way_holds(way: int, want: int) -> bool:

@@ -115,7 +115,7 @@ def test_check_offline_good_file(runner, write):
     assert result.exit_code == 0, result.output
     ok, cost = result.output.strip().splitlines()
     assert ok == f"{path}: OK: 1 service(s), 3 real server(s) on eth0", result.output
-    # 155 MiB here (tables and flow_cache); the per-CPU headroom makes it a little more on bigger machines
+    # 149 MiB here (tables and flow_cache); the per-CPU headroom makes it a little more on bigger machines
     assert re.fullmatch(r"conn_table_size = 1000000: the connection tables take about "
                         r"1[1-6]\d MiB of kernel memory", cost), cost
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import ctypes as ct
 import os
+import random
 import time
 
 import pytest
@@ -15,9 +16,10 @@ from lb import abi
 from lb.director import config as config_mod, dataplane, layout as layout_mod
 from tests.conftest import needs_root
 from lb import libbpf
-from tests.packet_cases import (CONFIG, DIRECTOR_MAC, FLOW_CHECK_BITS, RS1, RS_MACS, flow_hash,
-                                 flow_key, flow_tag, flow_want, tcp, udp, way_holds, way_real,
-                                 way_stamp, way_with)
+from tests.packet_cases import (CONFIG, DIRECTOR_MAC, FLOW_ALT, FLOW_CHECK_BITS, RS1, RS_MACS,
+                                 flow_alt,
+                                 flow_hash, flow_home, flow_key, flow_tag, flow_want, tcp,
+                                 udp, way_holds, way_real, way_stamp, way_with)
 
 pytestmark = needs_root
 
@@ -65,23 +67,28 @@ def client_hash(lb, sport: int, port: int = 80) -> int:
     return flow_hash(client_key(lb, sport, port), lb.dp.hash_seed, lb.dp.flow_cache_log2)
 
 
-def cache_sets(lb, sport: int, port: int = 80) -> list[int]:
-    """The index of CLIENT_IP:sport's set (to VIP:port) in each CPU's part of flow_cache."""
+def cache_sets(lb, sport: int, port: int = 80, alt: bool = False) -> list[int]:
+    """The index of CLIENT_IP:sport's home set (to VIP:port), or with `alt` its alternate
+    set, in each CPU's part of flow_cache."""
     h = client_hash(lb, sport, port)
     log2 = lb.dp.flow_cache_log2
-    return [(cpu << log2) + (h >> FLOW_CHECK_BITS) for cpu in range(lb.dp.flow_cache_cpus)]
+    s = flow_alt(h, log2) if alt else flow_home(h)
+    return [(cpu << log2) + s for cpu in range(lb.dp.flow_cache_cpus)]
 
 
-def cached_ways(lb, sport: int, port: int = 80):
+def cached_ways(lb, sport: int, port: int = 80, where: tuple[bool, ...] = (False, True)):
     """(index, set, way number) of every way of flow_cache that holds CLIENT_IP:sport (to
-    VIP:port)."""
+    VIP:port): in its home sets, then its alternate sets (`where`: False home, True
+    alternate)."""
     fc = lb.dp.map("flow_cache")
-    want = flow_want(client_hash(lb, sport, port))
-    for idx in cache_sets(lb, sport, port):
-        value = fc[fc.Key(idx)]
-        for w, way in enumerate(value.way):
-            if way_holds(way, want):
-                yield idx, value, w
+    h = client_hash(lb, sport, port)
+    for alt in where:
+        want = flow_want(h, alt)
+        for idx in cache_sets(lb, sport, port, alt):
+            value = fc[fc.Key(idx)]
+            for w, way in enumerate(value.way):
+                if way_holds(way, want):
+                    yield idx, value, w
 
 
 def cached(lb, sport: int) -> int:
@@ -333,11 +340,80 @@ def same_set_ports(lb, count: int, start: int = 1024) -> list[int]:
     pytest.fail(f"no {count} ports share a set")
 
 
+def strangers(lb, idx: int) -> None:
+    """Fill set `idx` of flow_cache with ways of other clients' flows, synced just now (for
+    flow_sync_ns none is due), as a busy director's would be."""
+    fc = lb.dp.map("flow_cache")
+    value = fc[fc.Key(idx)]
+    rng, now = random.Random(idx), lb.dp.flow_stamp_now()
+    for w in range(len(value.way)):
+        value.way[w] = way_with(flow_want(rng.getrandbits(FLOW_CHECK_BITS), rng.random() < .5),
+                                real_id=1, stamp=now)
+    fc[fc.Key(idx)] = value
+
+
+def test_a_flow_whose_home_set_is_full_is_cached_in_its_alternate_set(lb):
+    """One flow more than a set has ways: the last one's home set is full of live flows, so
+    it goes to its alternate set (marked so), where it is found and followed."""
+    ways = abi.CONST["FLOW_CACHE_WAYS"]
+    ports = same_set_ports(lb, ways + 1)
+    cpu = sorted(os.sched_getaffinity(0))[0]
+    with on_cpu(cpu):
+        for sport in ports:
+            mac(lb, tcp("S", sport=sport))
+            mac(lb, tcp("A", sport=sport))      # established
+            mac(lb, tcp("A", sport=sport))      # and cached
+        at_home = {p: list(cached_ways(lb, p, where=(False,))) for p in ports}
+        away = [p for p in ports if not at_home[p]]
+        assert len(away) == 1, f"{ways} flows at home and one away, not {away}"
+        (idx, value, w), = cached_ways(lb, away[0], where=(True,))
+        assert idx == cache_sets(lb, away[0], alt=True)[cpu] and value.way[w] & FLOW_ALT
+        server = mac(lb, tcp("A", sport=away[0]))
+        point_cache_elsewhere(lb, away[0])
+        assert mac(lb, tcp("A", sport=away[0])) not in (server, None), \
+            "followed from the table, not from the alternate set"
+
+
+def test_a_home_way_is_not_taken_for_a_flow_in_its_alternate_set(lb):
+    """A way of set s with the check bits of a key whose alternate set is s is of another
+    key (whose home set is s) unless it is marked FLOW_ALT: not followed."""
+    sport, cpu = 53400, sorted(os.sched_getaffinity(0))[0]
+    with on_cpu(cpu):
+        mac(lb, tcp("S", sport=sport))
+        server = mac(lb, tcp("A", sport=sport))         # established, not cached yet
+        strangers(lb, cache_sets(lb, sport)[cpu])      # its home set full
+        other_id = next(r for r in lb.layout.services[0].sequence
+                        if r != entry(lb, sport).real_id)
+        fc, idx = lb.dp.map("flow_cache"), cache_sets(lb, sport, alt=True)[cpu]
+        value = fc[fc.Key(idx)]
+        value.way[home_way(lb, sport)] = way_with(flow_want(client_hash(lb, sport)),
+                                                  real_id=other_id, stamp=lb.dp.flow_stamp_now())
+        fc[fc.Key(idx)] = value
+        assert mac(lb, tcp("A", sport=sport)) == server, "another key's way was followed"
+        assert list(cached_ways(lb, sport, where=(True,))), "not cached in its alternate set"
+        point_cache_elsewhere(lb, sport)
+        assert mac(lb, tcp("A", sport=sport)) not in (server, None), "the alternate set is not read"
+
+
+def test_a_replaced_connection_is_forgotten_in_its_alternate_set(lb):
+    sport, cpu = 53500, sorted(os.sched_getaffinity(0))[0]
+    with on_cpu(cpu):
+        mac(lb, tcp("S", sport=sport))
+        first = mac(lb, tcp("A", sport=sport))
+        strangers(lb, cache_sets(lb, sport)[cpu])
+        assert mac(lb, tcp("A", sport=sport)) == first
+        assert list(cached_ways(lb, sport, where=(True,)))
+        again = reopen_elsewhere(lb, sport, first)
+        assert mac(lb, tcp("A", sport=sport)) == again, \
+            "the replaced connection was followed from its alternate set"
+
+
 def test_flows_taking_turns_in_an_overfull_set_mostly_stay_cached(lb):
     """One flow more than a set has ways, each in turn (as a cyclic pass of a benchmark,
-    or clients polling at one rate): a miss pushes out a way at random, so most turns
-    still find their flow. Pushing out the one synced longest ago would push out the
-    very flow that comes next, every time: no turn would ever hit."""
+    or clients polling at one rate), their alternate sets full too: a miss pushes out a
+    way of the home set at random, so most turns still find their flow. Pushing out the
+    one synced longest ago would push out the very flow that comes next, every time: no
+    turn would ever hit."""
     ways = abi.CONST["FLOW_CACHE_WAYS"]
     ports = same_set_ports(lb, ways + 1)
     cpu = sorted(os.sched_getaffinity(0))[0]
@@ -346,12 +422,15 @@ def test_flows_taking_turns_in_an_overfull_set_mostly_stay_cached(lb):
     assert unit_s * len(ports) < lb.layout.flow_sync_ns / 1e9, "a turn must come before a sync"
     with on_cpu(cpu):
         for sport in ports:
+            strangers(lb, cache_sets(lb, sport, alt=True)[cpu])
             mac(lb, tcp("S", sport=sport))
             mac(lb, tcp("A", sport=sport))      # established, and into the set
         before = meter(lb, cpu)
         assert before.skip == 0 and before.probes + rounds * len(ports) < \
             abi.CONST["FLOW_METER_WINDOW"], "the turns must fit in one window of the meter"
         for _ in range(rounds):
+            for sport in ports:                 # (live all the round: none due)
+                strangers(lb, cache_sets(lb, sport, alt=True)[cpu])
             for sport in ports:
                 assert mac(lb, tcp("A", sport=sport)) is not None
                 time.sleep(unit_s)               # a stamp's unit apart: synced at distinct times

@@ -1,13 +1,15 @@
 """flow_cache's hash (bpf/dr_lb.c flow_hash, mirrored by tests/packet_cases.py, which the
 packet tests check against the program's own placement): a bijection of the key's bits, so
-that a way's 39 check bits and its set give the key back and a match is exact."""
+that a way's 38 check bits and its set (home, or alternate with the way's FLOW_ALT bit)
+give the key back and a match is exact."""
 from __future__ import annotations
 
 import random
 
 import pytest
 
-from tests.packet_cases import FLOW_CHECK_BITS, flow_hash, flow_key, flow_key_bits
+from tests.packet_cases import (FLOW_CHECK_BITS, flow_alt, flow_hash, flow_home, flow_key,
+                                 flow_key_bits)
 
 
 def unhash(h: int, seed: int, log2: int) -> int:
@@ -29,7 +31,7 @@ def unhash(h: int, seed: int, log2: int) -> int:
     return (z ^ seed) & mask
 
 
-@pytest.mark.parametrize("log2", [9, 15, 17])
+@pytest.mark.parametrize("log2", [10, 14, 17])
 def test_a_ways_check_and_its_set_give_the_key_back(log2):
     rng = random.Random(log2)
     seed = rng.getrandbits(64)
@@ -44,7 +46,25 @@ def test_a_ways_check_and_its_set_give_the_key_back(log2):
 
 
 def test_the_key_holds_the_client_whole_with_the_smallest_cache():
-    """With 2^9 sets (the fewest flow_cache_shape gives) the key is the client's address and
+    """With 2^10 sets (the fewest flow_cache_shape gives) the key is the client's address and
     port alone, 48 bits: no bit of them is dropped to make room."""
-    assert flow_key_bits(9) == 48
-    assert flow_key(0xFFFFFFFF, 0xFFFF, 1, 2, 6, 9) == (1 << 48) - 1
+    assert flow_key_bits(10) == 48
+    assert flow_key(0xFFFFFFFF, 0xFFFF, 1, 2, 6, 10) == (1 << 48) - 1
+
+
+@pytest.mark.parametrize("log2", [10, 14, 17])
+def test_a_way_in_its_alternate_set_gives_the_key_back(log2):
+    """A key whose home set is full goes to its alternate set, never the home set itself;
+    from that set and the way's check bits the home set, and so the key, come back (the
+    alternate of the alternate is home)."""
+    rng = random.Random(log2 + 1)
+    seed = rng.getrandbits(64)
+    for _ in range(2000):
+        key = flow_key(rng.getrandbits(32), rng.getrandbits(16), rng.getrandbits(32),
+                       rng.getrandbits(16), 6, log2)
+        h = flow_hash(key, seed, log2)
+        check, alt = h & ((1 << FLOW_CHECK_BITS) - 1), flow_alt(h, log2)
+        assert alt != flow_home(h) and alt < 1 << log2
+        back = alt << FLOW_CHECK_BITS | check      # what the way in the alternate set says
+        assert flow_alt(back, log2) == flow_home(h)
+        assert unhash(flow_alt(back, log2) << FLOW_CHECK_BITS | check, seed, log2) == key

@@ -234,13 +234,17 @@ def table_slots(conn_table_size: int, cpus: int | None = None) -> dict[str, int]
 
 def flow_cache_shape(conn_table_size: int, cpus: int | None = None) -> tuple[int, int]:
     """(CPUs, log2 of the sets per CPU) of flow_cache, each CPU's cache of the connections
-    it forwards: with flows spread over the CPUs, room for about half of conn_table_size's
-    share of each (a power of two of sets of FLOW_CACHE_WAYS, one cache line each, 2^9 to
-    2^17: 32 KiB to 8 MiB a CPU; at least 2^9 so that a way's check bits and the set
-    tell the client's address and port exactly: bpf/dr_lb_consts.h)."""
+    it forwards: with flows spread over the CPUs, ways for about a quarter of
+    conn_table_size's share of each (a power of two of sets of FLOW_CACHE_WAYS, one cache
+    line each, 2^10 to 2^17: 64 KiB to 8 MiB a CPU; at least 2^10 so that a way's check
+    bits and the set tell the client's address and port exactly: bpf/dr_lb_consts.h).
+    A quarter, not more: a key whose home set is full takes its alternate set, so the
+    ways fill to ~90 % without losing flows, and a cache that outgrows the CPU's own
+    (2 MiB of L2 a core here) pays a cold line per packet: 1,000,000 connections on 2
+    CPUs make 2^14 sets, 1 MiB a CPU, 131,072 flows (README, Benchmark)."""
     cpus = cpus or possible_cpus()
-    want = -(-conn_table_size // (2 * cpus * abi.CONST["FLOW_CACHE_WAYS"]))
-    return cpus, min(17, max(9, (want - 1).bit_length()))
+    want = -(-conn_table_size // (4 * cpus * abi.CONST["FLOW_CACHE_WAYS"]))
+    return cpus, min(17, max(10, (want - 1).bit_length()))
 
 
 def table_memory_bytes(conn_table_size: int, cpus: int | None = None) -> int:
