@@ -78,9 +78,12 @@ class Settings:
     # comes to the same CPU, as a NIC's RSS gives it; unpinned, a run that the scheduler
     # moves finds the other CPU's flow_cache cold, and the figure is of that move.
     cpu: int | None = None
-    # A timed live run of established flows (pps) sends `frames` again until it has
-    # lasted this long: its end is seen to a scheduler tick (Bench.send), and a fixed
-    # count that lasts 0.4 s on one host lasts 80 ms on one five times as fast.
+    # A timed live run of established flows (pps, and in-situ ns) sends `frames` again
+    # until it has lasted this long: its end is seen to a scheduler tick (Bench.send), a
+    # fixed count that lasts 0.4 s on one host lasts 80 ms on one five times as fast, and
+    # a short run's share of flow_cache syncs (each flow once per flow_sync_ns, all of
+    # them in one pass when due together) is a matter of luck: 2 passes of 100,000 flows
+    # measured 56-236 ns in situ where runs of 0.3 s measured 56-58.
     min_seconds: float = 0.3
 
     @classmethod
@@ -552,9 +555,9 @@ def live_figures(b: Bench, s: Settings) -> list[dict]:
                                                      "tx_service", m["sent"]))
                         figs[p][0].add(m["pps"])
                         returned[p].append(m["returned"])
-                        if p != "kernel":
+                        if p != "kernel":   # as long as the pps run (see Settings)
                             n = b.live(p, mode, "ack", flows, min(size, 1500),
-                                       max(count // 4, 1000), stats=True)
+                                       max(count // 4, 1000), stats=True, min_s=s.min_seconds)
                             figs[p][1].add(n.get("ns"))
                     b.step(f"live {mode} {size} B {flows:,} flow(s), round {r + 1}")
                 for p in PROGRAMS:

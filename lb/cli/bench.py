@@ -30,9 +30,9 @@ def _ints(text: str) -> list[int]:
 @click.option("--repeat", type=click.IntRange(100), help="Test-run repeats per figure.")
 @click.option("--syn-frames", type=click.IntRange(1000), help="Live SYNs per run.")
 @click.option("--min-seconds", type=click.FloatRange(0, 60),
-              help="Send a timed live run's frames again until it has lasted this long "
-                   "(default 0.3; not SYNs, which fill the table): its end is seen to a "
-                   "scheduler tick.")
+              help="Send a timed live run's frames (pps, in-situ ns) again until it has "
+                   "lasted this long (default 0.3; not SYNs, which fill the table): its end "
+                   "is seen to a scheduler tick.")
 @click.option("--status-entries", type=click.IntRange(0),
               help="Time `dr-lb status` with this many connections (0: skip).")
 @click.option("--order", type=click.Choice(["shuffled", "insert"]),
