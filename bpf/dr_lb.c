@@ -615,10 +615,10 @@ static __always_inline void flow_remember(struct flow_set *fs, __u64 h, __u32 re
  * probes, fewer than a quarter of them finding their flow (flows that come back too
  * rarely: each miss costs a cold cache line and, in the table below, the lookup it was
  * meant to save; a hit saves that lookup, two or three cold lines) turn the cache off for
- * FLOW_METER_SKIP packets. Those never read
- * it, and one in FLOW_METER_FILL of them (at random: a fixed one would pick the same
- * flows of a repeating pattern each time) fills it blind, so that flows that do come back
- * are found by the next window and turn it on again. */
+ * FLOW_METER_SKIP packets. Those never read it, and one in FLOW_METER_FILL of them (at
+ * random: a fixed one would pick the same flows of a repeating pattern each time) fills
+ * it blind, so that flows that do come back are found by the next window and turn it on
+ * again. */
 static __always_inline struct flow_set *flow_probe(__u64 h, const struct settings *cfg,
 						   __u32 stamp, __u64 **fe, __u32 *fill)
 {
@@ -662,10 +662,10 @@ static __always_inline struct flow_set *flow_probe(__u64 h, const struct setting
 	return fs;
 }
 
-/* `ck`'s connection was replaced (a new server): no CPU may follow its
- * cached copy, in its home set or its alternate set. A state change needs nothing: a CPU that still follows a closing
- * connection from its cache sends it to the same server, and the SYN of a new one never
- * takes the cache. */
+/* `ck`'s connection was replaced (a new server): no CPU may follow its cached copy, in
+ * its home set or its alternate set. A state change needs nothing: a CPU that still
+ * follows a closing connection from its cache sends it to the same server, and the SYN
+ * of a new one never takes the cache. */
 static __always_inline void flow_forget(const struct conn_key *ck, const struct settings *cfg)
 {
 	__u64 h = flow_hash(flow_key(ck), cfg), want = flow_want(h);
