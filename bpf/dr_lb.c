@@ -580,7 +580,7 @@ static __always_inline __u64 *flow_victim(struct flow_set *fs, const struct sett
 static __always_inline void flow_remember(struct flow_set *fs, __u64 h, __u32 real_id,
 					  const struct settings *cfg, __u32 stamp, __u32 fill)
 {
-	__u64 want = flow_want(h), *e;
+	__u64 want = flow_want(h), mark = 0, *e;
 	__u32 home = fill - FLOW_FILL_PROBED;
 	struct flow_set *fa;
 
@@ -596,16 +596,14 @@ static __always_inline void flow_remember(struct flow_set *fs, __u64 h, __u32 re
 				e = flow_find(fa, want | FLOW_ALT, home);
 				if (!e)
 					e = flow_victim(fa, cfg, stamp, home);
-				if (e) {
-					*e = want | FLOW_ALT | (__u64)stamp << FLOW_STAMP_SHIFT_IN |
-					     real_id;
-					return;
-				}
 			}
-			e = &fs->way[bpf_get_prandom_u32() & (FLOW_CACHE_WAYS - 1)];
+			if (e)
+				mark = FLOW_ALT;
+			else
+				e = &fs->way[bpf_get_prandom_u32() & (FLOW_CACHE_WAYS - 1)];
 		}
 	}
-	*e = want | (__u64)stamp << FLOW_STAMP_SHIFT_IN | real_id;
+	*e = want | mark | (__u64)stamp << FLOW_STAMP_SHIFT_IN | real_id;
 }
 
 /* This CPU's flow_cache home set for the key whose hash is `h`, or NULL: with a set, *fe

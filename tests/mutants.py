@@ -102,13 +102,15 @@ MUTANTS: list[Mutant] = [
     M("flow-meter-counts-due-as-miss", "fm->hits += *fe != NULL;",
       "fm->hits += *fe && !flow_due(**fe, stamp, cfg);", ("flow-cache",)),
     M("flow-victim-synced-longest-ago",
-      "\t\t\te = &fs->way[bpf_get_prandom_u32() & (FLOW_CACHE_WAYS - 1)];\n",
-      "\t\t\te = &fs->way[0];\n"
+      "\t\t\t\te = &fs->way[bpf_get_prandom_u32() & (FLOW_CACHE_WAYS - 1)];\n",
+      "\t\t\t{\n"
+      "\t\t\t\te = &fs->way[0];\n"
       "#pragma unroll\n"
-      "\t\t\tfor (int w = 1; w < FLOW_CACHE_WAYS; w++)\n"
-      "\t\t\t\tif (((fs->way[w] >> FLOW_STAMP_SHIFT_IN) & 0xfff) <\n"
-      "\t\t\t\t    ((*e >> FLOW_STAMP_SHIFT_IN) & 0xfff))\n"
-      "\t\t\t\t\te = &fs->way[w];\n", ("flow-cache",)),
+      "\t\t\t\tfor (int w = 1; w < FLOW_CACHE_WAYS; w++)\n"
+      "\t\t\t\t\tif (((fs->way[w] >> FLOW_STAMP_SHIFT_IN) & 0xfff) <\n"
+      "\t\t\t\t\t    ((*e >> FLOW_STAMP_SHIFT_IN) & 0xfff))\n"
+      "\t\t\t\t\t\te = &fs->way[w];\n"
+      "\t\t\t}\n", ("flow-cache",)),
     M("flow-alt-never-probed", "\t\tif (fa)\n\t\t\t*fe = flow_find(fa, flow_want(h) | FLOW_ALT, home);\n",
       "", ("flow-cache",)),
     M("flow-alt-mark-ignored", "*fe = flow_find(fa, flow_want(h) | FLOW_ALT, home);",
