@@ -201,12 +201,17 @@ def test_a_cached_connection_is_not_sent_to_a_server_whose_mac_is_unknown(lb):
     assert lb.dp.counters()["drop_real_mac_unknown"] == before + 1
 
 
+def other_server(lb, sport: int) -> int:
+    """A real_id of VIP:80's service other than the one CLIENT_IP:sport's connection has."""
+    real_id = entry(lb, sport).real_id
+    return next(r for r in lb.layout.services[0].sequence if r != real_id)
+
+
 def point_cache_elsewhere(lb, sport: int) -> None:
     """Make every cached copy of CLIENT_IP:sport's connection (fresh, this generation)
     name another server of its service than the table does, as no writer would: a packet
     that reads the cache then goes there, one that reads the table does not."""
-    real_id = entry(lb, sport).real_id
-    other = next(r for r in lb.layout.services[0].sequence if r != real_id)
+    other = other_server(lb, sport)
     fc = lb.dp.map("flow_cache")
     found = list(cached_ways(lb, sport))
     for idx, value, w in found:
@@ -382,8 +387,7 @@ def test_a_home_way_is_not_taken_for_a_flow_in_its_alternate_set(lb):
         mac(lb, tcp("S", sport=sport))
         server = mac(lb, tcp("A", sport=sport))         # established, not cached yet
         strangers(lb, cache_sets(lb, sport)[cpu])      # its home set full
-        other_id = next(r for r in lb.layout.services[0].sequence
-                        if r != entry(lb, sport).real_id)
+        other_id = other_server(lb, sport)
         fc, idx = lb.dp.map("flow_cache"), cache_sets(lb, sport, alt=True)[cpu]
         value = fc[fc.Key(idx)]
         value.way[home_way(lb, sport)] = way_with(flow_want(client_hash(lb, sport)),
