@@ -397,16 +397,17 @@ static __always_inline void syn_drop(struct conn_key *ck, const struct settings 
 
 /* ---- flow_cache: each CPU's cache of the connections it forwards ----------------------- */
 
-/* A connection's key in flow_cache: the client's address and port and FLOW_TAG_BITS of
+/* A connection's key in flow_cache: the client's port and address and FLOW_TAG_BITS of
  * a tag of its VIP, port and protocol, FLOW_KEY_BITS in all, so that the set (the top
  * FLOW_CACHE_LOG2 bits of its hash) and the FLOW_CHECK_BITS an entry keeps (the rest)
- * tell the key exactly (flow_hash is a bijection). Two services' tags can be equal (and
- * with the smallest caches there is none): a hit is followed only to a real server of
- * the packet's service (serves()), so that a collision costs a miss, never a wrong
- * server. */
+ * tell the key exactly (flow_hash is a bijection). The port is lowest: a bit of the hash
+ * depends on the key's bits below it only, and the port is what differs most between a
+ * client's connections. Two services' tags can be equal (and with the smallest caches
+ * there is none): a hit is followed only to a real server of the packet's service
+ * (serves()), so that a collision costs a miss, never a wrong server. */
 static __always_inline __u64 flow_key(const struct conn_key *ck)
 {
-	__u64 key = ck->saddr | (__u64)ck->sport << 32;
+	__u64 key = ck->sport | (__u64)ck->saddr << 16;
 #if FLOW_TAG_BITS > 0
 	__u32 tag = (ck->daddr ^ ((__u32)ck->dport << 16 | ck->proto)) * (__u32)FLOW_TAG_MULT;
 
@@ -432,22 +433,20 @@ static __always_inline int serves(const struct real_info *real, __u64 svc)
 _Static_assert(MAX_REALS <= 1 << FLOW_REAL_BITS, "a flow_cache way's real_id field is too narrow");
 _Static_assert(FLOW_KEY_BITS >= 48, "flow_cache needs 2^10 sets or more: the key must hold "
 	       "the client's address and port whole");
-_Static_assert(FLOW_ALT_FROM + FLOW_CACHE_LOG2 <= FLOW_CHECK_BITS,
-	       "a way's check bits must hold what makes its key's alternate set");
+_Static_assert(FLOW_ALT_FROM >= 0 && FLOW_CACHE_WAYS == 1 << (FLOW_CHECK_BITS - FLOW_HOME_FROM),
+	       "a way's check bits must hold what makes its key's home way and alternate set");
 
-/* A bijection of FLOW_KEY_BITS-bit keys, keyed by the secret settings.hash_seed (so that
- * nobody who does not know it can aim packets at one set): xor-shifts and odd multipliers
- * modulo 2^FLOW_KEY_BITS, as splitmix64's finalizer is of 64 bits. */
+/* A bijection of FLOW_KEY_BITS-bit keys, keyed by the secret settings.hash_seed: the key
+ * xor the seed, times an odd number (2^64 / golden ratio), modulo 2^FLOW_KEY_BITS. Its
+ * top bits (the set) depend on every bit of the key. One multiply, because everything an
+ * established packet does waits for the set's address: splitmix64's finalizer (two
+ * multiplies, three xor-shifts) cost 2 ns of 24 at one flow in test-run, and 2.4 of 43 in
+ * situ (README, eleventh round). The cache is a shortcut to what the table
+ * says, and a flow in it had to be established first; a set that an attacker filled
+ * (knowing the seed) costs its flows the table's lookup, nothing else. */
 static __always_inline __u64 flow_hash(__u64 key, const struct settings *cfg)
 {
-	__u64 h = (key ^ cfg->hash_seed) & FLOW_KEY_MASK;
-
-	h ^= h >> 29;
-	h = (h * 0xbf58476d1ce4e5b9ULL) & FLOW_KEY_MASK;
-	h ^= h >> 27;
-	h = (h * 0x94d049bb133111ebULL) & FLOW_KEY_MASK;
-	h ^= h >> 31;
-	return h;
+	return ((key ^ cfg->hash_seed) * 0x9e3779b97f4a7c15ULL) & FLOW_KEY_MASK;
 }
 
 /* What an entry of the key whose hash is `h` holds above its real_id and stamp in its
@@ -462,6 +461,13 @@ static __always_inline __u64 flow_want(__u64 h)
 static __always_inline __u32 flow_home(__u64 h)
 {
 	return h >> FLOW_CHECK_BITS;
+}
+
+/* Its home way in a set, where every fill puts it when that way is free, and where a
+ * probe looks first: the top 3 check bits (FLOW_HOME_FROM). */
+static __always_inline __u32 flow_home_way(__u64 h)
+{
+	return (h >> FLOW_HOME_FROM) & (FLOW_CACHE_WAYS - 1);
 }
 
 /* Its alternate set, where it goes when its home set is full: the home set xor an odd
@@ -620,7 +626,7 @@ static __always_inline void flow_remember(struct flow_set *fs, __u64 h, __u32 re
 static __always_inline struct flow_set *flow_probe(__u64 h, const struct settings *cfg,
 						   __u32 stamp, __u64 **fe, __u32 *fill)
 {
-	__u32 zero = 0, cpu = bpf_get_smp_processor_id(), home = h;
+	__u32 zero = 0, cpu = bpf_get_smp_processor_id(), home = flow_home_way(h);
 	struct flow_meter *fm = flow_meter.lookup(&zero);
 	struct flow_set *fs;
 

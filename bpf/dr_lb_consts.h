@@ -72,9 +72,12 @@
 #define FLOW_CHECK_BITS (64 - FLOW_CHECK_SHIFT)
 #define FLOW_KEY_BITS (FLOW_CHECK_BITS + FLOW_CACHE_LOG2)
 #define FLOW_TAG_BITS (FLOW_KEY_BITS - 48)
-/* The lowest of the FLOW_CACHE_LOG2 check bits that make a key's alternate set
- * (bpf/dr_lb.c flow_alt): above the 3 that make its home way. */
-#define FLOW_ALT_FROM 3
+/* The check bits that pick a key's home way (bpf/dr_lb.c flow_home_way): the top 3, and
+ * below them the FLOW_CACHE_LOG2 that make its alternate set (flow_alt). flow_hash is one
+ * multiply, whose bit n depends only on the key's bits 0 to n: the top ones are mixed best.
+ * (Expressions: lb/abi.py reads only the numbers above.) */
+#define FLOW_HOME_FROM (FLOW_CHECK_BITS - 3)
+#define FLOW_ALT_FROM (FLOW_HOME_FROM - FLOW_CACHE_LOG2)
 /* The stamp's unit: 2^FLOW_STAMP_SHIFT ticks, at most FLOW_SYNC_MAX_NS / 32 (the control
  * plane passes it with TICK_NS: lb/director/dataplane.py), so that a stamp wraps after
  * 2^FLOW_STAMP_BITS units, 64 s or more. */

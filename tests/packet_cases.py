@@ -116,6 +116,8 @@ FLOW_VALID_SHIFT = FLOW_REAL_BITS + FLOW_STAMP_BITS
 FLOW_ALT = 1 << (FLOW_VALID_SHIFT + 1)
 FLOW_CHECK_SHIFT = FLOW_VALID_SHIFT + 2
 FLOW_CHECK_BITS = 64 - FLOW_CHECK_SHIFT
+FLOW_HOME_FROM = FLOW_CHECK_BITS - 3        # FLOW_ALT_FROM is FLOW_HOME_FROM - log2
+FLOW_HASH_MULT = 0x9e3779b97f4a7c15         # bpf/dr_lb.c flow_hash
 
 
 def flow_key_bits(log2: int) -> int:
@@ -132,19 +134,13 @@ def flow_tag(vip: int, port: int, proto: int, log2: int) -> int:
 
 def flow_key(saddr: int, sport: int, vip: int, port: int, proto: int, log2: int) -> int:
     """bpf/dr_lb.c flow_key: a connection's key in flow_cache (network-order fields)."""
-    return saddr | sport << 32 | flow_tag(vip, port, proto, log2) << 48
+    return sport | saddr << 16 | flow_tag(vip, port, proto, log2) << 48
 
 
 def flow_hash(key: int, seed: int, log2: int) -> int:
     """bpf/dr_lb.c flow_hash, a bijection of flow_key_bits(log2)-bit keys: the set is its
     top log2 bits, a way keeps the rest (flow_want)."""
-    mask = (1 << flow_key_bits(log2)) - 1
-    z = (key ^ seed) & mask
-    z ^= z >> 29
-    z = (z * 0xbf58476d1ce4e5b9) & mask
-    z ^= z >> 27
-    z = (z * 0x94d049bb133111eb) & mask
-    return z ^ (z >> 31)
+    return ((key ^ seed) * FLOW_HASH_MULT) & ((1 << flow_key_bits(log2)) - 1)
 
 
 def flow_want(h: int, alt: bool = False) -> int:
@@ -159,9 +155,14 @@ def flow_home(h: int) -> int:
     return h >> FLOW_CHECK_BITS
 
 
+def flow_home_way(h: int) -> int:
+    """bpf/dr_lb.c flow_home_way: the key's home way in a set (the top 3 check bits)."""
+    return (h >> FLOW_HOME_FROM) & (abi.CONST["FLOW_CACHE_WAYS"] - 1)
+
+
 def flow_alt(h: int, log2: int) -> int:
     """bpf/dr_lb.c flow_alt: the key's alternate set, from its home set and check bits."""
-    return flow_home(h) ^ ((h >> abi.CONST["FLOW_ALT_FROM"]) | 1) & ((1 << log2) - 1)
+    return flow_home(h) ^ ((h >> (FLOW_HOME_FROM - log2)) | 1) & ((1 << log2) - 1)
 
 
 def way_holds(way: int, want: int) -> bool:

@@ -16,12 +16,13 @@ from lb import abi
 from lb.director import config as config_mod, dataplane, layout as layout_mod
 from tests.conftest import needs_root
 from lb import libbpf
-from tests.packet_cases import (CONFIG, DIRECTOR_MAC, FLOW_ALT, FLOW_CHECK_BITS, RS1, RS_MACS,
-                                 flow_alt,
-                                 flow_hash, flow_home, flow_key, flow_tag, flow_want, tcp,
-                                 udp, way_holds, way_real, way_stamp, way_with)
+from tests.packet_cases import (CLIENT_IP, CONFIG, DIRECTOR_MAC, FLOW_ALT, FLOW_CHECK_BITS, RS1,
+                                 RS_MACS, flow_alt, flow_hash, flow_home, flow_home_way,
+                                 flow_key, flow_tag, flow_want, tcp, udp, way_holds, way_real,
+                                 way_stamp, way_with)
 
 pytestmark = needs_root
+CLIENTS = (CLIENT_IP, "10.0.0.30", "10.0.0.31", "10.0.0.32")   # same_set_flows
 
 
 @pytest.fixture
@@ -56,35 +57,37 @@ def entry(lb, sport: int, table: str = "conn_table"):
     return next(v for k, v in lb.dp.map(table).items() if k.sport == abi.port_be16(sport))
 
 
-def client_key(lb, sport: int, port: int = 80) -> int:
-    """CLIENT_IP:sport's flow key (to VIP:port)."""
+def client_key(lb, sport: int, port: int = 80, src: str = CLIENT_IP) -> int:
+    """CLIENT_IP:sport's flow key (to VIP:port), or another client's (`src`)."""
     svc = next(s.service for s in lb.layout.services if s.service.port == port)
-    return flow_key(abi.ip_be32("10.0.0.10"), abi.port_be16(sport), abi.ip_be32(svc.vip),
+    return flow_key(abi.ip_be32(src), abi.port_be16(sport), abi.ip_be32(svc.vip),
                     abi.port_be16(port), abi.IPPROTO[svc.protocol], lb.dp.flow_cache_log2)
 
 
-def client_hash(lb, sport: int, port: int = 80) -> int:
-    return flow_hash(client_key(lb, sport, port), lb.dp.hash_seed, lb.dp.flow_cache_log2)
+def client_hash(lb, sport: int, port: int = 80, src: str = CLIENT_IP) -> int:
+    return flow_hash(client_key(lb, sport, port, src), lb.dp.hash_seed, lb.dp.flow_cache_log2)
 
 
-def cache_sets(lb, sport: int, port: int = 80, alt: bool = False) -> list[int]:
+def cache_sets(lb, sport: int, port: int = 80, alt: bool = False,
+               src: str = CLIENT_IP) -> list[int]:
     """The index of CLIENT_IP:sport's home set (to VIP:port), or with `alt` its alternate
     set, in each CPU's part of flow_cache."""
-    h = client_hash(lb, sport, port)
+    h = client_hash(lb, sport, port, src)
     log2 = lb.dp.flow_cache_log2
     s = flow_alt(h, log2) if alt else flow_home(h)
     return [(cpu << log2) + s for cpu in range(lb.dp.flow_cache_cpus)]
 
 
-def cached_ways(lb, sport: int, port: int = 80, where: tuple[bool, ...] = (False, True)):
+def cached_ways(lb, sport: int, port: int = 80, where: tuple[bool, ...] = (False, True),
+                src: str = CLIENT_IP):
     """(index, set, way number) of every way of flow_cache that holds CLIENT_IP:sport (to
     VIP:port): in its home sets, then its alternate sets (`where`: False home, True
     alternate)."""
     fc = lb.dp.map("flow_cache")
-    h = client_hash(lb, sport, port)
+    h = client_hash(lb, sport, port, src)
     for alt in where:
         want = flow_want(h, alt)
-        for idx in cache_sets(lb, sport, port, alt):
+        for idx in cache_sets(lb, sport, port, alt, src):
             value = fc[fc.Key(idx)]
             for w, way in enumerate(value.way):
                 if way_holds(way, want):
@@ -207,13 +210,13 @@ def other_server(lb, sport: int) -> int:
     return next(r for r in lb.layout.services[0].sequence if r != real_id)
 
 
-def point_cache_elsewhere(lb, sport: int) -> None:
+def point_cache_elsewhere(lb, sport: int, src: str = CLIENT_IP) -> None:
     """Make every cached copy of CLIENT_IP:sport's connection (fresh, this generation)
     name another server of its service than the table does, as no writer would: a packet
     that reads the cache then goes there, one that reads the table does not."""
     other = other_server(lb, sport)
     fc = lb.dp.map("flow_cache")
-    found = list(cached_ways(lb, sport))
+    found = list(cached_ways(lb, sport, src=src))
     for idx, value, w in found:
         value.way[w] = way_with(value.way[w], real_id=other)
         fc[fc.Key(idx)] = value
@@ -222,7 +225,7 @@ def point_cache_elsewhere(lb, sport: int) -> None:
 
 def home_way(lb, sport: int) -> int:
     """CLIENT_IP:sport's home way (to VIP:80): bpf/dr_lb.c flow_probe."""
-    return client_hash(lb, sport) & (abi.CONST["FLOW_CACHE_WAYS"] - 1)
+    return flow_home_way(client_hash(lb, sport))
 
 
 def ways_holding(lb, sport: int) -> set[int]:
@@ -333,16 +336,19 @@ def test_a_replaced_connection_is_forgotten_in_every_way_of_a_set(lb):
             "a copy of the replaced connection was followed"
 
 
-def same_set_ports(lb, count: int, start: int = 1024) -> list[int]:
-    """`count` source ports of CLIENT_IP whose connections to VIP:80 share one set of
-    flow_cache (the same set on every CPU)."""
-    by_set: dict[int, list[int]] = {}
+def same_set_flows(lb, count: int, start: int = 1024) -> list[tuple[str, int]]:
+    """`count` clients (address, port; no two with one port) whose connections to VIP:80
+    share one set of flow_cache (the same set on every CPU). From several addresses: one
+    client's ports alone never fill a set, as flow_hash (one multiply) spreads a run of
+    keys evenly (2^16 ports over 2^14 sets: 4 in each)."""
+    by_set: dict[int, list[tuple[str, int]]] = {}
     for sport in range(start, 65536):
-        ports = by_set.setdefault(cache_sets(lb, sport)[0], [])   # CPU 0's: the set
-        ports.append(sport)
-        if len(ports) == count:
-            return ports
-    pytest.fail(f"no {count} ports share a set")
+        src = CLIENTS[sport % len(CLIENTS)]
+        flows = by_set.setdefault(cache_sets(lb, sport, src=src)[0], [])   # CPU 0's
+        flows.append((src, sport))
+        if len(flows) == count:
+            return flows
+    pytest.fail(f"no {count} flows share a set")
 
 
 def strangers(lb, idx: int) -> None:
@@ -361,21 +367,22 @@ def test_a_flow_whose_home_set_is_full_is_cached_in_its_alternate_set(lb):
     """One flow more than a set has ways: the last one's home set is full of live flows, so
     it goes to its alternate set (marked so), where it is found and followed."""
     ways = abi.CONST["FLOW_CACHE_WAYS"]
-    ports = same_set_ports(lb, ways + 1)
+    flows = same_set_flows(lb, ways + 1)
     cpu = sorted(os.sched_getaffinity(0))[0]
     with on_cpu(cpu):
-        for sport in ports:
-            mac(lb, tcp("S", sport=sport))
-            mac(lb, tcp("A", sport=sport))      # established
-            mac(lb, tcp("A", sport=sport))      # and cached
-        at_home = {p: list(cached_ways(lb, p, where=(False,))) for p in ports}
-        away = [p for p in ports if not at_home[p]]
+        for src, sport in flows:
+            mac(lb, tcp("S", sport=sport, src=src))
+            mac(lb, tcp("A", sport=sport, src=src))      # established
+            mac(lb, tcp("A", sport=sport, src=src))      # and cached
+        at_home = {f: list(cached_ways(lb, f[1], where=(False,), src=f[0])) for f in flows}
+        away = [f for f in flows if not at_home[f]]
         assert len(away) == 1, f"{ways} flows at home and one away, not {away}"
-        (idx, value, w), = cached_ways(lb, away[0], where=(True,))
-        assert idx == cache_sets(lb, away[0], alt=True)[cpu] and value.way[w] & FLOW_ALT
-        server = mac(lb, tcp("A", sport=away[0]))
-        point_cache_elsewhere(lb, away[0])
-        assert mac(lb, tcp("A", sport=away[0])) not in (server, None), \
+        (src, sport), = away
+        (idx, value, w), = cached_ways(lb, sport, where=(True,), src=src)
+        assert idx == cache_sets(lb, sport, alt=True, src=src)[cpu] and value.way[w] & FLOW_ALT
+        server = mac(lb, tcp("A", sport=sport, src=src))
+        point_cache_elsewhere(lb, sport, src)
+        assert mac(lb, tcp("A", sport=sport, src=src)) not in (server, None), \
             "followed from the table, not from the alternate set"
 
 
@@ -419,28 +426,28 @@ def test_flows_taking_turns_in_an_overfull_set_mostly_stay_cached(lb):
     one synced longest ago would push out the very flow that comes next, every time: no
     turn would ever hit."""
     ways = abi.CONST["FLOW_CACHE_WAYS"]
-    ports = same_set_ports(lb, ways + 1)
+    flows = same_set_flows(lb, ways + 1)
     cpu = sorted(os.sched_getaffinity(0))[0]
     rounds = 5
     unit_s = (dataplane.tick_ns() << dataplane.flow_stamp_shift()) / 1e9 + 0.002
-    assert unit_s * len(ports) < lb.layout.flow_sync_ns / 1e9, "a turn must come before a sync"
+    assert unit_s * len(flows) < lb.layout.flow_sync_ns / 1e9, "a turn must come before a sync"
     with on_cpu(cpu):
-        for sport in ports:
-            strangers(lb, cache_sets(lb, sport, alt=True)[cpu])
-            mac(lb, tcp("S", sport=sport))
-            mac(lb, tcp("A", sport=sport))      # established, and into the set
+        for src, sport in flows:
+            strangers(lb, cache_sets(lb, sport, alt=True, src=src)[cpu])
+            mac(lb, tcp("S", sport=sport, src=src))
+            mac(lb, tcp("A", sport=sport, src=src))      # established, and into the set
         before = meter(lb, cpu)
-        assert before.skip == 0 and before.probes + rounds * len(ports) < \
+        assert before.skip == 0 and before.probes + rounds * len(flows) < \
             abi.CONST["FLOW_METER_WINDOW"], "the turns must fit in one window of the meter"
         for _ in range(rounds):
-            for sport in ports:                 # (live all the round: none due)
-                strangers(lb, cache_sets(lb, sport, alt=True)[cpu])
-            for sport in ports:
-                assert mac(lb, tcp("A", sport=sport)) is not None
+            for src, sport in flows:            # (live all the round: none due)
+                strangers(lb, cache_sets(lb, sport, alt=True, src=src)[cpu])
+            for src, sport in flows:
+                assert mac(lb, tcp("A", sport=sport, src=src)) is not None
                 time.sleep(unit_s)               # a stamp's unit apart: synced at distinct times
         after = meter(lb, cpu)
     hits, probes = after.hits - before.hits, after.probes - before.probes
-    assert probes == rounds * len(ports)
+    assert probes == rounds * len(flows)
     # At random (9 flows, 8 ways): at least 24 of 45 in 100,000 simulated runs, 33 for
     # half of them.
     assert hits >= probes // 4, f"{hits} of {probes} turns found their flow in the cache"

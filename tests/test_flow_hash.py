@@ -8,27 +8,14 @@ import random
 
 import pytest
 
-from tests.packet_cases import (FLOW_CHECK_BITS, flow_alt, flow_hash, flow_home, flow_key,
-                                 flow_key_bits)
+from tests.packet_cases import (FLOW_CHECK_BITS, FLOW_HASH_MULT, flow_alt, flow_hash, flow_home,
+                                 flow_key, flow_key_bits)
 
 
 def unhash(h: int, seed: int, log2: int) -> int:
-    """flow_hash's inverse: each xor-shift and odd multiply undone, last first."""
+    """flow_hash's inverse: the odd multiply undone, then the seed."""
     n = flow_key_bits(log2)
-    mask = (1 << n) - 1
-
-    def unshift(x: int, s: int) -> int:   # x ^= x >> s, undone
-        y = x
-        for _ in range(n // s + 1):
-            y = x ^ (y >> s)
-        return y & mask
-
-    z = unshift(h, 31)
-    z = (z * pow(0x94d049bb133111eb, -1, 1 << n)) & mask
-    z = unshift(z, 27)
-    z = (z * pow(0xbf58476d1ce4e5b9, -1, 1 << n)) & mask
-    z = unshift(z, 29)
-    return (z ^ seed) & mask
+    return ((h * pow(FLOW_HASH_MULT, -1, 1 << n)) ^ seed) & ((1 << n) - 1)
 
 
 @pytest.mark.parametrize("log2", [10, 14, 17])
