@@ -22,7 +22,6 @@ from tests.packet_cases import (CLIENT_IP, CONFIG, DIRECTOR_MAC, FLOW_ALT, FLOW_
                                  way_stamp, way_with)
 
 pytestmark = needs_root
-CLIENTS = (CLIENT_IP, "10.0.0.30", "10.0.0.31", "10.0.0.32")   # same_set_flows
 
 
 @pytest.fixture
@@ -336,18 +335,20 @@ def test_a_replaced_connection_is_forgotten_in_every_way_of_a_set(lb):
             "a copy of the replaced connection was followed"
 
 
-def same_set_flows(lb, count: int, start: int = 1024) -> list[tuple[str, int]]:
+def same_set_flows(lb, count: int) -> list[tuple[str, int]]:
     """`count` clients (address, port; no two with one port) whose connections to VIP:80
-    share one set of flow_cache (the same set on every CPU). From several addresses: one
-    client's ports alone never fill a set, as flow_hash (one multiply) spreads a run of
-    keys evenly (2^16 ports over 2^14 sets: 4 in each)."""
-    by_set: dict[int, list[tuple[str, int]]] = {}
-    for sport in range(start, 65536):
-        src = CLIENTS[sport % len(CLIENTS)]
-        flows = by_set.setdefault(cache_sets(lb, sport, src=src)[0], [])   # CPU 0's
-        flows.append((src, sport))
+    share one set of flow_cache (the same set on every CPU), drawn at random from
+    10.1.0.0/16: one client's ports, or any run of keys, never fill a set, as flow_hash
+    (one multiply) spreads a run evenly (2^16 ports over 2^14 sets: 4 in each)."""
+    rng = random.Random(count)
+    by_set: dict[int, dict[int, str]] = {}
+    for _ in range(1_000_000):
+        src = f"10.1.{rng.randrange(256)}.{rng.randrange(1, 255)}"
+        sport = rng.randrange(1024, 61000)
+        flows = by_set.setdefault(cache_sets(lb, sport, src=src)[0], {})   # CPU 0's
+        flows.setdefault(sport, src)
         if len(flows) == count:
-            return flows
+            return [(src, sport) for sport, src in flows.items()]
     pytest.fail(f"no {count} flows share a set")
 
 
