@@ -1345,13 +1345,9 @@ static __always_inline int handle_l4(struct xdp_md *ctx, struct hdr_cursor *c,
 	__u64 now = 0, key = 0;
 	int moved = 0;
 
+	/* To maybe a VIP, or maybe a probe reply from one (handle_ipv4). */
 	if (read_flow(c, iph, &th, &ck))
 		return finish(XDP_PASS, COUNTER_PASS_MALFORMED);
-	/* Neither to a VIP nor (TCP, to a probe port) maybe a probe reply from one: not ours.
-	 * The port test first: a frame to the director itself rarely goes to a probe port. */
-	if (!maybe_vip(ck.daddr) && !(th && probe_port(ck.dport) && maybe_vip(ck.saddr)))
-		return finish(XDP_PASS, programmed(cfg) ? COUNTER_PASS_NOT_VIP
-							: COUNTER_PASS_NOT_PROGRAMMED);
 	if (!cfg)   /* never (an array entry), but the established path reads it */
 		return finish(XDP_PASS, COUNTER_PASS_NOT_PROGRAMMED);
 
@@ -1473,6 +1469,20 @@ struct l4ports {
 };
 DEFINE_PARSER(l4ports, struct l4ports)
 
+/* Whether a TCP/UDP frame to no VIP may be a probe reply (TCP, to a probe port, from
+ * maybe a VIP), read without moving the cursor; a truncated header is not one. */
+static __always_inline int maybe_probe_reply(const struct hdr_cursor *c,
+					     const struct iphdr *iph)
+{
+	struct hdr_cursor peek = *c;
+	struct l4ports *ports;
+
+	if (iph->protocol != IPPROTO_TCP)
+		return 0;
+	ports = parse_l4ports(&peek);
+	return ports && probe_port(ports->dest) && maybe_vip(iph->saddr);
+}
+
 /* An ICMP error to a VIP is about a packet a real server sent from the VIP (replies go
  * straight from the real servers): "fragmentation needed" from a router on the reply
  * path, most of all. Only that real server can act on it (lower its path MTU), so it
@@ -1526,6 +1536,7 @@ static __always_inline int handle_ipv4(struct xdp_md *ctx, struct hdr_cursor *c,
 {
 	struct iphdr *iph = parse_iphdr(c);
 	struct settings *cfg;
+	int l4;
 
 	if (!iph || iph->version != 4 || iph->ihl < 5)
 		return finish(XDP_PASS, COUNTER_PASS_MALFORMED);
@@ -1533,16 +1544,22 @@ static __always_inline int handle_ipv4(struct xdp_md *ctx, struct hdr_cursor *c,
 		return finish(XDP_PASS, COUNTER_PASS_FRAGMENT);
 	if (iph->ihl != 5)
 		return finish(XDP_PASS, COUNTER_PASS_IP_OPTIONS);
+	/* TCP or UDP to no VIP, and not TCP to a probe port from maybe a VIP (a probe reply,
+	 * handle_l4), is not ours, whoever it was sent to: it leaves here, before the
+	 * settings and the MAC test (README, eleventh round). */
+	l4 = iph->protocol == IPPROTO_TCP || iph->protocol == IPPROTO_UDP;
+	if (l4 && !maybe_vip(iph->daddr) && !maybe_probe_reply(c, iph))
+		return finish(XDP_PASS, programmed(get_settings()) ? COUNTER_PASS_NOT_VIP
+								   : COUNTER_PASS_NOT_PROGRAMMED);
 	/* Only frames sent to the director are balanced: what a flooding switch, a
 	 * broadcast or another director's forward shows us is not ours to send on. */
 	cfg = get_settings();
 	if (programmed(cfg) && !same_mac(eth->h_dest, cfg->mac))
 		return finish(XDP_PASS, COUNTER_PASS_NOT_OUR_MAC);
+	if (l4)
+		return handle_l4(ctx, c, eth, iph, cfg);
 
 	switch (iph->protocol) {
-	case IPPROTO_TCP:
-	case IPPROTO_UDP:
-		return handle_l4(ctx, c, eth, iph, cfg);
 	case IPPROTO_ICMP:
 		return handle_icmp(c, eth, iph);
 	default: {

@@ -117,6 +117,8 @@ MUTANTS: list[Mutant] = [
       "*fe = flow_find(fa, flow_want(h), home);", ("flow-cache",)),
     M("flow-alt-never-filled", "fa = flow_set_on(flow_alt(h), bpf_get_smp_processor_id());",
       "fa = NULL;", ("flow-cache",)),
+    M("probe-reply-filtered-out", "return ports && probe_port(ports->dest) && maybe_vip(iph->saddr);",
+      "return 0;", ("probe-reply", c("pass_probe_reply"))),
     M("flow-home-way-from-the-low-bits", "return (h >> FLOW_HOME_FROM) & (FLOW_CACHE_WAYS - 1);",
       "return h & (FLOW_CACHE_WAYS - 1);", ("flow-cache",)),
     M("flow-victim-ignores-home", "\tif (!fs->way[home] || flow_due(fs->way[home], stamp, cfg))\n"

@@ -88,3 +88,39 @@ def test_connections_of_a_removed_vip_go_on(program, dataplane):
     # and a new connection to it is no longer balanced
     r, delta = counters_delta(dataplane, lambda: dataplane.test_run(tcp("S", 41001, 80)))
     assert r.action == libbpf.XDP_PASS and delta == {"pass_not_vip": 1}
+
+
+def test_a_frame_to_no_vip_is_not_ours_whatever_mac_it_was_sent_to(program, dataplane):
+    """The pre-filter comes before the MAC test: a frame to no VIP is not a VIP's, whether
+    it was sent to the director or is another host's that a switch flooded; a frame to a
+    VIP sent to another MAC is another director's to send on."""
+    program(CONFIG, RS_MACS, DIRECTOR_MAC)
+    foreign = "02:00:00:00:00:0c"
+    other = "10.0.0.99"
+    for frame, counter in ((tcp("A", 40000, 80, dst=other, dst_mac=foreign), "pass_not_vip"),
+                           (udp(40000, 53, dst=other, dst_mac=foreign), "pass_not_vip"),
+                           (tcp("A", 40000, 80, dst_mac=foreign), "pass_not_our_mac")):
+        r, delta = counters_delta(dataplane, lambda: dataplane.test_run(frame))
+        assert r.action == libbpf.XDP_PASS and r.data == frame
+        assert delta == {counter: 1}, (frame, delta)
+
+
+def test_only_tcp_to_a_probe_port_from_a_vip_is_looked_at_further(program, dataplane):
+    """A frame to no VIP goes on past the pre-filter only when it may be a probe reply:
+    TCP, to a probe port, from maybe a VIP. UDP from a VIP to such a port, TCP from it to
+    another port, and a TCP header cut short are not ours."""
+    program(CONFIG, RS_MACS, DIRECTOR_MAC)
+    port, director = abi.CONST["PROBE_PORT_MIN"], "10.0.0.2"
+    reply = tcp("SA", 80, port, src=VIP, dst=director)
+    r, delta = counters_delta(dataplane, lambda: dataplane.test_run(reply))
+    assert r.action == libbpf.XDP_PASS and delta == {"pass_probe_reply": 1}
+    cut = reply[:14 + 20 + 3]             # not even the destination port whole
+    for frame in (udp(80, port, src=VIP, dst=director),
+                  tcp("SA", 80, port - 1, src=VIP, dst=director), cut):
+        r, delta = counters_delta(dataplane, lambda: dataplane.test_run(frame))
+        assert r.action == libbpf.XDP_PASS and r.data == frame
+        assert delta == {"pass_not_vip": 1}, (frame, delta)
+    # To a VIP, a TCP header cut short is malformed, as ever.
+    cut = tcp("S", 40000, 80)[:14 + 20 + 3]
+    r, delta = counters_delta(dataplane, lambda: dataplane.test_run(cut))
+    assert r.action == libbpf.XDP_PASS and delta == {"pass_malformed": 1}
