@@ -1,5 +1,6 @@
 /* A MAC-swap reflector that first reads one line of an array, at random by the frame's
- * flow (splitmix64 of the source address and ports), as the flow cache's set of a flow is:
+ * flow (splitmix64 of the source address and ports), as the flow cache's set of a flow is
+ * (its own hash is one multiply since the eleventh round; any good hash does here):
  * what one cold line per packet costs on this host (bench/cold_line.py). LINES (a power of
  * two) lines of 64 bytes; with INNER, the array is OUTERN maps of INNER lines (kmalloc'ed
  * when small: in the direct map's huge pages) behind an array of maps. */

@@ -1414,7 +1414,8 @@ static __always_inline int handle_l4(struct xdp_md *ctx, struct hdr_cursor *c,
 
 	/* A half-open TCP connection (syn_table) is followed like an established one, also
 	 * after its VIP left the config (IPVS keeps a removed service's connections).
-	 * Traffic to the director itself never gets here (the VIP pre-filter above). */
+	 * Traffic to the director itself never gets here (the VIP pre-filter in handle_ipv4),
+	 * but for a probe reply. */
 	if (th && !cv) {
 		hv = syn_find(&ck, cfg);
 		if (hv) {
@@ -1545,8 +1546,9 @@ static __always_inline int handle_ipv4(struct xdp_md *ctx, struct hdr_cursor *c,
 	if (iph->ihl != 5)
 		return finish(XDP_PASS, COUNTER_PASS_IP_OPTIONS);
 	/* TCP or UDP to no VIP, and not TCP to a probe port from maybe a VIP (a probe reply,
-	 * handle_l4), is not ours, whoever it was sent to: it leaves here, before the
-	 * settings and the MAC test (README, eleventh round). */
+	 * handle_l4), is not ours, whoever it was sent to: it leaves here, before the MAC test
+	 * and the TCP/UDP header (the settings are read only to name its counter; README,
+	 * eleventh round). */
 	l4 = iph->protocol == IPPROTO_TCP || iph->protocol == IPPROTO_UDP;
 	if (l4 && !maybe_vip(iph->daddr) && !maybe_probe_reply(c, iph))
 		return finish(XDP_PASS, programmed(get_settings()) ? COUNTER_PASS_NOT_VIP

@@ -73,10 +73,12 @@ CONFIG_NO_ICMP_ECHO = CONFIG.replace('interface = "eth0"',
 
 def fresh(lb) -> None:
     """The maps as the program finds them before the control plane's first write:
-    settings all zero (an array entry always exists), no service, no VIP."""
+    settings all zero (an array entry always exists), no service, no VIP, no bit in the
+    VIP pre-filter."""
     zero_settings(lb)
     lb.dp.map("services").clear()
     lb.dp.map("vips").clear()
+    lb.dp.map("vip_filter").clear()
 
 
 def arp_from(eth_src: str, sender_hw: str) -> bytes:
@@ -305,7 +307,9 @@ def _cases() -> list[Case]:
                setup=fresh),
         passed("fresh-fragment", bytes(ip(flags="MF") / TCP(dport=80, flags="S")),
                "pass_fragment", setup=fresh),
-        passed("fresh-truncated-tcp-syn", syn[:40], "pass_malformed", setup=fresh),
+        # The TCP/UDP header is read after the VIP pre-filter, which on a fresh director
+        # knows no VIP: not programmed (programmed, to a VIP: malformed, above).
+        passed("fresh-truncated-tcp-syn", syn[:40], "pass_not_programmed", setup=fresh),
     ]
 
 
