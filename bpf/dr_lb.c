@@ -637,11 +637,11 @@ static __always_inline struct flow_set *flow_probe(__u64 h, const struct setting
 		fm->skip--;
 		if (bpf_get_prandom_u32() & (FLOW_METER_FILL - 1))
 			return NULL;
-		*fill = FLOW_FILL_BLIND + (home & (FLOW_CACHE_WAYS - 1));
+		*fill = FLOW_FILL_BLIND + home;
 		return flow_set_on(flow_home(h), cpu);
 	}
 	fs = flow_set_on(flow_home(h), cpu);
-	*fill = FLOW_FILL_PROBED + (home & (FLOW_CACHE_WAYS - 1));
+	*fill = FLOW_FILL_PROBED + home;
 	if (!fs)
 		return NULL;
 	*fe = flow_find(fs, flow_want(h), home);

@@ -88,7 +88,7 @@ def c(name: str) -> str:
 
 M = Mutant
 # flow_probe's blind fill while the meter has the cache off.
-BLIND_FILL = ("\t\t*fill = FLOW_FILL_BLIND + (home & (FLOW_CACHE_WAYS - 1));\n"
+BLIND_FILL = ("\t\t*fill = FLOW_FILL_BLIND + home;\n"
               "\t\treturn flow_set_on(flow_home(h), cpu);\n")
 
 MUTANTS: list[Mutant] = [

@@ -118,7 +118,8 @@ FLOW_VALID_SHIFT = FLOW_REAL_BITS + FLOW_STAMP_BITS
 FLOW_ALT = 1 << (FLOW_VALID_SHIFT + 1)
 FLOW_CHECK_SHIFT = FLOW_VALID_SHIFT + 2
 FLOW_CHECK_BITS = 64 - FLOW_CHECK_SHIFT
-FLOW_HOME_FROM = FLOW_CHECK_BITS - 3        # FLOW_ALT_FROM is FLOW_HOME_FROM - log2
+# The home way: the top log2(ways) check bits; the alternate set: the log2 bits below them.
+FLOW_HOME_FROM = FLOW_CHECK_BITS - (abi.CONST["FLOW_CACHE_WAYS"] - 1).bit_length()
 FLOW_HASH_MULT = 0x9e3779b97f4a7c15         # bpf/dr_lb.c flow_hash
 
 
