@@ -9,12 +9,15 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from pyroute2 import IPRoute, NetNS, netns
 
@@ -99,6 +102,7 @@ class Lab:
     hosts: tuple[Host, ...] = HOSTS
     flooding: bool = False   # the bridge learns no MAC (ageing time 0): a hub
     _procs: list[subprocess.Popen] = field(default_factory=list)
+    _dirs: list[Path] = field(default_factory=list)
     macs: dict[str, str] = field(default_factory=dict)
 
     # ---- names -----------------------------------------------------------------
@@ -249,8 +253,18 @@ class Lab:
         finally:
             self.stop_processes(since, wait_s)
 
+    def scratch_dir(self) -> Path:
+        """A directory of the lab's own under /tmp (a director's config file), removed
+        by destroy()."""
+        d = Path(tempfile.mkdtemp(prefix=f"{self.prefix}-"))
+        self._dirs.append(d)
+        return d
+
     def destroy(self) -> None:
         self.stop_processes()
+        for d in self._dirs:
+            shutil.rmtree(d, ignore_errors=True)
+        self._dirs.clear()
         existing = set(netns.listnetns())
         for h in self.hosts:
             if h.role == "director" and self.ns(h.name) in existing:

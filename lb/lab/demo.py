@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import collections
 import subprocess
-import tempfile
 from pathlib import Path
 
 from lb import lab as lab_mod
@@ -26,7 +25,7 @@ def launch_director(lab: Lab, config: Path, *options: str, host: str = "director
 def start_director(lab: Lab, config_text: str, *options: str, host: str = "director",
                    wait: bool = True) -> subprocess.Popen:
     """launch_director() with `config_text` written to a file of its own."""
-    cfg = Path(tempfile.mkdtemp(prefix="dr-lb-")) / "lab.toml"
+    cfg = lab.scratch_dir() / "lab.toml"
     cfg.write_text(config_text)
     return launch_director(lab, cfg, *options, host=host, wait=wait)
 
