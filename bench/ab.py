@@ -8,6 +8,11 @@ rounds as the MAC-swap reflector, through the same reset harness (test-run ns):
   * notvip  a frame to the director's own address;
   * new     a SYN of a connection never seen (the half-open table emptied every 4 rounds).
 
+With --live N, the builds are measured live instead, as `dr-lb bench` measures them: N
+established flows sent through the scene, each build's pps (from the sink) and in-situ
+ns/packet alternated with the reflector's in every round (an untimed pass first), and
+each build's pps as a ratio to the reflector's of the same round.
+
 Small differences drown in this machine's noise (2 shared vCPUs), so est and notvip take,
 per round, the minimum of --trials short runs of each program, interleaved. And a build's
 loaded copy alone can move by a few percent (where its maps landed): give the same DIR
@@ -20,6 +25,7 @@ Figures only: nothing is asserted. Run as root, isolated:
 from __future__ import annotations
 
 import argparse
+import math
 import statistics
 import sys
 from pathlib import Path
@@ -43,6 +49,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--many", type=int, default=0,
                     help="also est<N>: N established flows, each once per run "
                          "(--repeat N to see each once)")
+    ap.add_argument("--live", type=int, default=0, metavar="N",
+                    help="measure live at N established flows (pps, in-situ ns) instead")
     a = ap.parse_args(argv)
     cases = a.cases.split(",")
     names = []
@@ -52,7 +60,7 @@ def main(argv: list[str] | None = None) -> int:
             n, k = f"{d.name}#{k}", k + 1
         names.append(n)
     s = m.Settings.quick()
-    s.flows = [1]
+    s.flows = [a.live or 1]
     s.order = a.order
     res: dict[tuple[str, str], list[float]] = {}
     with m.Bench(s, prefix="drlb-ab") as b:
@@ -66,7 +74,9 @@ def main(argv: list[str] | None = None) -> int:
             dp.clear_state()
             dp.write(layout_mod.build(cfg, macs, b.director_mac))
             b.dp = dps[name] = dp
-            b.populate(1, 64)
+            b.populate(a.live or 1, 64)
+        if a.live:
+            return live(b, dps, a.live, a.rounds)
         frames = {"est": m.frame("ack", 64, b.client_mac, b.director_mac),
                   "notvip": m.frame("not_vip", 64, b.client_mac, b.director_mac)}
         expect = {"est": "tx_service", "notvip": "pass_not_vip"}
@@ -130,6 +140,30 @@ def main(argv: list[str] | None = None) -> int:
             continue
         rs = sorted(p / q for p, q in zip(v, base))
         print(f"  {name:18} {case:7} {statistics.median(rs):.3f}  {rs[0]:.3f}  {rs[-1]:.3f}")
+    return 0
+
+
+def live(b: m.Bench, dps: dict, flows: int, rounds: int) -> int:
+    """--live: pps and in-situ ns of each build and of the reflector at `flows` flows."""
+    for name, dp in dps.items():
+        b.fds[name] = dp.prog_fd
+    progs = ["reflector"] + list(dps)
+    pps: dict[str, list[float]] = {p: [] for p in progs}
+    ns: dict[str, list[float]] = {p: [] for p in progs}
+    for r in range(rounds):
+        for p in m.rotate(progs, r):
+            b.live(p, "native", "ack", flows, 64, flows, stats=False)   # untimed pass
+            pps[p].append(b.live(p, "native", "ack", flows, 64, b.s.frames, stats=False,
+                                 min_s=b.s.min_seconds)["pps"])
+            ns[p].append(b.live(p, "native", "ack", flows, 64, b.s.frames, stats=True,
+                                min_s=b.s.min_seconds).get("ns", math.nan))
+        print(f"round {r + 1}/{rounds}", file=sys.stderr)
+    print(f"{flows:,} flows, live, native, 64 B")
+    print(f"{'build':20} {'Mpps':>6} {'x refl (median, best)':>22} {'ns in situ':>11} {'best':>6}")
+    for p in progs:
+        x = [v / w for v, w in zip(pps[p], pps["reflector"])]
+        print(f"{p:20} {statistics.median(pps[p]) / 1e6:6.2f} {statistics.median(x):14.3f}"
+              f" {max(x):7.3f} {statistics.median(ns[p]):11.1f} {min(ns[p]):6.1f}")
     return 0
 
 
