@@ -294,9 +294,9 @@ def test_second_up_on_same_interface_is_refused(scene):
     lab, _ = scene
     r = lab.run("director", *python_cmd("lb", "up", "/dev/null"), check=False)
     assert r.returncode == 2, "an empty config must be rejected before anything else"
-    cfg = lab.run("director", "mktemp").stdout.strip()
-    lab.run("director", "sh", "-c", f"cat > {cfg}", input=lab.director_config())
-    r = lab.run("director", *python_cmd("lb", "up", cfg), check=False)
+    cfg = lab.scratch_dir() / "second.toml"   # removed with the lab
+    cfg.write_text(lab.director_config())
+    r = lab.run("director", *python_cmd("lb", "up", str(cfg)), check=False)
     assert r.returncode == 1
     # The interface's lock refuses it first, naming the instance that holds it.
     assert "already runs on eth0 (pid" in r.stderr and "Traceback" not in r.stderr, r.stderr
