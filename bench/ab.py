@@ -8,10 +8,10 @@ rounds as the MAC-swap reflector, through the same reset harness (test-run ns):
   * notvip  a frame to the director's own address;
   * new     a SYN of a connection never seen (the half-open table emptied every 4 rounds).
 
-With --live N, the builds are measured live instead, as `dr-lb bench` measures them: N
-established flows sent through the scene, each build's pps (from the sink) and in-situ
-ns/packet alternated with the reflector's in every round (an untimed pass first), and
-each build's pps as a ratio to the reflector's of the same round.
+With --live N, the builds are measured live instead, as `dr-lb bench` measures them
+(Bench.live_round): N established flows sent through the scene, each build's pps (from the
+sink) and in-situ ns/packet alternated with the reflector's in every round, and each
+build's pps as a ratio to the reflector's of the same round.
 
 Small differences drown in this machine's noise (2 shared vCPUs), so est and notvip take,
 per round, the minimum of --trials short runs of each program, interleaved. And a build's
@@ -152,11 +152,11 @@ def live(b: m.Bench, dps: dict, flows: int, rounds: int) -> int:
     ns: dict[str, list[float]] = {p: [] for p in progs}
     for r in range(rounds):
         for p in m.rotate(progs, r):
-            b.live(p, "native", "ack", flows, 64, flows, stats=False)   # untimed pass
-            pps[p].append(b.live(p, "native", "ack", flows, 64, b.s.frames, stats=False,
-                                 min_s=b.s.min_seconds)["pps"])
-            ns[p].append(b.live(p, "native", "ack", flows, 64, b.s.frames, stats=True,
-                                min_s=b.s.min_seconds).get("ns", math.nan))
+            run, n, check = b.live_round(p, "native", flows, 64, b.s.frames, dp=dps.get(p))
+            if check and not check["ok"]:
+                print(f"bench.ab: {p} live: WRONG PATH {check['counters']}", file=sys.stderr)
+            pps[p].append(run["pps"])
+            ns[p].append(math.nan if n is None else n)
         print(f"round {r + 1}/{rounds}", file=sys.stderr)
     print(f"{flows:,} flows, live, native, 64 B")
     print(f"{'build':20} {'Mpps':>6} {'x refl (median, best)':>22} {'ns in situ':>11} {'best':>6}")

@@ -399,6 +399,29 @@ class Bench:
             out["ns"] = (ns1[0] - ns0[0]) / (ns1[1] - ns0[1])
         return out
 
+    def live_round(self, program: str, mode: str, flows: int, size: int, count: int,
+                   dp=None) -> tuple[dict, float | None, dict | None]:
+        """One round's live figures of `program`: an untimed pass over the flows (steady
+        state: caches, the flow cache's meter), the pps run (`live`), and for an XDP
+        program the in-situ run, as long as the pps run (see Settings). With `dp` (a
+        Dataplane), whether the pps run's frames took the measured path (path_check).
+        Returns (the pps run, in-situ ns or None, the check or None)."""
+        if flows > 1:
+            self.live(program, mode, "ack", flows, size, min(count, flows), stats=False)
+        before = dp.counters() if dp else None
+        m = self.live(program, mode, "ack", flows, size, count, stats=False,
+                      min_s=self.s.min_seconds)
+        check = None
+        if dp:
+            after = dp.counters()
+            check = path_check({k: after[k] - before[k] for k in after}, "tx_service",
+                               m["sent"])
+        ns = None
+        if program != "kernel":
+            ns = self.live(program, mode, "ack", flows, min(size, 1500), max(count // 4, 1000),
+                           stats=True, min_s=self.s.min_seconds).get("ns")
+        return m, ns, check
+
     def step(self, what: str) -> None:
         if self.progress:
             self.progress.step(what)
@@ -543,22 +566,13 @@ def live_figures(b: Bench, s: Settings) -> list[dict]:
                 for r in range(s.rounds):
                     for p in rotate(programs, r):
                         count = s.frames // 4 if p == "kernel" else s.frames
-                        if flows > 1:   # steady state: a pass over the flows, untimed
-                            b.live(p, mode, "ack", flows, size, min(count, flows),
-                                   stats=False)
-                        before = b.dp.counters() if p == "dr-lb" else None
-                        m = b.live(p, mode, "ack", flows, size, count, stats=False,
-                                   min_s=s.min_seconds)
-                        if before is not None:
-                            after = b.dp.counters()
-                            checks.append(path_check({k: after[k] - before[k] for k in after},
-                                                     "tx_service", m["sent"]))
+                        m, ns, check = b.live_round(p, mode, flows, size, count,
+                                                    dp=b.dp if p == "dr-lb" else None)
+                        if check:
+                            checks.append(check)
                         figs[p][0].add(m["pps"])
                         returned[p].append(m["returned"])
-                        if p != "kernel":   # as long as the pps run (see Settings)
-                            n = b.live(p, mode, "ack", flows, min(size, 1500),
-                                       max(count // 4, 1000), stats=True, min_s=s.min_seconds)
-                            figs[p][1].add(n.get("ns"))
+                        figs[p][1].add(ns)
                     b.step(f"live {mode} {size} B {flows:,} flow(s), round {r + 1}")
                 for p in PROGRAMS:
                     if p == "kernel" and (size, flows) in kernel_done:
