@@ -69,7 +69,7 @@ static __always_inline int finish(int action, __u32 counter)
  * Unaligned packet and map-value accesses are fine for the verifier and the CPU where
  * unaligned access is efficient (x86-64, arm64); every MAC read or written here is in the
  * packet or at the start of a map value, never on the stack (whose accesses must be
- * aligned). Measured: see README, Benchmark. */
+ * aligned). Measured: bench/HISTORY.md, second round. */
 static __always_inline __u32 mac_head(const __u8 *mac)
 {
 	return *(const __u32 *)mac;
@@ -441,7 +441,7 @@ _Static_assert(FLOW_ALT_FROM >= 0 && FLOW_CACHE_WAYS == 1 << (FLOW_CHECK_BITS - 
  * top bits (the set) depend on every bit of the key. One multiply, because everything an
  * established packet does waits for the set's address: splitmix64's finalizer (two
  * multiplies, three xor-shifts) cost 2 ns of 24 at one flow in test-run, and 2.4 of 43 in
- * situ (README, eleventh round). The cache is a shortcut to what the table
+ * situ (bench/HISTORY.md, eleventh round). The cache is a shortcut to what the table
  * says, and a flow in it had to be established first; a set that an attacker filled
  * (knowing the seed) costs its flows the table's lookup, nothing else. */
 static __always_inline __u64 flow_hash(__u64 key, const struct settings *cfg)
@@ -1547,8 +1547,8 @@ static __always_inline int handle_ipv4(struct xdp_md *ctx, struct hdr_cursor *c,
 		return finish(XDP_PASS, COUNTER_PASS_IP_OPTIONS);
 	/* TCP or UDP to no VIP, and not TCP to a probe port from maybe a VIP (a probe reply,
 	 * handle_l4), is not ours, whoever it was sent to: it leaves here, before the MAC test
-	 * and the TCP/UDP header (the settings are read only to name its counter; README,
-	 * eleventh round). */
+	 * and the TCP/UDP header (the settings are read only to name its counter;
+	 * bench/HISTORY.md, eleventh round). */
 	l4 = iph->protocol == IPPROTO_TCP || iph->protocol == IPPROTO_UDP;
 	if (l4 && !maybe_vip(iph->daddr) && !maybe_probe_reply(c, iph))
 		return finish(XDP_PASS, programmed(get_settings()) ? COUNTER_PASS_NOT_VIP

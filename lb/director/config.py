@@ -241,7 +241,7 @@ def flow_cache_shape(conn_table_size: int, cpus: int | None = None) -> tuple[int
     A quarter, not more: a key whose home set is full takes its alternate set, so the
     ways fill to ~90 % without losing flows, and a cache that outgrows the CPU's own
     (2 MiB of L2 a core here) pays a cold line per packet: 1,000,000 connections on 2
-    CPUs make 2^14 sets, 1 MiB a CPU, 131,072 flows (README, Benchmark)."""
+    CPUs make 2^14 sets, 1 MiB a CPU, 131,072 flows (bench/HISTORY.md, tenth round)."""
     cpus = cpus or possible_cpus()
     want = -(-conn_table_size // (4 * cpus * abi.CONST["FLOW_CACHE_WAYS"]))
     return cpus, min(17, max(10, (want - 1).bit_length()))
