@@ -523,6 +523,19 @@ static __always_inline __u64 flow_match(__u64 e, __u64 want)
 	return m;
 }
 
+/* `w` as a way number, masked where the verifier sees it. flow_remember's ways come from
+ * `fill`, bounded only by the branch that tells a blind fill from a probed one; clang
+ * drops the mask that flow_find and flow_victim apply, which it can prove idle there, and
+ * the kernels before ~6.8 follow that branch's other side with the contradicting bounds
+ * instead of pruning it (Debian 12's 6.1 rejected the program, "invalid access to map
+ * value, off=64", found on the Vagrant director). On the established packet's path the
+ * home way comes from the hash, already masked, and costs nothing more. */
+static __always_inline __u32 way_no(__u32 w)
+{
+	asm volatile("" : "+r"(w));
+	return w & (FLOW_CACHE_WAYS - 1);
+}
+
 /* The way of `fs` that holds `want` (flow_want), or NULL: its home way (`home`, from the
  * hash, which every fill gives it when free) tested with a branch, as nearly every flow is
  * found there; else the first way that holds it, found without a branch on the ways'
@@ -587,11 +600,11 @@ static __always_inline void flow_remember(struct flow_set *fs, __u64 h, __u32 re
 					  const struct settings *cfg, __u32 stamp, __u32 fill)
 {
 	__u64 want = flow_want(h), mark = 0, *e;
-	__u32 home = fill - FLOW_FILL_PROBED;
+	__u32 home = way_no(fill - FLOW_FILL_PROBED);
 	struct flow_set *fa;
 
 	if (fill >= FLOW_FILL_BLIND) {
-		e = &fs->way[(fill - FLOW_FILL_BLIND) & (FLOW_CACHE_WAYS - 1)];
+		e = &fs->way[way_no(fill - FLOW_FILL_BLIND)];
 	} else {
 		e = flow_find(fs, want, home);
 		if (!e)

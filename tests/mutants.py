@@ -125,7 +125,7 @@ MUTANTS: list[Mutant] = [
       "\t\treturn &fs->way[home];\n", "",
       ("flow-cache",)),
     M("flow-blind-fill-away-from-home",
-      "e = &fs->way[(fill - FLOW_FILL_BLIND) & (FLOW_CACHE_WAYS - 1)];",
+      "e = &fs->way[way_no(fill - FLOW_FILL_BLIND)];",
       "e = &fs->way[bpf_get_prandom_u32() & (FLOW_CACHE_WAYS - 1)];", ("flow-cache",)),
     M("flow-meter-never-pauses", "\t\t\tfm->skip = FLOW_METER_SKIP;\n", "", ("flow-cache",)),
     M("flow-meter-pauses-for-ever", "\t\tfm->skip--;\n", "", ("flow-cache",)),

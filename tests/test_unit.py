@@ -62,6 +62,11 @@ def test_unit_text(tmp_path):
         assert d[key] == ["yes"], key
     assert d["ProtectSystem"] == ["strict"]
     assert d["ReadWritePaths"] == [f"/run/dr-lb {tmp_path}"]
+    # systemd makes /run/dr-lb before the namespace that ReadWritePaths needs it for (a
+    # fresh boot has none: the unit failed with status 226/NAMESPACE on the Vagrant
+    # director), and keeps it when the service stops (the kept state's bpffs is there)
+    assert d["RuntimeDirectory"] == ["dr-lb"]
+    assert d["RuntimeDirectoryPreserve"] == ["yes"]
     assert d["WantedBy"] == ["multi-user.target"]
 
 

@@ -122,6 +122,7 @@ def test_vagrantfile_takes_the_scene_from_scene_json():
     ("provision-director.sh", "bash"),
     ("provision-realserver.sh", "sh"),
     ("provision-client.sh", "sh"),
+    ("build-box.sh", "bash"),
 ])
 def test_provisioning_scripts_parse(script, shell):
     path = shutil.which(shell)
@@ -133,7 +134,8 @@ def test_provisioning_scripts_parse(script, shell):
 
 
 @pytest.mark.parametrize("script", ["bench.sh", "provision-director.sh",
-                                    "provision-realserver.sh", "provision-client.sh"])
+                                    "provision-realserver.sh", "provision-client.sh",
+                                    "build-box.sh"])
 def test_scripts_pass_shellcheck(script):
     path = shutil.which("shellcheck")
     if path is None:

@@ -34,7 +34,7 @@ load() {   # load LABEL: wrk and iperf3 from the client; one line each into $OUT
     wrk=$(on client "wrk -t2 -c64 -d${SECONDS_PER_RUN}s http://$VIP/" | tr -d '\r' |
           awk '/Requests\/sec/ {print $2}')
     udp=$(on client "iperf3 -c $VIP -u -b 0 -l 1200 -t $SECONDS_PER_RUN -J" | tr -d '\r' |
-          python3 -c 'import json,sys; e=json.load(sys.stdin)["end"]["sum"]; print(f"{e[\"bits_per_second\"]/1e6:.0f} Mbit/s, {e[\"lost_percent\"]:.2f}% lost")')
+          python3 -c 'import json,sys; e=json.load(sys.stdin)["end"]["sum"]; mbit, lost = e["bits_per_second"] / 1e6, e["lost_percent"]; print(f"{mbit:.0f} Mbit/s, {lost:.2f}% lost")')
     printf '%-6s HTTP %s requests/s; UDP %s\n' "$label" "$wrk" "$udp" | tee -a "$OUT/load.txt"
 }
 

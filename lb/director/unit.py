@@ -47,6 +47,18 @@ def dr_lb_command() -> str:
     return f"{sys.executable} -m lb"
 
 
+def runtime_directory() -> str:
+    """RuntimeDirectory= lines for RUN_DIR: systemd creates it before it builds the unit's
+    namespace, which fails on a path of ReadWritePaths= that does not exist (a fresh
+    boot: /run is empty), and keeps it when the service stops (the kept state's bpffs is
+    mounted there). Nothing for a RUN_DIR outside /run (DR_LB_RUN_DIR)."""
+    try:
+        rel = RUN_DIR.relative_to("/run")
+    except ValueError:
+        return ""
+    return f"RuntimeDirectory={rel}\nRuntimeDirectoryPreserve=yes\n"
+
+
 def unit_text(config_path: str, command: str) -> str:
     config = os.path.abspath(config_path)
     mount = (f"/bin/sh -c 'mkdir -p {BPFFS} && {{ mountpoint -q {BPFFS} || "
@@ -64,7 +76,7 @@ NotifyAccess=main
 Environment=PYTHONUNBUFFERED=1
 # The kept connection state lives on a bpffs under {RUN_DIR}, mounted in the host's
 # namespace ("+": without this unit's sandbox) so that it outlives the service.
-ExecStartPre=+{mount}
+{runtime_directory()}ExecStartPre=+{mount}
 # --replace: after a crash, take over the program the dead process left attached, in
 # one step; connections continue from the kept state.
 ExecStart={command} up --replace {config}
