@@ -155,6 +155,12 @@ def test_bench_sh_loads_the_exported_rules_into_ipvs():
     assert "ipvsadm" in (VAGRANT_DIR / "provision-director.sh").read_text()
     client = (VAGRANT_DIR / "provision-client.sh").read_text()
     assert "wrk" in client and "iperf3" in client
+    # a UDP server on the wildcard answers from the real server's own address, and the
+    # client, which sent to the VIP, drops the answer: iperf3 binds to the VIP (found
+    # running the scene; vagrant/README.md)
+    real = (VAGRANT_DIR / "provision-realserver.sh").read_text()
+    assert "ExecStart=/usr/bin/iperf3 -s -B $VIP" in real
+    assert "After=network.target dr-lb-realserver.service" in real
 
 
 @pytest.mark.slow

@@ -28,11 +28,29 @@ if ! command -v nginx >/dev/null 2>&1 || ! command -v iperf3 >/dev/null 2>&1; th
     apt-get update -q
     DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends nginx iperf3
 fi
-# iperf3's server for vagrant/bench.sh's UDP load (it listens on the wildcard: the VIP too).
-if ! systemctl is-active --quiet dr-lb-iperf3.service; then
-    systemd-run --unit=dr-lb-iperf3 --description="iperf3 server for vagrant/bench.sh" \
-        /usr/bin/iperf3 -s
-fi
+# iperf3's server for vagrant/bench.sh's UDP load, bound to the VIP: a UDP server on the
+# wildcard answers from the address its route picks (this host's own), and the client,
+# which sent to the VIP, drops that answer ("unable to read from stream socket"; found
+# running the scene). After dr-lb-realserver.service, which puts the VIP on lo at boot.
+# (An earlier provisioning ran it as a transient unit of the same name: stopped first.)
+systemctl stop dr-lb-iperf3.service 2>/dev/null || true
+rm -f /run/systemd/transient/dr-lb-iperf3.service
+cat > /etc/systemd/system/dr-lb-iperf3.service <<IPERF_EOF
+# Installed by vagrant/provision-realserver.sh
+[Unit]
+Description=iperf3 server on the VIP $VIP for vagrant/bench.sh
+After=network.target dr-lb-realserver.service
+
+[Service]
+ExecStart=/usr/bin/iperf3 -s -B $VIP
+Restart=on-failure
+
+[Install]
+WantedBy=multi-user.target
+IPERF_EOF
+systemctl daemon-reload
+systemctl enable dr-lb-iperf3.service
+systemctl restart dr-lb-iperf3.service
 cat > /etc/nginx/sites-available/dr-lb <<NGINX_EOF
 # Installed by vagrant/provision-realserver.sh: every GET answers with this host's name.
 # Listens on the wildcard address, so it also accepts connections to the VIP on lo.
