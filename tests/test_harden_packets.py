@@ -3,6 +3,7 @@ bpf_prog_test_run_opts, maps filled by the real control-plane code."""
 from __future__ import annotations
 
 import ctypes as ct
+import os
 import struct
 import time
 
@@ -135,7 +136,13 @@ def test_the_established_path_is_one_lookup(small):
 
 def test_the_table_memory_check_says_what_the_kernel_says(small_dp):
     """`check` and `up` estimate the tables' kernel memory (config.table_memory_bytes);
-    the kernel's own figure for the maps (fdinfo memlock) is within 10 % of it."""
+    the kernel's own figure for the maps (fdinfo memlock) is within 10 % of it. Before
+    Linux 6.4 (map_mem_usage) fdinfo's memlock is only (key + value) x max_entries,
+    without a hash map's buckets and per-element header: no figure to check against
+    (Debian 12's 6.1 said 331,776 bytes where the maps take about twice that)."""
+    if tuple(int(x) for x in os.uname().release.split("-")[0].split(".")[:2]) < (6, 4):
+        pytest.skip(f"fdinfo memlock is only an estimate before Linux 6.4 "
+                    f"(this is {os.uname().release})")
     def memlock(name: str) -> int:
         fd = small_dp.map(name).map_fd
         for line in open(f"/proc/self/fdinfo/{fd}"):
