@@ -163,6 +163,11 @@ class Lab:
                             state="up")
         for h in self.hosts:
             self.sysctl(h.name, "net.ipv6.conf.all.disable_ipv6", "1")
+            # Not inherited from the machine: a new namespace copies init_net's IPv4
+            # settings, and a machine with libvirt or docker forwards. A lab director that
+            # forwards sends ICMP redirects (live check: an error, not a warning). Hosts
+            # that must forward (the HA router, the bench's kernel path) say so.
+            self.sysctl(h.name, "net.ipv4.ip_forward", "0")
             with NetNS(self.ns(h.name)) as ns:
                 lo = ns.link_lookup(ifname="lo")[0]
                 ns.link("set", index=lo, state="up")
