@@ -526,9 +526,9 @@ static __always_inline __u64 flow_match(__u64 e, __u64 want)
 /* `w` as a way number, masked where the verifier sees it. flow_remember's ways come from
  * `fill`, bounded only by the branch that tells a blind fill from a probed one; clang
  * drops the mask that flow_find and flow_victim apply, which it can prove idle there, and
- * the kernels before ~6.8 follow that branch's other side with the contradicting bounds
+ * an older verifier follows that branch's other side with the contradicting bounds
  * instead of pruning it (Debian 12's 6.1 rejected the program, "invalid access to map
- * value, off=64", found on the Vagrant director). On the established packet's path the
+ * value, off=64", found on the Vagrant director; 6.18 prunes it). On the established packet's path the
  * home way comes from the hash, already masked, and costs nothing more. */
 static __always_inline __u32 way_no(__u32 w)
 {
