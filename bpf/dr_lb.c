@@ -600,12 +600,13 @@ static __always_inline void flow_remember(struct flow_set *fs, __u64 h, __u32 re
 					  const struct settings *cfg, __u32 stamp, __u32 fill)
 {
 	__u64 want = flow_want(h), mark = 0, *e;
-	__u32 home = way_no(fill - FLOW_FILL_PROBED);
 	struct flow_set *fa;
+	__u32 home;
 
 	if (fill >= FLOW_FILL_BLIND) {
 		e = &fs->way[way_no(fill - FLOW_FILL_BLIND)];
 	} else {
+		home = way_no(fill - FLOW_FILL_PROBED);   /* not on a blind fill: asm is kept */
 		e = flow_find(fs, want, home);
 		if (!e)
 			e = flow_victim(fs, cfg, stamp, home);
