@@ -53,30 +53,33 @@ include=$(IFS=,; echo "${pkgs[*]}")
 
 rm -rf "$WORK"
 mkdir -p "$WORK/rootfs" "$WORK/box"
-echo "build-box: debootstrapping Debian 12 with ${#pkgs[@]} packages into $WORK/rootfs"
-# The hooks are run by mmdebstrap's sh with the root directory as $1: single quotes on purpose.
-# shellcheck disable=SC2016
-mmdebstrap --mode=root --variant=important --include="$include" \
-    --components=main \
-    --customize-hook='chroot "$1" useradd -m -s /bin/bash -G sudo vagrant' \
-    --customize-hook='echo "vagrant ALL=(ALL) NOPASSWD: ALL" > "$1/etc/sudoers.d/vagrant"' \
-    --customize-hook='chmod 0440 "$1/etc/sudoers.d/vagrant"' \
-    --customize-hook="mkdir -p \"\$1/home/vagrant/.ssh\" && cp '$key' \"\$1/home/vagrant/.ssh/authorized_keys\"" \
-    --customize-hook='chroot "$1" chown -R vagrant:vagrant /home/vagrant/.ssh' \
-    --customize-hook='chmod 0700 "$1/home/vagrant/.ssh"' \
-    --customize-hook='printf "auto lo\niface lo inet loopback\n\nallow-hotplug eth0\niface eth0 inet dhcp\n" > "$1/etc/network/interfaces"' \
-    --customize-hook='echo "/dev/vda / ext4 defaults 0 1" > "$1/etc/fstab"' \
-    --customize-hook='echo debian12 > "$1/etc/hostname"' \
-    --customize-hook='echo "UseDNS no" > "$1/etc/ssh/sshd_config.d/vagrant.conf"' \
-    --customize-hook='cp /usr/local/share/ca-certificates/*.crt "$1/usr/local/share/ca-certificates/" 2>/dev/null || true' \
-    --customize-hook='chroot "$1" update-ca-certificates' \
-    bookworm "$WORK/rootfs" "$MIRROR" "${MIRROR%/debian}/debian-security bookworm-security main" \
+root=$WORK/rootfs
+echo "build-box: debootstrapping Debian 12 with ${#pkgs[@]} packages into $root"
+mmdebstrap --mode=root --variant=important --include="$include" --components=main \
+    bookworm "$root" "$MIRROR" "${MIRROR%/debian}/debian-security bookworm-security main" \
     "$MIRROR bookworm-updates main"
 
-cp -L "$WORK/rootfs/vmlinuz" "$WORK/box/vmlinuz"
-cp -L "$WORK/rootfs/initrd.img" "$WORK/box/initrd.img"
+# What Vagrant expects of a box: the user vagrant, with sudo and Vagrant's insecure key
+# (replaced by a key of its own at the first `vagrant up`), and the management NIC by DHCP.
+chroot "$root" useradd -m -s /bin/bash -G sudo vagrant
+echo "vagrant ALL=(ALL) NOPASSWD: ALL" > "$root/etc/sudoers.d/vagrant"
+chmod 0440 "$root/etc/sudoers.d/vagrant"
+install -d -m 0700 "$root/home/vagrant/.ssh"
+install -m 0600 "$key" "$root/home/vagrant/.ssh/authorized_keys"
+chroot "$root" chown -R vagrant:vagrant /home/vagrant/.ssh
+echo "UseDNS no" > "$root/etc/ssh/sshd_config.d/vagrant.conf"
+printf 'auto lo\niface lo inet loopback\n\nallow-hotplug eth0\niface eth0 inet dhcp\n' \
+    > "$root/etc/network/interfaces"
+echo "/dev/vda / ext4 defaults 0 1" > "$root/etc/fstab"
+echo debian12 > "$root/etc/hostname"
+# The host's own local CAs, so that the VMs reach what the host reaches.
+cp /usr/local/share/ca-certificates/*.crt "$root/usr/local/share/ca-certificates/" 2>/dev/null || true
+chroot "$root" update-ca-certificates >/dev/null
+
+cp -L "$root/vmlinuz" "$WORK/box/vmlinuz"
+cp -L "$root/initrd.img" "$WORK/box/initrd.img"
 echo "build-box: making the disk image ($SIZE, ext4 on the whole disk)"
-mke2fs -q -t ext4 -L root -d "$WORK/rootfs" "$WORK/disk.raw" "$SIZE"
+mke2fs -q -t ext4 -L root -d "$root" "$WORK/disk.raw" "$SIZE"
 qemu-img convert -O qcow2 "$WORK/disk.raw" "$WORK/box/box.img"
 rm -f "$WORK/disk.raw"
 bytes=$(qemu-img info --output=json "$WORK/box/box.img" |
@@ -96,6 +99,6 @@ Vagrant.configure("2") do |config|
 end
 EOF
 tar -C "$WORK/box" -czf "$WORK/dr-lb-debian12.box" metadata.json Vagrantfile box.img vmlinuz initrd.img
-rm -rf "$WORK/rootfs"
+rm -rf "$root"
 vagrant box add --force --name "$NAME" "$WORK/dr-lb-debian12.box"
 echo "build-box: added $NAME; cd vagrant && DR_LB_BOX=$NAME vagrant up --provider=libvirt"
