@@ -26,6 +26,16 @@ from lb.director import instances, kept
 from lb.lab.servers import ECHO_PORT
 
 SUBNET_PREFIX = 24
+# The kernel's own defaults of the IPv4 settings that dr-lb's checks read or that DR
+# depends on, set on every lab host for all, default, lo and its interfaces. A new
+# namespace copies init_net's all and default (and its devices take default), so the lab
+# would otherwise run with the machine's: a director that forwards (libvirt and docker
+# turn forwarding on) sends ICMP redirects, and a hardened machine's send_redirects=0,
+# arp_ignore=1 or rp_filter=1 would hide what the doctor and the live check must find.
+# Hosts that must forward (the HA router, the bench's kernel path) say so afterwards.
+KERNEL_DEFAULTS = {"forwarding": 0, "send_redirects": 1, "accept_redirects": 1,
+                   "arp_ignore": 0, "arp_announce": 0, "arp_filter": 0, "arp_accept": 0,
+                   "rp_filter": 0, "accept_local": 0, "route_localnet": 0}
 CLIENT_IP = "198.18.0.10"
 DIRECTOR_IP = "198.18.0.11"
 VIP = "198.18.0.21"
@@ -162,12 +172,10 @@ class Lab:
                     sw.link("set", index=idx, master=sw.link_lookup(ifname=bridge)[0],
                             state="up")
         for h in self.hosts:
-            self.sysctl(h.name, "net.ipv6.conf.all.disable_ipv6", "1")
-            # Not inherited from the machine: a new namespace copies init_net's IPv4
-            # settings, and a machine with libvirt or docker forwards. A lab director that
-            # forwards sends ICMP redirects (live check: an error, not a warning). Hosts
-            # that must forward (the HA router, the bench's kernel path) say so.
-            self.sysctl(h.name, "net.ipv4.ip_forward", "0")
+            scopes = ["all", "default", "lo", *(ifname for ifname, _, _ in h.interfaces())]
+            self.sysctl(h.name, "net.ipv6.conf.all.disable_ipv6", "1",
+                        *(f"net.ipv4.conf.{scope}.{key}={value}" for scope in scopes
+                          for key, value in KERNEL_DEFAULTS.items()))
             with NetNS(self.ns(h.name)) as ns:
                 lo = ns.link_lookup(ifname="lo")[0]
                 ns.link("set", index=lo, state="up")
@@ -310,8 +318,9 @@ class Lab:
         self._procs.append(p)
         return p
 
-    def sysctl(self, host: str, key: str, value: str) -> None:
-        self.run(host, "sysctl", "-q", "-w", f"{key}={value}")
+    def sysctl(self, host: str, key: str, value: str, *more: str) -> None:
+        """KEY=VALUE in `host`, and each of `more` (as KEY=VALUE), in one sysctl call."""
+        self.run(host, "sysctl", "-q", "-w", f"{key}={value}", *more)
 
     # ---- the scene -------------------------------------------------------------
     def prepare_real_servers(self) -> None:

@@ -96,9 +96,6 @@ class HaLab(Lab):
         # flood unknown unicast to the directors' ports.
         for d in self.directors:
             self.run(None, "bridge", "link", "set", "dev", self.port(d.name), "flood", "off")
-        for h in self.hosts:
-            for key in ("net.ipv4.conf.all.rp_filter", "net.ipv4.conf.default.rp_filter"):
-                self.sysctl(h.name, key, "0")
 
     def destroy(self) -> None:
         # The VRRP state dr-lb keeps in /run is named by the namespace's inode, which a
