@@ -13,7 +13,7 @@ import json
 import pytest
 
 from tests.test_realserver_common import (
-    PY, RIP, VIP, arp_answers, can_ping, check_both, codes, forget_state, ip, listen,
+    PY, RIP, VIP, arp_answers, bind_udp, can_ping, check_both, codes, forget_state, ip, listen,
     needs_netns, one, py_rs, small_lab, snapshot, sysctl, write_script)
 
 pytestmark = needs_netns
@@ -172,6 +172,60 @@ def test_nothing_listens_on_the_port(lab, script):
         assert one(findings, "port-ok")["what"] == f"TCP port 80 listens for {VIP}"
         p.terminate()
         p.wait()
+
+
+def test_a_udp_service_must_be_bound_to_the_vip(lab, script):
+    """A UDP reply leaves from the socket's address: bound to the VIP it is right, bound
+    to a wildcard it leaves from the real server's own address (a warning: a server
+    may set each reply's source itself); tests/test_e2e.py shows the client drop it."""
+    def stop(p):
+        p.terminate()
+        p.wait()
+
+    py_rs(lab, "rs1", "up", VIP, check=True)
+    findings, rc = check_both(lab, "rs1", script, [VIP], "--udp-port", "53")
+    assert rc == 1
+    assert one(findings, "udp-port-closed")["what"] == \
+        f"nothing is bound to UDP port 53 for {VIP}"
+    listener = listen(lab, "rs1", VIP, 53)   # TCP on the port says nothing of UDP
+    assert check_both(lab, "rs1", script, [VIP], "--udp-port", "53")[1] == 1
+    stop(listener)
+
+    p = bind_udp(lab, "rs1", RIP["rs1"], 53)
+    findings, rc = check_both(lab, "rs1", script, [VIP], "--udp-port", "53")
+    assert rc == 1
+    assert one(findings, "udp-port-wrong-address")["what"] == \
+        f"UDP port 53 is bound only to {RIP['rs1']}, not to {VIP}"
+    stop(p)
+
+    p = bind_udp(lab, "rs1", "::", 53, v6only=1)
+    findings, rc = check_both(lab, "rs1", script, [VIP], "--udp-port", "53")
+    assert rc == 1 and codes(findings)[-1] == "udp-port-v6-only"
+    stop(p)
+
+    for address, shown in (("0.0.0.0", "0.0.0.0"), ("::", "[::]")):
+        p = bind_udp(lab, "rs1", address, 53)
+        findings, rc = check_both(lab, "rs1", script, [VIP], "--udp-port", "53")
+        assert rc == 0, findings
+        f = one(findings, "udp-port-wildcard")
+        assert f["severity"] == "warning"
+        assert f["what"] == f"UDP port 53 is bound to {shown}, not to {VIP}"
+        assert f"not {VIP}, and the client" in f["why"] and "IP_PKTINFO" in f["why"]
+        # Bound to the VIP as well (a server that binds each address): its replies to
+        # the VIP leave from the VIP.
+        q = bind_udp(lab, "rs1", VIP, 53)
+        findings, rc = check_both(lab, "rs1", script, [VIP], "--udp-port", "53")
+        assert rc == 0 and codes(findings)[-1] == "udp-port-ok"
+        stop(q)
+        stop(p)
+
+    p = bind_udp(lab, "rs1", VIP, 53)
+    findings, rc = check_both(lab, "rs1", script, [VIP], "--udp-port", "53", "--port", "53",
+                              table=True)
+    assert rc == 1, "nothing listens on TCP 53"
+    assert codes(findings)[-2:] == ["port-closed", "udp-port-ok"]
+    assert one(findings, "udp-port-ok")["what"] == f"UDP port 53 is bound to {VIP}"
+    stop(p)
 
 
 def test_default_route_through_the_director(lab, script):

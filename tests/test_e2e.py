@@ -191,6 +191,83 @@ def test_udp_flow_sticks_while_talking_and_moves_after_idle(scene):
                               f"scheduled anew (rr moves it on); it stayed on {out[0]}")
 
 
+UDP_ECHO = textwrap.dedent("""
+    import socket, sys
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    s.bind((sys.argv[1], int(sys.argv[2])))
+    print("bound", flush=True)
+    while True:
+        data, peer = s.recvfrom(2048)
+        s.sendto(data, peer)
+""")
+
+# Where a datagram to the VIP is answered from, seen by an unconnected socket (which
+# takes any source); then what a connected one (as most clients are) gets.
+UDP_ASK = textwrap.dedent("""
+    import socket, sys
+    vip, port = sys.argv[1], int(sys.argv[2])
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    s.settimeout(3)
+    s.sendto(b"ping", (vip, port))
+    print(s.recvfrom(2048)[1][0])
+    c = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    c.settimeout(1)
+    c.connect((vip, port))
+    c.send(b"ping")
+    try:
+        print(c.recv(2048).decode())
+    except OSError:
+        print("nothing")
+""")
+
+
+def test_a_udp_server_on_a_wildcard_answers_from_its_own_address(scene):
+    """DR's UDP pitfall: a server bound to 0.0.0.0 answers from the real server's own
+    address, which the client drops. The doctor warns of it, and its fix cures it."""
+    lab, director = scene
+    original = director.config_path.read_text()
+    rs1 = lab.host("rs1").address
+    port = 5400
+    echo = None
+
+    def serve(address: str) -> subprocess.Popen:
+        p = lab.popen("rs1", sys.executable, "-c", UDP_ECHO, address, str(port),
+                      stdout=subprocess.PIPE, text=True)
+        assert p.stdout.readline().strip() == "bound"
+        return p
+
+    def doctor() -> dict:
+        r = lab.run("rs1", *python_cmd("lb", "realserver", "check", VIP, "--udp-port",
+                                       str(port), "--json"), check=False)
+        assert r.returncode == 0, r.stdout   # a warning, not an error
+        return {f["code"]: f for f in json.loads(r.stdout)["findings"]}
+
+    try:
+        director.config_path.write_text(
+            original + f'\n[[service]]\nvip = "{VIP}"\nport = {port}\nprotocol = "udp"\n'
+                       f'\n[[service.real_server]]\naddress = "{rs1}"\n')
+        reload(lab)
+        echo = serve("0.0.0.0")
+        source, connected = lab.run("client", sys.executable, "-c", UDP_ASK, VIP,
+                                    str(port)).stdout.split()
+        assert (source, connected) == (rs1, "nothing")
+        found = doctor()
+        assert found["udp-port-wildcard"]["severity"] == "warning"
+        assert found["udp-port-wildcard"]["fix"].startswith(f"bind the service to {VIP}:{port}")
+        echo.kill()
+        echo.wait()
+        echo = serve(VIP)
+        assert lab.run("client", sys.executable, "-c", UDP_ASK, VIP,
+                       str(port)).stdout.split() == [VIP, "ping"]
+        assert "udp-port-ok" in doctor()
+    finally:
+        if echo:
+            echo.kill()
+            echo.wait()
+        director.config_path.write_text(original)
+        reload(lab, check=False)
+
+
 def test_persistence_keeps_a_client_on_one_server(scene):
     lab, _ = scene
     hits = status(lab)["counters"]["persist_hit"]

@@ -189,7 +189,7 @@ def rs_cmd(lab, impl, tmp_path):
     return lambda host, *args, **kw: sh_rs(lab, host, script, *args, **kw)
 
 
-DEFAULTS = 'DEFAULT_VIPS="" DEFAULT_PORT="" DEFAULT_DIRECTOR=""'
+DEFAULTS = 'DEFAULT_VIPS="" DEFAULT_PORT="" DEFAULT_DIRECTOR="" DEFAULT_UDP_PORT=""'
 
 
 def persisted_vips(root) -> list[str]:
@@ -225,7 +225,8 @@ def test_persist_writes_and_down_removes(lab, impl, tmp_path):
     # the persisted script is realserver.sh itself, with its VIPs as the defaults
     assert DEFAULTS in RS_SH.read_text()
     assert boot.read_text() == RS_SH.read_text().replace(
-        DEFAULTS, f'DEFAULT_VIPS="{VIP}" DEFAULT_PORT="" DEFAULT_DIRECTOR=""')
+        DEFAULTS, f'DEFAULT_VIPS="{VIP}" DEFAULT_PORT="" DEFAULT_DIRECTOR="" '
+                  'DEFAULT_UDP_PORT=""')
     assert persisted_vips(root) == [VIP]
 
     # The boot path: rs2 has never seen dr-lb; the persisted script prepares it.
@@ -253,6 +254,24 @@ def test_persist_writes_and_down_removes(lab, impl, tmp_path):
                  "etc/sysctl.d/90-dr-lb-realserver.conf"):
         assert not (root / path).exists()
     assert not (root / "etc/dr-lb").exists()
+
+
+def test_down_rewrites_a_persisted_copy_from_before_udp_port(lab, tmp_path):
+    """A script read from stdin (no file of its own) rewrites the persisted copy itself:
+    one persisted by a release without DEFAULT_UDP_PORT still has its VIP taken out."""
+    root = tmp_path / "root"
+    py_rs(lab, "rs1", "up", VIP, VIP2, "--persist", "--root", str(root), check=True)
+    boot = root / "etc/dr-lb/realserver.sh"
+    old = boot.read_text().replace(' DEFAULT_UDP_PORT=""', "", 1)
+    assert 'DEFAULT_DIRECTOR=""\n' in old
+    boot.write_text(old)
+    r = lab.run("rs1", "sh", "-s", "down", VIP, "--root", str(root), input=RS_SH.read_text())
+    assert f"wrote /etc/dr-lb/realserver.sh (puts {VIP2} on lo at boot)" in r.stdout
+    assert f'DEFAULT_VIPS="{VIP2}" DEFAULT_PORT="" DEFAULT_DIRECTOR="" DEFAULT_UDP_PORT=""\n' \
+        in boot.read_text()
+    assert persisted_vips(root) == [VIP2]
+    py_rs(lab, "rs1", "down", VIP2, "--root", str(root), check=True)
+    assert not boot.exists()
 
 
 # ---- review fixes (namespaces "drlb-fx-*") ------------------------------------------------

@@ -205,7 +205,7 @@ def can_ping(lab: Lab, src: str, dst: str) -> bool:
 __all__ = ["PY", "VIP", "VIP2", "RIP", "RS_SH", "needs_netns", "small_lab", "forget_state",
            "state_file_of", "snapshot", "py_rs", "write_script", "sh_rs", "sysctl", "ip",
            "parse_table", "normalise", "check_both", "codes", "one", "arp_answers", "can_ping",
-           "listen", "fake_bin", "with_path"]
+           "listen", "bind_udp", "fake_bin", "with_path"]
 
 
 LISTEN = ("import socket, sys, time; s = socket.socket(); "
@@ -218,6 +218,25 @@ def listen(lab, host, address, port):
     """A TCP listener on address:port in `host`, up when this returns (killed with the lab)."""
     p = lab.popen(host, PY, "-c", LISTEN, address, str(port), stdout=subprocess.PIPE, text=True)
     assert p.stdout.readline().strip() == "listening"
+    return p
+
+
+BIND_UDP = ("import socket, sys, time; "
+            "family = socket.AF_INET6 if ':' in sys.argv[1] else socket.AF_INET; "
+            "s = socket.socket(family, socket.SOCK_DGRAM); "
+            "s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1); "
+            "family == socket.AF_INET6 and s.setsockopt(socket.IPPROTO_IPV6, "
+            "socket.IPV6_V6ONLY, int(sys.argv[3])); "
+            "s.bind((sys.argv[1], int(sys.argv[2]))); print('bound', flush=True); "
+            "time.sleep(600)")
+
+
+def bind_udp(lab, host, address, port, v6only=0):
+    """A UDP socket bound to address:port in `host` (for "::", IPV6_V6ONLY as given),
+    bound when this returns (killed with the lab)."""
+    p = lab.popen(host, PY, "-c", BIND_UDP, address, str(port), str(v6only),
+                  stdout=subprocess.PIPE, text=True)
+    assert p.stdout.readline().strip() == "bound"
     return p
 
 

@@ -17,12 +17,14 @@ from tests.test_realserver_common import RS_SH
 
 VIPS = ["198.18.0.21", "198.18.0.22"]
 SHELLS = [s for s in ("sh", "dash", "bash", "busybox") if shutil.which(s)]
-DEFAULTS = 'DEFAULT_VIPS="" DEFAULT_PORT="" DEFAULT_DIRECTOR=""'
+DEFAULTS = 'DEFAULT_VIPS="" DEFAULT_PORT="" DEFAULT_DIRECTOR="" DEFAULT_UDP_PORT=""'
 CODES = {   # every finding check can report, with its severity
     "arp-ignore": "error", "arp-announce": "error", "arp-ok": "ok", "lo-down": "error",
     "vip-missing": "error", "vip-prefix": "error", "vip-own-address": "error",
     "vip-not-lo": "error", "vip-ok": "ok", "port-closed": "error",
     "port-wrong-address": "error", "port-v6-only": "error", "port-ok": "ok",
+    "udp-port-closed": "error", "udp-port-wrong-address": "error",
+    "udp-port-v6-only": "error", "udp-port-wildcard": "warning", "udp-port-ok": "ok",
     "no-default-route": "warning", "gateway-director": "error", "gateway-ok": "ok"}
 MESSAGES = ["lo-up", "added", "dropped", "set", "removed", "not-on-lo", "kept", "restored",
             "no-record", "stale-record", "on-other", "own-address"]
@@ -36,7 +38,7 @@ def printed(vips=VIPS, *options: str) -> str:
 
 @pytest.fixture(scope="module")
 def script() -> str:
-    return printed(VIPS, "--port", "80", "--director", "198.18.0.11")
+    return printed(VIPS, "--port", "80", "--director", "198.18.0.11", "--udp-port", "5300")
 
 
 @pytest.fixture
@@ -68,10 +70,12 @@ def test_the_printed_script_is_the_file_with_its_defaults_filled_in(script):
     text = RS_SH.read_text()
     assert text.count(DEFAULTS) == 1
     assert script == text.replace(DEFAULTS, 'DEFAULT_VIPS="198.18.0.21 198.18.0.22" '
-                                            'DEFAULT_PORT="80" DEFAULT_DIRECTOR="198.18.0.11"')
+                                            'DEFAULT_PORT="80" DEFAULT_DIRECTOR="198.18.0.11" '
+                                            'DEFAULT_UDP_PORT="5300"')
     assert script.startswith("#!/bin/sh\n")
     assert printed(["198.18.0.21", "198.18.0.21"]) == text.replace(
-        DEFAULTS, 'DEFAULT_VIPS="198.18.0.21" DEFAULT_PORT="" DEFAULT_DIRECTOR=""')
+        DEFAULTS, 'DEFAULT_VIPS="198.18.0.21" DEFAULT_PORT="" DEFAULT_DIRECTOR="" '
+                  'DEFAULT_UDP_PORT=""')
 
 
 def test_the_file_is_package_data():
@@ -145,7 +149,8 @@ def test_cli_prints_the_script():
     r = CliRunner().invoke(cli.main, ["realserver", "script", "198.18.0.21", "--port", "80"])
     assert r.exit_code == 0, r.output
     assert r.output == RS_SH.read_text().replace(
-        DEFAULTS, 'DEFAULT_VIPS="198.18.0.21" DEFAULT_PORT="80" DEFAULT_DIRECTOR=""')
+        DEFAULTS, 'DEFAULT_VIPS="198.18.0.21" DEFAULT_PORT="80" DEFAULT_DIRECTOR="" '
+                  'DEFAULT_UDP_PORT=""')
 
 
 def test_check_machine_output_becomes_findings():
@@ -186,6 +191,7 @@ def test_the_script_needs_root_too(tmp_path, command):
 @pytest.mark.parametrize("args", [
     ["--port", "0"], ["--port", "99999"], ["--port", "65536"], ["--port", "1e3"],
     ["--port", ""], ["--port=-1"],
+    ["--udp-port", "0"], ["--udp-port", "65536"], ["--udp-port", "x"], ["--udp-port="],
     ["--director", "198.18.0"], ["--director", "256.1.1.1"], ["--director", "01.2.3.4"],
     ["--director", "198.18.0.11.5"], ["--director", "example.com"], ["--director="],
 ])

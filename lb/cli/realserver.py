@@ -59,13 +59,16 @@ def down(vips: tuple[str, ...], root: str) -> None:
 @click.argument("vips", nargs=-1, required=True, type=IPV4)
 @click.option("--port", type=click.IntRange(1, 65535),
               help="Also check that a TCP service listens on this port for the VIPs.")
+@click.option("--udp-port", type=click.IntRange(1, 65535),
+              help="Also check that a UDP service is bound to the VIPs on this port "
+                   "(its replies must leave from the VIP).")
 @click.option("--director", type=IPV4, metavar="ADDR",
               help="The director's address: the default route must not go through it.")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
-def check(vips: tuple[str, ...], port: int | None, director: str | None,
-          as_json: bool) -> None:
+def check(vips: tuple[str, ...], port: int | None, udp_port: int | None,
+          director: str | None, as_json: bool) -> None:
     """Find every LVS-DR pitfall on this real server; exit 1 if any is an error."""
-    found = realserver.check(list(vips), port=port, director=director)
+    found = realserver.check(list(vips), port=port, director=director, udp_port=udp_port)
     click.echo(findings.format_json(found) if as_json else findings.format_table(found))
     _exit(1 if findings.has_errors(found) else 0)
 
@@ -74,9 +77,13 @@ def check(vips: tuple[str, ...], port: int | None, director: str | None,
 @click.argument("vips", nargs=-1, required=True, type=IPV4)
 @click.option("--port", type=click.IntRange(1, 65535),
               help="The default for the script's `check --port`.")
+@click.option("--udp-port", type=click.IntRange(1, 65535),
+              help="The default for the script's `check --udp-port`.")
 @click.option("--director", type=IPV4, metavar="ADDR",
               help="The default for the script's `check --director`.")
-def script(vips: tuple[str, ...], port: int | None, director: str | None) -> None:
+def script(vips: tuple[str, ...], port: int | None, udp_port: int | None,
+           director: str | None) -> None:
     """Print a POSIX sh script doing up, down and check for these VIPs
     (`sh script.sh up|down|check`), for real servers without Python."""
-    click.echo(realserver.script(list(vips), port=port, director=director), nl=False)
+    click.echo(realserver.script(list(vips), port=port, director=director,
+                                 udp_port=udp_port), nl=False)

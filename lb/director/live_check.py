@@ -105,7 +105,9 @@ TEMPLATES: dict[str, Template] = {
         "on {rip}: dr-lb realserver up {vip}"),
     "probe-skipped": Template(
         "info", "{vip}:{port}/udp was not probed on its real servers",
-        "UDP has no handshake that proves a listener; check it on each real server."),
+        "UDP has no handshake that proves a listener; check it on each real server, "
+        "which also tells whether its replies leave from the VIP.",
+        "on each real server: dr-lb realserver check {vip} --udp-port {port}"),
 }
 
 

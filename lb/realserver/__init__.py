@@ -25,8 +25,9 @@ def script_path() -> Iterator[str]:
 
 
 def _options(port: int | None = None, director: str | None = None,
-             root: str | None = None) -> list[str]:
+             root: str | None = None, udp_port: int | None = None) -> list[str]:
     out = [] if port is None else ["--port", str(port)]
+    out += [] if udp_port is None else ["--udp-port", str(udp_port)]
     out += [] if director is None else ["--director", director]
     return out + ([] if root in (None, "/") else ["--root", str(root)])
 
@@ -73,11 +74,13 @@ def parse_findings(text: str) -> list[Finding]:
     return out
 
 
-def check(vips: list[str], port: int | None = None,
-          director: str | None = None) -> list[Finding]:
-    return parse_findings(_output(["check", "--machine", *_options(port, director), *vips]))
+def check(vips: list[str], port: int | None = None, director: str | None = None,
+          udp_port: int | None = None) -> list[Finding]:
+    return parse_findings(_output(["check", "--machine",
+                                   *_options(port, director, udp_port=udp_port), *vips]))
 
 
-def script(vips: list[str], port: int | None = None, director: str | None = None) -> str:
-    """realserver.sh with these VIPs, port and director as its defaults."""
-    return _output(["script", *_options(port, director), *vips])
+def script(vips: list[str], port: int | None = None, director: str | None = None,
+           udp_port: int | None = None) -> str:
+    """realserver.sh with these VIPs, ports and director as its defaults."""
+    return _output(["script", *_options(port, director, udp_port=udp_port), *vips])

@@ -15,15 +15,15 @@
 #       removes the VIPs from lo; puts the sysctls back once none of the VIPs `up` put on
 #       lo is left there. VIPs given as arguments also leave what --persist wrote; the
 #       built-in defaults (as the unit's ExecStop runs it) leave those files alone.
-#   sh realserver.sh check [--port PORT] [--director ADDR] [--machine] [VIP...]
+#   sh realserver.sh check [--port PORT] [--udp-port PORT] [--director ADDR] [--machine] [VIP...]
 #       every pitfall from the seeds, with why and the fix; exits 1 if any is an error.
 #       --machine: one finding a line, SEVERITY CODE WHAT WHY FIX separated by tabs, and
 #       exit 0 once every check ran (dr-lb turns that into its table or JSON).
-#   sh realserver.sh script [--port PORT] [--director ADDR] VIP...
+#   sh realserver.sh script [--port PORT] [--udp-port PORT] [--director ADDR] VIP...
 #       prints this script with those as its defaults (the DEFAULT_ line below).
 #
 # Without VIP arguments the defaults below are used. Needs a POSIX sh, iproute2 (ip, and
-# ss for check --port), awk and /proc.
+# ss for check --port and --udp-port), awk and /proc.
 set -u
 LC_ALL=C
 export LC_ALL
@@ -31,7 +31,7 @@ PATH=${PATH:+$PATH:}/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
 export PATH
 
 # The defaults: the one line `script` and `up --persist` fill in.
-DEFAULT_VIPS="" DEFAULT_PORT="" DEFAULT_DIRECTOR=""
+DEFAULT_VIPS="" DEFAULT_PORT="" DEFAULT_DIRECTOR="" DEFAULT_UDP_PORT=""
 
 CONF=/proc/sys/net/ipv4/conf
 STATE_DIR=/run/dr-lb/realserver
@@ -48,7 +48,7 @@ DID=""
 
 die() { printf 'dr-lb: %s\n' "$*" >&2; exit 1; }
 usage() {
-    echo "usage: sh $0 up [--persist] | down | check [--port PORT] [--director ADDR] [--machine] | script [--port PORT] [--director ADDR], each with [VIP...]" >&2
+    echo "usage: sh $0 up [--persist] | down | check [--port PORT] [--udp-port PORT] [--director ADDR] [--machine] | script [--port PORT] [--udp-port PORT] [--director ADDR], each with [VIP...]" >&2
     exit 2
 }
 need_root() { [ "$(id -u)" = 0 ] || die "permission denied: run as root (sudo sh $0 $1)"; }
@@ -71,6 +71,11 @@ f_port_closed() { finding error port-closed "nothing listens on TCP port ${port}
 f_port_wrong_address() { finding error port-wrong-address "TCP port ${port} listens only on ${addrs}, not on ${vip}" "DR delivers the client's packets to ${vip}:${port} unchanged; a server bound to the real address never sees them." "bind the service to 0.0.0.0:${port} (or ${vip}:${port}) and restart it"; }
 f_port_v6_only() { finding error port-v6-only "TCP port ${port} listens only on [::] with IPV6_V6ONLY, not for ${vip}" "An IPv6 socket with IPV6_V6ONLY (nginx \`listen [::]:${port}\`, or net.ipv6.bindv6only=1) accepts no IPv4 connection, and DR delivers the client's packets to the IPv4 address ${vip}:${port}." "also listen on 0.0.0.0:${port} (nginx: add \`listen ${port};\`), or turn IPV6_V6ONLY off (nginx: \`listen [::]:${port} ipv6only=off;\`), and restart it"; }
 f_port_ok() { finding ok port-ok "TCP port ${port} listens for ${vip}" "" ""; }
+f_udp_port_closed() { finding error udp-port-closed "nothing is bound to UDP port ${port} for ${vip}" "DR delivers the client's datagrams to ${vip}:${port} unchanged, so the service must be bound to ${vip} (or to a wildcard address, if it answers from the address it was asked on)." "start the service on ${vip}:${port}"; }
+f_udp_port_wrong_address() { finding error udp-port-wrong-address "UDP port ${port} is bound only to ${addrs}, not to ${vip}" "DR delivers the client's datagrams to ${vip}:${port} unchanged; a server bound to the real address never sees them." "bind the service to ${vip}:${port} and restart it"; }
+f_udp_port_v6_only() { finding error udp-port-v6-only "UDP port ${port} is bound only to [::] with IPV6_V6ONLY, not for ${vip}" "An IPv6 socket with IPV6_V6ONLY receives no IPv4 datagram, and DR delivers the client's datagrams to the IPv4 address ${vip}:${port}." "bind the service to ${vip}:${port} and restart it"; }
+f_udp_port_wildcard() { finding warning udp-port-wildcard "UDP port ${port} is bound to ${wild}, not to ${vip}" "A UDP server's reply leaves from the address its socket is bound to. Bound to ${wild}, the kernel picks the reply's source by the route to the client: this host's own address, not ${vip}, and the client, which sent to ${vip}, drops the reply (a TCP listener on a wildcard address has no such problem: its connections answer from the address they were made to). A server that sets the source of each reply itself (IP_PKTINFO, as dnsmasq does) is fine." "bind the service to ${vip}:${port} (iperf3 -s -B ${vip}), or make sure it answers from the address it was asked on"; }
+f_udp_port_ok() { finding ok udp-port-ok "UDP port ${port} is bound to ${vip}" "" ""; }
 f_no_default_route() { finding warning no-default-route "there is no default route" "In DR this host answers clients directly (seed 002, DR point 5): replies to clients outside its own subnets need a default route to the router." "ip route add default via ROUTER_ADDRESS"; }
 f_gateway_director() { finding error gateway-director "the default route goes through the director ${director}" "In DR replies go from the real server straight to the client through the router, never back through the director (seed 002, DR point 5); the director only balances the inbound half and does not route the replies." "ip route replace default via ROUTER_ADDRESS"; }
 f_gateway_ok() { finding ok gateway-ok "the default route goes through ${gateway}, not the director" "" ""; }
@@ -366,9 +371,10 @@ EOF
 }
 
 # ---- --persist ------------------------------------------------------------------------
-print_self() {  # FILE VIPS PORT DIRECTOR: FILE (this script) with those as its defaults
-    awk -v line="DEFAULT_VIPS=\"$2\" DEFAULT_PORT=\"$3\" DEFAULT_DIRECTOR=\"$4\"" '
-        !done && sub(/^DEFAULT_VIPS="[^"]*" DEFAULT_PORT="[^"]*" DEFAULT_DIRECTOR="[^"]*"/, line) { done = 1 }
+print_self() {  # FILE VIPS PORT DIRECTOR UDP_PORT: FILE (this script) with those as its
+    # defaults (FILE may be a copy from before DEFAULT_UDP_PORT)
+    awk -v line="DEFAULT_VIPS=\"$2\" DEFAULT_PORT=\"$3\" DEFAULT_DIRECTOR=\"$4\" DEFAULT_UDP_PORT=\"$5\"" '
+        !done && sub(/^DEFAULT_VIPS="[^"]*" DEFAULT_PORT="[^"]*" DEFAULT_DIRECTOR="[^"]*"( DEFAULT_UDP_PORT="[^"]*")?/, line) { done = 1 }
         { print }
         END { if (!done) exit 1 }' "$1" || die "$1 has no DEFAULT_VIPS line"
 }
@@ -434,7 +440,7 @@ persist_up() {
         case " $all " in *" $vip "*) ;; *) all="${all:+$all }$vip";; esac
     done
     write_file "$PERSIST_SYSCTL" 644 "the ARP sysctls, applied at boot" sysctl_conf
-    write_file "$PERSIST_SCRIPT" 755 "puts $all on lo at boot" print_self "$0" "$all" "" ""
+    write_file "$PERSIST_SCRIPT" 755 "puts $all on lo at boot" print_self "$0" "$all" "" "" ""
     write_file "$PERSIST_UNIT" 644 "runs that script at boot" unit_file
     if systemd_here; then
         run_systemctl daemon-reload
@@ -455,7 +461,7 @@ persist_down() {  # take VIPS out of what --persist wrote; with none left, stop 
     [ -n "$hit" ] || return 0
     if [ -n "$left" ]; then
         write_file "$PERSIST_SCRIPT" 755 "puts $left on lo at boot" \
-            print_self "$(self_or "$ROOT/$PERSIST_SCRIPT")" "$left" "" ""
+            print_self "$(self_or "$ROOT/$PERSIST_SCRIPT")" "$left" "" "" ""
         return 0
     fi
     if systemd_here; then run_systemctl disable --now "$UNIT_NAME"; fi
@@ -493,12 +499,13 @@ fix_settings() {  # PARAM ALL DEV_VALUE DEV: the sysctl writes that make max(all
     if ! good "$1" "$3" && [ "$3" -gt "$t" ]; then s="${s:+$s }$(name_of "$4/$1")=$t"; fi
     printf '%s' "$s"
 }
-listeners() {  # PORT: each TCP listener's address, one a line: 0.0.0.0, an IPv4 address,
+listeners() {  # t|u PORT: each TCP listener's (t) or bound UDP socket's (u) address, one a
+    # line: 0.0.0.0, an IPv4 address,
     # ::ffff:IPV4, * ([::] that also accepts IPv4) or :: ([::] with IPV6_V6ONLY). ss (since
     # iproute2 4.17) writes [::]:PORT for a v6only socket and *:PORT for a dual-stack one;
     # an older ss writes :::PORT for both, taken here as dual-stack. A socket bound to a
     # device (ADDR%DEV:PORT) counts as bound to ADDR.
-    ss -ltn | awk -v p="$1" 'NR > 1 {
+    ss "-l$1n" | awk -v p="$2" 'NR > 1 {
         a = $4; i = length(a)
         while (i > 0 && substr(a, i, 1) != ":") i--
         if (i == 0 || substr(a, i + 1) != p) next
@@ -506,6 +513,13 @@ listeners() {  # PORT: each TCP listener's address, one a line: 0.0.0.0, an IPv4
         if (a ~ /^\[.*\]$/) a = substr(a, 2, length(a) - 2)
         else if (a == "::") a = "*"
         print a }'
+}
+
+has_address() {  # LISTENERS VIP: is one of them bound to VIP itself?
+    printf '%s\n' "$1" | awk -v v="$2" '$0 == v || $0 == "::ffff:" v { f = 1 } END { exit !f }'
+}
+has_wildcard() {  # LISTENERS: is one of them bound to a wildcard that takes IPv4?
+    printf '%s\n' "$1" | awk '$0 == "0.0.0.0" || $0 == "*" { f = 1 } END { exit !f }'
 }
 
 cmd_check() {
@@ -559,13 +573,11 @@ EOF
     if [ -n "$PORT" ]; then
         command -v ss >/dev/null 2>&1 || die "check --port needs ss (iproute2)"
         port=$PORT
-        found=$(listeners "$PORT")
+        found=$(listeners t "$PORT")
         addrs=$(printf '%s\n' "$found" | awk 'NF && !/:/ && $0 != "*"' | sort -u |
                 tr '\n' ' ' | sed 's/ $//')
         for vip in $VIPS; do
-            if printf '%s\n' "$found" | awk -v v="$vip" '
-                   $0 == "0.0.0.0" || $0 == "*" || $0 == v || $0 == "::ffff:" v { f = 1 }
-                   END { exit !f }'; then
+            if has_address "$found" "$vip" || has_wildcard "$found"; then
                 f_port_ok
             elif [ -n "$addrs" ]; then
                 f_port_wrong_address
@@ -573,6 +585,30 @@ EOF
                 f_port_v6_only
             else
                 f_port_closed
+            fi
+        done
+    fi
+    if [ -n "$UDP_PORT" ]; then
+        command -v ss >/dev/null 2>&1 || die "check --udp-port needs ss (iproute2)"
+        port=$UDP_PORT
+        found=$(listeners u "$UDP_PORT")
+        addrs=$(printf '%s\n' "$found" | awk 'NF && !/:/ && $0 != "*" && $0 != "0.0.0.0"' |
+                sort -u | tr '\n' ' ' | sed 's/ $//')
+        wild=$(printf '%s\n' "$found" | awk '$0 == "0.0.0.0" { print; exit }
+                                         $0 == "*" { print "[::]"; exit }')
+        for vip in $VIPS; do
+            # Bound to the VIP itself: its replies leave from the VIP, whatever else is
+            # bound to the port (a server that binds each address binds a wildcard too).
+            if has_address "$found" "$vip"; then
+                f_udp_port_ok
+            elif [ -n "$wild" ]; then
+                f_udp_port_wildcard
+            elif [ -n "$addrs" ]; then
+                f_udp_port_wrong_address
+            elif printf '%s\n' "$found" | grep -qx '::'; then
+                f_udp_port_v6_only
+            else
+                f_udp_port_closed
             fi
         done
     fi
@@ -621,6 +657,7 @@ bad_arg() { echo "dr-lb: unknown argument for $cmd: $1" >&2; usage; }
 cmd=${1:-}
 [ $# -eq 0 ] || shift
 PORT=$DEFAULT_PORT
+UDP_PORT=$DEFAULT_UDP_PORT
 DIRECTOR=$DEFAULT_DIRECTOR
 PERSIST=""
 ROOT=/
@@ -629,6 +666,8 @@ while [ $# -gt 0 ]; do
     case $1 in
         --port) [ $# -ge 2 ] || usage; PORT=${2:-none}; shift 2;;
         --port=*) PORT=${1#--port=}; PORT=${PORT:-none}; shift;;
+        --udp-port) [ $# -ge 2 ] || usage; UDP_PORT=${2:-none}; shift 2;;
+        --udp-port=*) UDP_PORT=${1#--udp-port=}; UDP_PORT=${UDP_PORT:-none}; shift;;
         --director) [ $# -ge 2 ] || usage; DIRECTOR=${2:-none}; shift 2;;
         --director=*) DIRECTOR=${1#--director=}; DIRECTOR=${DIRECTOR:-none}; shift;;
         --persist) [ "$cmd" = up ] || bad_arg "$1"; PERSIST=yes; shift;;
@@ -651,6 +690,10 @@ if [ -n "$PORT" ]; then
     p=$(valid_port "$PORT") || die "--port $PORT: give a port number (1-65535)"
     PORT=$p
 fi
+if [ -n "$UDP_PORT" ]; then
+    p=$(valid_port "$UDP_PORT") || die "--udp-port $UDP_PORT: give a port number (1-65535)"
+    UDP_PORT=$p
+fi
 if [ -n "$DIRECTOR" ]; then
     valid_ipv4 "$DIRECTOR" || die "--director $DIRECTOR: give an IPv4 address (as 192.168.0.11)"
 fi
@@ -669,5 +712,5 @@ case $cmd in
     check) cmd_check;;
     script)
         [ -f "$0" ] || die "script prints this file: run it from a file (sh FILE script VIP...)"
-        print_self "$0" "$VIPS" "$PORT" "$DIRECTOR";;
+        print_self "$0" "$VIPS" "$PORT" "$DIRECTOR" "$UDP_PORT";;
 esac
