@@ -16,7 +16,8 @@ import pytest
 from lb.lab.demo import launch_director
 from lb.lab import HOSTS, VIP, Lab
 from tests.test_realserver_common import (
-    PY, RIP, arp_answers, codes, forget_state, ip, listen, needs_netns, one, py_rs, sysctl)
+    PY, RIP, arp_answers, bind_udp, codes, forget_state, ip, listen, needs_netns, one, py_rs,
+    sysctl)
 
 pytestmark = needs_netns
 
@@ -134,7 +135,7 @@ def test_a_healthy_lab_has_no_errors(scene):
     findings, rc = live(lab, config)
     assert rc == 0, findings
     assert codes(findings) == (["rs-ok"] * 3 + ["vip-arp-director", "icmp-redirects"]
-                               + ["probe-ok"] * 6 + ["probe-skipped"])
+                               + ["probe-ok"] * 6 + ["probe-udp-answered"] * 3)
     for h in lab.real_servers:
         assert f"real server {h.address} is at {lab.macs[h.name]} on eth0" in \
             [f["what"] for f in findings]
@@ -183,6 +184,54 @@ def test_a_real_server_with_arp_ignore_0_answers_for_the_vip(scene):
 
 
 # ---- the service port through the DR path ----------------------------------------------------
+
+UDP_ECHO = ("import socket, sys; s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); "
+            "s.bind((sys.argv[1], int(sys.argv[2]))); print('bound', flush=True)\n"
+            "while True:\n    data, peer = s.recvfrom(2048); s.sendto(b'echo ' + data, peer)")
+
+
+def udp_echo(lab: Lab, host: str, address: str, port: int) -> subprocess.Popen:
+    p = lab.popen(host, PY, "-c", UDP_ECHO, address, str(port), stdout=subprocess.PIPE,
+                  text=True)
+    assert p.stdout.readline().strip() == "bound"
+    return p
+
+
+def test_a_udp_service_probed_through_the_dr_path(scene):
+    """An empty datagram to VIP:port from the director, to each real server's MAC: rs1
+    answers from the VIP (right), rs2 has nothing bound for it (ICMP port unreachable),
+    rs3 answers from its own address (bound to 0.0.0.0: clients drop that); a server
+    that ignores the datagram is silent, which is only information."""
+    lab, _, tmp = scene
+    config = tmp / "udp5400.toml"
+    config.write_text(tcp_config(lab, 5400, [RIP["rs1"], RIP["rs2"], RIP["rs3"]])
+                      .replace('protocol = "tcp"', 'protocol = "udp"'))
+    procs = [udp_echo(lab, "rs1", VIP, 5400), udp_echo(lab, "rs3", "0.0.0.0", 5400)]
+    try:
+        findings, rc = live(lab, config)
+        assert rc == 1
+        probes = {f["what"].split()[0]: f for f in findings
+                  if f["code"].startswith("probe-udp-")}
+        assert {rip: f["code"] for rip, f in probes.items()} == {
+            RIP["rs1"]: "probe-udp-answered", RIP["rs2"]: "probe-udp-closed",
+            RIP["rs3"]: "probe-udp-wrong-source"}
+        assert probes[RIP["rs3"]]["what"] == \
+            f"{RIP['rs3']} answers {VIP}:5400/udp from {RIP['rs3']}, not from {VIP}"
+        assert probes[RIP["rs2"]]["fix"] == \
+            f"on {RIP['rs2']}: dr-lb realserver check {VIP} --udp-port 5400"
+        # The fix on rs3 (bound to the VIP instead), and a server bound to the VIP that
+        # ignores the datagram on rs2.
+        procs.pop().kill()
+        procs += [udp_echo(lab, "rs3", VIP, 5400), bind_udp(lab, "rs2", VIP, 5400)]
+        findings, rc = live(lab, config)
+        assert rc == 0, findings
+        assert codes(findings)[-3:] == ["probe-udp-answered", "probe-udp-silent",
+                                        "probe-udp-answered"]
+        assert one(findings, "probe-udp-silent")["severity"] == "info"
+    finally:
+        for p in procs:
+            p.kill()
+            p.wait()
 
 def test_a_real_server_not_listening_on_the_port(scene):
     lab, _, tmp = scene

@@ -14,7 +14,11 @@
   proves the VIP on lo and the port end to end; an RST says nothing listens; silence
   says the VIP is not on the real server (or a firewall drops it). The director resets
   the half-open connection at once. The probe is lb/director/probe.py's, which the
-  health checks of `dr-lb up` use too.
+  health checks of `dr-lb up` use too;
+- each real server of a UDP service gets an empty datagram to VIP:port the same way: an
+  answer from the VIP is right, one from another address is a server bound to a
+  wildcard address (clients drop its replies), an ICMP port unreachable says nothing is
+  bound for the VIP there, silence proves little (lb/director/probe.py, udp_probe).
 
 `live_findings(cfg)` returns lb.findings.Finding objects; `dr-lb check --live` prints them.
 """
@@ -29,7 +33,7 @@ from lb.abi import mac_bytes
 from lb.director.arp import source_for, who_has
 from lb.director.config import Config
 from lb.director.netif import Interface, interface
-from lb.director.probe import Probe, syn_probe
+from lb.director.probe import Probe, syn_probe, udp_probe
 from lb.findings import Finding, Template
 from lb.frames import arp_request, parse_arp_reply
 
@@ -103,11 +107,25 @@ TEMPLATES: dict[str, Template] = {
         "subnet local and its replies loop back into lo (seed 000); a firewall can also "
         "drop them.",
         "on {rip}: dr-lb realserver up {vip}"),
-    "probe-skipped": Template(
-        "info", "{vip}:{port}/udp was not probed on its real servers",
-        "UDP has no handshake that proves a listener; check it on each real server, "
-        "which also tells whether its replies leave from the VIP.",
-        "on each real server: dr-lb realserver check {vip} --udp-port {port}"),
+    "probe-udp-answered": Template(
+        "ok", "{rip} answers {vip}:{port}/udp from the VIP through the DR path"),
+    "probe-udp-wrong-source": Template(
+        "error", "{rip} answers {vip}:{port}/udp from {source}, not from {vip}",
+        "A UDP server's reply leaves from the address its socket is bound to; bound to a "
+        "wildcard address, from the address of the route to the client. Clients sent "
+        "their datagrams to {vip} and drop the replies.",
+        "on {rip}: dr-lb realserver check {vip} --udp-port {port}"),
+    "probe-udp-closed": Template(
+        "error", "{rip} has nothing bound to {vip}:{port}/udp (ICMP port unreachable)",
+        "The VIP reaches it (its port unreachable quotes the probe), but no socket is "
+        "bound there for the VIP: the clients' datagrams are dropped.",
+        "on {rip}: dr-lb realserver check {vip} --udp-port {port}"),
+    "probe-udp-silent": Template(
+        "info", "{rip} did not answer an empty datagram to {vip}:{port}/udp",
+        "UDP has no handshake: a server that ignores an empty datagram looks the same "
+        "from here as a missing VIP or a firewall. A TCP service's probe above, or the "
+        "doctor on the real server, tells them apart.",
+        "on {rip}: dr-lb realserver check {vip} --udp-port {port}"),
 }
 
 
@@ -240,9 +258,14 @@ def live_findings(cfg: Config, config_path: str = "CONFIG") -> list[Finding]:
     code = {"open": "probe-ok", "refused": "probe-refused", "silent": "probe-silent"}
     for p in probes:
         out.append(finding(code[results[p]], rip=p.rip, vip=p.vip, port=p.port))
-    for svc in cfg.services:
-        if svc.protocol != "tcp":
-            out.append(finding("probe-skipped", vip=svc.vip, port=svc.port))
+    probes = [Probe(rs.address, macs[rs.address], svc.vip, svc.port)
+              for svc in cfg.services if svc.protocol == "udp"
+              for rs in svc.real_servers if rs.address in macs]
+    answers = udp_probe(iface, probes) if probes else {}
+    for p in probes:
+        status, source = answers[p]
+        out.append(finding(f"probe-udp-{status}", rip=p.rip, vip=p.vip, port=p.port,
+                           source=source))
     return out
 
 

@@ -24,6 +24,15 @@ either way.
 The SYN leaves with TTL 1 and only answers from the probed MAC count: a host that lacks
 the VIP but forwards (ip_forward=1) must not pass the probe on to whoever owns the VIP
 and get credit for its answer.
+
+A UDP service has no handshake, so `check --live` sends each real server an empty
+datagram to VIP:port the same way (udp_probe), from a probe port that a UDP socket of
+the director holds meanwhile (so that its kernel takes an answer quietly). An answer
+from the VIP proves the path and a server that answers from the right address; an
+answer from another address is the wildcard-bound server whose replies clients drop;
+an ICMP port unreachable quoting the datagram says the VIP reached the real server and
+nothing is bound for it there; silence says little (a server that ignores an empty
+datagram, a missing VIP, a firewall).
 """
 from __future__ import annotations
 
@@ -37,11 +46,13 @@ from lb import abi
 from lb.abi import mac_bytes
 from lb.director.arp import source_for
 from lb.director.netif import Interface
+from lb import frames
 from lb.frames import (ETH_P_IP, PACKET_OUTGOING, TCP_ACK, TCP_RST, TCP_SYN, parse_tcp,
                        tcp_frame)
 
 PORT_MIN, PORT_MAX = abi.CONST["PROBE_PORT_MIN"], abi.CONST["PROBE_PORT_MAX"]
 OPEN, REFUSED, SILENT = "open", "refused", "silent"
+ANSWERED, WRONG_SOURCE, CLOSED = "answered", "wrong-source", "closed"   # and SILENT
 SO_ATTACH_FILTER = 26
 
 
@@ -79,9 +90,26 @@ _FILTER = [
 ]
 
 
-def attach_filter(sock: socket.socket) -> None:
-    program = (_SockFilter * len(_FILTER))(*(_SockFilter(*i) for i in _FILTER))
-    fprog = _SockFprog(len(_FILTER), ct.cast(program, ct.POINTER(_SockFilter)))
+# The UDP probe's: IPv4/ICMP, or unfragmented IPv4/UDP to a probe port.
+_UDP_FILTER = [
+    (0x28, 0, 0, 12),            # ldh [12]                 ethertype
+    (0x15, 0, 9, ETH_P_IP),      # jne IPv4 -> drop
+    (0x30, 0, 0, 23),            # ldb [23]                 IP protocol
+    (0x15, 6, 0, socket.IPPROTO_ICMP),   # -> accept
+    (0x15, 0, 6, socket.IPPROTO_UDP),
+    (0x28, 0, 0, 20),            # ldh [20]                 flags and fragment offset
+    (0x45, 4, 0, 0x1FFF),        # a fragment -> drop
+    (0xB1, 0, 0, 14),            # ldxb 4*([14]&0xf)        IP header length
+    (0x48, 0, 0, 16),            # ldh [x+16]               UDP destination port
+    (0x35, 0, 1, PORT_MIN),      # jge PORT_MIN -> accept, else drop
+    (0x06, 0, 0, 0x40000),       # accept
+    (0x06, 0, 0, 0),             # drop
+]
+
+
+def attach_filter(sock: socket.socket, program_text=_FILTER) -> None:
+    program = (_SockFilter * len(program_text))(*(_SockFilter(*i) for i in program_text))
+    fprog = _SockFprog(len(program_text), ct.cast(program, ct.POINTER(_SockFilter)))
     sock.setsockopt(socket.SOL_SOCKET, SO_ATTACH_FILTER, bytes(fprog))
 
 
@@ -195,3 +223,69 @@ def syn_probe(iface: Interface, probes: list[Probe], wait_s: float = 0.7,
         finally:
             prober.close()
     return dict(zip(probes, asyncio.run(run())))
+
+
+def _hold_port(address: str, taken: set[int]) -> tuple[int, socket.socket]:
+    """A probe port on `address`, held by a UDP socket of ours until it is closed."""
+    start = random.randint(PORT_MIN, PORT_MAX)
+    for i in range(PORT_MAX - PORT_MIN + 1):
+        port = PORT_MIN + (start - PORT_MIN + i) % (PORT_MAX - PORT_MIN + 1)
+        if port in taken:
+            continue
+        sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        try:
+            sock.bind((address, port))
+        except OSError:
+            sock.close()
+            continue
+        return port, sock
+    raise RuntimeError("every probe port is in use")
+
+
+def udp_probe(iface: Interface, probes: list[Probe], wait_s: float = 0.7,
+              rounds: int = 2) -> dict[Probe, tuple[str, str | None]]:
+    """Send each probe's real server an empty datagram to VIP:port (TTL 1, its MAC),
+    all at once: (ANSWERED, VIP), (WRONG_SOURCE, the answer's source), (CLOSED, None)
+    or (SILENT, None). A probe without an answer is sent again after `wait_s`, up to
+    `rounds` times."""
+    held: dict[int, tuple[Probe, str, socket.socket]] = {}
+    results: dict[Probe, tuple[str, str | None]] = {}
+    try:
+        for p in probes:
+            source = source_for(iface, p.rip)
+            port, sock = _hold_port(source, set(held))
+            held[port] = (p, source, sock)
+
+        def pending() -> list[bytes]:
+            return [frames.udp_frame(iface.mac, p.mac, source, p.vip, port, p.port, ttl=1)
+                    for port, (p, source, _) in held.items() if p not in results]
+
+        def receive(frame: bytes, _send) -> None:
+            answer = frames.parse_udp(frame)
+            if answer:
+                src_ip, _dst, sport, dport = answer
+                result = (ANSWERED if src_ip == held[dport][0].vip else WRONG_SOURCE,
+                          src_ip) if dport in held else None
+            else:
+                error = frames.parse_icmp_error(frame)
+                quoted = error and frames.parse_udp(error[2])
+                if not quoted or error[:2] != (frames.ICMP_DEST_UNREACH,
+                                               frames.ICMP_PORT_UNREACH):
+                    return
+                # Our datagram as it was sent: from our probe port to the service's.
+                _src, dst_ip, ours, theirs = quoted
+                if ours not in held or dst_ip != held[ours][0].vip:
+                    return
+                dport, sport, result = ours, theirs, (CLOSED, None)
+            p = held[dport][0] if result else None
+            # Only the probed MAC's answer about this very datagram counts.
+            if p and p not in results and sport == p.port and frame[6:12] == mac_bytes(p.mac):
+                results[p] = result
+
+        frames.exchange(iface.name, ETH_P_IP, pending, receive, wait_s, rounds,
+                        done=lambda: len(results) == len(probes),
+                        setup=lambda s: attach_filter(s, _UDP_FILTER))
+    finally:
+        for _, _, sock in held.values():
+            sock.close()
+    return {p: results.get(p, (SILENT, None)) for p in probes}
