@@ -260,27 +260,32 @@ def udp_probe(iface: Interface, probes: list[Probe], wait_s: float = 0.7,
             return [frames.udp_frame(iface.mac, p.mac, source, p.vip, port, p.port, ttl=1)
                     for port, (p, source, _) in held.items() if p not in results]
 
-        def receive(frame: bytes, _send) -> None:
+        def judge(frame: bytes) -> tuple[int, int, tuple[str, str | None]] | None:
+            """(our probe port, the service port, the result) of an answer to one of
+            our datagrams, else None."""
             answer = frames.parse_udp(frame)
             if answer:
-                src_ip, _dst, sport, dport = answer
-                result = (ANSWERED if src_ip == held[dport][0].vip else WRONG_SOURCE,
-                          src_ip) if dport in held else None
-            else:
-                error = frames.parse_icmp_error(frame)
-                quoted = error and frames.parse_udp(error[2])
-                if not quoted or error[:2] != (frames.ICMP_DEST_UNREACH,
-                                               frames.ICMP_PORT_UNREACH):
-                    return
-                # Our datagram as it was sent: from our probe port to the service's.
-                _src, dst_ip, ours, theirs = quoted
-                if ours not in held or dst_ip != held[ours][0].vip:
-                    return
-                dport, sport, result = ours, theirs, (CLOSED, None)
-            p = held[dport][0] if result else None
-            # Only the probed MAC's answer about this very datagram counts.
-            if p and p not in results and sport == p.port and frame[6:12] == mac_bytes(p.mac):
-                results[p] = result
+                src_ip, _dst, theirs, ours = answer
+                if ours not in held:
+                    return None
+                return ours, theirs, (ANSWERED if src_ip == held[ours][0].vip
+                                      else WRONG_SOURCE, src_ip)
+            error = frames.parse_icmp_error(frame)
+            if not error or error[:2] != (frames.ICMP_DEST_UNREACH, frames.ICMP_PORT_UNREACH):
+                return None
+            quoted = frames.parse_udp(error[2])     # our datagram, as it was sent
+            if not quoted or quoted[2] not in held or quoted[1] != held[quoted[2]][0].vip:
+                return None
+            return quoted[2], quoted[3], (CLOSED, None)
+
+        def receive(frame: bytes, _send) -> None:
+            judged = judge(frame)
+            if judged:
+                ours, theirs, result = judged
+                p = held[ours][0]
+                # Only the probed MAC's answer about this very datagram counts.
+                if p not in results and theirs == p.port and frame[6:12] == mac_bytes(p.mac):
+                    results[p] = result
 
         frames.exchange(iface.name, ETH_P_IP, pending, receive, wait_s, rounds,
                         done=lambda: len(results) == len(probes),
