@@ -107,9 +107,9 @@ _UDP_FILTER = [
 ]
 
 
-def attach_filter(sock: socket.socket, program_text=_FILTER) -> None:
-    program = (_SockFilter * len(program_text))(*(_SockFilter(*i) for i in program_text))
-    fprog = _SockFprog(len(program_text), ct.cast(program, ct.POINTER(_SockFilter)))
+def attach_filter(sock: socket.socket, instructions=_FILTER) -> None:
+    program = (_SockFilter * len(instructions))(*(_SockFilter(*i) for i in instructions))
+    fprog = _SockFprog(len(instructions), ct.cast(program, ct.POINTER(_SockFilter)))
     sock.setsockopt(socket.SOL_SOCKET, SO_ATTACH_FILTER, bytes(fprog))
 
 
