@@ -73,38 +73,31 @@ class _SockFprog(ct.Structure):
     _fields_ = [("len", ct.c_uint16), ("filter", ct.POINTER(_SockFilter))]
 
 
-# A classic BPF socket filter: only unfragmented IPv4/TCP to a probe port reaches the
-# socket, so that a busy director's other traffic never wakes the prober.
-_FILTER = [
-    (0x28, 0, 0, 12),            # ldh [12]                 ethertype
-    (0x15, 0, 8, ETH_P_IP),      # jne IPv4 -> drop
-    (0x30, 0, 0, 23),            # ldb [23]                 IP protocol
-    (0x15, 0, 6, socket.IPPROTO_TCP),
-    (0x28, 0, 0, 20),            # ldh [20]                 flags and fragment offset
-    (0x45, 4, 0, 0x1FFF),        # a fragment -> drop
-    (0xB1, 0, 0, 14),            # ldxb 4*([14]&0xf)        IP header length
-    (0x48, 0, 0, 16),            # ldh [x+16]               TCP destination port
-    (0x35, 0, 1, PORT_MIN),      # jge PORT_MIN -> accept, else drop
-    (0x06, 0, 0, 0x40000),       # accept
-    (0x06, 0, 0, 0),             # drop
-]
+def _probe_filter(protocol: int, icmp: bool = False) -> list[tuple[int, int, int, int]]:
+    """A classic BPF socket filter: only unfragmented IPv4 `protocol` (TCP or UDP) to a
+    probe port, and with `icmp` any IPv4 ICMP, reaches the socket, so that a busy
+    director's other traffic never wakes the prober."""
+    code = [
+        (0x28, 0, 0, 12),                   # ldh [12]             ethertype
+        (0x15, 0, "drop", ETH_P_IP),        # jne IPv4 -> drop
+        (0x30, 0, 0, 23),                   # ldb [23]             IP protocol
+        *([(0x15, "accept", 0, socket.IPPROTO_ICMP)] if icmp else []),
+        (0x15, 0, "drop", protocol),        # jne protocol -> drop
+        (0x28, 0, 0, 20),                   # ldh [20]             flags and fragment offset
+        (0x45, "drop", 0, 0x1FFF),          # a fragment -> drop
+        (0xB1, 0, 0, 14),                   # ldxb 4*([14]&0xf)    IP header length
+        (0x48, 0, 0, 16),                   # ldh [x+16]           destination port
+        (0x35, 0, "drop", PORT_MIN),        # jge PORT_MIN -> accept, else drop
+        (0x06, 0, 0, 0x40000),              # accept
+        (0x06, 0, 0, 0),                    # drop
+    ]
+    at = {"accept": len(code) - 2, "drop": len(code) - 1}
+    return [(op, at[jt] - i - 1 if jt in at else jt, at[jf] - i - 1 if jf in at else jf, k)
+            for i, (op, jt, jf, k) in enumerate(code)]
 
 
-# The UDP probe's: IPv4/ICMP, or unfragmented IPv4/UDP to a probe port.
-_UDP_FILTER = [
-    (0x28, 0, 0, 12),            # ldh [12]                 ethertype
-    (0x15, 0, 9, ETH_P_IP),      # jne IPv4 -> drop
-    (0x30, 0, 0, 23),            # ldb [23]                 IP protocol
-    (0x15, 6, 0, socket.IPPROTO_ICMP),   # -> accept
-    (0x15, 0, 6, socket.IPPROTO_UDP),
-    (0x28, 0, 0, 20),            # ldh [20]                 flags and fragment offset
-    (0x45, 4, 0, 0x1FFF),        # a fragment -> drop
-    (0xB1, 0, 0, 14),            # ldxb 4*([14]&0xf)        IP header length
-    (0x48, 0, 0, 16),            # ldh [x+16]               UDP destination port
-    (0x35, 0, 1, PORT_MIN),      # jge PORT_MIN -> accept, else drop
-    (0x06, 0, 0, 0x40000),       # accept
-    (0x06, 0, 0, 0),             # drop
-]
+_FILTER = _probe_filter(socket.IPPROTO_TCP)
+_UDP_FILTER = _probe_filter(socket.IPPROTO_UDP, icmp=True)
 
 
 def attach_filter(sock: socket.socket, instructions=_FILTER) -> None:
