@@ -298,6 +298,9 @@ def test_a_forwarding_real_server_without_the_vip_does_not_pass_the_probe(scene)
         assert rc == 1
         assert [f["what"] for f in findings if f["code"] == "probe-silent"] == [
             f"{RIP['rs3']} does not answer a SYN to {VIP}:{port}/tcp" for port in (80, 8080)]
+        # Nor the UDP probe: the datagram dies at rs3 (TTL 1), unanswered.
+        assert [f["code"] for f in findings if f["code"].startswith("probe-udp-")] == \
+            ["probe-udp-answered"] * 2 + ["probe-udp-silent"]
     finally:
         sysctl(lab, "rs3", "net.ipv4.ip_forward", 0)
         py_rs(lab, "rs3", "up", VIP, check=True)
