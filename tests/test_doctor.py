@@ -188,7 +188,8 @@ def test_a_udp_service_must_be_bound_to_the_vip(lab, script):
     assert one(findings, "udp-port-closed")["what"] == \
         f"nothing is bound to UDP port 53 for {VIP}"
     listener = listen(lab, "rs1", VIP, 53)   # TCP on the port says nothing of UDP
-    assert check_both(lab, "rs1", script, [VIP], "--udp-port", "53")[1] == 1
+    findings, rc = check_both(lab, "rs1", script, [VIP], "--udp-port", "53")
+    assert rc == 1 and codes(findings)[-1] == "udp-port-closed"
     stop(listener)
 
     p = bind_udp(lab, "rs1", RIP["rs1"], 53)

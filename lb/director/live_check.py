@@ -118,13 +118,16 @@ TEMPLATES: dict[str, Template] = {
     "probe-udp-closed": Template(
         "error", "{rip} has nothing bound to {vip}:{port}/udp (ICMP port unreachable)",
         "The VIP reaches it (its port unreachable quotes the probe), but no socket is "
-        "bound there for the VIP: the clients' datagrams are dropped.",
+        "bound there for the VIP (or a firewall there rejects the port: iptables' REJECT "
+        "answers the same): the clients' datagrams are dropped.",
         "on {rip}: dr-lb realserver check {vip} --udp-port {port}"),
     "probe-udp-silent": Template(
         "info", "{rip} did not answer an empty datagram to {vip}:{port}/udp",
         "UDP has no handshake: a server that ignores an empty datagram looks the same "
-        "from here as a missing VIP or a firewall. A TCP service's probe above, or the "
-        "doctor on the real server, tells them apart.",
+        "from here as a missing VIP or a firewall (and a real server sends only a few "
+        "port unreachables a second: with many UDP services, a closed one may look "
+        "silent). A TCP service's probe above, or the doctor on the real server, tells "
+        "them apart.",
         "on {rip}: dr-lb realserver check {vip} --udp-port {port}"),
 }
 

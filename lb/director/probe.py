@@ -53,6 +53,7 @@ from lb.frames import (ETH_P_IP, PACKET_OUTGOING, TCP_ACK, TCP_RST, TCP_SYN, par
 PORT_MIN, PORT_MAX = abi.CONST["PROBE_PORT_MIN"], abi.CONST["PROBE_PORT_MAX"]
 OPEN, REFUSED, SILENT = "open", "refused", "silent"
 ANSWERED, WRONG_SOURCE, CLOSED = "answered", "wrong-source", "closed"   # and SILENT
+UdpResult = tuple[str, str | None]      # one of those, and the answer's source address
 SO_ATTACH_FILTER = 26
 
 
@@ -235,50 +236,57 @@ def _hold_port(address: str, taken: set[int]) -> tuple[int, socket.socket]:
     raise RuntimeError("every probe port is in use")
 
 
+def udp_answer(frame: bytes, by_port: dict[int, Probe]) -> tuple[Probe, UdpResult] | None:
+    """The probe that `frame` answers, and how, of the datagrams sent from the probe
+    ports in `by_port`; None for anything else. Only the probed MAC's answer about that
+    very datagram counts: a UDP reply from VIP:port to our port, (ANSWERED, VIP) or
+    (WRONG_SOURCE, its source) by the reply's source, or an ICMP port unreachable that
+    quotes our datagram to VIP:port, (CLOSED, None)."""
+    answer = frames.parse_udp(frame)
+    if answer:
+        src_ip, _dst, theirs, ours = answer
+        p = by_port.get(ours)
+        result = (ANSWERED if p and src_ip == p.vip else WRONG_SOURCE, src_ip)
+    else:
+        error = frames.parse_icmp_error(frame)
+        if not error or error[:2] != (frames.ICMP_DEST_UNREACH, frames.ICMP_PORT_UNREACH):
+            return None
+        quoted = frames.parse_udp(error[2])     # our datagram, as it was sent
+        if not quoted:
+            return None
+        _src, dst_ip, ours, theirs = quoted
+        p = by_port.get(ours)
+        if p and dst_ip != p.vip:
+            return None
+        result = (CLOSED, None)
+    if not p or theirs != p.port or frame[6:12] != mac_bytes(p.mac):
+        return None
+    return p, result
+
+
 def udp_probe(iface: Interface, probes: list[Probe], wait_s: float = 0.7,
-              rounds: int = 2) -> dict[Probe, tuple[str, str | None]]:
+              rounds: int = 2) -> dict[Probe, UdpResult]:
     """Send each probe's real server an empty datagram to VIP:port (TTL 1, its MAC),
     all at once: (ANSWERED, VIP), (WRONG_SOURCE, the answer's source), (CLOSED, None)
     or (SILENT, None). A probe without an answer is sent again after `wait_s`, up to
     `rounds` times."""
     held: dict[int, tuple[Probe, str, socket.socket]] = {}
-    results: dict[Probe, tuple[str, str | None]] = {}
+    results: dict[Probe, UdpResult] = {}
     try:
         for p in probes:
             source = source_for(iface, p.rip)
             port, sock = _hold_port(source, set(held))
             held[port] = (p, source, sock)
+        by_port = {port: p for port, (p, _, _) in held.items()}
 
         def pending() -> list[bytes]:
             return [frames.udp_frame(iface.mac, p.mac, source, p.vip, port, p.port, ttl=1)
                     for port, (p, source, _) in held.items() if p not in results]
 
-        def judge(frame: bytes) -> tuple[int, int, tuple[str, str | None]] | None:
-            """(our probe port, the service port, the result) of an answer to one of
-            our datagrams, else None."""
-            answer = frames.parse_udp(frame)
-            if answer:
-                src_ip, _dst, theirs, ours = answer
-                if ours not in held:
-                    return None
-                return ours, theirs, (ANSWERED if src_ip == held[ours][0].vip
-                                      else WRONG_SOURCE, src_ip)
-            error = frames.parse_icmp_error(frame)
-            if not error or error[:2] != (frames.ICMP_DEST_UNREACH, frames.ICMP_PORT_UNREACH):
-                return None
-            quoted = frames.parse_udp(error[2])     # our datagram, as it was sent
-            if not quoted or quoted[2] not in held or quoted[1] != held[quoted[2]][0].vip:
-                return None
-            return quoted[2], quoted[3], (CLOSED, None)
-
         def receive(frame: bytes, _send) -> None:
-            judged = judge(frame)
-            if judged:
-                ours, theirs, result = judged
-                p = held[ours][0]
-                # Only the probed MAC's answer about this very datagram counts.
-                if p not in results and theirs == p.port and frame[6:12] == mac_bytes(p.mac):
-                    results[p] = result
+            answer = udp_answer(frame, by_port)
+            if answer and answer[0] not in results:
+                results[answer[0]] = answer[1]
 
         frames.exchange(iface.name, ETH_P_IP, pending, receive, wait_s, rounds,
                         done=lambda: len(results) == len(probes),
