@@ -228,15 +228,15 @@ class Bench:
         self.gen_if, self.dir_if = self.lab.link("client", "director", IFNAME)
         self.client_mac = self.lab.macs[f"client/{IFNAME}"]
         self.director_mac = self.lab.macs[f"director/{IFNAME}"]
-        # The kernel's path: forwarding on, no redirects (in and out on bn0), no reverse
-        # path filter (the flows' sources), a static route and neighbour; GRO on, which
-        # gives the veth the NAPI that receives the generator's frames without XDP.
+        # The kernel's path: forwarding on, no redirects (in and out on bn0), a static
+        # route and neighbour (no reverse path filter for the flows' sources: the lab's
+        # KERNEL_DEFAULTS); GRO on, which gives the veth the NAPI that receives the
+        # generator's frames without XDP.
         lab = self.lab
         lab.run("director", "ethtool", "-K", IFNAME, "gro", "on")
-        lab.sysctl("director", "net.ipv4.ip_forward", "1")
-        for conf in ("all", "default", IFNAME):
-            lab.sysctl("director", f"net.ipv4.conf.{conf}.send_redirects", "0")
-            lab.sysctl("director", f"net.ipv4.conf.{conf}.rp_filter", "0")
+        lab.sysctl("director", "net.ipv4.ip_forward", "1",
+                   *(f"net.ipv4.conf.{conf}.send_redirects=0"
+                     for conf in ("all", "default", IFNAME)))
         rs = lab_mod.HOSTS[2].address
         lab.run("director", "ip", "neigh", "add", rs, "lladdr", REAL_MAC, "dev", IFNAME,
                 "nud", "permanent")

@@ -17,6 +17,7 @@ from lb.director import instances, netif
 from lb.lab.demo import start_director, wait_ready
 from lb.lab import HTTP_PORT, PERSISTENT_PORT, UDP_PORT, VIP, Lab, python_cmd
 from tests.conftest import needs_netns
+from tests.test_realserver_common import udp_echo
 
 pytestmark = needs_netns
 
@@ -191,16 +192,6 @@ def test_udp_flow_sticks_while_talking_and_moves_after_idle(scene):
                               f"scheduled anew (rr moves it on); it stayed on {out[0]}")
 
 
-UDP_ECHO = textwrap.dedent("""
-    import socket, sys
-    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    s.bind((sys.argv[1], int(sys.argv[2])))
-    print("bound", flush=True)
-    while True:
-        data, peer = s.recvfrom(2048)
-        s.sendto(data, peer)
-""")
-
 # Where a datagram to the VIP is answered from, seen by an unconnected socket (which
 # takes any source); then what a connected one (as most clients are) gets.
 UDP_ASK = textwrap.dedent("""
@@ -230,12 +221,6 @@ def test_a_udp_server_on_a_wildcard_answers_from_its_own_address(scene):
     port = 5400
     echo = None
 
-    def serve(address: str) -> subprocess.Popen:
-        p = lab.popen("rs1", sys.executable, "-c", UDP_ECHO, address, str(port),
-                      stdout=subprocess.PIPE, text=True)
-        assert p.stdout.readline().strip() == "bound"
-        return p
-
     def doctor() -> dict:
         r = lab.run("rs1", *python_cmd("lb", "realserver", "check", VIP, "--udp-port",
                                        str(port), "--json"), check=False)
@@ -247,7 +232,7 @@ def test_a_udp_server_on_a_wildcard_answers_from_its_own_address(scene):
             original + f'\n[[service]]\nvip = "{VIP}"\nport = {port}\nprotocol = "udp"\n'
                        f'\n[[service.real_server]]\naddress = "{rs1}"\n')
         reload(lab)
-        echo = serve("0.0.0.0")
+        echo = udp_echo(lab, "rs1", "0.0.0.0", port)
         source, connected = lab.run("client", sys.executable, "-c", UDP_ASK, VIP,
                                     str(port)).stdout.split()
         assert (source, connected) == (rs1, "nothing")
@@ -256,7 +241,7 @@ def test_a_udp_server_on_a_wildcard_answers_from_its_own_address(scene):
         assert found["udp-port-wildcard"]["fix"].startswith(f"bind the service to {VIP}:{port}")
         echo.kill()
         echo.wait()
-        echo = serve(VIP)
+        echo = udp_echo(lab, "rs1", VIP, port)
         assert lab.run("client", sys.executable, "-c", UDP_ASK, VIP,
                        str(port)).stdout.split() == [VIP, "ping"]
         assert "udp-port-ok" in doctor()

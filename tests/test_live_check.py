@@ -17,7 +17,7 @@ from lb.lab.demo import launch_director
 from lb.lab import HOSTS, VIP, Lab
 from tests.test_realserver_common import (
     PY, RIP, arp_answers, bind_udp, codes, forget_state, ip, listen, needs_netns, one, py_rs,
-    sysctl)
+    sysctl, udp_echo)
 
 pytestmark = needs_netns
 
@@ -184,18 +184,6 @@ def test_a_real_server_with_arp_ignore_0_answers_for_the_vip(scene):
 
 
 # ---- the service port through the DR path ----------------------------------------------------
-
-UDP_ECHO = ("import socket, sys; s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); "
-            "s.bind((sys.argv[1], int(sys.argv[2]))); print('bound', flush=True)\n"
-            "while True:\n    data, peer = s.recvfrom(2048); s.sendto(b'echo ' + data, peer)")
-
-
-def udp_echo(lab: Lab, host: str, address: str, port: int) -> subprocess.Popen:
-    p = lab.popen(host, PY, "-c", UDP_ECHO, address, str(port), stdout=subprocess.PIPE,
-                  text=True)
-    assert p.stdout.readline().strip() == "bound"
-    return p
-
 
 def test_a_udp_service_probed_through_the_dr_path(scene):
     """An empty datagram to VIP:port from the director, to each real server's MAC: rs1

@@ -205,7 +205,7 @@ def can_ping(lab: Lab, src: str, dst: str) -> bool:
 __all__ = ["PY", "VIP", "VIP2", "RIP", "RS_SH", "needs_netns", "small_lab", "forget_state",
            "state_file_of", "snapshot", "py_rs", "write_script", "sh_rs", "sysctl", "ip",
            "parse_table", "normalise", "check_both", "codes", "one", "arp_answers", "can_ping",
-           "listen", "bind_udp", "fake_bin", "with_path"]
+           "listen", "bind_udp", "udp_echo", "fake_bin", "with_path"]
 
 
 LISTEN = ("import socket, sys, time; s = socket.socket(); "
@@ -236,6 +236,20 @@ def bind_udp(lab, host, address, port, v6only=0):
     bound when this returns (killed with the lab)."""
     p = lab.popen(host, PY, "-c", BIND_UDP, address, str(port), str(v6only),
                   stdout=subprocess.PIPE, text=True)
+    assert p.stdout.readline().strip() == "bound"
+    return p
+
+
+UDP_ECHO = ("import socket, sys; s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); "
+            "s.bind((sys.argv[1], int(sys.argv[2]))); print('bound', flush=True)\n"
+            "while True:\n    data, peer = s.recvfrom(2048); s.sendto(data, peer)")
+
+
+def udp_echo(lab, host, address, port):
+    """A UDP echo bound to address:port in `host`, bound when this returns (killed with
+    the lab): what it answers leaves from the address it is bound to."""
+    p = lab.popen(host, PY, "-c", UDP_ECHO, address, str(port), stdout=subprocess.PIPE,
+                  text=True)
     assert p.stdout.readline().strip() == "bound"
     return p
 

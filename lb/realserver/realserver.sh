@@ -521,6 +521,17 @@ has_address() {  # LISTENERS VIP: is one of them bound to VIP itself?
 has_wildcard() {  # LISTENERS: is one of them bound to a wildcard that takes IPv4?
     printf '%s\n' "$1" | awk '$0 == "0.0.0.0" || $0 == "*" { f = 1 } END { exit !f }'
 }
+other_addresses() {  # LISTENERS: the IPv4 addresses they are bound to, not wildcards,
+    # on one line
+    printf '%s\n' "$1" | awk 'NF && !/:/ && $0 != "*" && $0 != "0.0.0.0"' | sort -u |
+        tr '\n' ' ' | sed 's/ $//'
+}
+v6_only() {  # LISTENERS: is one of them [::] with IPV6_V6ONLY?
+    printf '%s\n' "$1" | grep -qx '::'
+}
+need_ss() {  # OPTION
+    command -v ss >/dev/null 2>&1 || die "check $1 needs ss (iproute2)"
+}
 
 cmd_check() {
     [ -n "$MACHINE" ] || printf '%-8s %-18s %s\n' SEVERITY CHECK WHAT
@@ -571,17 +582,16 @@ EOF
     done
 
     if [ -n "$PORT" ]; then
-        command -v ss >/dev/null 2>&1 || die "check --port needs ss (iproute2)"
+        need_ss --port
         port=$PORT
         found=$(listeners t "$PORT")
-        addrs=$(printf '%s\n' "$found" | awk 'NF && !/:/ && $0 != "*"' | sort -u |
-                tr '\n' ' ' | sed 's/ $//')
+        addrs=$(other_addresses "$found")
         for vip in $VIPS; do
             if has_address "$found" "$vip" || has_wildcard "$found"; then
                 f_port_ok
             elif [ -n "$addrs" ]; then
                 f_port_wrong_address
-            elif printf '%s\n' "$found" | grep -qx '::'; then
+            elif v6_only "$found"; then
                 f_port_v6_only
             else
                 f_port_closed
@@ -589,11 +599,10 @@ EOF
         done
     fi
     if [ -n "$UDP_PORT" ]; then
-        command -v ss >/dev/null 2>&1 || die "check --udp-port needs ss (iproute2)"
+        need_ss --udp-port
         port=$UDP_PORT
         found=$(listeners u "$UDP_PORT")
-        addrs=$(printf '%s\n' "$found" | awk 'NF && !/:/ && $0 != "*" && $0 != "0.0.0.0"' |
-                sort -u | tr '\n' ' ' | sed 's/ $//')
+        addrs=$(other_addresses "$found")
         wild=$(printf '%s\n' "$found" | awk '$0 == "0.0.0.0" { print; exit }
                                          $0 == "*" { print "[::]"; exit }')
         for vip in $VIPS; do
@@ -605,7 +614,7 @@ EOF
                 f_udp_port_wildcard
             elif [ -n "$addrs" ]; then
                 f_udp_port_wrong_address
-            elif printf '%s\n' "$found" | grep -qx '::'; then
+            elif v6_only "$found"; then
                 f_udp_port_v6_only
             else
                 f_udp_port_closed
